@@ -1,0 +1,206 @@
+"""Configuration: defaults, ``NEWSLETTER_*`` environment variables and a ``.env`` file.
+
+Every setting has a default that runs on one machine with no set-up, except the secret key,
+which production must set. :func:`load_config` reads the environment; :func:`validate_config`
+turns a bad value into a :class:`ConfigError` that names the variable to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Flask
+
+PREFIX = "NEWSLETTER"
+
+DEFAULTS: dict[str, Any] = {
+    "SECRET_KEY": None,
+    "DATABASE_URL": None,  # default: a SQLite file in the instance folder
+    "PUBLIC_URL": "http://127.0.0.1:5000",
+    "SITE_NAME": "My Blog",
+    "SITE_URL": "http://127.0.0.1:5000",
+    "MAIL_FROM": "newsletter@localhost",
+    "MAIL_FROM_NAME": None,  # default: the site name
+    "REPLY_TO": None,
+    "SMTP_HOST": "localhost",
+    "SMTP_PORT": 25,
+    "SMTP_USERNAME": None,
+    "SMTP_PASSWORD": None,
+    "SMTP_SECURITY": "none",
+    "SMTP_TIMEOUT": 30.0,
+    "ALLOWED_ORIGINS": "",
+    "PRIVACY_POLICY_URL": None,
+    "CONSENT_TEXT": (
+        "Yes, I'd like to receive the newsletter by email. "
+        "By subscribing you agree to our Privacy Policy."
+    ),
+    "POSTAL_ADDRESS": "",
+    "CONFIRM_TOKEN_MAX_AGE": 7 * 24 * 3600,
+    "SUBSCRIBE_RATE_LIMIT": 10,  # per IP and minute
+    "PROXY_COUNT": 0,
+    "CONFIRMATION_MIN_INTERVAL": 600,  # seconds between two confirmation emails to one address
+    "CONFIRMATIONS_PER_DAY": 5,
+    "WELCOME_EMAIL": True,
+    "OUTBOX_MAX_ATTEMPTS": 20,
+    "OUTBOX_RETRY_INTERVAL": 30.0,  # seconds between the background sender's sweeps
+    "OUTBOX_SEND_AFTER_REQUEST": True,  # hand new queued emails to SMTP right after the request
+    "MAX_CONTENT_LENGTH": 64 * 1024,
+    "UNSUBSCRIBE_MAILTO": None,
+    "EMAIL_TEMPLATES": None,
+    "LIST_ID": None,  # default: derived from the site URL
+    "DEMO": False,
+}
+
+_SENDER_ADDRESS = re.compile(r"[^@\s<>,;\"]+@[A-Za-z0-9.-]+")
+SMTP_SECURITY_CHOICES = ("none", "starttls", "ssl")
+_BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True,
+                  "0": False, "false": False, "no": False, "off": False}
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the variable and the fix."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        self.variable = f"{PREFIX}_{setting}"
+        super().__init__(f"{self.variable}: {problem}")
+
+
+def load_dotenv_file(path: Path | None = None) -> None:
+    """Load ``.env`` from the working directory; real environment variables win."""
+    from dotenv import load_dotenv
+
+    load_dotenv(path or Path.cwd() / ".env", override=False)
+
+
+def load_config(app: Flask, overrides: dict[str, Any] | None = None) -> None:
+    """Fill ``app.config`` from defaults, the environment and ``overrides`` (tests), then check it."""
+    for key, value in DEFAULTS.items():
+        if app.config.get(key) is None:  # Flask pre-sets some keys (MAX_CONTENT_LENGTH) to None
+            app.config[key] = value
+    load_dotenv_file()
+    app.config.from_prefixed_env(PREFIX)
+    if overrides:
+        app.config.update(overrides)
+    if not app.config["DATABASE_URL"]:
+        path = Path(app.instance_path) / ("demo.sqlite" if app.config["DEMO"] else "newsletter.sqlite")
+        app.config["DATABASE_URL"] = f"sqlite:///{path}"
+    app.config["SQLALCHEMY_DATABASE_URI"] = app.config["DATABASE_URL"]
+    validate_config(app.config)
+
+
+def _as_bool(config: dict[str, Any], key: str) -> None:
+    value = config[key]
+    if isinstance(value, bool):
+        return
+    word = str(value).strip().lower()
+    if word not in _BOOLEAN_WORDS:
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    config[key] = _BOOLEAN_WORDS[word]
+
+
+def _as_number(config: dict[str, Any], key: str, kind: type, minimum: float, maximum: float) -> None:
+    value = config[key]
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"expected a number, got {value!r}") from None
+    if isinstance(value, bool) or not minimum <= number <= maximum:
+        raise ConfigError(key, f"expected a number from {minimum:g} to {maximum:g}, got {value!r}")
+    config[key] = number
+
+
+def _as_url(config: dict[str, Any], key: str, *, required: bool = True) -> None:
+    value = config[key]
+    if value in (None, ""):
+        if required:
+            raise ConfigError(key, "is required: set it to an http(s) URL")
+        config[key] = None
+        return
+    parts = urlsplit(str(value))
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(key, f"expected an http(s) URL such as https://example.com, got {value!r}")
+    config[key] = str(value).rstrip("/")
+
+
+def validate_config(config: dict[str, Any]) -> None:
+    """Normalise types and raise :class:`ConfigError` for the first bad setting."""
+    for key in ("DEMO", "WELCOME_EMAIL", "OUTBOX_SEND_AFTER_REQUEST"):
+        _as_bool(config, key)
+    if not config.get("SECRET_KEY"):
+        if config.get("TESTING") or config["DEMO"]:
+            config["SECRET_KEY"] = "not-a-secret-demo-and-testing-only"
+        else:
+            raise ConfigError(
+                "SECRET_KEY",
+                "is not set. Set it to a long random string, for example the output of "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))', "
+                "in the environment or in a .env file (or try `newsletter demo`).",
+            )
+    _as_number(config, "SMTP_PORT", int, 1, 65535)
+    _as_number(config, "SMTP_TIMEOUT", float, 0.1, 600)
+    _as_number(config, "CONFIRM_TOKEN_MAX_AGE", int, 60, 10 * 365 * 24 * 3600)
+    _as_number(config, "SUBSCRIBE_RATE_LIMIT", int, 1, 1_000_000)
+    _as_number(config, "PROXY_COUNT", int, 0, 10)
+    _as_number(config, "CONFIRMATION_MIN_INTERVAL", int, 0, 7 * 24 * 3600)
+    _as_number(config, "CONFIRMATIONS_PER_DAY", int, 1, 1000)
+    _as_number(config, "OUTBOX_MAX_ATTEMPTS", int, 1, 1000)
+    _as_number(config, "OUTBOX_RETRY_INTERVAL", float, 0.05, 24 * 3600)
+    _as_number(config, "MAX_CONTENT_LENGTH", int, 1024, 100 * 1024 * 1024)
+    security = str(config["SMTP_SECURITY"]).strip().lower()
+    if security not in SMTP_SECURITY_CHOICES:
+        raise ConfigError("SMTP_SECURITY", f"expected one of none, starttls, ssl; got {security!r}")
+    config["SMTP_SECURITY"] = security
+    _as_url(config, "PUBLIC_URL")
+    _as_url(config, "SITE_URL")
+    _as_url(config, "PRIVACY_POLICY_URL", required=False)
+    for key in ("MAIL_FROM", "REPLY_TO"):
+        if key == "REPLY_TO" and not config[key]:
+            continue
+        # A plain shape check: the sender may be on a local name (localhost) in a demo.
+        value = str(config[key]).strip()
+        if not _SENDER_ADDRESS.fullmatch(value):
+            raise ConfigError(key, f"expected an address such as news@example.com, got {value!r}")
+        config[key] = value
+    origins = config["ALLOWED_ORIGINS"]
+    if isinstance(origins, str):
+        origins = [o.strip() for o in origins.split(",") if o.strip()]
+    cleaned = []
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            raise ConfigError(
+                "ALLOWED_ORIGINS",
+                f"expected comma-separated origins like https://blog.example.com, got {origin!r}",
+            )
+        cleaned.append(f"{parts.scheme}://{parts.netloc}".lower())
+    config["ALLOWED_ORIGINS"] = cleaned
+    config["SITE_NAME"] = str(config["SITE_NAME"]).strip() or "My Blog"
+    config["MAIL_FROM_NAME"] = config["MAIL_FROM_NAME"] or config["SITE_NAME"]
+    config["CONSENT_TEXT"] = str(config["CONSENT_TEXT"]).strip()
+    if not config["CONSENT_TEXT"]:
+        raise ConfigError("CONSENT_TEXT", "must not be empty: it is what readers agree to")
+    config["POSTAL_ADDRESS"] = str(config["POSTAL_ADDRESS"] or "").strip()
+    if not config["LIST_ID"]:
+        host = urlsplit(config["SITE_URL"]).hostname or "localhost"
+        config["LIST_ID"] = f"newsletter.{host}"
+
+
+def env_var(setting: str) -> str:
+    """The environment variable that sets ``setting``."""
+    return f"{PREFIX}_{setting}"
+
+
+def running_demo(argv: list[str] | None = None) -> bool:
+    """Whether this process runs ``newsletter demo`` (or ``flask ... demo``), which needs no secret."""
+    if os.environ.get(env_var("DEMO"), "").lower() in ("1", "true", "yes", "on"):
+        return True
+    import sys
+
+    args = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("-")]
+    # `flask --app app demo` leaves the app's name before the command.
+    return "demo" in args[:3]

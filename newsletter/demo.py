@@ -1,0 +1,121 @@
+"""``newsletter demo``: the service, a mail catcher on 127.0.0.1 and sample posts, with no set-up.
+Also the demo's mailbox pages, which exist only in demo mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Flask, Response, abort, current_app, render_template
+
+from .mailcatcher import read_mailbox
+
+bp = Blueprint("demo", __name__, url_prefix="/demo")
+
+
+def mailbox_dir(app: Flask) -> Path:
+    """Where the demo's caught emails are filed."""
+    return Path(app.instance_path) / "demo-mail"
+
+
+@bp.get("/mail")
+def mailbox() -> str:
+    """Every email the demo's catcher received, newest first."""
+    return render_template("demo_mailbox.html", mails=read_mailbox(mailbox_dir(current_app)))
+
+
+def _find(name: str) -> Any:
+    for mail in read_mailbox(mailbox_dir(current_app)):
+        if mail.name == name:
+            return mail
+    abort(404)
+
+
+@bp.get("/mail/<name>.html")
+def mail_html(name: str) -> Response:
+    """The HTML part as the reader's mail client would show it."""
+    response = Response(_find(f"{name}.eml").body("html"), mimetype="text/html")
+    # Emails carry inline styles and remote images; let this one page show them.
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src * data:; frame-ancestors 'none'")
+    return response
+
+
+@bp.get("/mail/<name>.txt")
+def mail_text(name: str) -> Response:
+    """The plain-text part."""
+    return Response(_find(f"{name}.eml").body("plain"), mimetype="text/plain")
+
+
+@bp.get("/mail/<name>.eml")
+def mail_source(name: str) -> Response:
+    """The whole message as received."""
+    path = mailbox_dir(current_app) / f"{name}.eml"
+    if not path.is_file() or path.parent != mailbox_dir(current_app):
+        abort(404)
+    return Response(path.read_bytes(), mimetype="text/plain")
+
+
+def init_app(app: Flask) -> None:
+    """Add the mailbox pages in demo mode."""
+    if app.config["DEMO"]:
+        app.register_blueprint(bp)
+
+
+SAMPLE_POSTS = {
+    "2026-11-02-slow-mornings.md": """---
+title: Slow Mornings
+subtitle: Ten quiet minutes before the phone
+date: 2026-11-02T07:30:00Z
+slug: slow-mornings
+summary: A small ritual for starting the day from rest instead of rush.
+---
+Before you reach for the phone, sit on the edge of the bed and take **five slow breaths**.
+Notice the weight of your feet on the floor and the temperature of the air.
+
+Nothing needs fixing yet. The day can wait for ten minutes.
+
+## Try this
+
+1. Put a glass of water by the bed the night before.
+2. Drink it slowly, one sip at a time.
+3. Name one thing you are looking forward to.
+""",
+    "2026-11-16-walking-without-a-goal.md": """---
+title: Walking Without a Goal
+subtitle: Why an aimless stroll calms a busy mind
+date: 2026-11-16T08:00:00Z
+slug: walking-without-a-goal
+---
+Most of our walks have a destination. This week, try one that doesn't.
+
+Leave the step counter at home. Turn left when you feel like it. Stop to look at a tree
+for as long as it holds your interest. *Wandering* gives the mind the same permission.
+""",
+    "2026-11-23-the-kindest-voice.md": """---
+title: The Kindest Voice in the Room
+subtitle: Talking to yourself the way you would talk to a friend
+date: 2026-11-23T09:00:00Z
+slug: the-kindest-voice
+---
+When something goes wrong, listen to the first sentence you say to yourself.
+Would you say it to a friend who had made the same mistake?
+
+> Gentleness is not the opposite of strength; it is strength that feels safe.
+
+This week, catch one harsh sentence a day and rewrite it, out loud, in a friend's words.
+""",
+}
+
+
+def write_sample_posts(app: Flask) -> Path:
+    """Write the demo's sample Markdown posts (once) and point the post source at them."""
+    folder = Path(app.instance_path) / "demo-posts"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in SAMPLE_POSTS.items():
+        path = folder / name
+        if not path.exists():
+            path.write_text(text, encoding="utf-8")
+    if not app.config.get("FEED_URL") and not app.config.get("POSTS_DIR"):
+        app.config["POSTS_DIR"] = str(folder)
+    return folder

@@ -1,0 +1,204 @@
+"""The outbox: transactional emails (confirmation, welcome) queued in the transaction that causes
+them, claimed by exactly one sender, and marked sent only after the server's 250.
+
+Whoever sends (the web process's background sender right after a request, ``newsletter
+send-queued``, or a sweep for retries) claims a row first with a conditional UPDATE, so two
+processes never send one email twice. A failed attempt goes back to the queue with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+
+from flask import Flask
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from .mail import SmtpConfigProblem, SmtpRejected, SmtpUnavailable, Transport
+from .models import (
+    CONFIRMATION_SENT,
+    FAILED,
+    QUEUED,
+    SENDING,
+    SENT,
+    ConsentEvent,
+    OutboxEmail,
+)
+
+log = logging.getLogger(__name__)
+
+CONFIRMATION = "confirmation"
+WELCOME = "welcome"
+CLAIM_LEASE = timedelta(minutes=5)
+MAX_BACKOFF = timedelta(hours=1)
+
+
+def queue_email(session: Session, *, subscriber_id: int | None, kind: str, recipient: str,
+                message: EmailMessage, now: datetime) -> OutboxEmail:
+    """Add an email to the outbox in the caller's transaction."""
+    row = OutboxEmail(
+        subscriber_id=subscriber_id, kind=kind, recipient=recipient, message=bytes(message),
+        status=QUEUED, attempts=0, created_at=now, next_attempt_at=now,
+    )
+    session.add(row)
+    return row
+
+
+def recent_count(session: Session, subscriber_id: int, kind: str, since: datetime) -> int:
+    """How many emails of ``kind`` were queued for a reader since ``since`` (all processes)."""
+    return session.scalar(
+        select(func.count()).select_from(OutboxEmail).where(
+            OutboxEmail.subscriber_id == subscriber_id, OutboxEmail.kind == kind,
+            OutboxEmail.created_at >= since)
+    ) or 0
+
+
+def backoff(attempts: int) -> timedelta:
+    """30 s, 1 min, 2 min, ... up to an hour between attempts."""
+    return min(timedelta(seconds=30 * 2 ** max(attempts - 1, 0)), MAX_BACKOFF)
+
+
+@dataclass
+class OutboxReport:
+    """What one pass over the outbox did."""
+
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _claimable(now: datetime, due_only: bool):  # type: ignore[no-untyped-def]
+    queued = OutboxEmail.status == QUEUED
+    if due_only:
+        queued = queued & (OutboxEmail.next_attempt_at <= now)
+    abandoned = (OutboxEmail.status == SENDING) & (OutboxEmail.claimed_until < now)
+    return or_(queued, abandoned)
+
+
+def _claim(session: Session, email_id: int, now: datetime, due_only: bool) -> bool:
+    result = session.execute(
+        update(OutboxEmail)
+        .where(OutboxEmail.id == email_id, _claimable(now, due_only))
+        .values(status=SENDING, claimed_until=now + CLAIM_LEASE)
+    )
+    session.commit()
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def deliver_queued(session: Session, transport: Transport, *, sender: str, now: datetime,
+                   max_attempts: int, due_only: bool = True, limit: int = 500) -> OutboxReport:
+    """Send the queued emails (only those due, unless ``due_only`` is false); returns a report.
+
+    Stops early, leaving the rest queued, when the SMTP server cannot be reached or refuses
+    our credentials: every later email would fail the same way.
+    """
+    report = OutboxReport()
+    ids = session.scalars(
+        select(OutboxEmail.id).where(_claimable(now, due_only))
+        .order_by(OutboxEmail.id).limit(limit)
+    ).all()
+    session.commit()
+    for email_id in ids:
+        if not _claim(session, email_id, now, due_only):
+            continue  # another sender took it
+        row = session.get(OutboxEmail, email_id)
+        assert row is not None and row.message is not None and row.recipient is not None
+        try:
+            transport.send(sender, row.recipient, row.message)
+        except SmtpRejected as err:
+            _attempt_failed(row, now, max_attempts, str(err), permanent=not err.temporary,
+                            report=report)
+            session.commit()
+            continue
+        except (SmtpUnavailable, SmtpConfigProblem) as err:
+            _attempt_failed(row, now, max_attempts, str(err), permanent=False, report=report)
+            session.commit()
+            report.errors.append(str(err))
+            break
+        row.status, row.sent_at, row.claimed_until = SENT, now, None
+        row.attempts += 1
+        if row.kind == CONFIRMATION and row.subscriber_id is not None:
+            session.add(ConsentEvent(subscriber_id=row.subscriber_id, kind=CONFIRMATION_SENT,
+                                     occurred_at=now, method="system"))
+        session.commit()
+        report.sent += 1
+    return report
+
+
+def _attempt_failed(row: OutboxEmail, now: datetime, max_attempts: int, error: str, *,
+                    permanent: bool, report: OutboxReport) -> None:
+    row.attempts += 1
+    row.last_error = error[:2000]
+    row.claimed_until = None
+    if permanent or row.attempts >= max_attempts:
+        row.status = FAILED
+        report.failed += 1
+        log.warning("giving up on outbox email %s: %s", row.id, error)
+    else:
+        row.status = QUEUED
+        row.next_attempt_at = now + backoff(row.attempts)
+        report.retrying += 1
+        log.info("outbox email %s will be retried: %s", row.id, error)
+
+
+class OutboxSender:
+    """A background thread in each web process: sends new emails as soon as a request queues
+    them (``wake``) and sweeps for due retries every ``interval`` seconds."""
+
+    def __init__(self, app: Flask, interval: float) -> None:
+        self.app = app
+        self.interval = interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the thread once per process."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="outbox-sender",
+                                                daemon=True)
+                self._thread.start()
+
+    def wake(self) -> None:
+        """Send what is queued now rather than at the next sweep."""
+        self.start()
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread and wait for it."""
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        from .db import db
+        from .services import get_services
+
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            with self.app.app_context():
+                services = get_services(self.app)
+                transport = services.open_transport()
+                try:
+                    deliver_queued(db.session, transport, sender=services.config["MAIL_FROM"],
+                                   now=services.clock(),
+                                   max_attempts=services.config["OUTBOX_MAX_ATTEMPTS"])
+                except Exception:  # keep the thread alive; the rows stay queued
+                    log.exception("the background outbox sender failed; will try again")
+                    db.session.rollback()
+                finally:
+                    transport.close()
+                    db.session.remove()

@@ -1,0 +1,126 @@
+"""Email templates: Jinja2 over ``emails/`` (or the author's own folder), CSS inlined by premailer.
+
+Rendering and inlining are the expensive steps, so campaigns do them once and fill each
+reader's parts in afterwards (see ``mail``); transactional emails are rendered per message.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from premailer import Premailer
+
+PACKAGE_DIR = Path(__file__).parent
+
+
+def default_templates_dir() -> Path:
+    """``emails/`` inside the installed package, or beside it in a source checkout."""
+    for candidate in (PACKAGE_DIR / "emails", PACKAGE_DIR.parent / "emails"):
+        if (candidate / "layout.html").is_file():
+            return candidate
+    raise FileNotFoundError("the email templates (emails/layout.html) are missing from the install")
+
+
+class TemplateProblem(Exception):
+    """An email template could not be rendered; says which file and line."""
+
+    def __init__(self, message: str, filename: str | None = None, lineno: int | None = None):
+        where = f"{filename}, line {lineno}: " if filename and lineno else (
+            f"{filename}: " if filename else "")
+        super().__init__(f"{where}{message}")
+        self.filename = filename
+        self.lineno = lineno
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    """An email's subject and both bodies, ready to be put into a MIME message."""
+
+    subject: str
+    html: str
+    text: str
+
+
+class EmailRenderer:
+    """Renders ``NAME.html`` + ``NAME.txt`` pairs; the author's folder overrides the defaults."""
+
+    def __init__(self, override_dir: str | Path | None = None) -> None:
+        loaders: list[jinja2.BaseLoader] = []
+        if override_dir:
+            loaders.append(jinja2.FileSystemLoader(str(override_dir)))
+        loaders.append(jinja2.FileSystemLoader(str(default_templates_dir())))
+        common = dict(loader=jinja2.ChoiceLoader(loaders), undefined=jinja2.StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+        self.html_env = jinja2.Environment(autoescape=True, **common)  # type: ignore[arg-type]
+        self.text_env = jinja2.Environment(autoescape=False, **common)  # type: ignore[arg-type]
+
+    def render(self, name: str, subject: str, context: dict[str, Any]) -> RenderedEmail:
+        """Render ``name.html`` (inlined) and ``name.txt`` with ``context``."""
+        context = {"subject": subject, **context}
+        html = self._render(self.html_env, f"{name}.html", context)
+        text = self._render(self.text_env, f"{name}.txt", context)
+        return RenderedEmail(subject=subject, html=inline_css(html), text=normalise_text(text))
+
+    @staticmethod
+    def _render(env: jinja2.Environment, template: str, context: dict[str, Any]) -> str:
+        try:
+            return env.get_template(template).render(context)
+        except jinja2.TemplateSyntaxError as err:
+            raise TemplateProblem(err.message or str(err), err.filename or err.name,
+                                  err.lineno) from err
+        except jinja2.TemplateNotFound as err:
+            raise TemplateProblem(f"template {err.name!r} not found") from err
+        except jinja2.TemplateError as err:
+            filename, lineno = _template_position(err, env)
+            raise TemplateProblem(str(err), filename or template, lineno) from err
+
+
+def _template_position(err: Exception, env: jinja2.Environment) -> tuple[str | None, int | None]:
+    """The template file and line a render-time error came from, read off the traceback."""
+    tb = err.__traceback__
+    found: tuple[str | None, int | None] = (None, None)
+    while tb is not None:
+        frame = tb.tb_frame
+        if "__jinja_template__" in frame.f_globals:
+            template = frame.f_globals["__jinja_template__"]
+            found = (template.filename, template.get_corresponding_lineno(tb.tb_lineno))
+        tb = tb.tb_next
+    return found
+
+
+_premailer_log = logging.getLogger("newsletter.premailer")
+_premailer_log.addHandler(logging.NullHandler())
+_premailer_log.propagate = False
+
+
+def inline_css(html: str) -> str:
+    """Inline the ``<style>`` rules into ``style`` attributes; media queries stay in a block.
+
+    Network access is off: a template can never make rendering fetch a URL.
+    """
+    return Premailer(
+        html,
+        allow_network=False,
+        allow_loading_external_files=False,
+        disable_validation=True,
+        keep_style_tags=False,
+        remove_classes=False,
+        strip_important=False,
+        cssutils_logging_handler=logging.NullHandler(),
+        cssutils_logging_level=logging.CRITICAL,
+    ).transform()
+
+
+def normalise_text(text: str) -> str:
+    """Tidy a rendered plain-text part: no trailing spaces, at most one blank line in a row."""
+    lines = [line.rstrip() for line in text.strip().splitlines()]
+    tidy: list[str] = []
+    for line in lines:
+        if not line and tidy and not tidy[-1]:
+            continue
+        tidy.append(line)
+    return "\n".join(tidy) + "\n"

@@ -1,0 +1,66 @@
+"""The side effects the domain needs, gathered once per app and passed in: the clock, the token
+maker, the email renderer and a way to open SMTP connections. Tests swap the clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from flask import Flask, current_app
+
+from .db import utcnow
+from .mail import SmtpSettings, SmtpTransport, Transport
+from .rendering import EmailRenderer
+from .tokens import Tokens
+
+EXTENSION_KEY = "newsletter"
+
+
+@dataclass
+class Services:
+    """Per-app collaborators of the domain functions."""
+
+    config: dict[str, Any]
+    clock: Callable[[], datetime] = utcnow
+    transport_factory: Callable[[], Transport] | None = None
+    _renderer: EmailRenderer | None = field(default=None, repr=False)
+
+    @property
+    def tokens(self) -> Tokens:
+        """Token maker bound to the current clock (cheap to build)."""
+        return Tokens(self.config["SECRET_KEY"], self.clock, self.config["CONFIRM_TOKEN_MAX_AGE"])
+
+    @property
+    def renderer(self) -> EmailRenderer:
+        """The email renderer, with the author's template folder first when configured."""
+        if self._renderer is None:
+            self._renderer = EmailRenderer(self.config.get("EMAIL_TEMPLATES"))
+        return self._renderer
+
+    def smtp_settings(self) -> SmtpSettings:
+        """SMTP settings from the configuration."""
+        return SmtpSettings.from_config(self.config)
+
+    def open_transport(self) -> Transport:
+        """A new SMTP connection (opened lazily on first send)."""
+        if self.transport_factory is not None:
+            return self.transport_factory()
+        return SmtpTransport(self.smtp_settings())
+
+    def public_url(self, path: str) -> str:
+        """An absolute URL on this service, for links inside emails."""
+        return f"{self.config['PUBLIC_URL']}/{path.lstrip('/')}"
+
+
+def init_app(app: Flask) -> Services:
+    """Attach a Services object to ``app``."""
+    services = Services(config=app.config)
+    app.extensions[EXTENSION_KEY] = services
+    return services
+
+
+def get_services(app: Flask | None = None) -> Services:
+    """The Services of ``app`` or of the current app."""
+    return (app or current_app).extensions[EXTENSION_KEY]  # type: ignore[no-any-return]

@@ -1,0 +1,293 @@
+"""Subscribe, confirm and unsubscribe: plain functions over a database session, with every
+consent step appended to the ledger. Web and CLI call these; they never touch HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from . import outbox
+from .addresses import address_hash, normalise_address
+from .mail import build_message
+from .models import (
+    CONFIRMED,
+    CONFIRMED_EVENT,
+    ERASED,
+    PENDING,
+    REQUESTED,
+    UNSUBSCRIBED,
+    WITHDRAWN,
+    ConsentEvent,
+    Subscriber,
+)
+from .services import Services
+from .tokens import TokenExpired, TokenInvalid
+
+METHODS = ("form", "api", "one-click", "cli", "import", "system")
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """Where a consent step came from: recorded on its event as proof."""
+
+    method: str
+    ip: str | None = None
+    user_agent: str | None = None
+    source_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown consent method {self.method!r}")
+
+
+@dataclass(frozen=True)
+class SubscribeOutcome:
+    """What a subscribe request did. Callers must answer the same whatever it says, so that
+    nobody can learn who is subscribed; it exists for logs and tests."""
+
+    subscriber_id: int
+    status: str
+    confirmation_queued: bool
+    outbox_ids: tuple[int, ...] = ()
+
+
+class NotFound(Exception):
+    """No such reader (or the link points at a reader that was erased)."""
+
+
+def _event(subscriber: Subscriber, kind: str, info: RequestInfo, now: datetime,
+           **extra: Any) -> ConsentEvent:
+    event = ConsentEvent(
+        kind=kind, occurred_at=now, method=info.method, ip=_clip(info.ip, 64),
+        user_agent=_clip(info.user_agent, 512), source_url=_clip(info.source_url, 2048), **extra,
+    )
+    subscriber.events.append(event)
+    return event
+
+
+def _clip(value: str | None, length: int) -> str | None:
+    return value[:length] if value else None
+
+
+def find_subscriber(session: Session, email: str) -> Subscriber | None:
+    """The reader with this address (any case), or None."""
+    return session.scalar(select(Subscriber).where(Subscriber.email == normalise_address(email)))
+
+
+def subscribe(session: Session, services: Services, email: str, *, name: str | None,
+              info: RequestInfo) -> SubscribeOutcome:
+    """Record a subscribe request and queue a confirmation email, in one transaction.
+
+    Raises InvalidAddress for a bad address. A confirmed reader stays confirmed; an
+    unsubscribed one starts double opt-in again. Per-address limits hold back the email.
+    """
+    address = normalise_address(email)
+    config = services.config
+    now = services.clock()
+    name = (name or "").strip()[:200] or None
+    subscriber = session.scalar(select(Subscriber).where(Subscriber.email == address))
+    if subscriber is None:
+        subscriber = Subscriber(email=address, name=name, status=PENDING, token_generation=0,
+                                created_at=now, updated_at=now)
+        session.add(subscriber)
+    elif subscriber.status == CONFIRMED:
+        # Nothing to do, and nothing to tell: the answer must not reveal the reader is here.
+        session.commit()
+        return SubscribeOutcome(subscriber.id, CONFIRMED, confirmation_queued=False)
+    else:
+        if subscriber.status == UNSUBSCRIBED:
+            subscriber.status = PENDING
+        subscriber.name = name or subscriber.name
+        subscriber.updated_at = now
+    # Every request makes older confirm links void: only the newest email's link works.
+    subscriber.token_generation += 1
+    _event(subscriber, REQUESTED, info, now, consent_text=config["CONSENT_TEXT"],
+           privacy_policy_url=config.get("PRIVACY_POLICY_URL"))
+    session.flush()
+    queued = _queue_confirmation(session, services, subscriber, now)
+    session.commit()
+    return SubscribeOutcome(subscriber.id, subscriber.status, queued is not None,
+                            (queued.id,) if queued else ())
+
+
+def confirmation_allowed(session: Session, services: Services, subscriber_id: int,
+                         now: datetime) -> bool:
+    """At most one confirmation email per address per interval and a few a day, whoever asks."""
+    config = services.config
+    interval = timedelta(seconds=config["CONFIRMATION_MIN_INTERVAL"])
+    if interval and outbox.recent_count(session, subscriber_id, outbox.CONFIRMATION,
+                                        now - interval):
+        return False
+    day = outbox.recent_count(session, subscriber_id, outbox.CONFIRMATION,
+                              now - timedelta(days=1))
+    return day < config["CONFIRMATIONS_PER_DAY"]
+
+
+def _queue_confirmation(session: Session, services: Services, subscriber: Subscriber,
+                        now: datetime) -> outbox.OutboxEmail | None:
+    if not confirmation_allowed(session, services, subscriber.id, now):
+        return None
+    config = services.config
+    token = services.tokens.confirm_token(subscriber.id, subscriber.token_generation)
+    days = max(1, round(config["CONFIRM_TOKEN_MAX_AGE"] / 86400))
+    # The reader's name is deliberately absent: echoing it would let anyone send text of
+    # their choosing to any address through our confirmation emails.
+    rendered = services.renderer.render(
+        "confirm", f"Please confirm your subscription to {config['SITE_NAME']}",
+        {**email_context(config), "confirm_url": services.public_url(f"confirm/{token}"),
+         "expires_days": days},
+    )
+    message = build_message(rendered, sender=config["MAIL_FROM"],
+                            sender_name=config["MAIL_FROM_NAME"], recipient=subscriber.email or "",
+                            date=now, headers=_common_headers(config))
+    return outbox.queue_email(session, subscriber_id=subscriber.id, kind=outbox.CONFIRMATION,
+                              recipient=subscriber.email or "", message=message, now=now)
+
+
+def resend_confirmation(session: Session, services: Services, expired: TokenExpired,
+                        info: RequestInfo) -> bool:
+    """Send a fresh confirm link for an expired one, if the reader is still pending and the
+    per-address limits allow. Returns whether an email was queued."""
+    subscriber = session.get(Subscriber, expired.subscriber_id)
+    if subscriber is None or subscriber.status != PENDING:
+        return False
+    if subscriber.token_generation != expired.generation:
+        return False  # a newer request already sent a newer link
+    now = services.clock()
+    subscriber.token_generation += 1
+    subscriber.updated_at = now
+    session.flush()
+    queued = _queue_confirmation(session, services, subscriber, now)
+    if queued is None:
+        session.rollback()
+        return False
+    session.commit()
+    return True
+
+
+def confirm(session: Session, services: Services, token: str, info: RequestInfo) -> Subscriber:
+    """Confirm the subscription a confirm token names; idempotent for a confirmed reader.
+
+    Raises TokenInvalid (tampered, or superseded by a newer request) or TokenExpired.
+    """
+    claim = services.tokens.read_confirm_token(token)
+    subscriber = session.get(Subscriber, claim.subscriber_id)
+    if subscriber is None or subscriber.status == ERASED:
+        raise TokenInvalid("This link is not valid any more.")
+    if subscriber.status == CONFIRMED:
+        return subscriber
+    if subscriber.token_generation != claim.generation or subscriber.status != PENDING:
+        raise TokenInvalid("This link has been replaced by a newer one.")
+    now = services.clock()
+    subscriber.status = CONFIRMED
+    subscriber.confirmed_at = now
+    subscriber.unsubscribed_at = None
+    subscriber.updated_at = now
+    _event(subscriber, CONFIRMED_EVENT, info, now)
+    if services.config["WELCOME_EMAIL"]:
+        _queue_welcome(session, services, subscriber, now)
+    session.commit()
+    return subscriber
+
+
+def _queue_welcome(session: Session, services: Services, subscriber: Subscriber,
+                   now: datetime) -> None:
+    config = services.config
+    unsubscribe_url = services.public_url(
+        f"unsubscribe/{services.tokens.unsubscribe_token(subscriber.id)}")
+    rendered = services.renderer.render(
+        "welcome", f"Welcome to {config['SITE_NAME']}",
+        {**email_context(config), "unsubscribe_url": unsubscribe_url},
+    )
+    message = build_message(
+        rendered, sender=config["MAIL_FROM"], sender_name=config["MAIL_FROM_NAME"],
+        recipient=subscriber.email or "", date=now,
+        headers={**_common_headers(config), **list_headers(config, unsubscribe_url)},
+    )
+    outbox.queue_email(session, subscriber_id=subscriber.id, kind=outbox.WELCOME,
+                       recipient=subscriber.email or "", message=message, now=now)
+
+
+def unsubscribe(session: Session, services: Services, subscriber_id: int,
+                info: RequestInfo) -> Subscriber:
+    """Withdraw consent; idempotent. Raises NotFound for an unknown or erased reader."""
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None or subscriber.status == ERASED:
+        raise NotFound("No subscription matches this link.")
+    if subscriber.status == UNSUBSCRIBED:
+        return subscriber
+    now = services.clock()
+    subscriber.status = UNSUBSCRIBED
+    subscriber.unsubscribed_at = now
+    subscriber.updated_at = now
+    # Void any confirm link still in an inbox.
+    subscriber.token_generation += 1
+    _event(subscriber, WITHDRAWN, info, now)
+    session.commit()
+    return subscriber
+
+
+def is_suppressed(session: Session, services: Services, address: str) -> bool:
+    """Whether an (erased) address is on the suppression list."""
+    from .models import Suppression
+
+    digest = address_hash(services.config["SECRET_KEY"], normalise_address(address))
+    return session.get(Suppression, digest) is not None
+
+
+def email_context(config: Any) -> dict[str, Any]:
+    """What every email template may use: the site, the sender, the footer's facts."""
+    return {
+        "site_name": config["SITE_NAME"],
+        "site_url": config["SITE_URL"],
+        "privacy_policy_url": config.get("PRIVACY_POLICY_URL"),
+        "postal_address": config.get("POSTAL_ADDRESS") or "",
+        "public_url": config["PUBLIC_URL"],
+    }
+
+
+def _common_headers(config: Any) -> dict[str, str]:
+    return {"Reply-To": config["REPLY_TO"]} if config.get("REPLY_TO") else {}
+
+
+def list_headers(config: Any, unsubscribe_url: str) -> dict[str, str]:
+    """RFC 2369 / RFC 8058 headers every email to a confirmed reader carries."""
+    targets = [f"<{unsubscribe_url}>"]
+    if config.get("UNSUBSCRIBE_MAILTO"):
+        targets.append(f"<mailto:{config['UNSUBSCRIBE_MAILTO']}?subject=unsubscribe>")
+    return {
+        "List-Id": f"{config['SITE_NAME']} <{config['LIST_ID']}>",
+        "List-Unsubscribe": ", ".join(targets),
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+
+
+def describe(session: Session, subscriber: Subscriber) -> dict[str, Any]:
+    """Everything held about one reader, as JSON-ready data (status and consent history)."""
+
+    def when(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "id": subscriber.id,
+        "email": subscriber.email,
+        "name": subscriber.name,
+        "status": subscriber.status,
+        "created_at": when(subscriber.created_at),
+        "confirmed_at": when(subscriber.confirmed_at),
+        "unsubscribed_at": when(subscriber.unsubscribed_at),
+        "events": [
+            {
+                "kind": e.kind, "at": when(e.occurred_at), "method": e.method, "ip": e.ip,
+                "user_agent": e.user_agent, "source_url": e.source_url,
+                "consent_text": e.consent_text, "privacy_policy_url": e.privacy_policy_url,
+                "note": e.note,
+            }
+            for e in subscriber.events
+        ],
+    }
+

@@ -1,0 +1,114 @@
+"""Fixtures: a real SQLite file per test (schema migrated once, then copied), a real SMTP
+server, a fixed clock, the app, its test client and CLI runner."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+
+from newsletter import create_app
+from newsletter.db import db, upgrade_schema
+from newsletter.services import get_services
+from tests.smtp_sink import SmtpSink
+
+PUBLIC_URL = "http://newsletter.test"
+BLOG_ORIGIN = "https://blog.example.com"
+
+
+class FrozenClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file with the schema at head, made once by running the migrations."""
+    path = tmp_path_factory.mktemp("template") / "template.sqlite"
+    app = create_app({"TESTING": True, "DATABASE_URL": f"sqlite:///{path}"})
+    upgrade_schema(app)
+    with app.app_context():
+        db.engine.dispose()
+    return path
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(datetime(2026, 11, 2, 9, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def config(tmp_path: Path, migrated_db: Path, smtp_sink: SmtpSink) -> dict[str, Any]:
+    """Test settings; a test may change them before asking for ``app``."""
+    database = tmp_path / "newsletter.sqlite"
+    shutil.copyfile(migrated_db, database)
+    return {
+        "TESTING": True,
+        "SECRET_KEY": "test-secret",
+        "DATABASE_URL": f"sqlite:///{database}",
+        "PUBLIC_URL": PUBLIC_URL,
+        "SITE_NAME": "Calm Corner",
+        "SITE_URL": BLOG_ORIGIN,
+        "MAIL_FROM": "hello@blog.example.com",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": smtp_sink.port,
+        "SMTP_TIMEOUT": 5,
+        "ALLOWED_ORIGINS": BLOG_ORIGIN,
+        "PRIVACY_POLICY_URL": f"{BLOG_ORIGIN}/privacy",
+        "POSTAL_ADDRESS": "12 Willow Lane, Springfield",
+        "OUTBOX_RETRY_INTERVAL": 3600,
+    }
+
+
+@pytest.fixture
+def app(config: dict[str, Any], clock: FrozenClock, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
+    monkeypatch.setenv("NEWSLETTER_INSTANCE_PATH", str(tmp_path / "instance"))
+    monkeypatch.chdir(tmp_path)
+    app = create_app(config)
+    get_services(app).clock = clock
+    yield app
+    app.extensions["newsletter.outbox_sender"].stop()
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> FlaskCliRunner:
+    return app.test_cli_runner()
+
+
+def link_in(text: str, path: str) -> str:
+    """The first link in ``text`` to ``PUBLIC_URL/path...``, as a path for the test client."""
+    match = re.search(re.escape(PUBLIC_URL) + r"(/" + re.escape(path) + r"/[A-Za-z0-9_.\-]+)",
+                      text)
+    assert match, f"no {path} link in:\n{text}"
+    return match.group(1)
