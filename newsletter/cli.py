@@ -14,6 +14,15 @@ from .config import ConfigError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_INCOMPLETE = 3  # some deliveries failed or were deferred
+
+COMMANDS: list[click.Command] = []
+
+
+def register(command: click.Command) -> click.Command:
+    """Add a command (or group) to the ``newsletter`` CLI."""
+    COMMANDS.append(command)
+    return command
 
 
 def _services() -> Any:
@@ -22,6 +31,7 @@ def _services() -> Any:
     return get_services()
 
 
+@register
 @click.command("init-db")
 @with_appcontext
 def init_db_command() -> None:
@@ -45,6 +55,7 @@ def _display_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+@register
 @click.command("send-queued")
 @with_appcontext
 def send_queued_command() -> None:
@@ -70,6 +81,7 @@ def send_queued_command() -> None:
         sys.exit(3)
 
 
+@register
 @click.group("subscribers")
 def subscribers_group() -> None:
     """Look after readers: show one reader's consent history."""
@@ -94,6 +106,7 @@ def subscribers_show(email: str) -> None:
     click.echo(json.dumps(describe(db.session, subscriber), indent=2, ensure_ascii=False))
 
 
+@register
 @click.command("demo")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=5000, show_default=True, type=int, help="Web port.")
@@ -135,9 +148,18 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
         catcher.stop()
 
 
+# --- posts and digests (fetch-posts, preview-digest) ---------------------------------------
+
+
+# --- sending and campaigns (send-digest, campaigns, send-campaign) -------------------------
+
+
+# --- the author's toolkit (subscribers list/import/export/erase, purge, stats, embed) -------
+
+
 def init_app(app: Flask) -> None:
     """Register the commands on the app, so `flask --app app ...` has them too."""
-    for command in (init_db_command, send_queued_command, subscribers_group, demo_command):
+    for command in COMMANDS:
         app.cli.add_command(command)
 
 
