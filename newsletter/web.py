@@ -91,13 +91,13 @@ def _answer(ok: bool, message: str, status: int, *, page: str = "subscribe.html"
     return render_template(page, message=message, ok=ok, **context), status
 
 
-@bp.get("/subscribe")
+@bp.get("/subscribe", provide_automatic_options=False)
 def subscribe_page() -> str:
     """The hosted subscribe form."""
     return render_template("subscribe.html", form={})
 
 
-@bp.post("/subscribe")
+@bp.post("/subscribe", provide_automatic_options=False)
 def subscribe() -> Any:
     """Accept a sign-up from the hosted page, the blog's form, or a script."""
     origin = request.headers.get("Origin")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -83,17 +83,30 @@ def config(tmp_path: Path, migrated_db: Path, smtp_sink: SmtpSink) -> dict[str, 
 
 
 @pytest.fixture
-def app(config: dict[str, Any], clock: FrozenClock, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
+def make_app(config: dict[str, Any], clock: FrozenClock, tmp_path: Path,
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Flask]]:
+    """Build apps from ``config`` plus overrides, with the fixed clock; cleaned up after."""
     monkeypatch.setenv("NEWSLETTER_INSTANCE_PATH", str(tmp_path / "instance"))
     monkeypatch.chdir(tmp_path)
-    app = create_app(config)
-    get_services(app).clock = clock
-    yield app
-    app.extensions["newsletter.outbox_sender"].stop()
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
+    made: list[Flask] = []
+
+    def make(**overrides: Any) -> Flask:
+        app = create_app({**config, **overrides})
+        get_services(app).clock = clock
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        app.extensions["newsletter.outbox_sender"].stop()
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app()
 
 
 @pytest.fixture
