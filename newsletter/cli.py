@@ -10,7 +10,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 
-from .config import ConfigError
+from .config import DEFAULTS, ConfigError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -130,6 +130,8 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
                       SMTP_USERNAME=None, SMTP_PASSWORD=None)
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     app.config["PUBLIC_URL"] = base
+    if app.config["SITE_URL"] == DEFAULTS["SITE_URL"]:
+        app.config["SITE_URL"] = base  # there is no blog in the demo; link to our own pages
     posts = write_sample_posts(app)
     click.echo(f"""
   newsletter demo is running.

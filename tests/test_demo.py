@@ -1,0 +1,75 @@
+"""`newsletter demo` as a newcomer runs it: a real process, real HTTP, its own mail catcher."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from newsletter.mailcatcher import free_port
+
+
+def fetch(url: str, data: dict[str, str] | None = None) -> tuple[int, str]:
+    body = urllib.parse.urlencode(data).encode() if data is not None else None
+    request = urllib.request.Request(url, data=body, headers={"Accept": "text/html"})
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+        return response.status, response.read().decode()
+
+
+def wait_for_server(url: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        try:
+            fetch(url)
+            return
+        except OSError:
+            assert time.monotonic() < deadline, "the demo did not start"
+            time.sleep(0.2)
+
+
+def test_demo_runs_with_no_setup_and_shows_caught_emails(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from newsletter.cli import main; main()", "demo",
+         "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_server(f"{base}/healthz", process)
+        status, page = fetch(f"{base}/subscribe")
+        assert status == 200 and "Join the Community!" in page
+        status, thanks = fetch(f"{base}/subscribe", {"email": "newcomer@example.com"})
+        assert status == 200 and "Please check your inbox" in thanks
+
+        deadline = time.monotonic() + 10
+        while "Please confirm" not in (mailbox := fetch(f"{base}/demo/mail")[1]):
+            assert time.monotonic() < deadline, "no email was caught"
+            time.sleep(0.2)
+        html_link = re.search(r'href="(/demo/mail/[^"]+\.html)"', mailbox)
+        assert html_link
+        _, email_html = fetch(base + html_link.group(1))
+        confirm = re.search(rf'href="({re.escape(base)}/confirm/[^"]+)"', email_html)
+        assert confirm, email_html
+        status, confirmed = fetch(confirm.group(1), {})
+        assert "You&#39;re subscribed!" in confirmed
+
+        caught = sorted((tmp_path / "instance" / "demo-mail").glob("*.eml"))
+        deadline = time.monotonic() + 10
+        while len(caught) < 2:
+            assert time.monotonic() < deadline, "no welcome email was caught"
+            time.sleep(0.2)
+            caught = sorted((tmp_path / "instance" / "demo-mail").glob("*.eml"))
+        assert b"Subject: Welcome to" in caught[1].read_bytes()
+        assert (tmp_path / "instance" / "demo-posts").is_dir()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if process.stdout:
+            process.stdout.close()
