@@ -3,6 +3,8 @@ server, a fixed clock, the app, its test client and CLI runner."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -36,6 +38,15 @@ class FrozenClock:
         self.now += timedelta(**delta)
 
 
+# The suite runs on SQLite; with NEWSLETTER_TEST_DATABASE_URL=postgresql+psycopg://... it runs
+# every test on PostgreSQL instead, each in a schema of its own.
+POSTGRES_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL", "")
+ON_POSTGRES = POSTGRES_URL.startswith("postgresql")
+needs_postgres = pytest.mark.skipif(
+    not ON_POSTGRES, reason="needs NEWSLETTER_TEST_DATABASE_URL=postgresql+psycopg://...")
+needs_sqlite = pytest.mark.skipif(ON_POSTGRES, reason="checks SQLite's own files")
+
+
 @pytest.fixture(scope="session")
 def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SQLite file with the schema at head, made once by running the migrations."""
@@ -45,6 +56,36 @@ def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with app.app_context():
         db.engine.dispose()
     return path
+
+
+def _postgres_schema_url(name: str) -> str:
+    """A fresh PostgreSQL schema, migrated to head; returns a URL whose search_path is it."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+        connection.execute(text(f'CREATE SCHEMA "{name}"'))
+    admin.dispose()
+    url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={name}"})
+    rendered = url.render_as_string(hide_password=False)
+    app = create_app({"TESTING": True, "DATABASE_URL": rendered})
+    upgrade_schema(app)
+    with app.app_context():
+        db.engine.dispose()
+    return rendered
+
+
+@pytest.fixture
+def database_url(tmp_path: Path, migrated_db: Path, request: pytest.FixtureRequest) -> str:
+    """A migrated database of this test's own: a SQLite file, or a PostgreSQL schema."""
+    if ON_POSTGRES:
+        digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
+        return _postgres_schema_url(f"t_{digest}")
+    database = tmp_path / "newsletter.sqlite"
+    shutil.copyfile(migrated_db, database)
+    return f"sqlite:///{database}"
 
 
 @pytest.fixture
@@ -60,14 +101,12 @@ def smtp_sink() -> Iterator[SmtpSink]:
 
 
 @pytest.fixture
-def config(tmp_path: Path, migrated_db: Path, smtp_sink: SmtpSink) -> dict[str, Any]:
+def config(database_url: str, smtp_sink: SmtpSink) -> dict[str, Any]:
     """Test settings; a test may change them before asking for ``app``."""
-    database = tmp_path / "newsletter.sqlite"
-    shutil.copyfile(migrated_db, database)
     return {
         "TESTING": True,
         "SECRET_KEY": "test-secret",
-        "DATABASE_URL": f"sqlite:///{database}",
+        "DATABASE_URL": database_url,
         "PUBLIC_URL": PUBLIC_URL,
         "SITE_NAME": "Calm Corner",
         "SITE_URL": BLOG_ORIGIN,

@@ -271,8 +271,8 @@ def test_consent_text_is_stored_by_value(app: Flask, client: FlaskClient,
     clock.advance(minutes=11)
     client.post("/subscribe", json={"email": "v2@example.com"})
     with app.app_context():
-        texts = db.session.scalars(select(ConsentEvent.consent_text).order_by(
-            ConsentEvent.id)).all()
+        texts = db.session.scalars(select(ConsentEvent.consent_text).where(
+            ConsentEvent.kind == "requested").order_by(ConsentEvent.id)).all()
     assert texts == [DEFAULTS["CONSENT_TEXT"], "A new wording."]
 
 
