@@ -13,3 +13,5 @@ GREETING = "__NEWSLETTER_GREETING__"
 # Header values, filled per reader.
 RECIPIENT = "__NEWSLETTER_RECIPIENT__"
 MESSAGE_ID = "__NEWSLETTER_MESSAGE_ID__"
+# The confirm link in a confirmation email, filled per message.
+CONFIRM_URL = "__NEWSLETTER_CONFIRM_URL__"

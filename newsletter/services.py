@@ -12,7 +12,7 @@ from flask import Flask, current_app
 
 from .db import utcnow
 from .mail import SmtpSettings, SmtpTransport, Transport
-from .rendering import EmailRenderer
+from .rendering import EmailRenderer, RenderedEmail
 from .tokens import Tokens
 
 EXTENSION_KEY = "newsletter"
@@ -26,6 +26,7 @@ class Services:
     clock: Callable[[], datetime] = utcnow
     transport_factory: Callable[[], Transport] | None = None
     _renderer: EmailRenderer | None = field(default=None, repr=False)
+    _rendered: dict[tuple[Any, ...], RenderedEmail] = field(default_factory=dict, repr=False)
 
     @property
     def tokens(self) -> Tokens:
@@ -38,6 +39,18 @@ class Services:
         if self._renderer is None:
             self._renderer = EmailRenderer(self.config.get("EMAIL_TEMPLATES"))
         return self._renderer
+
+    def render_once(self, name: str, subject: str, context: dict[str, Any]) -> RenderedEmail:
+        """Render an email template, reusing an earlier rendering with the same inputs.
+
+        Templates and CSS inlining cost milliseconds; a transactional email is rendered once
+        per process with placeholders, which each message then fills in.
+        """
+        key = (name, subject, tuple(sorted(context.items())))
+        rendered = self._rendered.get(key)
+        if rendered is None:
+            rendered = self._rendered[key] = self.renderer.render(name, subject, context)
+        return rendered
 
     def smtp_settings(self) -> SmtpSettings:
         """SMTP settings from the configuration."""

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import outbox
+from . import outbox, placeholders
 from .addresses import address_hash, normalise_address
 from .mail import build_message
 from .models import (
@@ -24,6 +24,7 @@ from .models import (
     ConsentEvent,
     Subscriber,
 )
+from .rendering import RenderedEmail
 from .services import Services
 from .tokens import TokenExpired, TokenInvalid
 
@@ -136,16 +137,23 @@ def _queue_confirmation(session: Session, services: Services, subscriber: Subscr
     days = max(1, round(config["CONFIRM_TOKEN_MAX_AGE"] / 86400))
     # The reader's name is deliberately absent: echoing it would let anyone send text of
     # their choosing to any address through our confirmation emails.
-    rendered = services.renderer.render(
+    rendered = fill(services.render_once(
         "confirm", f"Please confirm your subscription to {config['SITE_NAME']}",
-        {**email_context(config), "confirm_url": services.public_url(f"confirm/{token}"),
-         "expires_days": days},
-    )
+        {**email_context(config), "confirm_url": placeholders.CONFIRM_URL, "expires_days": days},
+    ), {placeholders.CONFIRM_URL: services.public_url(f"confirm/{token}")})
     message = build_message(rendered, sender=config["MAIL_FROM"],
                             sender_name=config["MAIL_FROM_NAME"], recipient=subscriber.email or "",
                             date=now, headers=_common_headers(config))
     return outbox.queue_email(session, subscriber_id=subscriber.id, kind=outbox.CONFIRMATION,
                               recipient=subscriber.email or "", message=message, now=now)
+
+
+def fill(rendered: RenderedEmail, values: dict[str, str]) -> RenderedEmail:
+    """A copy of ``rendered`` with placeholders replaced by URL-safe values (no escaping needed)."""
+    html, text = rendered.html, rendered.text
+    for placeholder, value in values.items():
+        html, text = html.replace(placeholder, value), text.replace(placeholder, value)
+    return RenderedEmail(subject=rendered.subject, html=html, text=text)
 
 
 def resend_confirmation(session: Session, services: Services, expired: TokenExpired,
@@ -199,10 +207,10 @@ def _queue_welcome(session: Session, services: Services, subscriber: Subscriber,
     config = services.config
     unsubscribe_url = services.public_url(
         f"unsubscribe/{services.tokens.unsubscribe_token(subscriber.id)}")
-    rendered = services.renderer.render(
+    rendered = fill(services.render_once(
         "welcome", f"Welcome to {config['SITE_NAME']}",
-        {**email_context(config), "unsubscribe_url": unsubscribe_url},
-    )
+        {**email_context(config), "unsubscribe_url": placeholders.UNSUBSCRIBE_URL},
+    ), {placeholders.UNSUBSCRIBE_URL: unsubscribe_url})
     message = build_message(
         rendered, sender=config["MAIL_FROM"], sender_name=config["MAIL_FROM_NAME"],
         recipient=subscriber.email or "", date=now,
@@ -267,10 +275,21 @@ def list_headers(config: Any, unsubscribe_url: str) -> dict[str, str]:
 
 
 def describe(session: Session, subscriber: Subscriber) -> dict[str, Any]:
-    """Everything held about one reader, as JSON-ready data (status and consent history)."""
+    """Everything held about one reader, as JSON-ready data: status, consent history, every
+    campaign delivery and every transactional email (a GDPR access request's answer)."""
+    from .models import Campaign, Delivery, OutboxEmail
 
     def when(value: datetime | None) -> str | None:
         return value.isoformat() if value else None
+
+    deliveries = session.execute(
+        select(Delivery.campaign_id, Campaign.kind, Campaign.subject, Campaign.created_at,
+               Delivery.status)
+        .join(Campaign, Campaign.id == Delivery.campaign_id)
+        .where(Delivery.subscriber_id == subscriber.id).order_by(Delivery.id))
+    emails = session.execute(
+        select(OutboxEmail.kind, OutboxEmail.status, OutboxEmail.created_at, OutboxEmail.sent_at)
+        .where(OutboxEmail.subscriber_id == subscriber.id).order_by(OutboxEmail.id))
 
     return {
         "id": subscriber.id,
@@ -289,5 +308,21 @@ def describe(session: Session, subscriber: Subscriber) -> dict[str, Any]:
             }
             for e in subscriber.events
         ],
+        "deliveries": [
+            {"campaign_id": campaign_id, "kind": kind, "subject": subject,
+             "campaign_created_at": when(created), "status": status}
+            for campaign_id, kind, subject, created, status in deliveries
+        ],
+        "emails": [
+            {"kind": kind, "status": status, "queued_at": when(queued), "sent_at": when(sent)}
+            for kind, status, queued, sent in emails
+        ],
     }
+
+
+def queue_confirmation(session: Session, services: Services, subscriber: Subscriber,
+                       now: datetime) -> bool:
+    """Queue the double-opt-in email for a pending reader the author added (import, CLI), within
+    the per-address limits; returns whether it was queued. The caller commits."""
+    return _queue_confirmation(session, services, subscriber, now) is not None
 

@@ -53,6 +53,8 @@ def test_smtp_down_then_up_loses_no_confirmation(
         assert message.recipients == ["patient@example.com"]
         confirm = link_in(message.body("plain"), "confirm")
         assert client.post(confirm).status_code == 200
+        restarted.wait_for(2)  # the welcome email, sent in the background
+        wait_until(lambda: all(row[0] == "sent" for row in outbox_rows(app)))
     finally:
         restarted.stop()
     assert outbox_rows(app)[0][0] == "sent"
