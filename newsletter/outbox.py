@@ -181,24 +181,34 @@ class OutboxSender:
             thread.join(timeout)
 
     def _run(self) -> None:
+        from . import ratelimit
         from .db import db
         from .services import get_services
 
+        transport: Transport | None = None
         while not self._stop.is_set():
-            self._wake.wait(self.interval)
+            woken = self._wake.wait(self.interval)
             self._wake.clear()
             if self._stop.is_set():
                 break
             with self.app.app_context():
                 services = get_services(self.app)
-                transport = services.open_transport()
+                # Keep the connection while requests keep coming; close it once idle.
+                transport = transport or services.open_transport()
                 try:
-                    deliver_queued(db.session, transport, sender=services.config["MAIL_FROM"],
-                                   now=services.clock(),
-                                   max_attempts=services.config["OUTBOX_MAX_ATTEMPTS"])
+                    report = deliver_queued(
+                        db.session, transport, sender=services.config["MAIL_FROM"],
+                        now=services.clock(), max_attempts=services.config["OUTBOX_MAX_ATTEMPTS"])
+                    if not woken:
+                        ratelimit.sweep(db.session, services.clock())
                 except Exception:  # keep the thread alive; the rows stay queued
                     log.exception("the background outbox sender failed; will try again")
                     db.session.rollback()
+                    report = None
                 finally:
-                    transport.close()
                     db.session.remove()
+                if report is None or report.errors or not woken:
+                    transport.close()
+                    transport = None
+        if transport is not None:
+            transport.close()

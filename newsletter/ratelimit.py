@@ -31,9 +31,13 @@ def hit(session: Session, key: str, *, limit: int, window_seconds: int, now: dat
         set_={"count": RateLimitWindow.count + 1},
     ).returning(RateLimitWindow.count)
     count = session.execute(statement).scalar_one()
-    if count == 1:
-        # The first hit of a window sweeps windows that ended long ago.
-        session.execute(delete(RateLimitWindow).where(
-            RateLimitWindow.window_start < window - 24 * 3600))
     session.commit()
     return count <= limit
+
+
+def sweep(session: Session, now: datetime, keep_seconds: int = 24 * 3600) -> int:
+    """Delete windows that ended long ago; run now and then (the outbox sender's sweep does)."""
+    cutoff = int(now.timestamp()) - keep_seconds
+    result = session.execute(delete(RateLimitWindow).where(RateLimitWindow.window_start < cutoff))
+    session.commit()
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import outbox, placeholders
@@ -87,10 +88,24 @@ def subscribe(session: Session, services: Services, email: str, *, name: str | N
     unsubscribed one starts double opt-in again. Per-address limits hold back the email.
     """
     address = normalise_address(email)
+    name = (name or "").strip()[:200] or None
+    try:
+        return _subscribe(session, services, address, name, info)
+    except IntegrityError:
+        # Another request added this address between our look-up and our insert: the reader
+        # exists now, so the second attempt takes the "already here" path.
+        session.rollback()
+        return _subscribe(session, services, address, name, info)
+
+
+def _subscribe(session: Session, services: Services, address: str, name: str | None,
+               info: RequestInfo) -> SubscribeOutcome:
     config = services.config
     now = services.clock()
-    name = (name or "").strip()[:200] or None
-    subscriber = session.scalar(select(Subscriber).where(Subscriber.email == address))
+    # FOR UPDATE serialises concurrent requests for one address on PostgreSQL (SQLite
+    # serialises writers anyway), so the per-address email limits cannot be raced.
+    subscriber = session.scalar(
+        select(Subscriber).where(Subscriber.email == address).with_for_update())
     if subscriber is None:
         subscriber = Subscriber(email=address, name=name, status=PENDING, token_generation=0,
                                 created_at=now, updated_at=now)

@@ -286,3 +286,30 @@ def test_hosted_pages_and_security_headers(client: FlaskClient) -> None:
     assert "default-src 'none'" in page.headers["Content-Security-Policy"]
     thanks = client.get("/subscribe/thanks")
     assert b"Please check your inbox to confirm your subscription." in thanks.data
+
+
+def test_simultaneous_sign_ups_of_one_new_address_make_one_reader_and_one_email(
+    app: Flask,
+) -> None:
+    import threading
+
+    app.config["OUTBOX_SEND_AFTER_REQUEST"] = False
+    barrier = threading.Barrier(8)
+    codes: list[int] = []
+
+    def sign_up(n: int) -> None:
+        client = app.test_client()
+        barrier.wait()
+        response = client.post("/subscribe", json={"email": "rush@example.com"},
+                               environ_base={"REMOTE_ADDR": f"192.0.2.{n}"})
+        codes.append(response.status_code)
+
+    threads = [threading.Thread(target=sign_up, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert codes == [202] * 8
+    assert count(app, Subscriber) == 1
+    assert count(app, OutboxEmail) == 1
+    assert count(app, ConsentEvent) == 8
