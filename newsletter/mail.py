@@ -1,19 +1,36 @@
-"""Building email messages and speaking SMTP. Nothing here knows about readers or the database."""
+"""Building email messages and speaking SMTP. Nothing here knows about readers or the database.
+
+Campaign messages are serialised once (:class:`MessageTemplate`) with a slot for each reader's
+own parts, and each reader's copy is that byte string with the slots filled in. Transactional
+emails are few and use :func:`build_message`.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import html
+import re
 import smtplib
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
+from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import format_datetime, make_msgid
-from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
+from . import placeholders as ph
 from .rendering import RenderedEmail
+
+# RFC 5322: a line is at most 998 octets plus CRLF. Quoted-printable lines are at most 76.
+MAX_LINE = 998
+QP_LINE = 76
+# What may go between < and > in MAIL FROM / RCPT TO without being checked again.
+_PLAIN_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@]+@[A-Za-z0-9.-]+")
 
 
 class SmtpProblem(Exception):
@@ -39,6 +56,10 @@ class SmtpRejected(SmtpProblem):
 
 class SmtpConfigProblem(SmtpProblem):
     """Authentication or TLS failed: retrying cannot help until the settings are fixed."""
+
+
+class DkimProblem(Exception):
+    """The DKIM key cannot be read or used; the message names the setting to fix."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +101,10 @@ class SmtpTransport:
     def __init__(self, settings: SmtpSettings) -> None:
         self.settings = settings
         self._smtp: smtplib.SMTP | None = None
+        # Known after connect(): whether the server takes 8-bit bodies (RFC 6152) and
+        # several commands in one write (RFC 2920).
         self.supports_8bit = False
+        self.pipelining = False
 
     def __enter__(self) -> SmtpTransport:
         return self
@@ -93,34 +117,52 @@ class SmtpTransport:
         if self._smtp is not None:
             return self._smtp
         s = self.settings
+        smtp: smtplib.SMTP | None = None
         try:
             if s.security == "ssl":
-                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
-                    s.host, s.port, timeout=s.timeout, context=ssl.create_default_context())
+                smtp = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout,
+                                        context=ssl.create_default_context())
             else:
                 smtp = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
             smtp.ehlo_or_helo_if_needed()
             if s.security == "starttls":
+                if not smtp.has_extn("starttls"):
+                    raise SmtpConfigProblem(
+                        f"SMTP server {s.describe()} does not offer STARTTLS: check "
+                        "NEWSLETTER_SMTP_SECURITY and NEWSLETTER_SMTP_PORT")
                 smtp.starttls(context=ssl.create_default_context())
                 smtp.ehlo()
             if s.username:
+                if not smtp.has_extn("auth"):
+                    raise SmtpConfigProblem(
+                        f"SMTP server {s.describe()} does not offer a login (AUTH): check "
+                        "NEWSLETTER_SMTP_USERNAME and NEWSLETTER_SMTP_SECURITY (many servers "
+                        "offer AUTH only after STARTTLS)")
                 smtp.login(s.username, s.password or "")
+        except SmtpConfigProblem:
+            _close_quietly(smtp)
+            raise
         except smtplib.SMTPAuthenticationError as err:
+            _close_quietly(smtp)
             raise SmtpConfigProblem(
                 f"SMTP login to {s.describe()} was refused: check NEWSLETTER_SMTP_USERNAME and "
                 "NEWSLETTER_SMTP_PASSWORD", err.smtp_code, _text(err.smtp_error)) from err
-        except (ssl.SSLError, smtplib.SMTPNotSupportedError) as err:
+        except (ssl.SSLError, ssl.CertificateError, smtplib.SMTPNotSupportedError) as err:
+            _close_quietly(smtp)
             raise SmtpConfigProblem(
                 f"TLS with {s.describe()} failed ({err}): check NEWSLETTER_SMTP_SECURITY and "
                 "NEWSLETTER_SMTP_PORT") from err
         except smtplib.SMTPConnectError as err:
+            _close_quietly(smtp)
             raise SmtpUnavailable(f"SMTP server {s.describe()} refused the connection: "
                                   f"{err.smtp_code} {_text(err.smtp_error)}",
                                   err.smtp_code, _text(err.smtp_error)) from err
         except (OSError, smtplib.SMTPException) as err:
+            _close_quietly(smtp)
             raise SmtpUnavailable(f"cannot reach SMTP server {s.describe()}: {err}") from err
         self._smtp = smtp
         self.supports_8bit = smtp.has_extn("8bitmime")
+        self.pipelining = smtp.has_extn("pipelining")
         return smtp
 
     def send(self, sender: str, recipient: str, message: bytes) -> str:
@@ -129,25 +171,59 @@ class SmtpTransport:
         Raises SmtpRejected (4xx/5xx for this message), SmtpUnavailable (connection trouble
         or 421; the connection is dropped and the next send reconnects) or SmtpConfigProblem.
         """
+        return self._send(sender, recipient, message, prepared=False)
+
+    def send_prepared(self, sender: str, recipient: str, data: bytes) -> str:
+        """Like :meth:`send`, for a message whose line-leading dots are already doubled
+        (:meth:`MessageTemplate.personalise_for_smtp`): skips smtplib's pass over it."""
+        return self._send(sender, recipient, data, prepared=True)
+
+    def _send(self, sender: str, recipient: str, message: bytes, *, prepared: bool) -> str:
+        for address in (sender, recipient):
+            if not _PLAIN_ADDRESS.fullmatch(address):
+                raise SmtpRejected(f"not sent: {address!r} is not a plain address", 501,
+                                   "5.1.3 bad address syntax (refused before sending)")
         smtp = self.connect()
+        data = message if prepared else _stuff(message, at_line_start=True)
+        # Addresses were checked above (and when readers signed up), so the commands are
+        # written directly: smtplib's mail()/rcpt() parse every address again, per message.
+        mail = f"MAIL FROM:<{sender}>"
+        if self.supports_8bit and not message.isascii():
+            mail += " BODY=8BITMIME"
+        commands = f"{mail}\r\nRCPT TO:<{recipient}>\r\n"
         try:
-            eight_bit = self.supports_8bit and not message.isascii()
-            code, reply = smtp.mail(sender, ["BODY=8BITMIME"] if eight_bit else [])
+            if self.pipelining:
+                # RFC 2920: MAIL, RCPT and DATA in one write, then their three replies.
+                smtp.send(commands + "DATA\r\n")
+                replies = [smtp.getreply(), smtp.getreply(), smtp.getreply()]
+            else:
+                smtp.send(commands[:commands.index("\r\n") + 2])
+                replies = [smtp.getreply()]
+                if replies[0][0] == 250:
+                    smtp.send(commands[commands.index("\r\n") + 2:])
+                    replies.append(smtp.getreply())
+                    if replies[1][0] in (250, 251):
+                        replies.append(smtp.docmd("DATA"))
+            # The first reply that is not a go-ahead says what went wrong.
+            expected = (("sender", (250,)), ("recipient", (250, 251)), ("message", (354,)))
+            stage, (code, reply) = next(
+                ((name, r) for (name, ok), r in zip(expected, replies, strict=False)
+                 if r[0] not in ok),
+                ("message", replies[-1]))
+            if stage == "message" and code == 354:
+                smtp.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
+                code, reply = smtp.getreply()
+            elif len(replies) == 3 and replies[2][0] == 354:
+                # A server that says 354 after refusing the envelope: end the empty message.
+                smtp.send(b".\r\n")
+                smtp.getreply()
             if code != 250:
-                self._refused(smtp, code, reply, "sender")
-            code, reply = smtp.rcpt(recipient)
-            if code not in (250, 251):
-                self._refused(smtp, code, reply, "recipient")
-            code, reply = smtp.data(message)
-            if code != 250:
-                self._refused(smtp, code, reply, "message")
-        except smtplib.SMTPDataError as err:
-            self._refused(smtp, err.smtp_code, err.smtp_error, "message")
+                self._refused(smtp, code, reply, stage)
         except (OSError, smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException) as err:
             self._drop()
-            code = getattr(err, "smtp_code", None)
             raise SmtpUnavailable(f"connection to {self.settings.describe()} failed: {err}",
-                                  code, _text(getattr(err, "smtp_error", None))) from err
+                                  getattr(err, "smtp_code", None),
+                                  _text(getattr(err, "smtp_error", None))) from err
         return f"{code} {_text(reply)}"
 
     def _refused(self, smtp: smtplib.SMTP, code: int, reply: bytes | str, stage: str) -> None:
@@ -163,11 +239,7 @@ class SmtpTransport:
 
     def _drop(self) -> None:
         smtp, self._smtp = self._smtp, None
-        if smtp is not None:
-            try:
-                smtp.close()
-            except OSError:
-                pass
+        _close_quietly(smtp)
 
     def close(self) -> None:
         """Say QUIT politely; a connection that is already gone is simply dropped."""
@@ -177,6 +249,12 @@ class SmtpTransport:
         try:
             smtp.quit()
         except (OSError, smtplib.SMTPException):
+            smtp.close()
+
+
+def _close_quietly(smtp: smtplib.SMTP | None) -> None:
+    if smtp is not None:
+        with suppress(OSError):
             smtp.close()
 
 
@@ -209,7 +287,7 @@ def build_message(
     message["From"] = format_address(sender, sender_name)
     message["To"] = recipient
     message["Subject"] = rendered.subject
-    message["Date"] = format_datetime(date) if date else format_datetime(datetime.now().astimezone())
+    message["Date"] = format_datetime(date or datetime.now().astimezone())
     message["Message-ID"] = message_id or make_msgid(domain=sender.rpartition("@")[2])
     for name, value in (headers or {}).items():
         message[name] = value
@@ -218,49 +296,438 @@ def build_message(
     return message
 
 
+# --- one reader's parts ---------------------------------------------------------------------
+
+GREETING_NAME_LIMIT = 60
+
+
+def reader_greeting(name: str | None) -> str:
+    """"Hi Ada," for a reader with a name, "Hello," without one (whitespace squashed)."""
+    name = " ".join((name or "").split())[:GREETING_NAME_LIMIT].strip()
+    return f"Hi {name}," if name else "Hello,"
+
+
 @dataclass(frozen=True)
 class ReaderParts:
-    """One reader's own values for a campaign message rendered once for everyone."""
+    """One reader's own values for a campaign message rendered once for everyone.
+
+    ``name``, when given, becomes the display name in the To header.
+    """
 
     recipient: str
     unsubscribe_url: str
     message_id: str
     greeting: str = "Hello,"
+    name: str | None = None
+
+
+_ATEXT_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
+
+
+def to_header_value(address: str, name: str | None) -> str:
+    """The To header's value: the bare address, or ``name <address>`` with the name quoted or
+    RFC 2047-encoded (and so folded) as needed. Cheap, because it runs once per reader."""
+    name = " ".join((name or "").split())
+    if not name:
+        return address
+    # Text that looks like an encoded-word ("=?...?=") would be decoded by mail clients, so
+    # such names are encoded like non-ASCII ones.
+    if name.isascii() and name.isprintable() and "=?" not in name:
+        if _ATEXT_NAME.fullmatch(name):
+            return f"{name} <{address}>"
+        quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{quoted}" <{address}>'
+    return f"{_encoded_words(name)} <{address}>"
+
+
+def _encoded_words(text: str) -> str:
+    """RFC 2047 base64 encoded-words of at most 75 characters, folded onto several lines."""
+    import base64
+
+    words: list[str] = []
+    chunk = ""
+    for char in text:
+        # 45 octets of UTF-8 make 60 characters of base64: with "=?utf-8?b?" and "?=" that is
+        # 72, inside the limit of 75; a character is never split across two words. White
+        # space between encoded-words is dropped by readers (RFC 2047 6.2), so a space stays
+        # inside a word, and a word is preferably ended before one.
+        if len((chunk + char).encode()) > 45 or (
+                char == " " and len(chunk.encode()) > 30):
+            words.append(chunk)
+            chunk = ""
+        chunk += char
+    words.append(chunk)
+    return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(w.encode()).decode()}?=" for w in words)
+
+
+# --- DKIM -----------------------------------------------------------------------------------
+
+# RFC 6376 recommends these; List-Unsubscribe-Post must be signed too (RFC 8058 section 4),
+# and dkimpy's default list leaves it out.
+DKIM_HEADERS = (
+    "From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type", "Reply-To",
+    "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post",
+)
+
+
+@dataclass(frozen=True)
+class DkimSigner:
+    """Signs whole messages for one domain and selector with an RSA key (dkimpy)."""
+
+    domain: str
+    selector: str
+    private_key: bytes
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> DkimSigner | None:
+        """The signer the settings describe, or None when DKIM is not configured."""
+        domain, selector, key_path = (config.get("DKIM_DOMAIN"), config.get("DKIM_SELECTOR"),
+                                      config.get("DKIM_PRIVATE_KEY"))
+        if not domain:
+            return None
+        try:
+            key = Path(str(key_path)).read_bytes()
+        except OSError as err:
+            raise DkimProblem(f"NEWSLETTER_DKIM_PRIVATE_KEY: cannot read {key_path}: "
+                              f"{err.strerror}") from err
+        signer = cls(str(domain), str(selector), key)
+        signer.sign(b"From: check@" + signer.domain.encode() + b"\r\n\r\nkey check\r\n")
+        return signer
+
+    def sign(self, message: bytes) -> bytes:
+        """``message`` with a DKIM-Signature header in front of it."""
+        import dkim
+
+        present = {line.split(b":", 1)[0].strip().lower()
+                   for line in message.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+                   if line and line[:1] not in b" \t"}
+        headers = [h.encode() for h in DKIM_HEADERS if h.lower().encode() in present]
+        try:
+            signature = dkim.sign(message, self.selector.encode(), self.domain.encode(),
+                                  self.private_key, include_headers=headers,
+                                  canonicalize=(b"relaxed", b"relaxed"))
+        except dkim.DKIMException as err:
+            raise DkimProblem(f"DKIM signing failed ({err}): check NEWSLETTER_DKIM_PRIVATE_KEY "
+                              "(an RSA private key in PEM form)") from err
+        return bytes(signature) + message
+
+
+# --- a campaign message serialised once ----------------------------------------------------
+
+# The To header is the reader's address with their name; bodies use RECIPIENT for the address.
+_TO_HEADER = "__NEWSLETTER_TO_HEADER__"
+_PLACEHOLDERS = (ph.UNSUBSCRIBE_URL, ph.GREETING, ph.RECIPIENT, ph.MESSAGE_ID, _TO_HEADER)
+_PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in _PLACEHOLDERS))
+# Where a slot sits decides how its value is written: raw in a header, as UTF-8 in an 8-bit
+# part, quoted-printable in a QP part; HTML-escaped in an HTML part.
+HEADER, TEXT_8BIT, HTML_8BIT, TEXT_QP, HTML_QP = "header", "text8", "html8", "textqp", "htmlqp"
+# A line holding a slot keeps this much room for the reader's value before the part is
+# written quoted-printable instead of 8-bit; a longer value falls back per reader.
+_SLOT_ROOM = 300
+
+
+@dataclass(frozen=True)
+class _Slot:
+    placeholder: str
+    context: str
+
+
+class _Serialised:
+    """One serialised message with slots: literal bytes between them, joined by ``%``."""
+
+    def __init__(self, pieces: Sequence[bytes | _Slot],
+                 guarded: Sequence[tuple[int, tuple[int, ...]]]) -> None:
+        literals: list[bytes] = []
+        self.slots: list[_Slot] = []
+        current = b""
+        for piece in pieces:
+            if isinstance(piece, _Slot):
+                literals.append(current)
+                current = b""
+                self.slots.append(piece)
+            else:
+                current += piece
+        literals.append(current)
+        # bytes % tuple runs in C: one pass and one allocation per reader.
+        self.format = b"%s".join(lit.replace(b"%", b"%%") for lit in literals)
+        self.template = self.format % tuple(s.placeholder.encode() for s in self.slots)
+        # The same, made ready for SMTP's DATA once: a "." starting a line doubled (RFC 5321
+        # 4.5.2), so no reader's copy needs smtplib's regex pass over the whole message. A
+        # literal after a slot starts mid-line: only dots after a line break count there.
+        self.wire_format = b"%s".join(
+            _stuff(lit, at_line_start=(i == 0)).replace(b"%", b"%%")
+            for i, lit in enumerate(literals))
+        # Slots that begin a line: a value starting with "." is doubled there.
+        self.line_start = [lit.endswith(b"\n") or (i == 0 and not lit)
+                           for i, lit in enumerate(literals[:-1])]
+        # Lines of 8-bit parts that hold slots: (octets without the slots, slot indexes).
+        self.guarded = guarded
+        self.room = min((MAX_LINE - base for base, _ in guarded), default=MAX_LINE)
+        self.guarded_slots = sorted({i for _, idx in guarded for i in idx})
 
 
 class MessageTemplate:
-    """A campaign message built and serialised once, with placeholders for each reader's parts.
+    """A campaign message built and serialised once, with slots for each reader's parts.
 
-    ``personalise`` makes one reader's copy by replacing the placeholders in the bytes, so the
-    per-reader cost is a few string replacements, not a MIME build.
+    Two serialisations are kept: one with 8-bit parts for servers that offer 8BITMIME (lines
+    checked against the 998-octet limit) and one that is 7-bit throughout (quoted-printable),
+    for servers that do not and for a reader whose values would make an 8-bit line too long.
+    ``personalise`` fills the slots: a few small encodings and one join, not a MIME build.
     """
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    def __init__(self, eight_bit: _Serialised, seven_bit: _Serialised,
+                 dkim: DkimSigner | None = None) -> None:
+        self._eight_bit = eight_bit
+        self._seven_bit = seven_bit
+        self.dkim = dkim
+
+    @property
+    def data(self) -> bytes:
+        """The 8-bit serialisation with the placeholders in place (for inspection)."""
+        return self._eight_bit.template
 
     @classmethod
     def build(cls, rendered: RenderedEmail, *, sender: str, sender_name: str | None,
-              headers: Mapping[str, str], date: datetime) -> MessageTemplate:
-        """Serialise ``rendered`` with placeholders in To, Message-ID, List-Unsubscribe, bodies."""
-        from . import placeholders as ph
+              headers: Mapping[str, str], date: datetime,
+              dkim: DkimSigner | None = None) -> MessageTemplate:
+        """Serialise ``rendered`` with slots in To, Message-ID, ``headers`` and both bodies.
 
-        message = build_message(rendered, sender=sender, sender_name=sender_name,
-                                recipient=ph.RECIPIENT, message_id=f"<{ph.MESSAGE_ID}>",
-                                date=date, headers=headers)
-        return cls(message.as_bytes(policy=SMTP_POLICY.clone(max_line_length=998)))
+        ``headers`` may hold placeholders (List-Unsubscribe holds the unsubscribe URL's).
+        """
+        head = _header_block(rendered.subject, sender=sender, sender_name=sender_name,
+                             headers=headers, date=date)
+        boundary = _boundary(rendered)
+        variants = []
+        for allow_8bit in (True, False):
+            pieces: list[bytes | _Slot] = [*head]
+            pieces.append(b"MIME-Version: 1.0\r\nContent-Type: multipart/alternative; "
+                          b'boundary="' + boundary + b'"\r\n\r\n')
+            guarded: list[tuple[int, tuple[int, ...]]] = []
+            for subtype, body in (("plain", rendered.text), ("html", rendered.html)):
+                pieces.append(b"--" + boundary + b"\r\n")
+                _add_part(pieces, guarded, subtype, body, allow_8bit)
+                # The line break before a boundary belongs to the boundary (RFC 2046), so
+                # this one keeps the part's own final line break.
+                pieces.append(b"\r\n")
+            pieces.append(b"--" + boundary + b"--\r\n")
+            variants.append(_Serialised(pieces, guarded))
+        return cls(variants[0], variants[1], dkim)
 
-    def personalise(self, reader: ReaderParts) -> bytes:
-        """One reader's copy."""
-        from html import escape
+    def personalise(self, reader: ReaderParts, *, eight_bit: bool = True) -> bytes:
+        """One reader's copy; ``eight_bit=False`` for a server without 8BITMIME."""
+        serialised = self._eight_bit if eight_bit else self._seven_bit
+        values = _slot_values(serialised.slots, reader)
+        if eight_bit and serialised.guarded and not _fits(serialised, values):
+            serialised = self._seven_bit
+            values = _slot_values(serialised.slots, reader)
+        data = serialised.format % tuple(values)
+        return self.dkim.sign(data) if self.dkim is not None else data
 
-        from . import placeholders as ph
+    def personalise_for_smtp(self, reader: ReaderParts, *, eight_bit: bool = True) -> bytes:
+        """One reader's copy ready for SMTP's DATA (dot-stuffed; see ``SmtpTransport.send``)."""
+        if self.dkim is not None:
+            # The signature covers the message as read, so sign first, then stuff.
+            return _stuff(self.personalise(reader, eight_bit=eight_bit), at_line_start=True)
+        serialised = self._eight_bit if eight_bit else self._seven_bit
+        values = _slot_values(serialised.slots, reader)
+        if eight_bit and serialised.guarded and not _fits(serialised, values):
+            serialised = self._seven_bit
+            values = _slot_values(serialised.slots, reader)
+        for i, starts in enumerate(serialised.line_start):
+            if starts and values[i][:1] == b".":
+                values[i] = b"." + values[i]
+        return serialised.wire_format % tuple(values)
 
-        data = self.data
-        for placeholder, value in (
-            (ph.RECIPIENT, reader.recipient),
-            (ph.MESSAGE_ID, reader.message_id.strip("<>")),
-            (ph.UNSUBSCRIBE_URL, reader.unsubscribe_url),
-            (ph.GREETING, escape(reader.greeting)),
-        ):
-            data = data.replace(placeholder.encode(), value.encode())
-        return data
+
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+_DOT_AFTER_BREAK = re.compile(rb"(?<=\n)\.")
+
+
+def _stuff(data: bytes, *, at_line_start: bool) -> bytes:
+    """Double each "." that starts a line (SMTP transparency)."""
+    return (_LEADING_DOT if at_line_start else _DOT_AFTER_BREAK).sub(b"..", data)
+
+
+def _fits(serialised: _Serialised, values: Sequence[bytes]) -> bool:
+    """Whether every 8-bit line with a slot stays within 998 octets for these values."""
+    if sum(len(values[i]) for i in serialised.guarded_slots) <= serialised.room:
+        return True  # even all of them on the fullest line would fit
+    return all(base + sum(len(values[i]) for i in idx) <= MAX_LINE
+               for base, idx in serialised.guarded)
+
+
+def _slot_values(slots: Iterable[_Slot], reader: ReaderParts) -> list[bytes]:
+    raw = {
+        ph.UNSUBSCRIBE_URL: reader.unsubscribe_url,
+        ph.GREETING: reader.greeting,
+        ph.RECIPIENT: reader.recipient,
+        ph.MESSAGE_ID: reader.message_id.strip().strip("<>"),
+    }
+    values: list[bytes] = []
+    for slot in slots:
+        if slot.placeholder == _TO_HEADER:
+            # Already encoded and folded; the address was checked when the reader signed up.
+            values.append(to_header_value(reader.recipient, reader.name).encode("ascii"))
+            continue
+        value = raw[slot.placeholder]
+        context = slot.context
+        if context == HEADER:
+            if not value.isascii() or "\r" in value or "\n" in value or len(value) > 900:
+                raise ValueError(f"header value {value!r} must be one short line of ASCII")
+            values.append(value.encode("ascii"))
+        elif context == TEXT_8BIT:
+            values.append(value.encode())
+        elif context == HTML_8BIT:
+            values.append(html.escape(value).encode())
+        elif context == TEXT_QP:
+            values.append(qp_value(value))
+        else:
+            values.append(qp_value(html.escape(value)))
+    return values
+
+
+def _header_block(subject: str, *, sender: str, sender_name: str | None,
+                  headers: Mapping[str, str], date: datetime) -> list[bytes | _Slot]:
+    pieces: list[bytes | _Slot] = [
+        _fold("From", format_address(sender, sender_name)),
+        b"To: ", _Slot(_TO_HEADER, HEADER), b"\r\n",
+        _fold("Subject", subject),
+        _fold("Date", format_datetime(date)),
+        b"Message-ID: <", _Slot(ph.MESSAGE_ID, HEADER), b">\r\n",
+    ]
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name} must be one line")
+        folded = _fold(name, value)
+        pieces.extend(_split_slots(folded.decode("ascii"), HEADER))
+    return pieces
+
+
+def _fold(name: str, value: str) -> bytes:
+    """``Name: value`` folded and RFC 2047-encoded as needed, CRLF-terminated."""
+    return SMTP_POLICY.header_factory(name, value).fold(policy=SMTP_POLICY).encode("ascii")
+
+
+def _split_slots(text: str, context: str) -> list[bytes | _Slot]:
+    pieces: list[bytes | _Slot] = []
+    position = 0
+    for match in _PLACEHOLDER_RE.finditer(text):
+        pieces.append(text[position:match.start()].encode())
+        pieces.append(_Slot(match.group(), context))
+        position = match.end()
+    pieces.append(text[position:].encode())
+    return pieces
+
+
+def _boundary(rendered: RenderedEmail) -> bytes:
+    """A boundary that cannot occur in the parts: "=_" never appears in quoted-printable."""
+    seed = hashlib.sha256((rendered.text + rendered.html).encode()).hexdigest()
+    boundary = f"=_newsletter_{seed[:24]}"
+    while boundary in rendered.text or boundary in rendered.html:
+        boundary += "_"
+    return boundary.encode()
+
+
+def _lines(body: str) -> list[str]:
+    return body.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n").split("\n")
+
+
+def _add_part(pieces: list[bytes | _Slot], guarded: list[tuple[int, tuple[int, ...]]],
+              subtype: str, body: str, allow_8bit: bool) -> None:
+    """Append one text part: 7bit when plain ASCII with short lines and no slots, 8bit when
+    allowed and every line fits, else quoted-printable (always valid)."""
+    lines = _lines(body)
+    has_slots = _PLACEHOLDER_RE.search(body) is not None
+    lengths = [len(_PLACEHOLDER_RE.sub("", line).encode()) for line in lines]
+    short = all(n <= MAX_LINE for n in lengths) and all(
+        n <= MAX_LINE - _SLOT_ROOM for n, line in zip(lengths, lines, strict=True)
+        if _PLACEHOLDER_RE.search(line))
+    if short and body.isascii() and not has_slots:
+        cte = "7bit"
+    elif short and allow_8bit:
+        cte = "8bit"
+    else:
+        cte = "quoted-printable"
+    pieces.append(f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+                  f"Content-Transfer-Encoding: {cte}\r\n\r\n".encode())
+    if cte == "quoted-printable":
+        pieces.extend(_qp_body(lines, HTML_QP if subtype == "html" else TEXT_QP))
+        return
+    context = HTML_8BIT if subtype == "html" else TEXT_8BIT
+    slot_index = sum(isinstance(p, _Slot) for p in pieces)
+    for line, base in zip(lines, lengths, strict=True):
+        line_pieces = _split_slots(line, context)
+        slots = [p for p in line_pieces if isinstance(p, _Slot)]
+        if slots:
+            guarded.append((base, tuple(range(slot_index, slot_index + len(slots)))))
+            slot_index += len(slots)
+        pieces.extend(line_pieces)
+        pieces.append(b"\r\n")
+
+
+# --- quoted-printable with slots -------------------------------------------------------------
+
+_QP_SAFE = frozenset(chr(c) for c in range(33, 127) if c != ord("=")) | {" ", "\t"}
+
+
+def _qp_tokens(text: str) -> list[str]:
+    return [c if c in _QP_SAFE else "".join(f"={b:02X}" for b in c.encode()) for c in text]
+
+
+def _qp_wrap(tokens: Sequence[str], out: list[str], line: str = "") -> str:
+    """Append full soft-broken lines to ``out``, continuing the unfinished ``line``; return the
+    new unfinished line. A line with its soft-break "=" stays within 76 characters, and an
+    escape such as "=C3" is never split."""
+    for token in tokens:
+        if len(line) + len(token) > QP_LINE - 1:
+            out.append(line + "=\r\n")
+            line = ""
+        if not line and token == ".":
+            token = "=2E"  # a line starting with "." would need doubling for SMTP
+        line += token
+    return line
+
+
+def _qp_body(lines: Sequence[str], context: str) -> list[bytes | _Slot]:
+    """A quoted-printable body in which each slot sits alone between two soft line breaks,
+    so a value of any length can be wrapped into it without breaking the 76-character rule."""
+    pieces: list[bytes | _Slot] = []
+    for line in lines:
+        out: list[str] = []
+        current = ""
+        position = 0
+        for match in [*_PLACEHOLDER_RE.finditer(line), None]:
+            end = match.start() if match else len(line)
+            tokens = _qp_tokens(line[position:end])
+            if match is None and tokens and tokens[-1] in (" ", "\t"):
+                # Trailing white space at a hard line break must be encoded (RFC 2045).
+                tokens[-1] = "=20" if tokens[-1] == " " else "=09"
+            current = _qp_wrap(tokens, out, current)
+            if match is None:
+                break
+            if current:
+                out.append(current + "=\r\n")
+                current = ""
+            pieces.append("".join(out).encode("ascii"))
+            out = []
+            pieces.append(_Slot(match.group(), context))
+            pieces.append(b"=\r\n")
+            position = match.end()
+        out.append(current + "\r\n")
+        pieces.append("".join(out).encode("ascii"))
+    return pieces
+
+
+def qp_value(value: str) -> bytes:
+    """A reader's value for a quoted-printable slot: encoded, wrapped with soft breaks, and
+    never ending in white space (the template puts a soft break after it)."""
+    if (len(value) <= QP_LINE - 1 and value.isascii() and value.isprintable()
+            and "=" not in value and not value.endswith((" ", "\t"))
+            and not value.startswith(".")):
+        return value.encode("ascii")
+    tokens = _qp_tokens(value)
+    if tokens and tokens[-1] in (" ", "\t"):
+        tokens[-1] = "=20" if tokens[-1] == " " else "=09"
+    out: list[str] = []
+    last = _qp_wrap(tokens, out)
+    return ("".join(out) + last).encode("ascii")

@@ -112,7 +112,7 @@ class RateLimitWindow(db.Model):
     __tablename__ = "rate_limits"
 
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
-    window_start: Mapped[int] = mapped_column(Integer, primary_key=True)
+    window_start: Mapped[int] = mapped_column(Integer, primary_key=True, index=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
 
 
@@ -179,12 +179,19 @@ class Campaign(db.Model):
 
 
 class Delivery(db.Model):
-    """One campaign to one reader: the ledger row that makes sending exact."""
+    """One campaign to one reader: the ledger row that makes sending exact.
+
+    ``queued`` → ``sent`` (after the server's 250) | ``failed`` (5xx, or 4xx past the give-up
+    age) | ``deferred`` (4xx; retried from ``next_attempt_at``) | ``skipped`` (the reader left
+    first). A sender claims a batch by setting ``claimed_until``; a claim past that time is
+    abandoned and any sender may take the rows again.
+    """
 
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("campaign_id", "subscriber_id"),
-        Index("ix_deliveries_campaign_status", "campaign_id", "status"),
+        # Senders walk one campaign's queued rows in id order (keyset pagination).
+        Index("ix_deliveries_campaign_status", "campaign_id", "status", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -195,3 +202,6 @@ class Delivery(db.Model):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     smtp_reply: Mapped[str | None] = mapped_column(Text)
+    # When the first 4xx came: a delivery still deferred this long after is given up.
+    deferred_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -43,6 +43,9 @@ def upgrade() -> None:
     sa.Column('count', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('key', 'window_start')
     )
+    with op.batch_alter_table('rate_limits', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_rate_limits_window_start'), ['window_start'], unique=False)
+
     op.create_table('source_state',
     sa.Column('source', sa.String(length=2048), nullable=False),
     sa.Column('etag', sa.String(length=512), nullable=True),
@@ -99,13 +102,15 @@ def upgrade() -> None:
     sa.Column('next_attempt_at', newsletter.db.UTCDateTime(), nullable=True),
     sa.Column('updated_at', newsletter.db.UTCDateTime(), nullable=True),
     sa.Column('smtp_reply', sa.Text(), nullable=True),
+    sa.Column('deferred_since', newsletter.db.UTCDateTime(), nullable=True),
+    sa.Column('claimed_until', newsletter.db.UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(['campaign_id'], ['campaigns.id'], ),
     sa.ForeignKeyConstraint(['subscriber_id'], ['subscribers.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('campaign_id', 'subscriber_id')
     )
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
-        batch_op.create_index('ix_deliveries_campaign_status', ['campaign_id', 'status'], unique=False)
+        batch_op.create_index('ix_deliveries_campaign_status', ['campaign_id', 'status', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_deliveries_subscriber_id'), ['subscriber_id'], unique=False)
 
     op.create_table('outbox',

@@ -1,0 +1,1100 @@
+"""The delivery ledger and the campaign sender: planning, sending, resuming, rate, progress.
+
+A campaign (a digest or a one-off announcement) is sent to its readers through one
+``deliveries`` row each, planned in one transaction. Senders drain the queued rows over reused
+SMTP connections, in parallel, and a row becomes ``sent`` only after the server's 250.
+
+Crash safety without a commit per message: the moment a server answers 250, the sender
+appends the delivery's id to this run's journal file (one small write, no fsync: it survives
+the process being killed because it is already in the operating system's cache). The journal
+is folded into the database in batches (one bulk UPDATE and one commit per batch), and a run
+that starts first folds any journal that a killed run left behind. So a killed run costs at most
+one message per connection: the one whose reply never arrived, which is sent again. Only a
+machine crash can lose journal lines not yet written to disk.
+
+One run at a time: :class:`SendLock` is an exclusive lock on a file beside the database (and a
+PostgreSQL advisory lock there). Rows are nevertheless claimed in batches with
+``SELECT ... FOR UPDATE SKIP LOCKED`` and a lease (``claimed_until``), so several senders on
+PostgreSQL only need a shared lock instead of an exclusive one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import bindparam, func, insert, literal, or_, select, update
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.orm import Session
+
+from . import placeholders
+from .db import UTCDateTime
+from .mail import (
+    DkimSigner,
+    MessageTemplate,
+    ReaderParts,
+    SmtpConfigProblem,
+    SmtpRejected,
+    SmtpUnavailable,
+    Transport,
+    reader_greeting,
+)
+from .models import (
+    CONFIRMED,
+    DEFERRED,
+    FAILED,
+    QUEUED,
+    SENDING,
+    SENT,
+    SKIPPED,
+    Campaign,
+    Delivery,
+    Subscriber,
+)
+from .rendering import RenderedEmail
+from .services import Services
+from .subscriptions import list_headers
+
+log = logging.getLogger(__name__)
+
+_deliveries = Delivery.__table__
+_subscribers = Subscriber.__table__
+_campaigns = Campaign.__table__
+
+DIGEST = "digest"
+# Bulk statements name at most this many ids (SQLite allows 32766 parameters; keep it modest).
+ID_CHUNK = 500
+# In one run a deferred delivery is retried after retry_delay, 2x and 4x that; later tries
+# wait for the next run.
+IN_RUN_RETRIES = 3
+MAX_BACKOFF = timedelta(hours=6)
+JOURNAL_GLOB = "journal-*.log"
+
+
+class SendError(Exception):
+    """A send could not start or had to stop; the message says what to do next."""
+
+
+class SendInProgress(SendError):
+    """Another run holds the send lock for this database."""
+
+
+class CampaignNotFound(SendError):
+    """No campaign has that id."""
+
+
+# --- options, report, progress --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """How to send: parallel connections, rate cap and retry timing."""
+
+    connections: int = 4
+    rate: float | None = None  # messages per second over all connections; None: no cap
+    batch_size: int = 500  # rows claimed and status writes folded per batch
+    retry_delay: float = 60.0  # first in-run retry of a 4xx, in seconds; doubles each time
+    give_up_after: timedelta = timedelta(hours=72)  # a 4xx after this long deferred fails it
+    reconnect_delay: float = 1.0  # first wait after a dropped connection; doubles
+    max_connection_failures: int = 5  # in a row on one connection, then the run stops
+    lease: timedelta = timedelta(minutes=15)  # how long a claimed batch stays ours
+    flush_interval: float = 0.5  # seconds between status writes while sending
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> SendOptions:
+        """Options from ``NEWSLETTER_SEND_*`` / ``DEFER_*`` settings; ``None`` overrides ignored."""
+        options = cls(
+            connections=int(config.get("SEND_CONNECTIONS") or 4),
+            rate=float(config["SEND_RATE"]) if config.get("SEND_RATE") else None,
+            retry_delay=float(config.get("DEFER_RETRY_SECONDS") or 60.0),
+            give_up_after=timedelta(hours=float(config.get("DEFER_GIVE_UP_HOURS") or 72.0)),
+        )
+        return replace(options, **{k: v for k, v in overrides.items() if v is not None})
+
+    def claim_size(self) -> int:
+        """Rows per claim: smaller under a low rate, so a claim is worked off in seconds and a
+        reader who unsubscribes meanwhile is noticed soon."""
+        if self.rate is None:
+            return self.batch_size
+        return max(self.connections * 2, min(self.batch_size, int(self.rate * 10)))
+
+
+@dataclass
+class SendReport:
+    """What one run did for one campaign."""
+
+    campaign_id: int
+    subject: str
+    total: int = 0  # deliveries this run set out to send
+    sent: int = 0
+    failed: int = 0
+    deferred: int = 0  # still deferred when the run ended (waiting for a later run)
+    skipped: int = 0
+    left: int = 0  # still queued when the run ended (it stopped early)
+    elapsed: float = 0.0
+    error: str | None = None
+    finished: bool = False  # the campaign has nothing left to try
+
+    @property
+    def rate(self) -> float:
+        """Messages per second sent in this run."""
+        return self.sent / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def complete(self) -> bool:
+        """Every delivery was sent or skipped (the command's exit status 0)."""
+        return self.error is None and not (self.failed or self.deferred or self.left)
+
+
+class Progress(Protocol):
+    """Told how a run goes; called from the thread that called :func:`send_campaign`."""
+
+    def start(self, report: SendReport) -> None: ...
+
+    def update(self, done: int) -> None: ...
+
+    def finish(self, report: SendReport) -> None: ...
+
+
+class _NoProgress:
+    def start(self, report: SendReport) -> None:
+        pass
+
+    def update(self, done: int) -> None:
+        pass
+
+    def finish(self, report: SendReport) -> None:
+        pass
+
+
+# --- one run at a time: the lock and the journal --------------------------------------------
+
+
+def sending_state_dir(database_url: str, instance_path: str | Path) -> Path:
+    """Where the send lock and journals live: beside a SQLite file (so every process using
+    that file shares them), else in the instance folder."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        path = Path(url.database)
+        return path.with_name(path.name + ".sending")
+    return Path(instance_path) / "sending"
+
+
+# A fixed key for PostgreSQL's advisory lock: "news" in ASCII.
+_ADVISORY_KEY = 0x6E657773
+
+
+class SendLock:
+    """An exclusive lock on sending for one database, released when the process ends (even by
+    SIGKILL): ``flock`` on a file, plus ``pg_try_advisory_lock`` on PostgreSQL."""
+
+    def __init__(self, directory: Path, engine: Engine | None = None) -> None:
+        self.directory = directory
+        self.engine = engine
+        self._fd: int | None = None
+        self._pg: Connection | None = None
+        self.recovered = False  # set by recover(): journals folded, stale claims released
+
+    def __enter__(self) -> SendLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._fd is not None
+
+    def acquire(self, wait: float = 0.0) -> None:
+        """Take the lock, waiting up to ``wait`` seconds; raises SendInProgress."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                    os.close(fd)
+                    raise SendInProgress(
+                        "another send is running for this database"
+                        + (f" ({holder})" if holder else "")
+                        + "; wait for it to finish (it resumes any unfinished campaign), or "
+                          "stop that process first") from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                      .encode(), 0)
+        self._fd = fd
+        if self.engine is not None and self.engine.dialect.name == "postgresql":
+            self._lock_postgres(self.engine)
+
+    def _lock_postgres(self, engine: Engine) -> None:
+        from sqlalchemy import text
+
+        connection = engine.connect()
+        # Keyed by schema too, so two installs sharing a database do not block each other.
+        if not connection.scalar(
+                text("SELECT pg_try_advisory_lock(:key, hashtext(current_schema()))"),
+                {"key": _ADVISORY_KEY}):
+            connection.close()
+            self.release()
+            raise SendInProgress("another send is running for this database (on another "
+                                 "machine); wait for it to finish")
+        connection.commit()  # the lock is the session's; no transaction stays open
+        self._pg = connection
+
+    def release(self) -> None:
+        """Give the lock up. (A pooled connection outlives close(), so the advisory lock is
+        released explicitly; a killed process's connection ends and takes it along.)"""
+        if self._pg is not None:
+            from sqlalchemy import text
+
+            try:
+                self._pg.execute(text("SELECT pg_advisory_unlock(:key, "
+                                      "hashtext(current_schema()))"), {"key": _ADVISORY_KEY})
+                self._pg.commit()
+            finally:
+                self._pg.close()
+                self._pg = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Journal:
+    """This run's append-only list of delivered ids, one per line.
+
+    Locked with ``flock`` while the run lives, so a later run can tell a dead run's journal
+    (fold it in) from a live one's. Created under a temporary name and renamed once locked.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"journal-{os.getpid()}-{uuid.uuid4().hex[:12]}.log"
+        temporary = directory / f".{name}.new"
+        self._fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self.path = directory / name
+        os.rename(temporary, self.path)
+
+    def record(self, delivery_id: int) -> None:
+        """Note a delivery the server accepted: one write(2), safe from any thread."""
+        os.write(self._fd, b"%d\n" % delivery_id)
+
+    def close(self, *, remove: bool) -> None:
+        """Close; ``remove`` once every id in it is committed to the database."""
+        if remove:
+            with suppress(FileNotFoundError):
+                self.path.unlink()
+        os.close(self._fd)
+
+
+def read_journal(data: bytes) -> list[int]:
+    """The ids in a journal; a last line cut short by a kill (no newline) is ignored."""
+    complete = data[:data.rfind(b"\n") + 1]
+    return [int(line) for line in complete.split(b"\n") if line.strip()]
+
+
+def fold_journals(session: Session, directory: Path, now: datetime) -> int:
+    """Mark ``sent`` every id in journals that dead runs left behind, then delete them.
+
+    Returns how many rows changed. Journals of live runs (still locked) are left alone.
+    """
+    changed = 0
+    for path in sorted(directory.glob(JOURNAL_GLOB)):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its run is alive and will fold it itself
+            with os.fdopen(os.dup(fd), "rb") as journal:
+                ids = read_journal(journal.read())
+            changed += mark_sent(session, ids, now, only_unsent=True)
+            session.commit()
+            log.info("folded %d delivered id(s) from %s left by an interrupted run",
+                     len(ids), path.name)
+            path.unlink()
+        finally:
+            os.close(fd)
+    return changed
+
+
+def recover(session: Session, lock: SendLock, now: datetime) -> int:
+    """Make the ledger exact after an interrupted run: fold its journal, release its claims.
+
+    Needs the exclusive lock (no other sender can be alive). Returns rows marked sent.
+    """
+    if not lock.held:
+        raise SendError("recover() needs the send lock")
+    folded = fold_journals(session, lock.directory, now)
+    session.execute(update(_deliveries).where(_deliveries.c.claimed_until.is_not(None))
+                    .values(claimed_until=None))
+    session.commit()
+    lock.recovered = True
+    return folded
+
+
+# --- the ledger -----------------------------------------------------------------------------
+
+
+def plan_deliveries(session: Session, campaign_id: int, now: datetime) -> int:
+    """Queue one delivery per confirmed reader in one INSERT ... SELECT (no rows in Python).
+
+    Runs in the caller's transaction (plan in the one that creates the campaign, then commit).
+    """
+    readers = (
+        select(literal(campaign_id), _subscribers.c.id, literal(QUEUED), literal(0),
+               literal(now, UTCDateTime()))
+        .where(_subscribers.c.status == CONFIRMED, _subscribers.c.email.is_not(None))
+        .order_by(_subscribers.c.id)
+    )
+    result = session.execute(insert(_deliveries).from_select(
+        ["campaign_id", "subscriber_id", "status", "attempts", "updated_at"], readers))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def confirmed_readers(session: Session) -> int:
+    """How many readers a campaign planned now would go to."""
+    return session.scalar(select(func.count()).select_from(_subscribers).where(
+        _subscribers.c.status == CONFIRMED, _subscribers.c.email.is_not(None))) or 0
+
+
+def _chunks(ids: Sequence[int], size: int = ID_CHUNK) -> Iterator[Sequence[int]]:
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
+
+
+def mark_sent(session: Session, ids: Sequence[int], now: datetime, *,
+              only_unsent: bool = False) -> int:
+    """Bulk-mark deliveries sent (in the caller's transaction); returns rows changed."""
+    changed = 0
+    for chunk in _chunks(ids):
+        statement = update(_deliveries).where(_deliveries.c.id.in_(chunk))
+        if only_unsent:
+            statement = statement.where(_deliveries.c.status != SENT)
+        result = session.execute(statement.values(
+            status=SENT, attempts=_deliveries.c.attempts + 1, updated_at=now,
+            next_attempt_at=None, claimed_until=None, smtp_reply=None))
+        changed += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return changed
+
+
+def backoff(attempts: int, first: float) -> timedelta:
+    """``first`` seconds, then twice as long after each further 4xx, up to six hours."""
+    return min(timedelta(seconds=first * 2 ** max(attempts - 1, 0)), MAX_BACKOFF)
+
+
+@dataclass(slots=True)
+class _Work:
+    """One claimed delivery on its way to a sender thread (plain values, no ORM object)."""
+
+    delivery_id: int
+    subscriber_id: int
+    email: str
+    name: str | None
+    attempts: int
+    deferred_since: datetime | None
+
+
+@dataclass(slots=True)
+class _Outcome:
+    status: str
+    delivery_id: int
+    reply: str | None = None
+    attempts: int = 0
+    deferred_since: datetime | None = None
+
+
+# --- the sender ------------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """At most ``rate`` messages per second over all threads (slots spaced 1/rate apart)."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.interval = 1.0 / rate if rate else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self, stop: threading.Event) -> None:
+        """Block until this caller's slot (returns early when ``stop`` is set)."""
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            stop.wait(slot - now)
+
+
+def campaign_template(services: Services, rendered: RenderedEmail,
+                      date: datetime) -> MessageTemplate:
+    """A campaign's whole message, serialised once with a slot for each reader's parts:
+    From, To, Subject, Date, Message-ID, Reply-To, List-Id, List-Unsubscribe(-Post), the text
+    part and the HTML part; DKIM-signed per reader when configured."""
+    config = services.config
+    headers = {"Reply-To": config["REPLY_TO"]} if config.get("REPLY_TO") else {}
+    headers.update(list_headers(config, placeholders.UNSUBSCRIBE_URL))
+    return MessageTemplate.build(rendered, sender=config["MAIL_FROM"],
+                                 sender_name=config.get("MAIL_FROM_NAME"), headers=headers,
+                                 date=date, dkim=DkimSigner.from_config(config))
+
+
+class ReaderFactory:
+    """Each reader's own parts: address, name, unsubscribe link, a Message-ID fixed per
+    (campaign, reader) so a rare second copy is recognisably the same message."""
+
+    def __init__(self, services: Services, campaign_id: int, content_hash: str) -> None:
+        self._tokens = services.tokens  # one token maker for the whole run
+        self._unsubscribe = services.public_url("unsubscribe/")
+        domain = str(services.config["MAIL_FROM"]).rpartition("@")[2] or "localhost"
+        self._id_suffix = f"{(content_hash or 'x')[:12]}@{domain}"
+        self._campaign_id = campaign_id
+
+    def __call__(self, subscriber_id: int, email: str, name: str | None) -> ReaderParts:
+        return ReaderParts(
+            recipient=email,
+            unsubscribe_url=self._unsubscribe + self._tokens.unsubscribe_token(subscriber_id),
+            message_id=f"<c{self._campaign_id}.r{subscriber_id}.{self._id_suffix}>",
+            greeting=reader_greeting(name), name=name)
+
+
+def _connect(transport: Transport) -> bool:
+    """Open the connection now and say whether the server takes 8-bit bodies."""
+    connect = getattr(transport, "connect", None)
+    if connect is not None:
+        connect()
+    return bool(getattr(transport, "supports_8bit", False))
+
+
+def check_smtp(services: Services) -> None:
+    """Connect and log in once; raises SmtpConfigProblem or SmtpUnavailable before anything
+    is planned or marked."""
+    transport = services.open_transport()
+    try:
+        _connect(transport)
+    finally:
+        transport.close()
+
+
+class _CampaignRun:
+    """One run of one campaign: a feeding thread (the caller's, the only one touching the
+    database) and ``connections`` sender threads, each with its own SMTP connection."""
+
+    def __init__(self, session: Session, services: Services, campaign: Any,
+                 lock: SendLock, options: SendOptions, progress: Progress) -> None:
+        self.session = session
+        self.services = services
+        self.clock = services.clock
+        self.campaign_id: int = campaign.id
+        self.options = options
+        self.progress = progress
+        self.lock = lock
+        self.sender_address = str(services.config["MAIL_FROM"])
+        rendered = RenderedEmail(subject=campaign.subject, html=campaign.html, text=campaign.text)
+        self.template = campaign_template(services, rendered, campaign.created_at)
+        self.reader = ReaderFactory(services, campaign.id, campaign.content_hash)
+        self.report = SendReport(campaign_id=campaign.id, subject=campaign.subject)
+        self.limiter = RateLimiter(options.rate)
+        self.stop = threading.Event()
+        self.work: queue.Queue[_Work | None] = queue.Queue(maxsize=8 * options.connections)
+        self.outcomes: deque[_Outcome] = deque()  # appended by senders, drained by the feeder
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+        self._retry_due: dict[int, float] = {}  # deferred this run: id -> monotonic due time
+        self._retries: dict[int, int] = {}  # in-run retries so far per id
+        self._deferred: set[int] = set()
+        self._done = 0
+        self._last_flush = time.monotonic()
+        self._thread_error: BaseException | None = None
+        self.journal: Journal | None = None
+
+    # the feeding side (the caller's thread)
+
+    def execute(self) -> SendReport:
+        started = time.monotonic()
+        report = self.report
+        report.total = self._count_due()
+        self.progress.start(report)
+        self.journal = Journal(self.lock.directory)
+        threads = [threading.Thread(target=self._sender, name=f"smtp-{n + 1}", daemon=True)
+                   for n in range(self.options.connections)]
+        committed = False
+        try:
+            for thread in threads:
+                thread.start()
+            self._feed()
+        except BaseException:
+            # Ctrl-C or a database error: each sender finishes the message in its hands
+            # (journal and all), then the outcomes so far are written below.
+            self.stop.set()
+            self.session.rollback()
+            raise
+        finally:
+            self._shut_down(threads)
+            try:
+                self._flush()
+                self._finish()
+                committed = True
+            finally:
+                # Remove the journal only once everything in it is committed; otherwise the
+                # next run folds it in.
+                self.journal.close(remove=committed)
+                report.elapsed = time.monotonic() - started
+                self.progress.finish(report)
+        if self._thread_error is not None:
+            raise SendError(f"a sender thread failed: {self._thread_error!r}") \
+                from self._thread_error
+        return report
+
+    def _feed(self) -> None:
+        """Pass over the queued rows (and deferred ones now due) in id order, then retry
+        this run's 4xx deliveries after their backoff."""
+        for status in (QUEUED, DEFERRED):
+            after = 0
+            while not self.stop.is_set():
+                rows = self._claim(status=status, after=after)
+                if not rows:
+                    break
+                after = rows[-1].id
+                self._dispatch(rows)
+        self._drain()
+        while self._retry_due and not self.stop.is_set():
+            due = min(self._retry_due.values())
+            while not self.stop.is_set() and time.monotonic() < due:
+                self.stop.wait(min(due - time.monotonic(), self.options.flush_interval))
+                self._flush()
+            now = time.monotonic()
+            ids = sorted(i for i, when in self._retry_due.items() if when <= now)
+            for delivery_id in ids:
+                del self._retry_due[delivery_id]
+            for chunk in _chunks(ids, self.options.claim_size()):
+                if self.stop.is_set():
+                    break
+                self._dispatch(self._claim(ids=chunk))
+            self._drain()
+
+    def _claim(self, *, status: str = QUEUED, after: int = 0,
+               ids: Sequence[int] | None = None) -> Sequence[Any]:
+        """Claim the next batch: rows nobody holds, locked against other senders, with the
+        reader's current status (a reader who left since planning is skipped)."""
+        d, s = _deliveries, _subscribers
+        now = self.clock()
+        query = (
+            select(d.c.id, d.c.subscriber_id, d.c.attempts, d.c.deferred_since,
+                   s.c.email, s.c.name, s.c.status.label("reader_status"))
+            .join_from(d, s, d.c.subscriber_id == s.c.id)
+            .where(d.c.campaign_id == self.campaign_id,
+                   or_(d.c.claimed_until.is_(None), d.c.claimed_until < now))
+        )
+        if ids is not None:
+            query = query.where(d.c.id.in_(ids), d.c.status == DEFERRED)
+        else:
+            query = query.where(d.c.status == status, d.c.id > after)
+            if status == DEFERRED:
+                query = query.where(d.c.next_attempt_at <= now)
+        query = (query.order_by(d.c.id).limit(self.options.claim_size())
+                 .with_for_update(skip_locked=True, of=d))
+        rows = self.session.execute(query).all()
+        if rows:
+            self.session.execute(update(d).where(d.c.id.in_([r.id for r in rows]))
+                                 .values(claimed_until=now + self.options.lease))
+        self.session.commit()
+        return rows
+
+    def _dispatch(self, rows: Iterable[Any]) -> None:
+        for row in rows:
+            if row.reader_status != CONFIRMED or not row.email:
+                self.outcomes.append(_Outcome(SKIPPED, row.id))
+                continue
+            self._put(_Work(row.id, row.subscriber_id, row.email, row.name, row.attempts,
+                            row.deferred_since))
+        self._flush_if_due()
+
+    def _put(self, item: _Work) -> None:
+        with self._in_flight_lock:
+            self._in_flight += 1
+        while not self.stop.is_set():
+            try:
+                self.work.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                self._flush_if_due()
+        with self._in_flight_lock:
+            self._in_flight -= 1
+
+    def _drain(self) -> None:
+        """Wait until the senders have finished every item handed out, writing as we go."""
+        while self._in_flight and not self.stop.is_set():
+            time.sleep(0.01)
+            self._flush_if_due()
+        self._flush()
+
+    def _flush_if_due(self) -> None:
+        if (len(self.outcomes) >= self.options.batch_size
+                or time.monotonic() - self._last_flush >= self.options.flush_interval):
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the outcomes gathered so far: one bulk UPDATE per status, one commit."""
+        self._last_flush = time.monotonic()
+        if not self.outcomes:
+            return
+        batch: list[_Outcome] = []
+        while self.outcomes:
+            batch.append(self.outcomes.popleft())
+        now = self.clock()
+        sent = [o.delivery_id for o in batch if o.status == SENT]
+        skipped = [o.delivery_id for o in batch if o.status == SKIPPED]
+        replies = [o for o in batch if o.status in (FAILED, DEFERRED)]
+        d = _deliveries
+        mark_sent(self.session, sent, now)
+        for chunk in _chunks(skipped):
+            self.session.execute(update(d).where(d.c.id.in_(chunk)).values(
+                status=SKIPPED, updated_at=now, claimed_until=None, next_attempt_at=None))
+        if replies:
+            self.session.execute(
+                update(d).where(d.c.id == bindparam("b_id")).values(
+                    status=bindparam("b_status"), attempts=d.c.attempts + 1,
+                    smtp_reply=bindparam("b_reply"), deferred_since=bindparam("b_since"),
+                    next_attempt_at=bindparam("b_next"), updated_at=now, claimed_until=None),
+                [{"b_id": o.delivery_id, "b_status": o.status, "b_reply": o.reply,
+                  "b_since": o.deferred_since,
+                  "b_next": (now + backoff(o.attempts + 1, self.options.retry_delay)
+                             if o.status == DEFERRED else None)} for o in replies])
+        self.session.commit()
+        self._count(batch)
+
+    def _count(self, batch: Sequence[_Outcome]) -> None:
+        report = self.report
+        for outcome in batch:
+            delivery_id = outcome.delivery_id
+            retry = delivery_id in self._deferred
+            self._deferred.discard(delivery_id)
+            if outcome.status == SENT:
+                report.sent += 1
+            elif outcome.status == SKIPPED:
+                report.skipped += 1
+            elif outcome.status == FAILED:
+                report.failed += 1
+            else:
+                self._deferred.add(delivery_id)
+                tries = self._retries.get(delivery_id, 0)
+                if tries < IN_RUN_RETRIES:
+                    self._retries[delivery_id] = tries + 1
+                    self._retry_due[delivery_id] = (
+                        time.monotonic() + self.options.retry_delay * 2 ** tries)
+            if not retry:
+                self._done += 1
+        report.deferred = len(self._deferred)
+        self.progress.update(min(self._done, report.total))
+
+    def _count_due(self) -> int:
+        d = _deliveries
+        now = self.clock()
+        return self.session.scalar(
+            select(func.count()).select_from(d).where(
+                d.c.campaign_id == self.campaign_id,
+                or_(d.c.status == QUEUED, (d.c.status == DEFERRED) & (d.c.next_attempt_at <= now)))
+        ) or 0
+
+    def _shut_down(self, threads: Sequence[threading.Thread]) -> None:
+        """Let every sender finish the message in its hands, then stop it."""
+        if self.stop.is_set():
+            # Items still waiting in the queue are not sent; their claims are released below.
+            with suppress(queue.Empty):
+                while True:
+                    self.work.get_nowait()
+        for _ in threads:
+            self.work.put(None)
+        for thread in threads:
+            thread.join()
+
+    def _finish(self) -> None:
+        """Release unworked claims; the campaign is sent when no row is left to try."""
+        d = _deliveries
+        now = self.clock()
+        self.session.execute(update(d).where(d.c.campaign_id == self.campaign_id,
+                                             d.c.claimed_until.is_not(None))
+                             .values(claimed_until=None))
+        counts: dict[str, int] = dict(self.session.execute(
+            select(d.c.status, func.count()).where(d.c.campaign_id == self.campaign_id,
+                                                   d.c.status.in_((QUEUED, DEFERRED)))
+            .group_by(d.c.status)).all())
+        self.report.left = counts.get(QUEUED, 0)
+        # Every delivery still waiting for a retry, including ones deferred by earlier runs.
+        self.report.deferred = counts.get(DEFERRED, 0)
+        if not counts:
+            self.session.execute(update(_campaigns).where(
+                _campaigns.c.id == self.campaign_id, _campaigns.c.status != SENT)
+                .values(status=SENT, finished_at=now))
+            self.report.finished = True
+        self.session.commit()
+
+    # the sending side (one thread per connection)
+
+    def _sender(self) -> None:
+        transport = self.services.open_transport()
+        try:
+            while True:
+                item = self.work.get()
+                if item is None:
+                    return
+                try:
+                    self._deliver(item, transport)
+                finally:
+                    with self._in_flight_lock:
+                        self._in_flight -= 1
+        except BaseException as err:  # a bug: stop the run and let the caller raise it
+            self._thread_error = err
+            self.stop.set()
+            log.exception("sender thread failed")
+        finally:
+            transport.close()
+
+    def _deliver(self, item: _Work, transport: Transport) -> None:
+        """Send one message, reconnecting after drops, until it has an outcome or the run
+        stops (it then stays queued)."""
+        failures = 0
+        delay = self.options.reconnect_delay
+        while not self.stop.is_set():
+            try:
+                eight_bit = _connect(transport)
+                reader = self.reader(item.subscriber_id, item.email, item.name)
+                send_prepared = getattr(transport, "send_prepared", None)
+                if send_prepared is not None:
+                    data = self.template.personalise_for_smtp(reader, eight_bit=eight_bit)
+                else:
+                    data = self.template.personalise(reader, eight_bit=eight_bit)
+                self.limiter.wait(self.stop)
+                if self.stop.is_set():
+                    return
+                (send_prepared or transport.send)(self.sender_address, item.email, data)
+            except SmtpRejected as err:
+                self.outcomes.append(self._rejected(item, err))
+                return
+            except SmtpConfigProblem as err:
+                self._halt(str(err))
+                return
+            except SmtpUnavailable as err:
+                # The message may or may not have arrived; it stays ours and goes again.
+                failures += 1
+                if failures >= self.options.max_connection_failures:
+                    self._halt(f"stopped after {failures} failed attempts in a row to reach "
+                               f"the SMTP server ({err}); the rest stay queued")
+                    return
+                log.warning("SMTP connection problem (%s); reconnecting in %.2fs", err, delay)
+                self.stop.wait(delay)
+                delay *= 2
+                continue
+            assert self.journal is not None
+            self.journal.record(item.delivery_id)  # first: a kill from here on loses nothing
+            self.outcomes.append(_Outcome(SENT, item.delivery_id))
+            return
+
+    def _rejected(self, item: _Work, err: SmtpRejected) -> _Outcome:
+        reply = f"{err.code} {err.reply or ''}".strip()
+        if not err.temporary:
+            return _Outcome(FAILED, item.delivery_id, reply, item.attempts)
+        now = self.clock()
+        since = item.deferred_since or now
+        if now - since >= self.options.give_up_after:
+            hours = self.options.give_up_after.total_seconds() / 3600
+            return _Outcome(FAILED, item.delivery_id,
+                            f"gave up after {hours:g} hours of temporary failures: {reply}",
+                            item.attempts, since)
+        return _Outcome(DEFERRED, item.delivery_id, reply, item.attempts, since)
+
+    def _halt(self, reason: str) -> None:
+        if self.report.error is None:
+            self.report.error = reason
+        self.stop.set()
+
+
+def send_campaign(session: Session, services: Services, campaign_id: int, *, lock: SendLock,
+                  options: SendOptions | None = None,
+                  progress: Progress | None = None) -> SendReport:
+    """Send what is left of a campaign: queued rows and deferred rows now due.
+
+    Needs the send lock; folds in what an interrupted run left first. Never raises for SMTP
+    trouble: a run stopped by it has ``report.error`` set and leaves the rest queued.
+    """
+    if not lock.held:
+        raise SendError("send_campaign() needs the send lock")
+    if not lock.recovered:
+        # Rows a killed run delivered are still queued until its journal is folded in.
+        recover(session, lock, services.clock())
+    c = _campaigns
+    campaign = session.execute(
+        select(c.c.id, c.c.subject, c.c.html, c.c.text, c.c.created_at, c.c.status,
+               c.c.content_hash).where(c.c.id == campaign_id)).one_or_none()
+    session.commit()
+    if campaign is None:
+        raise CampaignNotFound(f"there is no campaign {campaign_id}; `newsletter campaigns` "
+                               "lists them")
+    if campaign.status == SENT:
+        return SendReport(campaign_id=campaign_id, subject=campaign.subject, finished=True)
+    run = _CampaignRun(session, services, campaign, lock,
+                       options or SendOptions.from_config(services.config),
+                       progress or _NoProgress())
+    return run.execute()
+
+
+def unfinished_campaigns(session: Session, kind: str | None = None) -> list[int]:
+    """Ids of campaigns still being sent, oldest first (resume these before anything new)."""
+    query = select(_campaigns.c.id).where(_campaigns.c.status == SENDING)
+    if kind is not None:
+        query = query.where(_campaigns.c.kind == kind)
+    return list(session.scalars(query.order_by(_campaigns.c.id)))
+
+
+# --- the digest, from posts to sent ----------------------------------------------------------
+
+
+@dataclass
+class DigestRun:
+    """What ``send-digest`` did: campaigns resumed, the new digest, or why nothing was sent."""
+
+    resumed: list[SendReport] = field(default_factory=list)
+    report: SendReport | None = None
+    new_posts: list[str] = field(default_factory=list)  # titles the sync found
+    sync_error: str | None = None
+    nothing_new: bool = False
+    no_readers: bool = False
+    declined: bool = False
+
+    @property
+    def reports(self) -> list[SendReport]:
+        """Every campaign report of the run, resumed ones first."""
+        return [*self.resumed, *([self.report] if self.report else [])]
+
+
+# Asked before mailing: (subject, post titles, readers) -> go ahead?
+Confirm = Callable[[str, Sequence[str], int], bool]
+
+
+def send_digest(session: Session, services: Services, *, lock: SendLock,
+                options: SendOptions | None = None, progress: Progress | None = None,
+                confirm: Confirm | None = None) -> DigestRun:
+    """Resume unfinished digests, sync posts, compose the digest of new posts, plan one
+    delivery per confirmed reader and send it.
+
+    Raises SmtpConfigProblem / SmtpUnavailable when the server cannot be used at all (before
+    anything is planned), TemplateProblem for a broken template.
+    """
+    from . import digest, posts
+
+    run = DigestRun()
+    if not lock.recovered:
+        recover(session, lock, services.clock())
+    check_smtp(services)
+    for campaign_id in unfinished_campaigns(session, DIGEST):
+        report = send_campaign(session, services, campaign_id, lock=lock, options=options,
+                               progress=progress)
+        run.resumed.append(report)
+        if report.error:
+            return run  # SMTP trouble: nothing new until the old one is through
+    try:
+        synced = posts.sync_posts(session, services)
+    except posts.PostSourceError as err:
+        run.sync_error = str(err)
+        return run
+    run.new_posts = [getattr(p, "title", str(p)) for p in synced.new]
+    chosen = digest.select_digest_posts(session, services)
+    if not chosen:
+        run.nothing_new = True
+        return run
+    readers = confirmed_readers(session)
+    if not readers:
+        run.no_readers = True  # the posts wait for the first reader
+        return run
+    if confirm is not None:
+        subject = digest.render_digest(chosen, services).subject
+        if not confirm(subject, [p.title for p in chosen], readers):
+            run.declined = True
+            session.rollback()
+            return run
+    campaign = digest.create_digest_campaign(session, services, chosen)
+    plan_deliveries(session, campaign.id, services.clock())
+    session.commit()
+    campaign_id = campaign.id
+    session.expunge_all()  # nothing from the ORM is kept while sending
+    run.report = send_campaign(session, services, campaign_id, lock=lock, options=options,
+                               progress=progress)
+    return run
+
+
+@dataclass(frozen=True)
+class DigestPlan:
+    """What ``send-digest --dry-run`` shows: unfinished campaigns and the next digest."""
+
+    unfinished: list[tuple[int, str, int]]  # (id, subject, deliveries left)
+    subject: str | None
+    titles: list[str]
+    readers: int
+
+
+def plan_digest(session: Session, services: Services) -> DigestPlan:
+    """What a run would send now, from the posts already synced; changes nothing."""
+    from . import digest
+
+    d = _deliveries
+    unfinished = []
+    for campaign_id in unfinished_campaigns(session, DIGEST):
+        subject = session.scalar(select(_campaigns.c.subject)
+                                 .where(_campaigns.c.id == campaign_id)) or ""
+        left = session.scalar(select(func.count()).select_from(d).where(
+            d.c.campaign_id == campaign_id, d.c.status.in_((QUEUED, DEFERRED)))) or 0
+        unfinished.append((campaign_id, subject, left))
+    chosen = digest.select_digest_posts(session, services)
+    subject = digest.render_digest(chosen, services).subject if chosen else None
+    plan = DigestPlan(unfinished, subject, [p.title for p in chosen], confirmed_readers(session))
+    session.rollback()
+    return plan
+
+
+TEST_UNSUBSCRIBE_PATH = "unsubscribe/test-send"
+
+
+def send_test_digest(session: Session, services: Services, address: str) -> str | None:
+    """Sync posts and send the next digest to ``address`` only; returns its subject, or None
+    when nothing is new. Creates no campaign and marks nothing.
+
+    Raises InvalidAddress, PostSourceError, TemplateProblem or an SmtpProblem.
+    """
+    from email.utils import make_msgid
+
+    from . import digest, posts
+    from .addresses import normalise_address
+
+    address = normalise_address(address)
+    posts.sync_posts(session, services)
+    chosen = digest.select_digest_posts(session, services)
+    if not chosen:
+        return None
+    rendered = digest.render_digest(chosen, services)
+    template = campaign_template(services, rendered, services.clock())
+    reader = session.execute(select(_subscribers.c.id, _subscribers.c.name)
+                             .where(_subscribers.c.email == address)).one_or_none()
+    session.rollback()
+    if reader is not None:
+        unsubscribe = services.public_url(
+            f"unsubscribe/{services.tokens.unsubscribe_token(reader.id)}")
+    else:
+        unsubscribe = services.public_url(TEST_UNSUBSCRIBE_PATH)
+    domain = str(services.config["MAIL_FROM"]).rpartition("@")[2]
+    parts = ReaderParts(recipient=address, unsubscribe_url=unsubscribe,
+                        message_id=make_msgid("test", domain=domain),
+                        greeting=reader_greeting(reader.name if reader else None),
+                        name=reader.name if reader else None)
+    transport = services.open_transport()
+    try:
+        data = template.personalise(parts, eight_bit=_connect(transport))
+        transport.send(str(services.config["MAIL_FROM"]), address, data)
+    finally:
+        transport.close()
+    return rendered.subject
+
+
+# --- looking back: campaigns and their counts ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CampaignSummary:
+    """One campaign with its deliveries counted by status."""
+
+    id: int
+    kind: str
+    subject: str
+    status: str
+    created_at: datetime
+    finished_at: datetime | None
+    counts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class DeliveryProblem:
+    """A failed or deferred delivery and the server's words."""
+
+    email: str | None
+    status: str
+    attempts: int
+    reply: str | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CampaignDetails:
+    """A campaign's summary and its failed and deferred deliveries."""
+
+    summary: CampaignSummary
+    problems: list[DeliveryProblem]
+    more_problems: int  # beyond the ones listed
+
+
+def _counts(session: Session, campaign_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    d = _deliveries
+    counts: dict[int, dict[str, int]] = {cid: {} for cid in campaign_ids}
+    for chunk in _chunks(campaign_ids):
+        for campaign_id, status, count in session.execute(
+                select(d.c.campaign_id, d.c.status, func.count())
+                .where(d.c.campaign_id.in_(chunk)).group_by(d.c.campaign_id, d.c.status)):
+            counts[campaign_id][status] = count
+    return counts
+
+
+def list_campaigns(session: Session, limit: int | None = None) -> list[CampaignSummary]:
+    """Every campaign, newest first, with its counts."""
+    c = _campaigns
+    query = (select(c.c.id, c.c.kind, c.c.subject, c.c.status, c.c.created_at, c.c.finished_at)
+             .order_by(c.c.created_at.desc(), c.c.id.desc()))
+    if limit:
+        query = query.limit(limit)
+    rows = session.execute(query).all()
+    counts = _counts(session, [r.id for r in rows])
+    return [CampaignSummary(*row, counts=counts[row.id]) for row in rows]
+
+
+def describe_campaign(session: Session, campaign_id: int, limit: int = 100) -> CampaignDetails:
+    """One campaign's counts and its failed and deferred deliveries with their replies."""
+    c, d, s = _campaigns, _deliveries, _subscribers
+    row = session.execute(select(c.c.id, c.c.kind, c.c.subject, c.c.status, c.c.created_at,
+                                 c.c.finished_at).where(c.c.id == campaign_id)).one_or_none()
+    if row is None:
+        raise CampaignNotFound(f"there is no campaign {campaign_id}; `newsletter campaigns` "
+                               "lists them")
+    summary = CampaignSummary(*row, counts=_counts(session, [campaign_id])[campaign_id])
+    problem = d.c.campaign_id == campaign_id, d.c.status.in_((FAILED, DEFERRED))
+    problems = [DeliveryProblem(*r) for r in session.execute(
+        select(s.c.email, d.c.status, d.c.attempts, d.c.smtp_reply, d.c.updated_at)
+        .join_from(d, s, d.c.subscriber_id == s.c.id).where(*problem)
+        .order_by(d.c.status.desc(), d.c.id).limit(limit))]
+    total = summary.counts.get(FAILED, 0) + summary.counts.get(DEFERRED, 0)
+    return CampaignDetails(summary, problems, max(0, total - len(problems)))

@@ -1,0 +1,731 @@
+"""Sending a campaign: the delivery ledger, SMTP outcomes against a real (scripted) server,
+resuming after SIGKILL, one run at a time, and the `send-digest` / `campaigns` commands."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskCliRunner
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from newsletter import placeholders
+from newsletter.db import db
+from newsletter.models import CONFIRMED, Campaign, Delivery, Post, Subscriber
+from newsletter.sending import (
+    Journal,
+    SendInProgress,
+    SendLock,
+    SendOptions,
+    SendReport,
+    plan_deliveries,
+    read_journal,
+    send_campaign,
+    sending_state_dir,
+)
+from newsletter.services import Services, get_services
+from newsletter.subscriptions import RequestInfo, unsubscribe
+from tests.conftest import PUBLIC_URL, FrozenClock
+from tests.smtp_sink import DROP, SmtpSink
+
+FAST = SendOptions(connections=2, retry_delay=0.05, reconnect_delay=0.01, flush_interval=0.05)
+
+
+@pytest.fixture(autouse=True)
+def posts_folder(config: dict[str, Any], tmp_path: Path) -> Path:
+    """A Markdown posts folder holding one post already published before the first sync."""
+    folder = tmp_path / "posts"
+    folder.mkdir()
+    write_post(folder, "older-post", "An Older Post", "2020-01-01")
+    config["POSTS_DIR"] = str(folder)
+    return folder
+
+
+def write_post(folder: Path, slug: str, title: str, date: str) -> None:
+    (folder / f"{slug}.md").write_text(
+        f"---\ntitle: {title}\ndate: {date}\nsummary: A few calm words.\n---\n\n"
+        "Breathe in for four, out for six.\n", encoding="utf-8")
+
+
+@pytest.fixture
+def session(app: Flask) -> Iterator[Session]:
+    with app.app_context():
+        yield db.session()
+
+
+@pytest.fixture
+def services(app: Flask) -> Services:
+    return get_services(app)
+
+
+def add_readers(session: Session, clock: FrozenClock, count: int, *, status: str = CONFIRMED,
+                start: int = 1, names: bool = True) -> list[str]:
+    """Insert readers directly (fast); returns their addresses in id order."""
+    emails = [f"reader{n}@example.com" for n in range(start, start + count)]
+    session.execute(insert(Subscriber), [
+        {"email": email, "name": f"Reader {n}" if names else None, "status": status,
+         "token_generation": 0, "created_at": clock(), "updated_at": clock()}
+        for n, email in enumerate(emails, start)])
+    session.commit()
+    return emails
+
+
+def make_campaign(session: Session, clock: FrozenClock, *, subject: str = "Slow mornings",
+                  html: str | None = None, text: str | None = None) -> int:
+    """A campaign rendered with the reader placeholders, planned for every confirmed reader."""
+    html = html or (f"<html><body><p class=greeting>{placeholders.GREETING}</p>"
+                    "<p>Breathe in for four.</p>"
+                    f'<p><a href="{placeholders.UNSUBSCRIBE_URL}">Unsubscribe</a></p>'
+                    "</body></html>")
+    text = text or (f"{placeholders.GREETING}\n\nBreathe in for four.\n\n"
+                    f"Unsubscribe: {placeholders.UNSUBSCRIBE_URL}\n")
+    campaign = Campaign(kind="digest", subject=subject, preheader=None, status="sending",
+                        content_hash=hashlib.sha256(subject.encode()).hexdigest(),
+                        created_at=clock(), html=html, text=text)
+    session.add(campaign)
+    session.flush()
+    plan_deliveries(session, campaign.id, clock())
+    session.commit()
+    return campaign.id
+
+
+def send(app: Flask, campaign_id: int, options: SendOptions = FAST) -> SendReport:
+    with app.app_context():
+        lock = SendLock(state_dir(app), db.engine)
+        with lock:
+            return send_campaign(db.session, get_services(app), campaign_id, lock=lock,
+                                 options=options)
+
+
+def state_dir(app: Flask) -> Path:
+    return sending_state_dir(app.config["SQLALCHEMY_DATABASE_URI"], app.instance_path)
+
+
+def statuses(session: Session, campaign_id: int) -> dict[str, str]:
+    """Each reader's delivery status, by address."""
+    session.commit()
+    rows = session.execute(
+        select(Subscriber.email, Delivery.status).join(Delivery)
+        .where(Delivery.campaign_id == campaign_id))
+    return dict(rows.all())
+
+
+def copies(sink: SmtpSink) -> Counter[str]:
+    return Counter(r.lower() for m in sink.messages for r in m.recipients)
+
+
+# --- the ledger and the happy path ----------------------------------------------------------
+
+
+def test_plans_one_delivery_per_confirmed_reader_and_sends_each_once(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    readers = add_readers(session, clock, 12)
+    add_readers(session, clock, 2, status="pending", start=100)
+    add_readers(session, clock, 2, status="unsubscribed", start=200)
+    campaign_id = make_campaign(session, clock)
+
+    report = send(app, campaign_id, FAST)
+
+    assert (report.sent, report.failed, report.deferred, report.skipped) == (12, 0, 0, 0)
+    assert report.complete and report.finished and report.total == 12
+    assert copies(smtp_sink) == Counter(readers)
+    assert set(statuses(session, campaign_id).values()) == {"sent"}
+    assert session.get(Campaign, campaign_id).status == "sent"
+    assert not list(state_dir(app).glob("journal-*"))  # folded in and removed
+
+
+def test_a_rerun_after_completion_sends_nothing(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    add_readers(session, clock, 5)
+    campaign_id = make_campaign(session, clock)
+    send(app, campaign_id)
+    again = send(app, campaign_id)
+    assert again.sent == 0 and again.finished
+    assert len(smtp_sink.messages) == 5
+
+
+def test_reader_parts_are_filled_in_per_reader(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    add_readers(session, clock, 1, names=False)
+    add_readers(session, clock, 1, start=2)
+    campaign_id = make_campaign(session, clock)
+    send(app, campaign_id)
+    by_address = {m.recipients[0]: m for m in smtp_sink.messages}
+    nameless, named = by_address["reader1@example.com"], by_address["reader2@example.com"]
+    assert nameless.body("plain").startswith("Hello,")
+    assert named.body("plain").startswith("Hi Reader 2,")
+    assert named.message["To"] == "Reader 2 <reader2@example.com>"
+    for received in (nameless, named):
+        assert "__NEWSLETTER_" not in received.data.decode()
+        url = received.message["List-Unsubscribe"].strip("<>")
+        assert url.startswith(f"{PUBLIC_URL}/unsubscribe/")
+        assert f"Unsubscribe: {url}" in received.body("plain")
+        assert f'href="{url}"' in received.body("html")
+    assert nameless.message["List-Unsubscribe"] != named.message["List-Unsubscribe"]
+    # Fixed per (campaign, reader): a rare second copy is recognisably the same message.
+    assert named.message["Message-ID"].startswith(f"<c{campaign_id}.r2.")
+
+
+def test_unsubscribe_link_in_the_message_unsubscribes_that_reader(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    add_readers(session, clock, 2)
+    send(app, make_campaign(session, clock))
+    received = smtp_sink.to("reader2@example.com")[0]
+    path = received.message["List-Unsubscribe"].strip("<>").removeprefix(PUBLIC_URL)
+    response = app.test_client().post(path, data={"List-Unsubscribe": "One-Click"})
+    assert response.status_code == 200
+    session.commit()
+    status = session.scalar(select(Subscriber.status).where(
+        Subscriber.email == "reader2@example.com"))
+    assert status == "unsubscribed"
+
+
+# --- SMTP outcomes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_5xx_fails_the_delivery_with_the_reply_stored(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        pipelining: bool) -> None:
+    smtp_sink.script.offer_pipelining = pipelining
+    add_readers(session, clock, 6)
+    smtp_sink.script.rcpt_replies["reader2@example.com"] = "550 5.1.1 No such user here"
+    smtp_sink.script.data_replies["reader5@example.com"] = "554 5.7.1 Message refused as spam"
+    campaign_id = make_campaign(session, clock)
+
+    report = send(app, campaign_id)
+
+    assert (report.sent, report.failed, report.deferred) == (4, 2, 0)
+    assert not report.complete and report.finished
+    got = statuses(session, campaign_id)
+    assert got["reader2@example.com"] == got["reader5@example.com"] == "failed"
+    replies = dict(session.execute(select(Subscriber.email, Delivery.smtp_reply).join(Delivery)
+                                   .where(Delivery.status == "failed")).all())
+    assert replies == {"reader2@example.com": "550 5.1.1 No such user here",
+                       "reader5@example.com": "554 5.7.1 Message refused as spam"}
+    assert len(smtp_sink.messages) == 4
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_4xx_is_deferred_and_retried_within_the_run(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        pipelining: bool) -> None:
+    smtp_sink.script.offer_pipelining = pipelining
+    add_readers(session, clock, 4)
+    smtp_sink.script.rcpt_sequence["reader3@example.com"] = ["451 4.7.1 Greylisted, try later"]
+    smtp_sink.script.data_sequence["reader4@example.com"] = ["452 4.2.2 Mailbox full", "450 no"]
+    campaign_id = make_campaign(session, clock)
+
+    report = send(app, campaign_id)
+
+    assert (report.sent, report.failed, report.deferred) == (4, 0, 0) and report.complete
+    assert copies(smtp_sink) == Counter(f"reader{n}@example.com" for n in range(1, 5))
+    attempts = dict(session.execute(select(Subscriber.email, Delivery.attempts)
+                                    .join(Delivery)).all())
+    assert attempts["reader3@example.com"] == 2 and attempts["reader4@example.com"] == 3
+
+
+def test_a_lasting_4xx_stays_deferred_for_the_next_run_then_is_sent(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    add_readers(session, clock, 3)
+    smtp_sink.script.data_replies["reader2@example.com"] = "421 4.3.2 Not now"  # session drop
+    smtp_sink.script.rcpt_replies["reader3@example.com"] = "450 4.2.1 Mailbox busy"
+    campaign_id = make_campaign(session, clock)
+
+    report = send(app, campaign_id)
+
+    assert (report.sent, report.deferred) == (1, 1) and not report.complete
+    assert report.error is not None  # reader2's 421 every time: the server seems unwell
+    delivery = session.execute(select(Delivery).join(Subscriber).where(
+        Subscriber.email == "reader3@example.com")).scalar_one()
+    assert delivery.status == "deferred" and delivery.smtp_reply == "450 4.2.1 Mailbox busy"
+    assert delivery.deferred_since == clock() and delivery.next_attempt_at > clock()
+    assert session.get(Campaign, campaign_id).status == "sending"
+
+    smtp_sink.script.data_replies.clear()
+    smtp_sink.script.rcpt_replies.clear()
+    clock.advance(hours=1)
+    again = send(app, campaign_id)
+    assert (again.sent, again.deferred, again.failed) == (2, 0, 0) and again.finished
+    assert copies(smtp_sink) == Counter(f"reader{n}@example.com" for n in range(1, 4))
+    assert session.get(Campaign, campaign_id).status == "sent"
+
+
+def test_a_4xx_past_the_give_up_age_fails(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    add_readers(session, clock, 2)
+    campaign_id = make_campaign(session, clock)
+    session.execute(update(Delivery).where(Delivery.subscriber_id == 1).values(
+        status="deferred", attempts=9, deferred_since=clock() - timedelta(hours=80),
+        next_attempt_at=clock() - timedelta(minutes=1), smtp_reply="451 later"))
+    session.commit()
+    smtp_sink.script.rcpt_replies["reader1@example.com"] = "451 4.4.1 Still not reachable"
+
+    report = send(app, campaign_id)
+
+    assert (report.sent, report.failed, report.deferred) == (1, 1, 0) and report.finished
+    reply = session.scalar(select(Delivery.smtp_reply).where(Delivery.subscriber_id == 1))
+    assert reply == "gave up after 72 hours of temporary failures: 451 4.4.1 Still not reachable"
+
+
+def test_421_at_the_greeting_reconnects_with_backoff(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    readers = add_readers(session, clock, 6)
+    smtp_sink.script.greeting_replies = ["421 4.3.2 Too busy", "421 4.3.2 Too busy"]
+    before = smtp_sink.connections
+    report = send(app, make_campaign(session, clock))
+    assert report.sent == 6 and report.complete
+    assert copies(smtp_sink) == Counter(readers)
+    assert smtp_sink.connections - before == 4  # two refused, then one per connection
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_421_mid_session_reconnects_and_sends_each_message_once(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        pipelining: bool) -> None:
+    smtp_sink.script.offer_pipelining = pipelining
+    readers = add_readers(session, clock, 10)
+    smtp_sink.script.messages_per_session = 3
+    before = smtp_sink.connections  # the controller's own readiness check connects once
+    report = send(app, make_campaign(session, clock), SendOptions(
+        connections=1, reconnect_delay=0.01, flush_interval=0.05))
+    assert report.sent == 10 and report.complete
+    assert copies(smtp_sink) == Counter(readers)
+    assert smtp_sink.connections - before == 4
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_drop_after_the_final_dot_resends_only_that_message(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        pipelining: bool) -> None:
+    smtp_sink.script.offer_pipelining = pipelining
+    readers = add_readers(session, clock, 6)
+    smtp_sink.script.data_sequence["reader3@example.com"] = [DROP]
+    report = send(app, make_campaign(session, clock))
+    assert report.sent == 6 and report.complete
+    # Its reply never came, so its outcome was unknown: sent again, and only it.
+    assert copies(smtp_sink) == Counter([*readers, "reader3@example.com"])
+
+
+def test_a_reply_slower_than_the_timeout_counts_as_a_dropped_connection(
+        config: dict[str, Any], app: Flask, session: Session, clock: FrozenClock,
+        smtp_sink: SmtpSink) -> None:
+    app.config["SMTP_TIMEOUT"] = 0.3
+    add_readers(session, clock, 3)
+    smtp_sink.script.data_delay = 0.6
+    campaign_id = make_campaign(session, clock)
+    report = send(app, campaign_id, SendOptions(connections=1, reconnect_delay=0.01,
+                                                max_connection_failures=2))
+    assert report.error is not None and "failed attempts" in report.error
+    assert report.sent == 0 and report.left == 3
+    assert set(statuses(session, campaign_id).values()) == {"queued"}
+
+    smtp_sink.script.data_delay = 0.1  # slow, but within the timeout
+    app.config["SMTP_TIMEOUT"] = 5
+    assert send(app, campaign_id).sent == 3
+
+
+def test_an_unreachable_server_stops_the_run_and_leaves_the_rest_queued(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    add_readers(session, clock, 4)
+    campaign_id = make_campaign(session, clock)
+    smtp_sink.stop()
+    report = send(app, campaign_id, SendOptions(connections=2, reconnect_delay=0.01,
+                                                max_connection_failures=3))
+    assert report.error is not None and "cannot reach SMTP server" in report.error
+    assert report.sent == 0 and report.left == 4 and not report.finished
+    assert set(statuses(session, campaign_id).values()) == {"queued"}
+
+
+@pytest.mark.parametrize(("login", "settings", "words"), [
+    (("ada", "right"), {"SMTP_USERNAME": "ada", "SMTP_PASSWORD": "wrong"}, "login"),
+    (None, {"SMTP_SECURITY": "starttls"}, "STARTTLS"),
+])
+def test_a_login_or_tls_failure_stops_before_anything_is_marked(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        login: tuple[str, str] | None, settings: dict[str, str], words: str) -> None:
+    add_readers(session, clock, 3)
+    campaign_id = make_campaign(session, clock)
+    sink = SmtpSink(login=login).start()
+    try:
+        app.config.update(SMTP_PORT=sink.port, **settings)
+        report = send(app, campaign_id)
+    finally:
+        sink.stop()
+    assert report.error is not None and words in report.error
+    rows = session.execute(select(Delivery.status, Delivery.attempts)).all()
+    assert {tuple(r) for r in rows} == {("queued", 0)}
+    assert not sink.messages
+
+
+def test_the_rate_is_honoured_across_all_connections(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    add_readers(session, clock, 16)
+    campaign_id = make_campaign(session, clock)
+    started = time.monotonic()
+    report = send(app, campaign_id, SendOptions(connections=4, rate=20, flush_interval=0.05))
+    elapsed = time.monotonic() - started
+    assert report.sent == 16
+    assert 15 / 20 <= elapsed < 3.0
+
+
+def test_a_reader_who_unsubscribes_mid_send_is_skipped(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    add_readers(session, clock, 24)
+    campaign_id = make_campaign(session, clock)
+    smtp_sink.script.data_delay = 0.03
+
+    def leave_while_sending() -> None:
+        smtp_sink.wait_for(2)
+        with app.app_context():
+            unsubscribe(db.session, get_services(app), 20, RequestInfo(method="one-click"))
+            db.session.remove()
+
+    leaver = threading.Thread(target=leave_while_sending)
+    leaver.start()
+    report = send(app, campaign_id, SendOptions(connections=1, batch_size=4,
+                                                flush_interval=0.05))
+    leaver.join()
+    assert (report.sent, report.skipped) == (23, 1) and report.complete
+    assert statuses(session, campaign_id)["reader20@example.com"] == "skipped"
+    assert not smtp_sink.to("reader20@example.com")
+
+
+# --- crashes, journals and one run at a time ------------------------------------------------
+
+
+def test_read_journal_ignores_a_line_cut_short_by_a_kill() -> None:
+    assert read_journal(b"") == []
+    assert read_journal(b"12\n345\n67") == [12, 345]
+
+
+def test_a_dead_runs_journal_is_folded_in_before_anything_is_sent(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    readers = add_readers(session, clock, 5)
+    campaign_id = make_campaign(session, clock)
+    ids = list(session.scalars(select(Delivery.id).order_by(Delivery.id)))
+    folder = state_dir(app)
+    folder.mkdir(parents=True)
+    # A killed run had journaled the first two 250s and was writing a third id when it died.
+    (folder / "journal-999-dead.log").write_bytes(f"{ids[0]}\n{ids[1]}\n{ids[2]}"[:-1].encode())
+
+    report = send(app, campaign_id)
+
+    assert report.sent == 3
+    assert copies(smtp_sink) == Counter(readers[2:])
+    assert set(statuses(session, campaign_id).values()) == {"sent"}
+    assert not list(folder.glob("journal-*"))
+
+
+def test_a_live_runs_journal_is_left_alone(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    add_readers(session, clock, 2)
+    campaign_id = make_campaign(session, clock)
+    live = Journal(state_dir(app))  # holds its flock like a running sender
+    live.record(1)
+    try:
+        send(app, campaign_id)
+        assert live.path.exists()
+    finally:
+        live.close(remove=True)
+
+
+def test_a_second_lock_holder_is_told_who_holds_it(app: Flask) -> None:
+    with (app.app_context(), SendLock(state_dir(app), db.engine),
+          pytest.raises(SendInProgress, match=f"another send is running.*pid {os.getpid()}")):
+        SendLock(state_dir(app), db.engine).acquire()
+    with app.app_context(), SendLock(state_dir(app), db.engine) as again:
+        assert again.held  # released when the first holder let go
+
+
+def newsletter_process(config: dict[str, Any], tmp_path: Path, *args: str,
+                       **env: str) -> subprocess.Popen[str]:
+    """`newsletter ARGS` in a separate process, on the test's database and SMTP sink."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    environment.update({
+        "NEWSLETTER_DATABASE_URL": config["DATABASE_URL"],
+        "NEWSLETTER_SECRET_KEY": config["SECRET_KEY"],
+        "NEWSLETTER_PUBLIC_URL": config["PUBLIC_URL"],
+        "NEWSLETTER_SITE_URL": config["SITE_URL"],
+        "NEWSLETTER_MAIL_FROM": config["MAIL_FROM"],
+        "NEWSLETTER_SMTP_HOST": "127.0.0.1",
+        "NEWSLETTER_SMTP_PORT": str(config["SMTP_PORT"]),
+        "NEWSLETTER_POSTS_DIR": config["POSTS_DIR"],
+        "NEWSLETTER_INSTANCE_PATH": str(tmp_path / "instance"),
+        **env,
+    })
+    return subprocess.Popen([sys.executable, "-c", "from newsletter.cli import main; main()",
+                             *args], cwd=tmp_path, env=environment, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def digest_ready(runner: FlaskCliRunner, folder: Path, title: str = "Rest Is Not a Reward") -> None:
+    """A first sync (which records the older post as already published), then a new post."""
+    first = runner.invoke(args=["fetch-posts"])
+    assert first.exit_code == 0, first.output
+    write_post(folder, title.lower().replace(" ", "-"), title, "2020-06-01")
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_and_mails_nobody_twice_but_in_flight_ones(
+        config: dict[str, Any], tmp_path: Path, app: Flask, session: Session,
+        clock: FrozenClock, smtp_sink: SmtpSink, runner: FlaskCliRunner,
+        posts_folder: Path) -> None:
+    readers = add_readers(session, clock, 200)
+    digest_ready(runner, posts_folder)
+    smtp_sink.script.data_delay = 0.02
+    connections = "3"
+    first = newsletter_process(config, tmp_path, "send-digest", "--yes", "--connections",
+                               connections)
+    try:
+        smtp_sink.wait_for(40, timeout=30)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+    assert first.returncode == -signal.SIGKILL
+    delivered_before = len(smtp_sink.messages)
+    assert delivered_before < len(readers)
+
+    smtp_sink.script.data_delay = 0.0
+    second = newsletter_process(config, tmp_path, "send-digest", "--yes", "--connections",
+                                connections)
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, out + err
+    assert "Campaign 1" in out and "No new posts since the last digest" in out
+
+    counts = copies(smtp_sink)
+    assert set(counts) == set(readers)
+    twice = [reader for reader, n in counts.items() if n > 1]
+    assert len(twice) <= int(connections) and max(counts.values()) <= 2
+    assert set(statuses(session, 1).values()) == {"sent"}
+    assert session.scalar(select(Campaign.status).where(Campaign.id == 1)) == "sent"
+    assert len(session.scalars(select(Campaign.id)).all()) == 1  # never a second copy
+
+
+@pytest.mark.slow
+def test_two_runs_at_once_never_both_send(
+        config: dict[str, Any], tmp_path: Path, app: Flask, session: Session,
+        clock: FrozenClock, smtp_sink: SmtpSink, runner: FlaskCliRunner,
+        posts_folder: Path) -> None:
+    readers = add_readers(session, clock, 150)
+    digest_ready(runner, posts_folder)
+    smtp_sink.script.data_delay = 0.05  # about 40 messages a second over two connections
+    first = newsletter_process(config, tmp_path, "send-digest", "--yes", "--connections", "2")
+    try:
+        smtp_sink.wait_for(3, timeout=30)
+        second = newsletter_process(config, tmp_path, "send-digest", "--yes")
+        out, err = second.communicate(timeout=30)
+        assert len(smtp_sink.messages) < len(readers)  # the first was still sending
+    finally:
+        first_out, first_err = first.communicate(timeout=60)
+    assert second.returncode == 1, out + err
+    assert "another send is running for this database" in err
+    assert first.returncode == 0, first_out + first_err
+    assert copies(smtp_sink) == Counter(readers)
+    assert len(session.scalars(select(Campaign.id)).all()) == 1
+
+
+# --- the commands ----------------------------------------------------------------------------
+
+
+def test_send_digest_mails_the_new_posts_and_prints_a_summary(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        runner: FlaskCliRunner, posts_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import newsletter.cli
+
+    monkeypatch.setattr(newsletter.cli, "PROGRESS_LOG_INTERVAL", 0.0)
+    readers = add_readers(session, clock, 3)
+    digest_ready(runner, posts_folder)
+
+    result = runner.invoke(args=["send-digest", "--yes", "--connections", "2"])
+
+    assert result.exit_code == 0, result.output
+    assert 'Sending campaign 1 "Rest Is Not a Reward": 3 deliveries to make.' in result.output
+    assert "sent 3, failed 0, deferred 0, skipped 0 in" in result.output
+    assert "messages per second" in result.output
+    assert copies(smtp_sink) == Counter(readers)
+    subject = smtp_sink.messages[0].message["Subject"]
+    assert subject == "Rest Is Not a Reward"
+    assert "An Older Post" not in smtp_sink.messages[0].body("plain")  # archived by first sync
+
+    again = runner.invoke(args=["send-digest", "--yes"])
+    assert again.exit_code == 0, again.output
+    assert "No new posts since the last digest" in again.output
+    assert len(smtp_sink.messages) == 3
+
+    listed = runner.invoke(args=["campaigns"])
+    assert listed.exit_code == 0, listed.output
+    row = listed.output.splitlines()[1].split()
+    assert row[:2] == ["1", "digest"] and row[4:10] == ["sent", "3", "0", "0", "0", "0"]
+
+
+def test_send_digest_exits_3_when_some_fail_and_campaigns_show_says_why(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        runner: FlaskCliRunner, posts_folder: Path) -> None:
+    add_readers(session, clock, 3)
+    digest_ready(runner, posts_folder)
+    smtp_sink.script.rcpt_replies["reader2@example.com"] = "550 5.1.1 No such user"
+
+    result = runner.invoke(args=["send-digest", "--yes"])
+
+    assert result.exit_code == 3, result.output
+    assert "sent 2, failed 1" in result.output
+    assert "newsletter campaigns show 1" in result.output
+    shown = runner.invoke(args=["campaigns", "show", "1"])
+    assert shown.exit_code == 0, shown.output
+    assert "Deliveries: sent 2, failed 1, deferred 0, skipped 0, queued 0 (of 3)." in shown.output
+    assert "reader2@example.com  failed  1 attempt  550 5.1.1 No such user" in shown.output
+    missing = runner.invoke(args=["campaigns", "show", "99"])
+    assert missing.exit_code == 1 and "There is no campaign 99" in missing.output
+
+
+def test_send_digest_exits_1_and_plans_nothing_when_smtp_is_down(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        runner: FlaskCliRunner, posts_folder: Path) -> None:
+    add_readers(session, clock, 3)
+    digest_ready(runner, posts_folder)
+    smtp_sink.stop()
+    result = runner.invoke(args=["send-digest", "--yes"])
+    assert result.exit_code == 1
+    assert "cannot reach SMTP server" in result.output
+    assert session.scalars(select(Campaign.id)).all() == []  # the posts wait for the next run
+
+
+def test_send_digest_resumes_an_unfinished_campaign_first(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        runner: FlaskCliRunner) -> None:
+    readers = add_readers(session, clock, 4)
+    campaign_id = make_campaign(session, clock, subject="Interrupted")
+    session.execute(update(Delivery).where(Delivery.subscriber_id <= 2).values(status="sent"))
+    session.commit()
+    runner.invoke(args=["fetch-posts"])  # the older post is archived: nothing new
+    result = runner.invoke(args=["send-digest", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert f'Campaign {campaign_id} "Interrupted": sent 2' in result.output
+    assert copies(smtp_sink) == Counter(readers[2:])
+
+
+def test_dry_run_says_what_would_be_sent_and_changes_nothing(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        runner: FlaskCliRunner, posts_folder: Path) -> None:
+    add_readers(session, clock, 7)
+    digest_ready(runner, posts_folder)
+    runner.invoke(args=["fetch-posts"])
+    result = runner.invoke(args=["send-digest", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert 'Would send "Rest Is Not a Reward" to 7 confirmed readers:' in result.output
+    assert "  - Rest Is Not a Reward" in result.output
+    assert not smtp_sink.messages
+    assert session.scalars(select(Campaign.id)).all() == []
+
+
+def test_to_address_sends_one_test_copy_and_marks_nothing(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        runner: FlaskCliRunner, posts_folder: Path) -> None:
+    add_readers(session, clock, 3)
+    digest_ready(runner, posts_folder)
+    result = runner.invoke(args=["send-digest", "--to", "Author@Example.com"])
+    assert result.exit_code == 0, result.output
+    assert 'Sent "Rest Is Not a Reward" to Author@Example.com as a test' in result.output
+    (received,) = smtp_sink.messages
+    assert received.recipients == ["author@example.com"]
+    assert received.body("plain").startswith("Calm Corner")
+    assert session.scalars(select(Campaign.id)).all() == []
+    assert session.scalar(select(Post.campaign_id).where(Post.title == "Rest Is Not a Reward")) \
+        is None
+    bad = runner.invoke(args=["send-digest", "--to", "not an address"])
+    assert bad.exit_code == 2 and "--to" in bad.output
+
+
+@pytest.mark.parametrize(("answer", "sent"), [("n\n", 0), ("y\n", 3)])
+def test_a_terminal_is_asked_before_mailing_the_readers(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        runner: FlaskCliRunner, posts_folder: Path, monkeypatch: pytest.MonkeyPatch,
+        answer: str, sent: int) -> None:
+    import newsletter.cli
+
+    monkeypatch.setattr(newsletter.cli, "_interactive", lambda: True)
+    add_readers(session, clock, 3)
+    digest_ready(runner, posts_folder)
+    result = runner.invoke(args=["send-digest"], input=answer)
+    assert result.exit_code == 0, result.output
+    assert "Send it to 3 readers now? [y/N]" in result.output
+    assert len(smtp_sink.messages) == sent
+    assert len(session.scalars(select(Campaign.id)).all()) == (1 if sent else 0)
+
+
+def test_send_digest_stops_with_a_clear_message_while_another_run_sends(
+        app: Flask, runner: FlaskCliRunner, session: Session, clock: FrozenClock,
+        smtp_sink: SmtpSink, posts_folder: Path) -> None:
+    add_readers(session, clock, 2)
+    digest_ready(runner, posts_folder)
+    with SendLock(state_dir(app), db.engine):
+        result = runner.invoke(args=["send-digest", "--yes"])
+    assert result.exit_code == 1
+    assert "another send is running for this database" in result.output
+    assert not smtp_sink.messages
+
+
+def test_progress_off_a_terminal_is_a_plain_line_every_few_seconds(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import newsletter.cli
+
+    monkeypatch.setattr(newsletter.cli, "PROGRESS_LOG_INTERVAL", 0.0)
+    progress = newsletter.cli._SendProgress(quiet=False, terminal=False)
+    report = SendReport(campaign_id=4, subject="Slow mornings", total=2000)
+    progress.start(report)
+    progress.update(500)
+    progress.update(2000)
+    progress.finish(report)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == 'Sending campaign 4 "Slow mornings": 2,000 deliveries to make.'
+    assert lines[1].startswith("  500 of 2,000 done, ") and "messages/s, about" in lines[1]
+    assert len(lines) == 2  # nothing once all are done
+
+    quiet = newsletter.cli._SendProgress(quiet=True, terminal=False)
+    quiet.start(report)
+    quiet.update(500)
+    assert capsys.readouterr().out == ""
+
+
+def test_campaigns_with_none_yet(runner: FlaskCliRunner) -> None:
+    result = runner.invoke(args=["campaigns"])
+    assert result.exit_code == 0 and "No campaigns yet" in result.output
+
+
+@pytest.mark.parametrize(("settings", "variable"), [
+    ({"DKIM_DOMAIN": "blog.example.com"}, "NEWSLETTER_DKIM_SELECTOR"),
+    ({"DKIM_DOMAIN": "blog.example.com", "DKIM_SELECTOR": "s1",
+      "DKIM_PRIVATE_KEY": "/nonexistent/dkim.pem"}, "NEWSLETTER_DKIM_PRIVATE_KEY"),
+    ({"SEND_CONNECTIONS": 0}, "NEWSLETTER_SEND_CONNECTIONS"),
+    ({"SEND_RATE": "fast"}, "NEWSLETTER_SEND_RATE"),
+    ({"DEFER_GIVE_UP_HOURS": -1}, "NEWSLETTER_DEFER_GIVE_UP_HOURS"),
+])
+def test_bad_sending_settings_stop_start_up_naming_the_variable(
+        config: dict[str, Any], settings: dict[str, Any], variable: str) -> None:
+    from newsletter import create_app
+    from newsletter.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"^{variable}: "):
+        create_app({**config, **settings})
+
+
+def test_sending_settings_become_the_default_options(config: dict[str, Any]) -> None:
+    options = SendOptions.from_config({**config, "SEND_RATE": 12.5, "SEND_CONNECTIONS": 3,
+                                       "DEFER_RETRY_SECONDS": 30, "DEFER_GIVE_UP_HOURS": 24},
+                                      connections=None, rate=40)
+    assert (options.connections, options.rate, options.retry_delay) == (3, 40, 30)
+    assert options.give_up_after == timedelta(hours=24)
