@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -84,7 +85,7 @@ def send_queued_command() -> None:
 @register
 @click.group("subscribers")
 def subscribers_group() -> None:
-    """Look after readers: show one reader's consent history."""
+    """Look after readers: list, count, import, export, add, unsubscribe, show, erase."""
 
 
 @subscribers_group.command("show")
@@ -94,14 +95,18 @@ def subscribers_show(email: str) -> None:
     """Print a reader's status and complete consent history as JSON."""
     from .addresses import InvalidAddress
     from .db import db
-    from .subscriptions import describe, find_subscriber
+    from .subscriptions import describe, find_subscriber, is_suppressed
 
     try:
         subscriber = find_subscriber(db.session, email)
     except InvalidAddress as err:
         raise click.BadParameter(str(err), param_hint="EMAIL") from None
     if subscriber is None:
-        click.echo(f"No reader with the address {email}.", err=True)
+        if is_suppressed(db.session, _services(), email):
+            click.echo(f"No reader with the address {email}: it was erased, and only a keyed "
+                       "hash of it is kept (so imports refuse it).", err=True)
+        else:
+            click.echo(f"No reader with the address {email}.", err=True)
         sys.exit(EXIT_ERROR)
     click.echo(json.dumps(describe(db.session, subscriber), indent=2, ensure_ascii=False))
 
@@ -153,10 +158,677 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
 # --- posts and digests (fetch-posts, preview-digest) ---------------------------------------
 
 
+@register
+@click.command("fetch-posts")
+@click.option("--backfill", type=click.IntRange(min=0), default=None, metavar="N",
+              help="On the first sync, also mail the newest N posts already published "
+                   "(default: none of them).")
+@with_appcontext
+def fetch_posts_command(backfill: int | None) -> None:
+    """Sync posts from NEWSLETTER_FEED_URL or NEWSLETTER_POSTS_DIR and list what is new."""
+    from .db import db
+    from .posts import PostSourceError, sync_posts
+
+    try:
+        report = sync_posts(db.session, _services(), backfill=backfill)
+    except PostSourceError as err:
+        click.echo(f"Cannot read the posts: {err}", err=True)
+        sys.exit(EXIT_ERROR)
+    if report.not_modified:
+        click.echo(f"No new posts: {report.source} has not changed since the last fetch.")
+        return
+    if report.first_sync and report.archived_titles:
+        click.echo(f"First sync of {report.source}: {len(report.archived_titles)} post(s) "
+                   "already published are recorded as sent before and will not be mailed"
+                   + ("." if backfill else " (--backfill N mails the newest N)."))
+    elif backfill:
+        click.echo("--backfill only applies to the first sync of a source; ignored.")
+    if report.new:
+        click.echo(f"New posts ({len(report.new)}):")
+        for post in report.new:
+            click.echo(f"  {post.title}" + (f"  [waiting: {post.waiting}]" if post.waiting else ""))
+    else:
+        click.echo("No new posts.")
+    click.echo(f"Updated {report.updated}, unchanged {report.unchanged}.")
+    if report.duplicates:
+        click.echo(f"Skipped {report.duplicates} entr{'y' if report.duplicates == 1 else 'ies'} "
+                   "repeating an id seen earlier in the source.")
+
+
+def _sync_posts_for_digest(services: Any, backfill: int | None) -> Any:
+    """Bring the posts table up to date from the feed or Markdown folder and return the sync
+    report; a source problem (none configured, unreachable, unparseable) ends the command with
+    one line."""
+    from . import posts
+    from .db import db
+
+    try:
+        return posts.sync_posts(db.session, services, backfill=backfill)
+    except posts.PostSourceError as err:
+        click.echo(f"Cannot read the posts: {err}", err=True)
+        sys.exit(EXIT_ERROR)
+
+
+@register
+@click.command("preview-digest")
+@click.option("--output", "output", default="preview", show_default=True,
+              type=click.Path(file_okay=False, writable=True),
+              help="Folder to write digest.html, digest.txt and digest.eml into.")
+@click.option("--open", "open_browser", is_flag=True, help="Open digest.html in a web browser.")
+@click.option("--backfill", type=click.IntRange(min=0), default=None, metavar="N",
+              help="If this is the source's first sync, count the newest N posts already "
+                   "published as new (as `fetch-posts --backfill N` does).")
+@with_appcontext
+def preview_digest_command(output: str, open_browser: bool, backfill: int | None) -> None:
+    """Write the next digest as a sample reader would get it; marks nothing as sent."""
+    import webbrowser
+
+    from .db import db
+    from .digest import preview_digest
+    from .rendering import TemplateProblem
+
+    services = _services()
+    synced = _sync_posts_for_digest(services, backfill)
+    try:
+        preview = preview_digest(db.session, services)
+    except TemplateProblem as err:
+        click.echo(f"Email template problem: {err}", err=True)
+        sys.exit(EXIT_ERROR)
+    if preview is None:
+        click.echo("No new posts since the last digest: nothing to preview, nothing written.")
+        archived = len(synced.archived_titles)
+        if synced.first_sync and archived:
+            click.echo(f"(This was the first sync of {synced.source}: its {archived} published "
+                       f"post{'s were' if archived != 1 else ' was'} recorded as sent before. "
+                       "Posts added from now on go into the next digest.)")
+        return
+    paths = preview.write(output)
+    count = len(preview.titles)
+    click.echo(f"Next digest ({count} post{'s' if count != 1 else ''}): {preview.subject}")
+    for path in paths:
+        click.echo(f"  {path}")
+    if open_browser:
+        webbrowser.open(paths[0].resolve().as_uri())
+
+
 # --- sending and campaigns (send-digest, campaigns, send-campaign) -------------------------
+
+PROGRESS_LOG_INTERVAL = 5.0  # seconds between progress lines when output is not a terminal
+
+
+def _interactive() -> bool:
+    """Whether a person is at a terminal who can answer a question."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+class _SendProgress:
+    """A progress bar (count, rate, time left) on a terminal, a plain line every few seconds
+    otherwise (cron mail, logs), nothing with --quiet."""
+
+    def __init__(self, quiet: bool, terminal: bool) -> None:
+        self.quiet = quiet
+        self.terminal = terminal
+        self._bar: Any = None
+        self._shown = 0
+        self._total = 0
+        self._started = 0.0
+        self._logged = 0.0
+
+    def start(self, report: Any) -> None:
+        import time
+
+        self._total, self._shown = report.total, 0
+        self._started = self._logged = time.monotonic()
+        if self.quiet:
+            return
+        click.echo(f'Sending campaign {report.campaign_id} "{report.subject}": '
+                   f"{report.total:,} deliver{'y' if report.total == 1 else 'ies'} to make.")
+        if self.terminal and report.total:
+            self._bar = click.progressbar(length=report.total, label="Sending", show_pos=True,
+                                          show_eta=True, item_show_func=lambda rate: rate)
+            self._bar.__enter__()
+
+    def update(self, done: int) -> None:
+        import time
+
+        if self.quiet:
+            return
+        now = time.monotonic()
+        rate = done / (now - self._started) if now > self._started else 0.0
+        if self._bar is not None:
+            self._bar.update(done - self._shown, f"{rate:,.0f}/s")
+        elif now - self._logged >= PROGRESS_LOG_INTERVAL and done < self._total:
+            left = (self._total - done) / rate if rate else 0
+            click.echo(f"  {done:,} of {self._total:,} done, {rate:,.0f} messages/s, "
+                       f"about {left:,.0f}s left")
+            self._logged = now
+        self._shown = done
+
+    def finish(self, report: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+
+def _send_lock() -> Any:
+    from .db import db
+    from .sending import SendLock, sending_state_dir
+
+    app = current_app
+    return SendLock(sending_state_dir(app.config["SQLALCHEMY_DATABASE_URI"], app.instance_path),
+                    db.engine)
+
+
+def _summary(report: Any, quiet: bool) -> None:
+    """One campaign's outcome; problems always go to stderr, even with --quiet."""
+    if not quiet or not report.complete:
+        left = f", still queued {report.left:,}" if report.left else ""
+        click.echo(f'Campaign {report.campaign_id} "{report.subject}": sent {report.sent:,}, '
+                   f"failed {report.failed:,}, deferred {report.deferred:,}, "
+                   f"skipped {report.skipped:,}{left} in {report.elapsed:.1f}s "
+                   f"({report.rate:,.0f} messages per second).")
+    if report.error:
+        click.echo(f"Stopped: {report.error}", err=True)
+        click.echo("Run `newsletter send-digest` again to resume: it sends what is left and "
+                   "nothing twice.", err=True)
+    elif report.failed or report.deferred:
+        click.echo(f"See who and why: newsletter campaigns show {report.campaign_id}"
+                   + (" (deferred ones are retried by the next run)" if report.deferred
+                      else ""), err=True)
+
+
+def _ask_before_sending(subject: str, titles: Any, readers: int) -> bool:
+    if readers <= 1:
+        return True
+    click.echo(f'Next digest: "{subject}"')
+    for title in titles:
+        click.echo(f"  - {title}")
+    return click.confirm(f"Send it to {readers:,} readers now?", default=False)
+
+
+@register
+@click.command("send-digest")
+@click.option("--dry-run", is_flag=True,
+              help="Say what would be sent and to how many readers, from the posts already "
+                   "fetched; change nothing.")
+@click.option("--to", "to_address", metavar="ADDRESS",
+              help="Send the next digest to this one address as a test; marks nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask before mailing the readers.")
+@click.option("--rate", type=click.FloatRange(min=0.01), metavar="N",
+              help="At most N messages per second over all connections "
+                   "(default: NEWSLETTER_SEND_RATE, else no cap).")
+@click.option("--connections", type=click.IntRange(1, 50), metavar="N",
+              help="Parallel SMTP connections (default: NEWSLETTER_SEND_CONNECTIONS, 4).")
+@click.option("--quiet", is_flag=True,
+              help="No progress and no summary unless something went wrong (for cron).")
+@with_appcontext
+def send_digest_command(dry_run: bool, to_address: str | None, yes: bool, rate: float | None,
+                        connections: int | None, quiet: bool) -> None:
+    """Mail the new posts to every confirmed reader, resuming an unfinished digest first.
+
+    Exit status: 0 all sent (or skipped: the reader left), 3 some failed or were deferred,
+    1 an error stopped the run.
+    """
+    from .addresses import InvalidAddress
+    from .db import db
+    from .mail import DkimProblem, SmtpProblem
+    from .posts import PostSourceError
+    from .rendering import TemplateProblem
+    from .sending import SendError, SendOptions, plan_digest, send_digest, send_test_digest
+
+    services = _services()
+    problems = (SmtpProblem, DkimProblem, TemplateProblem, SendError, PostSourceError)
+    if dry_run and to_address:
+        raise click.UsageError("use either --dry-run or --to, not both")
+    try:
+        if dry_run:
+            _show_plan(plan_digest(db.session, services))
+            return
+        if to_address:
+            subject = send_test_digest(db.session, services, to_address)
+            click.echo(f'Sent "{subject}" to {to_address} as a test; nothing was marked.'
+                       if subject else "No new posts since the last digest: nothing to send.")
+            return
+        options = SendOptions.from_config(services.config, rate=rate, connections=connections)
+        lock = _send_lock()
+        lock.acquire()
+        try:
+            run = send_digest(db.session, services, lock=lock, options=options,
+                              progress=_SendProgress(quiet, sys.stdout.isatty()),
+                              confirm=None if yes or not _interactive() else _ask_before_sending)
+        finally:
+            lock.release()
+    except InvalidAddress as err:
+        raise click.BadParameter(str(err), param_hint="--to") from None
+    except problems as err:
+        click.echo(f"send-digest: {err}", err=True)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted. Every message sent so far is recorded; run "
+                   "`newsletter send-digest` again to send the rest.", err=True)
+        sys.exit(EXIT_ERROR)
+    for report in run.reports:
+        _summary(report, quiet)
+    if run.sync_error:
+        click.echo(f"Cannot read the posts: {run.sync_error}", err=True)
+    elif run.declined:
+        click.echo("Not sent.")
+    elif run.no_readers:
+        click.echo("No confirmed readers yet: nothing sent; the new posts wait for the next run.")
+    elif run.nothing_new and not quiet:
+        click.echo("No new posts since the last digest: nothing new to send.")
+    if run.sync_error or any(r.error for r in run.reports):
+        sys.exit(EXIT_ERROR)
+    if any(not r.complete for r in run.reports):
+        sys.exit(EXIT_INCOMPLETE)
+
+
+def _show_plan(plan: Any) -> None:
+    for campaign_id, subject, left in plan.unfinished:
+        click.echo(f'Would resume campaign {campaign_id} "{subject}": {left:,} deliveries left.')
+    if plan.subject is None:
+        click.echo("No new posts since the last digest: nothing new would be sent.")
+    else:
+        click.echo(f'Would send "{plan.subject}" to {plan.readers:,} confirmed reader'
+                   f"{'' if plan.readers == 1 else 's'}:")
+        for title in plan.titles:
+            click.echo(f"  - {title}")
+    click.echo("(Dry run: nothing was fetched, planned or sent. `newsletter fetch-posts` brings "
+               "in new posts first.)")
+
+
+@register
+@click.group("campaigns", invoke_without_command=True)
+@click.pass_context
+@with_appcontext
+def campaigns_group(ctx: click.Context) -> None:
+    """List everything sent to the list, newest first, with counts; `show ID` for one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .db import db
+    from .sending import list_campaigns
+
+    campaigns = list_campaigns(db.session)
+    if not campaigns:
+        click.echo("No campaigns yet: `newsletter send-digest` sends the first.")
+        return
+    click.echo(f"{'ID':>5}  {'KIND':<8}  {'CREATED (UTC)':<16}  {'STATUS':<8}  {'SENT':>7}  "
+               f"{'FAILED':>6}  {'DEFER':>5}  {'SKIP':>5}  {'QUEUED':>6}  SUBJECT")
+    for c in campaigns:
+        n = c.counts
+        click.echo(f"{c.id:>5}  {c.kind:<8}  {c.created_at:%Y-%m-%d %H:%M}  {c.status:<8}  "
+                   f"{n.get('sent', 0):>7}  {n.get('failed', 0):>6}  {n.get('deferred', 0):>5}  "
+                   f"{n.get('skipped', 0):>5}  {n.get('queued', 0):>6}  {c.subject}")
+
+
+@campaigns_group.command("show")
+@click.argument("campaign_id", type=int, metavar="ID")
+@with_appcontext
+def campaigns_show(campaign_id: int) -> None:
+    """One campaign: per-status counts and the failed and deferred deliveries with the SMTP
+    server's replies."""
+    from .db import db
+    from .sending import CampaignNotFound, describe_campaign
+
+    try:
+        details = describe_campaign(db.session, campaign_id)
+    except CampaignNotFound as err:
+        click.echo(str(err).capitalize(), err=True)
+        sys.exit(EXIT_ERROR)
+    c = details.summary
+    click.echo(f'Campaign {c.id} ({c.kind}): "{c.subject}"')
+    finished = f", finished {c.finished_at:%Y-%m-%d %H:%M}" if c.finished_at else ""
+    click.echo(f"Status {c.status}; created {c.created_at:%Y-%m-%d %H:%M} UTC{finished}.")
+    counts = ", ".join(f"{status} {c.counts.get(status, 0):,}" for status in
+                       ("sent", "failed", "deferred", "skipped", "queued"))
+    click.echo(f"Deliveries: {counts} (of {c.total:,}).")
+    if details.problems:
+        click.echo("Not delivered:")
+        for p in details.problems:
+            tries = f"{p.attempts} attempt{'' if p.attempts == 1 else 's'}"
+            click.echo(f"  {p.email or '(erased reader)'}  {p.status}  {tries}  "
+                       f"{p.reply or '(no reply recorded)'}")
+        if details.more_problems:
+            click.echo(f"  ... and {details.more_problems:,} more.")
 
 
 # --- the author's toolkit (subscribers list/import/export/erase, purge, stats, embed) -------
+
+
+def _send_now(services: Any) -> None:
+    """Hand the emails just queued to SMTP; if it is down they stay queued for the service's
+    background sender or `newsletter send-queued`."""
+    from .db import db
+    from .outbox import deliver_queued
+
+    sent = 0
+    transport = services.open_transport()
+    try:
+        while True:
+            report = deliver_queued(db.session, transport, sender=services.config["MAIL_FROM"],
+                                    now=services.clock(),
+                                    max_attempts=services.config["OUTBOX_MAX_ATTEMPTS"])
+            sent += report.sent
+            if report.errors:
+                click.echo(f"SMTP problem: {report.errors[0]}. The emails stay queued; the "
+                           "running service or `newsletter send-queued` sends them later.",
+                           err=True)
+                break
+            if not report.sent:
+                break
+    finally:
+        transport.close()
+    if sent:
+        click.echo(f"Sent {sent} email{'s' if sent != 1 else ''}.")
+
+
+def _address_or_fail(error: Exception) -> None:
+    raise click.BadParameter(str(error), param_hint="EMAIL") from None
+
+
+_STATUS = click.Choice(["pending", "confirmed", "unsubscribed", "erased"])
+
+
+@subscribers_group.command("list")
+@click.option("--status", type=_STATUS, help="Only readers with this status "
+              "(default: all but the erased).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+@with_appcontext
+def subscribers_list(status: str | None, fmt: str) -> None:
+    """List readers with their status and subscription dates."""
+    from .db import db
+    from .readers import export_readers, iso, iter_readers
+
+    if fmt == "csv":
+        export_readers(db.session, sys.stdout, status)
+        return
+    if fmt == "json":
+        click.echo("[", nl=False)
+        for number, reader in enumerate(iter_readers(db.session, status)):
+            item = {"id": reader.id, "email": reader.email, "name": reader.name,
+                    "status": reader.status, "subscribed_at": iso(reader.subscribed_at),
+                    "confirmed_at": iso(reader.confirmed_at) or None,
+                    "unsubscribed_at": iso(reader.unsubscribed_at) or None,
+                    "source": reader.source}
+            click.echo(("," if number else "") + "\n  " + json.dumps(item, ensure_ascii=False),
+                       nl=False)
+        click.echo("\n]")
+        return
+    count = 0
+    click.echo(f"{'id':>7}  {'email':<40}  {'status':<12}  {'subscribed':<10}  name")
+    for reader in iter_readers(db.session, status):
+        email = reader.email or "(erased)"
+        click.echo(f"{reader.id:>7}  {email:<40}  {reader.status:<12}  "
+                   f"{reader.subscribed_at.date().isoformat():<10}  {reader.name or ''}")
+        count += 1
+    click.echo(f"{count} reader{'s' if count != 1 else ''}.")
+
+
+@subscribers_group.command("count")
+@with_appcontext
+def subscribers_count() -> None:
+    """How many readers have each status."""
+    from .db import db
+    from .readers import count_by_status
+
+    counts = count_by_status(db.session)
+    for status, number in counts.items():
+        click.echo(f"{status:<14}{number:>8}")
+    click.echo(f"{'total':<14}{sum(counts.values()):>8}")
+
+
+def _print_problems(title: str, problems: Any) -> None:
+    if not problems.count:
+        return
+    click.echo(f"{title}: {problems.count}", err=True)
+    for line, reason in problems.details[:50]:
+        click.echo(f"  line {line}: {reason}", err=True)
+    if problems.count > 50:
+        click.echo(f"  ... and {problems.count - 50} more", err=True)
+
+
+@subscribers_group.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--consent-note", required=True,
+              help="Where and how these readers agreed to get the newsletter (kept with each "
+                   "reader as proof), e.g. 'sign-up sheet at the May 2025 workshop'.")
+@click.option("--require-confirmation", is_flag=True,
+              help="Make them pending and send each the double-opt-in email instead.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Import the valid rows even when some are invalid.")
+@with_appcontext
+def subscribers_import(file: Path, consent_note: str, require_confirmation: bool,
+                       skip_invalid: bool) -> None:
+    """Import readers from a CSV file: email, and optionally name, subscribed_at, source."""
+    from .db import db
+    from .readers import ImportInterrupted, ReadersError, import_readers
+
+    services = _services()
+    try:
+        report = import_readers(db.session, services, file, consent_note=consent_note,
+                                require_confirmation=require_confirmation,
+                                skip_invalid=skip_invalid)
+    except ImportInterrupted as err:
+        click.echo(f"Import stopped: {err}", err=True)
+        sys.exit(EXIT_ERROR)
+    except ReadersError as err:
+        db.session.rollback()
+        click.echo(f"Nothing imported: {err}", err=True)
+        sys.exit(EXIT_ERROR)
+    _print_problems("Invalid rows", report.invalid)
+    if not report.committed:
+        click.echo(f"Nothing imported: {report.invalid.count} of {report.rows} rows are invalid. "
+                   "Fix them, or run again with --skip-invalid to import the rest.", err=True)
+        sys.exit(EXIT_ERROR)
+    _print_problems("Unsubscribed, not re-activated", report.unsubscribed)
+    _print_problems("Erased at the reader's request, refused", report.erased)
+    _print_problems("Skipped (their status in the file)", report.skipped)
+    _print_problems("Duplicates in the file, merged", report.duplicates)
+    state = "pending (asked to confirm)" if require_confirmation else "confirmed"
+    click.echo(f"Read {report.rows} rows from {file.name}: {report.added} new readers {state}, "
+               f"{report.confirmed_pending} waiting readers confirmed, {report.already_present} "
+               f"already here, {report.unsubscribed.count} unsubscribed and "
+               f"{report.erased.count} erased refused, {report.skipped.count} skipped, "
+               f"{report.invalid.count} invalid.")
+    if require_confirmation:
+        click.echo(f"Confirmation emails queued: {report.confirmations_queued}"
+                   + (f" ({report.confirmations_held} held back: one went to them recently)"
+                      if report.confirmations_held else "") + ".")
+        _send_now(services)
+
+
+@subscribers_group.command("export")
+@click.option("--status", type=_STATUS, help="Only readers with this status "
+              "(default: all but the erased). Import brings back only confirmed ones.")
+@click.option("--output", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Write to this file instead of standard output.")
+@with_appcontext
+def subscribers_export(status: str | None, output: Path | None) -> None:
+    """Write readers as CSV with their consent dates (the file imports again as it is)."""
+    from .db import db
+    from .readers import export_readers
+
+    if output is None:
+        export_readers(db.session, sys.stdout, status)
+        return
+    with output.open("w", newline="", encoding="utf-8") as handle:
+        count = export_readers(db.session, handle, status)
+    click.echo(f"Wrote {count} reader{'s' if count != 1 else ''} to {output}.")
+
+
+@subscribers_group.command("add")
+@click.argument("email")
+@click.option("--name", help="The reader's first name (optional).")
+@with_appcontext
+def subscribers_add(email: str, name: str | None) -> None:
+    """Sign a reader up on their behalf: they get the double-opt-in email to confirm."""
+    from .addresses import InvalidAddress
+    from .db import db
+    from .readers import AddressSuppressed, add_reader
+
+    services = _services()
+    try:
+        outcome = add_reader(db.session, services, email, name=name)
+    except InvalidAddress as err:
+        db.session.rollback()
+        _address_or_fail(err)
+        return
+    except AddressSuppressed as err:
+        db.session.rollback()
+        click.echo(str(err), err=True)
+        sys.exit(EXIT_ERROR)
+    if outcome.status == "confirmed":
+        click.echo(f"{email} is already a confirmed reader; nothing sent.")
+        return
+    if outcome.confirmation_queued:
+        click.echo(f"Asked {email} to confirm: the double-opt-in email is queued.")
+        _send_now(services)
+    else:
+        click.echo(f"{email} is waiting to confirm; a confirmation email went to them recently, "
+                   "so no new one was sent (at most one per "
+                   f"{services.config['CONFIRMATION_MIN_INTERVAL'] // 60} minutes and "
+                   f"{services.config['CONFIRMATIONS_PER_DAY']} a day).")
+
+
+@subscribers_group.command("unsubscribe")
+@click.argument("email")
+@with_appcontext
+def subscribers_unsubscribe(email: str) -> None:
+    """Unsubscribe a reader (for example one who asked by email); recorded as method cli."""
+    from .addresses import InvalidAddress
+    from .db import db
+    from .readers import unsubscribe_reader
+    from .subscriptions import NotFound
+
+    try:
+        subscriber, changed = unsubscribe_reader(db.session, _services(), email)
+    except InvalidAddress as err:
+        _address_or_fail(err)
+        return
+    except NotFound as err:
+        click.echo(str(err), err=True)
+        sys.exit(EXIT_ERROR)
+    if changed:
+        click.echo(f"Unsubscribed {subscriber.email}.")
+    else:
+        click.echo(f"{subscriber.email} was already unsubscribed; nothing changed.")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _scrub_note(scrubbed: bool | None) -> None:
+    if scrubbed is False:
+        click.echo("The database file could not be compacted because other connections kept it "
+                   "busy; run the command again (it is safe to repeat).", err=True)
+    elif scrubbed is None:
+        click.echo("On PostgreSQL, run VACUUM FULL on subscribers, consent_events, outbox and "
+                   "deliveries to remove the old row versions from the data files.")
+
+
+@subscribers_group.command("erase")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@with_appcontext
+def subscribers_erase(email: str, yes: bool) -> None:
+    """Erase everything personal held about a reader (GDPR); keeps only a keyed hash of the
+    address so imports refuse it. Safe to repeat."""
+    from .addresses import InvalidAddress
+    from .db import db
+    from .privacy import erase_reader
+
+    if not yes:
+        click.confirm(f"Erase {email} for good? This cannot be undone", abort=True)
+    try:
+        report = erase_reader(db.session, _services(), email)
+    except InvalidAddress as err:
+        _address_or_fail(err)
+        return
+    if report.outcome == "erased":
+        click.echo(f"Erased reader {report.subscriber_id}: address, name, IP addresses and user "
+                   f"agents removed from the reader, {_count(report.events, 'consent event')}, "
+                   f"{_count(report.emails, 'email')} and "
+                   f"{_count(report.deliveries, 'delivery record')}. An 'erased' event and a "
+                   "keyed hash of the address remain, so imports refuse it.")
+    elif report.outcome == "already_erased":
+        click.echo("Already erased: nothing personal is held about this address"
+                   + (f" (cleared {report.emails} leftover emails)" if report.emails else "")
+                   + ".")
+    else:
+        click.echo("No reader had this address; nothing personal is held. Its keyed hash is now "
+                   "on the suppression list, so imports refuse it.")
+    _scrub_note(report.file_scrubbed)
+
+
+@register
+@click.command("purge")
+@click.option("--dry-run", is_flag=True, help="Only say how many would be removed.")
+@with_appcontext
+def purge_command(dry_run: bool) -> None:
+    """Remove sign-ups never confirmed within NEWSLETTER_PENDING_RETENTION_DAYS (default 30),
+    with their events and emails; nothing about them is kept."""
+    from .db import db
+    from .privacy import purge_pending
+
+    services = _services()
+    report = purge_pending(db.session, services, dry_run=dry_run)
+    days = services.config["PENDING_RETENTION_DAYS"]
+    verb = "Would remove" if dry_run else "Removed"
+    click.echo(f"{verb} {report.removed} sign-up{'s' if report.removed != 1 else ''} not "
+               f"confirmed within {days} days (last asked before "
+               f"{report.cutoff.date().isoformat()}).")
+    if report.removed and not dry_run:
+        _scrub_note(report.file_scrubbed)
+
+
+@register
+@click.command("stats")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@click.option("--weeks", default=12, show_default=True, type=click.IntRange(1, 104))
+@with_appcontext
+def stats_command(fmt: str, weeks: int) -> None:
+    """Readers by status, weekly sign-ups, confirmations and withdrawals, the confirmation rate
+    and the last campaigns' deliveries. No tracking pixels, no click tracking."""
+    from .db import db
+    from .stats import format_stats, list_stats
+
+    stats = list_stats(db.session, _services().clock(), weeks=weeks)
+    if fmt == "json":
+        click.echo(json.dumps(stats.as_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(format_stats(stats))
+
+
+@register
+@click.command("embed-snippet")
+@click.option("--page-url", help="The blog page the form sits on, where a reader without "
+              "JavaScript comes back to (default: NEWSLETTER_SITE_URL).")
+@click.option("--no-script", is_flag=True, help="Only the plain form, without the script.")
+@with_appcontext
+def embed_snippet_command(page_url: str | None, no_script: bool) -> None:
+    """Print the subscribe form to paste into an embed block on the blog."""
+    from urllib.parse import urlsplit
+
+    from .embed import render_snippet
+
+    config = current_app.config
+    if page_url:
+        parts = urlsplit(page_url)
+        origin = f"{parts.scheme}://{parts.netloc}".lower()
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise click.BadParameter("expected the page's full http(s) URL",
+                                     param_hint="--page-url")
+        if origin not in config["ALLOWED_ORIGINS"]:
+            click.echo(f"Note: {origin} is not in NEWSLETTER_ALLOWED_ORIGINS, so the form's "
+                       "script will be refused and readers without script will land on this "
+                       "service's thank-you page. Add it there.", err=True)
+    elif not config["ALLOWED_ORIGINS"]:
+        click.echo("Note: NEWSLETTER_ALLOWED_ORIGINS is empty; set it to the blog's origin "
+                   "(https://blog.example.com) so the form may post from there.", err=True)
+    click.echo(render_snippet(config, page_url, with_script=not no_script), nl=False)
 
 
 def init_app(app: Flask) -> None:

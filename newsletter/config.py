@@ -49,10 +49,37 @@ DEFAULTS: dict[str, Any] = {
     "OUTBOX_RETRY_INTERVAL": 30.0,  # seconds between the background sender's sweeps
     "OUTBOX_SEND_AFTER_REQUEST": True,  # hand new queued emails to SMTP right after the request
     "MAX_CONTENT_LENGTH": 64 * 1024,
+    # Blog posts: one source, a feed (http(s) URL or file) or a folder of Markdown files.
+    "FEED_URL": None,
+    "POSTS_DIR": None,
+    "FEED_TIMEOUT": 20.0,  # seconds a feed fetch may take
+    "FEED_MAX_BYTES": 10 * 1024 * 1024,
     "UNSUBSCRIBE_MAILTO": None,
+    # Sending campaigns: a cap in messages per second over all connections (none: as fast as
+    # the server takes them), parallel SMTP connections, the first retry of a 4xx after this
+    # many seconds (doubling), and when a reader still deferred is given up.
+    "SEND_RATE": None,
+    "SEND_CONNECTIONS": 4,
+    "DEFER_RETRY_SECONDS": 60.0,
+    "DEFER_GIVE_UP_HOURS": 72.0,
+    # DKIM signing: all three or none; the key is a file holding an RSA private key (PEM).
+    "DKIM_DOMAIN": None,
+    "DKIM_SELECTOR": None,
+    "DKIM_PRIVATE_KEY": None,
     "EMAIL_TEMPLATES": None,
+    # The digest: how many posts at most, summaries or whole posts, and its subject line and
+    # preheader as Jinja templates over posts, first, count, more and site_name.
+    "DIGEST_MAX_POSTS": 10,
+    "DIGEST_STYLE": "summary",  # summary or full
+    "DIGEST_SUBJECT": (
+        "{{ first.title }}{% if more %} + {{ more }} more from {{ site_name }}{% endif %}"
+    ),
+    "DIGEST_PREHEADER": None,  # default: the first post's subtitle, else its summary's start
     "LIST_ID": None,  # default: derived from the site URL
+    # Never-confirmed sign-ups older than this many days are removed by `newsletter purge`.
+    "PENDING_RETENTION_DAYS": 30,
     "DEMO": False,
+    "RATELIMIT_STORAGE_URI": None,  # default: the database; or redis://host:6379/0
 }
 
 _SENDER_ADDRESS = re.compile(r"[^@\s<>,;\"]+@[A-Za-z0-9.-]+")
@@ -127,6 +154,27 @@ def _as_url(config: dict[str, Any], key: str, *, required: bool = True) -> None:
     config[key] = str(value).rstrip("/")
 
 
+def _validate_post_source(config: dict[str, Any]) -> None:
+    """The post source: at most one of a feed and a Markdown folder, and sane fetch limits."""
+    _as_number(config, "FEED_TIMEOUT", float, 0.1, 600)
+    _as_number(config, "FEED_MAX_BYTES", int, 1024, 1024 * 1024 * 1024)
+    for key in ("FEED_URL", "POSTS_DIR"):
+        value = config[key]
+        config[key] = (str(value).strip() or None) if value is not None else None
+    feed = config["FEED_URL"]
+    if feed and config["POSTS_DIR"]:
+        # Two sources would make "what is new" ambiguous; the author picks one.
+        raise ConfigError("FEED_URL", "is set, and so is NEWSLETTER_POSTS_DIR; set only one: "
+                                      "the feed or the folder of Markdown posts")
+    if feed and "://" in feed:
+        parts = urlsplit(feed)
+        if parts.scheme not in ("http", "https", "file") or (
+                parts.scheme != "file" and not parts.netloc):
+            raise ConfigError("FEED_URL", "expected an http(s) URL such as "
+                                          f"https://blog.example.com/feed.xml or a file path, "
+                                          f"got {feed!r}")
+
+
 def validate_config(config: dict[str, Any]) -> None:
     """Normalise types and raise :class:`ConfigError` for the first bad setting."""
     for key in ("DEMO", "WELCOME_EMAIL", "OUTBOX_SEND_AFTER_REQUEST"):
@@ -151,13 +199,19 @@ def validate_config(config: dict[str, Any]) -> None:
     _as_number(config, "OUTBOX_MAX_ATTEMPTS", int, 1, 1000)
     _as_number(config, "OUTBOX_RETRY_INTERVAL", float, 0.05, 24 * 3600)
     _as_number(config, "MAX_CONTENT_LENGTH", int, 1024, 100 * 1024 * 1024)
+    _as_number(config, "PENDING_RETENTION_DAYS", int, 1, 3650)
     security = str(config["SMTP_SECURITY"]).strip().lower()
     if security not in SMTP_SECURITY_CHOICES:
         raise ConfigError("SMTP_SECURITY", f"expected one of none, starttls, ssl; got {security!r}")
     config["SMTP_SECURITY"] = security
     _as_url(config, "PUBLIC_URL")
+    storage = config.get("RATELIMIT_STORAGE_URI")
+    if storage and urlsplit(str(storage)).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError("RATELIMIT_STORAGE_URI",
+                          f"expected a Redis URL such as redis://127.0.0.1:6379/0, got {storage!r}")
     _as_url(config, "SITE_URL")
     _as_url(config, "PRIVACY_POLICY_URL", required=False)
+    _validate_post_source(config)
     for key in ("MAIL_FROM", "REPLY_TO"):
         if key == "REPLY_TO" and not config[key]:
             continue
@@ -185,9 +239,61 @@ def validate_config(config: dict[str, Any]) -> None:
     if not config["CONSENT_TEXT"]:
         raise ConfigError("CONSENT_TEXT", "must not be empty: it is what readers agree to")
     config["POSTAL_ADDRESS"] = str(config["POSTAL_ADDRESS"] or "").strip()
+    _validate_digest(config)
+    _validate_sending(config)
     if not config["LIST_ID"]:
         host = urlsplit(config["SITE_URL"]).hostname or "localhost"
         config["LIST_ID"] = f"newsletter.{host}"
+
+
+DIGEST_STYLES = ("summary", "full")
+
+
+def _validate_digest(config: dict[str, Any]) -> None:
+    """The digest settings: a post count, a style, and subject/preheader templates that parse."""
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import SandboxedEnvironment
+
+    _as_number(config, "DIGEST_MAX_POSTS", int, 1, 100)
+    style = str(config["DIGEST_STYLE"]).strip().lower()
+    if style not in DIGEST_STYLES:
+        raise ConfigError("DIGEST_STYLE", f"expected summary or full, got {style!r}")
+    config["DIGEST_STYLE"] = style
+    for key in ("DIGEST_SUBJECT", "DIGEST_PREHEADER"):
+        template = str(config[key] or "").strip()
+        if key == "DIGEST_SUBJECT" and not template:
+            raise ConfigError(key, "must not be empty: it is the digest's subject line")
+        try:
+            SandboxedEnvironment().parse(template)
+        except TemplateSyntaxError as err:
+            raise ConfigError(
+                key, f"is not a valid Jinja template ({err.message}, line {err.lineno}): "
+                     f"{template!r}") from None
+        config[key] = template or None
+
+
+def _validate_sending(config: dict[str, Any]) -> None:
+    """Campaign sending: rate, connections, retry timing, and DKIM given completely or not at
+    all, with a key file that can be read."""
+    if config["SEND_RATE"] in (None, "", 0, "0"):
+        config["SEND_RATE"] = None
+    else:
+        _as_number(config, "SEND_RATE", float, 0.01, 1_000_000)
+    _as_number(config, "SEND_CONNECTIONS", int, 1, 50)
+    _as_number(config, "DEFER_RETRY_SECONDS", float, 0.01, 24 * 3600)
+    _as_number(config, "DEFER_GIVE_UP_HOURS", float, 0.01, 30 * 24)
+    dkim = {key: (str(config[key]).strip() or None) if config[key] is not None else None
+            for key in ("DKIM_DOMAIN", "DKIM_SELECTOR", "DKIM_PRIVATE_KEY")}
+    config.update(dkim)
+    missing = [key for key, value in dkim.items() if not value]
+    if missing and len(missing) < len(dkim):
+        raise ConfigError(missing[0], "is needed for DKIM signing: set NEWSLETTER_DKIM_DOMAIN, "
+                                      "NEWSLETTER_DKIM_SELECTOR and NEWSLETTER_DKIM_PRIVATE_KEY "
+                                      "together, or none of them")
+    key_path = dkim["DKIM_PRIVATE_KEY"]
+    if key_path and not os.access(key_path, os.R_OK):
+        raise ConfigError("DKIM_PRIVATE_KEY", f"cannot read the key file {key_path!r}: give the "
+                                              "path of a PEM file holding the RSA private key")
 
 
 def env_var(setting: str) -> str:

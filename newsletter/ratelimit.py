@@ -1,18 +1,35 @@
-"""Fixed-window rate limits counted in the database, so they hold across processes and restarts."""
+"""Fixed-window rate limits that hold across processes and restarts: counted in the database
+by default, or in Redis (``NEWSLETTER_RATELIMIT_STORAGE_URI=redis://...``) for busy sites."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any, Protocol
 
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from .models import RateLimitWindow
 
+log = logging.getLogger(__name__)
+
+
+class RateLimiter(Protocol):
+    """Counts hits per key and fixed window."""
+
+    def hit(self, key: str, *, limit: int, window_seconds: int, now: datetime) -> bool:
+        """Count one hit; True while the window's count is within ``limit``."""
+        ...
+
+
+def _window(now: datetime, window_seconds: int) -> int:
+    return int(now.timestamp()) // window_seconds * window_seconds
+
 
 def _insert(session: Session):  # type: ignore[no-untyped-def]
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
@@ -20,19 +37,17 @@ def _insert(session: Session):  # type: ignore[no-untyped-def]
 
 
 def hit(session: Session, key: str, *, limit: int, window_seconds: int, now: datetime) -> bool:
-    """Count one hit against ``key``; True while the window's count is within ``limit``.
-
-    One atomic upsert, committed at once so that other processes see it.
-    """
-    window = int(now.timestamp()) // window_seconds * window_seconds
-    statement = _insert(session).values(key=key[:200], window_start=window, count=1)
+    """Count one hit against ``key`` in the database: one atomic upsert, committed at once so
+    that other processes see it."""
+    statement = _insert(session).values(key=key[:200], window_start=_window(now, window_seconds),
+                                        count=1)
     statement = statement.on_conflict_do_update(
         index_elements=["key", "window_start"],
         set_={"count": RateLimitWindow.count + 1},
     ).returning(RateLimitWindow.count)
     count = session.execute(statement).scalar_one()
     session.commit()
-    return count <= limit
+    return bool(count <= limit)
 
 
 def sweep(session: Session, now: datetime, keep_seconds: int = 24 * 3600) -> int:
@@ -41,3 +56,53 @@ def sweep(session: Session, now: datetime, keep_seconds: int = 24 * 3600) -> int
     result = session.execute(delete(RateLimitWindow).where(RateLimitWindow.window_start < cutoff))
     session.commit()
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+class DatabaseRateLimiter:
+    """Counts in the ``rate_limits`` table of the app's database."""
+
+    def __init__(self, session: Callable[[], Session]) -> None:
+        self._session = session
+
+    def hit(self, key: str, *, limit: int, window_seconds: int, now: datetime) -> bool:
+        return hit(self._session(), key, limit=limit, window_seconds=window_seconds, now=now)
+
+
+class RedisRateLimiter:
+    """Counts in Redis: INCR and EXPIRE in one round trip.
+
+    If Redis cannot be reached the request is let through (and the error logged): sign-ups
+    matter more than this limit, and the per-address email limits still hold in the database.
+    """
+
+    def __init__(self, url: str, client: Any = None) -> None:
+        import redis
+
+        self.url = url
+        self._errors = (redis.RedisError, OSError)
+        self._client = client or redis.Redis.from_url(url, socket_timeout=2,
+                                                      socket_connect_timeout=2)
+
+    def hit(self, key: str, *, limit: int, window_seconds: int, now: datetime) -> bool:
+        name = f"newsletter:rate:{key}:{_window(now, window_seconds)}"
+        try:
+            pipe = self._client.pipeline()
+            pipe.incr(name)
+            pipe.expire(name, window_seconds * 2)
+            count, _ = pipe.execute()
+        except self._errors as err:
+            log.error("rate limiting is off: Redis at %s cannot be reached (%s)", self.url, err)
+            return True
+        return int(count) <= limit
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+
+def limiter_from_config(config: Any, session: Callable[[], Session]) -> RateLimiter:
+    """The limiter ``NEWSLETTER_RATELIMIT_STORAGE_URI`` asks for (the database by default)."""
+    uri = config.get("RATELIMIT_STORAGE_URI")
+    if uri:
+        return RedisRateLimiter(uri)
+    return DatabaseRateLimiter(session)

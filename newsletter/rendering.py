@@ -74,9 +74,11 @@ class EmailRenderer:
                                   err.lineno) from err
         except jinja2.TemplateNotFound as err:
             raise TemplateProblem(f"template {err.name!r} not found") from err
-        except jinja2.TemplateError as err:
+        except Exception as err:  # an author's template can fail in any way while rendering
             filename, lineno = _template_position(err, env)
-            raise TemplateProblem(str(err), filename or template, lineno) from err
+            message = str(err) if isinstance(err, jinja2.TemplateError) else (
+                f"{type(err).__name__}: {err}")
+            raise TemplateProblem(message, filename or template, lineno) from err
 
 
 def _template_position(err: Exception, env: jinja2.Environment) -> tuple[str | None, int | None]:
@@ -85,7 +87,10 @@ def _template_position(err: Exception, env: jinja2.Environment) -> tuple[str | N
     found: tuple[str | None, int | None] = (None, None)
     while tb is not None:
         frame = tb.tb_frame
-        if "__jinja_template__" in frame.f_globals:
+        if "__jinja_exception__" in frame.f_globals:
+            # A frame Jinja rewrote to point at the template itself.
+            found = (frame.f_code.co_filename, tb.tb_lineno)
+        elif "__jinja_template__" in frame.f_globals:
             template = frame.f_globals["__jinja_template__"]
             found = (template.filename, template.get_corresponding_lineno(tb.tb_lineno))
         tb = tb.tb_next
@@ -112,6 +117,9 @@ def inline_css(html: str) -> str:
         strip_important=False,
         cssutils_logging_handler=logging.NullHandler(),
         cssutils_logging_level=logging.CRITICAL,
+        # Templates set table widths themselves; copying CSS sizes into attributes would
+        # give post images height="auto", which is not valid HTML.
+        disable_basic_attributes=["width", "height"],
     ).transform()
 
 

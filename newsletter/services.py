@@ -12,6 +12,7 @@ from flask import Flask, current_app
 
 from .db import utcnow
 from .mail import SmtpSettings, SmtpTransport, Transport
+from .ratelimit import RateLimiter, limiter_from_config
 from .rendering import EmailRenderer, RenderedEmail
 from .tokens import Tokens
 
@@ -27,6 +28,7 @@ class Services:
     transport_factory: Callable[[], Transport] | None = None
     _renderer: EmailRenderer | None = field(default=None, repr=False)
     _rendered: dict[tuple[Any, ...], RenderedEmail] = field(default_factory=dict, repr=False)
+    _rate_limiter: RateLimiter | None = field(default=None, repr=False)
 
     @property
     def tokens(self) -> Tokens:
@@ -51,6 +53,15 @@ class Services:
         if rendered is None:
             rendered = self._rendered[key] = self.renderer.render(name, subject, context)
         return rendered
+
+    @property
+    def rate_limiter(self) -> RateLimiter:
+        """Where per-IP limits are counted: the database, or Redis when configured."""
+        if self._rate_limiter is None:
+            from .db import db
+
+            self._rate_limiter = limiter_from_config(self.config, lambda: db.session)
+        return self._rate_limiter
 
     def smtp_settings(self) -> SmtpSettings:
         """SMTP settings from the configuration."""

@@ -21,9 +21,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import ratelimit, subscriptions
+from . import subscriptions
 from .addresses import InvalidAddress
 from .db import db
+from .embed import consent_html
 from .services import get_services
 from .subscriptions import RequestInfo
 from .tokens import TokenExpired, TokenInvalid
@@ -112,8 +113,8 @@ def subscribe() -> Any:
         # A bot filled the hidden field: look successful, store nothing, send nothing.
         return _accepted(next_url)
     services = get_services()
-    allowed = ratelimit.hit(
-        db.session, f"subscribe-ip:{request.remote_addr}",
+    allowed = services.rate_limiter.hit(
+        f"subscribe-ip:{request.remote_addr}",
         limit=current_app.config["SUBSCRIBE_RATE_LIMIT"], window_seconds=60, now=services.clock())
     if not allowed:
         response = _answer(False, RATE_LIMITED, 429, form=form)
@@ -319,4 +320,6 @@ def init_app(app: Flask) -> None:
     def _site() -> dict[str, Any]:
         return {"site_name": app.config["SITE_NAME"], "site_url": app.config["SITE_URL"],
                 "privacy_policy_url": app.config["PRIVACY_POLICY_URL"],
-                "consent_text": app.config["CONSENT_TEXT"]}
+                "consent_text": app.config["CONSENT_TEXT"],
+                "consent_html": consent_html(app.config["CONSENT_TEXT"],
+                                             app.config["PRIVACY_POLICY_URL"])}

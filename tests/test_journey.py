@@ -59,3 +59,22 @@ def test_subscribe_confirm_and_one_click_unsubscribe(
     assert requested["consent_text"] == app.config["CONSENT_TEXT"]
     assert requested["privacy_policy_url"] == f"{BLOG_ORIGIN}/privacy"
     assert record["events"][-1]["method"] == "one-click"
+
+
+def test_a_template_error_names_the_file_and_line(tmp_path: object) -> None:
+    from pathlib import Path
+
+    import pytest
+
+    from newsletter.rendering import EmailRenderer, TemplateProblem
+
+    folder = Path(str(tmp_path)) / "mine"
+    folder.mkdir()
+    (folder / "welcome.html").write_text(
+        '{% extends "layout.html" %}\n{% block content %}\n<p>{{ 1 / 0 }}</p>\n{% endblock %}\n')
+    with pytest.raises(TemplateProblem) as caught:
+        EmailRenderer(folder).render("welcome", "Hi", {
+            "site_name": "S", "site_url": "https://s.example", "privacy_policy_url": None,
+            "postal_address": "", "public_url": "https://n.example", "unsubscribe_url": "u"})
+    assert caught.value.filename and caught.value.filename.endswith("welcome.html")
+    assert caught.value.lineno == 3
