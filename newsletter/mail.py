@@ -319,6 +319,9 @@ class ReaderParts:
     message_id: str
     greeting: str = "Hello,"
     name: str | None = None
+    # Transactional emails only: the confirm link, and the Date when the template has none.
+    confirm_url: str = ""
+    date: str = ""
 
 
 _ATEXT_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
@@ -416,7 +419,8 @@ class DkimSigner:
 
 # The To header is the reader's address with their name; bodies use RECIPIENT for the address.
 _TO_HEADER = "__NEWSLETTER_TO_HEADER__"
-_PLACEHOLDERS = (ph.UNSUBSCRIBE_URL, ph.GREETING, ph.RECIPIENT, ph.MESSAGE_ID, _TO_HEADER)
+_PLACEHOLDERS = (ph.UNSUBSCRIBE_URL, ph.GREETING, ph.RECIPIENT, ph.MESSAGE_ID, _TO_HEADER,
+                 ph.CONFIRM_URL, ph.DATE)
 _PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in _PLACEHOLDERS))
 # Where a slot sits decides how its value is written: raw in a header, as UTF-8 in an 8-bit
 # part, quoted-printable in a QP part; HTML-escaped in an HTML part.
@@ -488,11 +492,13 @@ class MessageTemplate:
 
     @classmethod
     def build(cls, rendered: RenderedEmail, *, sender: str, sender_name: str | None,
-              headers: Mapping[str, str], date: datetime,
+              headers: Mapping[str, str], date: datetime | None,
               dkim: DkimSigner | None = None) -> MessageTemplate:
         """Serialise ``rendered`` with slots in To, Message-ID, ``headers`` and both bodies.
 
         ``headers`` may hold placeholders (List-Unsubscribe holds the unsubscribe URL's).
+        With ``date`` None the Date header is a slot too (``ReaderParts.date``), for a
+        template that is built once and sent at many times.
         """
         head = _header_block(rendered.subject, sender=sender, sender_name=sender_name,
                              headers=headers, date=date)
@@ -562,6 +568,8 @@ def _slot_values(slots: Iterable[_Slot], reader: ReaderParts) -> list[bytes]:
         ph.GREETING: reader.greeting,
         ph.RECIPIENT: reader.recipient,
         ph.MESSAGE_ID: reader.message_id.strip().strip("<>"),
+        ph.CONFIRM_URL: reader.confirm_url,
+        ph.DATE: reader.date,
     }
     values: list[bytes] = []
     for slot in slots:
@@ -587,12 +595,13 @@ def _slot_values(slots: Iterable[_Slot], reader: ReaderParts) -> list[bytes]:
 
 
 def _header_block(subject: str, *, sender: str, sender_name: str | None,
-                  headers: Mapping[str, str], date: datetime) -> list[bytes | _Slot]:
+                  headers: Mapping[str, str], date: datetime | None) -> list[bytes | _Slot]:
     pieces: list[bytes | _Slot] = [
         _fold("From", format_address(sender, sender_name)),
         b"To: ", _Slot(_TO_HEADER, HEADER), b"\r\n",
         _fold("Subject", subject),
-        _fold("Date", format_datetime(date)),
+        *([_fold("Date", format_datetime(date))] if date is not None
+          else [b"Date: ", _Slot(ph.DATE, HEADER), b"\r\n"]),
         b"Message-ID: <", _Slot(ph.MESSAGE_ID, HEADER), b">\r\n",
     ]
     for name, value in headers.items():

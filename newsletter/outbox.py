@@ -12,7 +12,6 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.message import EmailMessage
 
 from flask import Flask
 from sqlalchemy import func, or_, select, update
@@ -38,10 +37,10 @@ MAX_BACKOFF = timedelta(hours=1)
 
 
 def queue_email(session: Session, *, subscriber_id: int | None, kind: str, recipient: str,
-                message: EmailMessage, now: datetime) -> OutboxEmail:
-    """Add an email to the outbox in the caller's transaction."""
+                message: bytes, now: datetime) -> OutboxEmail:
+    """Add a serialised email to the outbox in the caller's transaction."""
     row = OutboxEmail(
-        subscriber_id=subscriber_id, kind=kind, recipient=recipient, message=bytes(message),
+        subscriber_id=subscriber_id, kind=kind, recipient=recipient, message=message,
         status=QUEUED, attempts=0, created_at=now, next_attempt_at=now,
     )
     session.add(row)

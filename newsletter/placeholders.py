@@ -15,3 +15,5 @@ RECIPIENT = "__NEWSLETTER_RECIPIENT__"
 MESSAGE_ID = "__NEWSLETTER_MESSAGE_ID__"
 # The confirm link in a confirmation email, filled per message.
 CONFIRM_URL = "__NEWSLETTER_CONFIRM_URL__"
+# The Date header of a transactional email built once per process and sent many times.
+DATE = "__NEWSLETTER_DATE__"

@@ -6,17 +6,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask, current_app
 
 from .db import utcnow
 from .mail import SmtpSettings, SmtpTransport, Transport
 from .ratelimit import RateLimiter, limiter_from_config
-from .rendering import EmailRenderer, RenderedEmail
+from .rendering import EmailRenderer
 from .tokens import Tokens
 
 EXTENSION_KEY = "newsletter"
+T = TypeVar("T")
 
 
 @dataclass
@@ -27,7 +28,7 @@ class Services:
     clock: Callable[[], datetime] = utcnow
     transport_factory: Callable[[], Transport] | None = None
     _renderer: EmailRenderer | None = field(default=None, repr=False)
-    _rendered: dict[tuple[Any, ...], RenderedEmail] = field(default_factory=dict, repr=False)
+    _cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
     _rate_limiter: RateLimiter | None = field(default=None, repr=False)
 
     @property
@@ -42,17 +43,12 @@ class Services:
             self._renderer = EmailRenderer(self.config.get("EMAIL_TEMPLATES"))
         return self._renderer
 
-    def render_once(self, name: str, subject: str, context: dict[str, Any]) -> RenderedEmail:
-        """Render an email template, reusing an earlier rendering with the same inputs.
-
-        Templates and CSS inlining cost milliseconds; a transactional email is rendered once
-        per process with placeholders, which each message then fills in.
-        """
-        key = (name, subject, tuple(sorted(context.items())))
-        rendered = self._rendered.get(key)
-        if rendered is None:
-            rendered = self._rendered[key] = self.renderer.render(name, subject, context)
-        return rendered
+    def cached(self, key: tuple[Any, ...], make: Callable[[], T]) -> T:
+        """``make()``, computed once per process for each ``key`` (a rendered template, say:
+        templates and CSS inlining cost milliseconds, a cached copy nothing)."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]  # type: ignore[no-any-return]
 
     @property
     def rate_limiter(self) -> RateLimiter:

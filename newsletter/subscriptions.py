@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email.utils import format_datetime, make_msgid
 from typing import Any
 
 from sqlalchemy import select
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from . import outbox, placeholders
 from .addresses import address_hash, normalise_address
-from .mail import build_message
+from .mail import MessageTemplate, ReaderParts
 from .models import (
     CONFIRMED,
     CONFIRMED_EVENT,
@@ -25,7 +26,6 @@ from .models import (
     ConsentEvent,
     Subscriber,
 )
-from .rendering import RenderedEmail
 from .services import Services
 from .tokens import TokenExpired, TokenInvalid
 
@@ -152,23 +152,33 @@ def _queue_confirmation(session: Session, services: Services, subscriber: Subscr
     days = max(1, round(config["CONFIRM_TOKEN_MAX_AGE"] / 86400))
     # The reader's name is deliberately absent: echoing it would let anyone send text of
     # their choosing to any address through our confirmation emails.
-    rendered = fill(services.render_once(
-        "confirm", f"Please confirm your subscription to {config['SITE_NAME']}",
+    template = _transactional_template(
+        services, "confirm", f"Please confirm your subscription to {config['SITE_NAME']}",
         {**email_context(config), "confirm_url": placeholders.CONFIRM_URL, "expires_days": days},
-    ), {placeholders.CONFIRM_URL: services.public_url(f"confirm/{token}")})
-    message = build_message(rendered, sender=config["MAIL_FROM"],
-                            sender_name=config["MAIL_FROM_NAME"], recipient=subscriber.email or "",
-                            date=now, headers=_common_headers(config))
+        _common_headers(config))
+    confirm_url = services.public_url(f"confirm/{token}")
+    message = template.personalise(_parts(services, subscriber, now, confirm_url=confirm_url),
+                                   eight_bit=False)
     return outbox.queue_email(session, subscriber_id=subscriber.id, kind=outbox.CONFIRMATION,
                               recipient=subscriber.email or "", message=message, now=now)
 
 
-def fill(rendered: RenderedEmail, values: dict[str, str]) -> RenderedEmail:
-    """A copy of ``rendered`` with placeholders replaced by URL-safe values (no escaping needed)."""
-    html, text = rendered.html, rendered.text
-    for placeholder, value in values.items():
-        html, text = html.replace(placeholder, value), text.replace(placeholder, value)
-    return RenderedEmail(subject=rendered.subject, html=html, text=text)
+def _transactional_template(services: Services, name: str, subject: str,
+                            context: dict[str, Any], headers: dict[str, str]) -> MessageTemplate:
+    """A transactional email rendered and serialised once per process, with slots for the
+    recipient, Date, Message-ID and links: each message then costs a few replacements."""
+    return services.cached(("transactional", name, subject, tuple(sorted(context.items())),
+                            tuple(headers.items())), lambda: MessageTemplate.build(
+        services.renderer.render(name, subject, context), sender=services.config["MAIL_FROM"],
+        sender_name=services.config["MAIL_FROM_NAME"], headers=headers, date=None))
+
+
+def _parts(services: Services, subscriber: Subscriber, now: datetime, *, confirm_url: str = "",
+           unsubscribe_url: str = "") -> ReaderParts:
+    domain = services.config["MAIL_FROM"].rpartition("@")[2]
+    return ReaderParts(recipient=subscriber.email or "", unsubscribe_url=unsubscribe_url,
+                       message_id=make_msgid(domain=domain), confirm_url=confirm_url,
+                       date=format_datetime(now))
 
 
 def resend_confirmation(session: Session, services: Services, expired: TokenExpired,
@@ -222,15 +232,12 @@ def _queue_welcome(session: Session, services: Services, subscriber: Subscriber,
     config = services.config
     unsubscribe_url = services.public_url(
         f"unsubscribe/{services.tokens.unsubscribe_token(subscriber.id)}")
-    rendered = fill(services.render_once(
-        "welcome", f"Welcome to {config['SITE_NAME']}",
+    template = _transactional_template(
+        services, "welcome", f"Welcome to {config['SITE_NAME']}",
         {**email_context(config), "unsubscribe_url": placeholders.UNSUBSCRIBE_URL},
-    ), {placeholders.UNSUBSCRIBE_URL: unsubscribe_url})
-    message = build_message(
-        rendered, sender=config["MAIL_FROM"], sender_name=config["MAIL_FROM_NAME"],
-        recipient=subscriber.email or "", date=now,
-        headers={**_common_headers(config), **list_headers(config, unsubscribe_url)},
-    )
+        {**_common_headers(config), **list_headers(config, placeholders.UNSUBSCRIBE_URL)})
+    message = template.personalise(_parts(services, subscriber, now,
+                                          unsubscribe_url=unsubscribe_url), eight_bit=False)
     outbox.queue_email(session, subscriber_id=subscriber.id, kind=outbox.WELCOME,
                        recipient=subscriber.email or "", message=message, now=now)
 
