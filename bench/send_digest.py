@@ -10,6 +10,11 @@ Prints a table of:
    150 MB, and at most 1.2 times the 10,000 figure);
 4. the cost of the status writes for 100,000 deliveries (target: a few seconds).
 
+With ``--postgres URL`` it also sends the digest through PostgreSQL (in a schema of its own,
+dropped afterwards): one sender process, and ``--workers 2``, each 250 recorded at once with an
+autocommit UPDATE (``synchronous_commit`` off) instead of the SQLite journal; and the cost of
+those marks per 100,000 on one connection.
+
 smtp-sink is a C program from Debian's postfix package that accepts and discards mail:
 
     apt-get install postfix        # gives /usr/sbin/smtp-sink; the mail server itself is not used
@@ -17,6 +22,7 @@ smtp-sink is a C program from Debian's postfix package that accepts and discards
 Then, from the project folder:
 
     .venv/bin/python bench/send_digest.py [--readers 10000] [--big 100000] [--connections 4]
+        [--postgres postgresql+psycopg://root@127.0.0.1:5432/test]
 
 Everything runs on 127.0.0.1 in a temporary folder; nothing reaches the internet.
 """
@@ -81,11 +87,11 @@ def start_smtp_sink() -> tuple[subprocess.Popen[bytes], int]:
     sys.exit("smtp-sink did not start")
 
 
-def settings(workdir: Path, port: int) -> dict[str, str]:
-    """NEWSLETTER_* variables for one benchmark database."""
+def settings(workdir: Path, port: int, database_url: str | None = None) -> dict[str, str]:
+    """NEWSLETTER_* variables for one benchmark database (SQLite unless ``database_url``)."""
     return {
         "NEWSLETTER_SECRET_KEY": "benchmark-secret",
-        "NEWSLETTER_DATABASE_URL": f"sqlite:///{workdir / 'newsletter.sqlite'}",
+        "NEWSLETTER_DATABASE_URL": database_url or f"sqlite:///{workdir / 'newsletter.sqlite'}",
         "NEWSLETTER_INSTANCE_PATH": str(workdir / "instance"),
         "NEWSLETTER_PUBLIC_URL": "https://news.example.com",
         "NEWSLETTER_SITE_URL": "https://blog.example.com",
@@ -115,7 +121,8 @@ PARAGRAPH = ("Rest is not a reward for finishing the list; it is part of the wor
              "five breaths at the kitchen table before the evening starts. ")
 
 
-def prepare(workdir: Path, port: int, readers: int) -> dict[str, str]:
+def prepare(workdir: Path, port: int, readers: int,
+            database_url: str | None = None) -> dict[str, str]:
     """A database with ``readers`` confirmed readers and five new posts, ready for a digest."""
     from sqlalchemy import insert
 
@@ -133,7 +140,7 @@ def prepare(workdir: Path, port: int, readers: int) -> dict[str, str]:
             f"subtitle: Small steps towards a slower week\n"
             f"image: https://blog.example.com/images/{n}.jpg\n---\n\n"
             + "\n\n".join([PARAGRAPH] * 4) + "\n", encoding="utf-8")
-    env = settings(workdir, port)
+    env = settings(workdir, port, database_url)
     app = make_app(env)
     upgrade_schema(app)
     with app.app_context():
@@ -158,14 +165,14 @@ class CommandRun:
     peak_rss_mb: float
 
 
-def run_send_digest(env: dict[str, str], connections: int) -> CommandRun:
+def run_send_digest(env: dict[str, str], connections: int, *extra: str) -> CommandRun:
     """`newsletter send-digest --yes` as a child process; its peak RSS from wait4()."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     environment.update(env)
     started = time.monotonic()
     child = subprocess.Popen(
         [sys.executable, "-c", "from newsletter.cli import main; main()", "send-digest",
-         "--yes", "--connections", str(connections)],
+         "--yes", "--connections", str(connections), *extra],
         env=environment, cwd=Path(env["NEWSLETTER_INSTANCE_PATH"]).parent,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out = child.stdout.read() if child.stdout else ""
@@ -304,6 +311,68 @@ def status_writes(env: dict[str, str], readers: int) -> tuple[float, float]:
     return plan_seconds, write_seconds
 
 
+def postgres_schema(url: str, name: str, *, drop: bool = False) -> str:
+    """A fresh, empty PostgreSQL schema (or drop it); returns a URL whose search_path is it."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(url)
+    with admin.begin() as connection:
+        connection.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+        if not drop:
+            connection.execute(text(f'CREATE SCHEMA "{name}"'))
+    admin.dispose()
+    return make_url(url).update_query_dict({"options": f"-csearch_path={name}"}) \
+        .render_as_string(hide_password=False)
+
+
+def postgres_marks(env: dict[str, str], count: int) -> float:
+    """Seconds for ``count`` of the PostgreSQL sender's 250 marks, one after the other on one
+    connection (an autocommit UPDATE each, synchronous_commit off), as a sending thread
+    makes them."""
+    from sqlalchemy import select
+
+    from newsletter.db import db
+    from newsletter.models import Delivery
+    from newsletter.sending import _DatabaseMarks
+
+    app = make_app(env)
+    with app.app_context():
+        ids = list(db.session.scalars(select(Delivery.id).order_by(Delivery.id).limit(count)))
+        db.session.commit()
+        marks = _DatabaseMarks(db.engine, lambda: datetime.now(UTC))
+        started = time.monotonic()
+        for delivery_id in ids:
+            marks.record(delivery_id)
+        seconds = time.monotonic() - started
+        marks.close()
+        db.engine.dispose()
+    return seconds * count / len(ids)
+
+
+def postgres_rows(url: str, workdir: Path, port: int, readers: int,
+                  connections: int) -> list[tuple[str, str, str, Any]]:
+    """send-digest on PostgreSQL: one process, then --workers 2; the 250 marks' cost."""
+    rows: list[tuple[str, str, str, Any]] = []
+    runs = [("one sender process", ()), ("--workers 2", ("--workers", "2"))]
+    try:
+        for n, (label, extra) in enumerate(runs):
+            env = prepare(workdir / f"pg{n}", port, readers,
+                          postgres_schema(url, "newsletter_bench"))
+            run = run_send_digest(env, connections, *extra)
+            rows.append((f"PostgreSQL: send-digest, {readers:,} readers, {label}, "
+                         f"{connections} connections each (whole command "
+                         f"{run.wall_seconds:.1f}s)", f"{run.sent / run.send_seconds:,.0f} msg/s",
+                         "", ""))
+        marks = postgres_marks(env, min(readers, 10_000))
+        rows.append(("PostgreSQL: 250 marks per 100,000, one autocommit UPDATE each "
+                     "(synchronous_commit off), one connection",
+                     f"{marks * 100_000 / min(readers, 10_000):.1f} s", "", ""))
+    finally:
+        postgres_schema(url, "newsletter_bench", drop=True)
+    return rows
+
+
 def machine() -> str:
     model = "unknown CPU"
     with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
@@ -323,6 +392,8 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=100_000, help="readers for the memory run")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--naive", type=int, default=300, help="readers in the naive sample")
+    parser.add_argument("--postgres", metavar="URL",
+                        help="also measure on this PostgreSQL database (in a schema of its own)")
     args = parser.parse_args()
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
 
@@ -340,6 +411,8 @@ def main() -> None:
         bare = max(bare, bare_smtplib_loop(port, message, args.readers, args.connections))
         naive = naive_loop(small, port, args.naive)
         plan_seconds, write_seconds = status_writes(big, args.big)
+        postgres = (postgres_rows(args.postgres, workdir, port, args.readers, args.connections)
+                    if args.postgres else [])
     finally:
         sink.send_signal(signal.SIGTERM)
         sink.wait()
@@ -369,6 +442,7 @@ def main() -> None:
          f"{write_seconds * per_100k:.2f} s", "a few s", write_seconds * per_100k <= 5),
         ("planning per 100,000 (one INSERT ... SELECT)", f"{plan_seconds * per_100k:.2f} s",
          "", ""),
+        *postgres,
     ]
     print()
     print("| measure | result | target | met |")

@@ -319,8 +319,9 @@ def _send_lock() -> Any:
                     db.engine)
 
 
-def _summary(report: Any, quiet: bool) -> None:
-    """One campaign's outcome; problems always go to stderr, even with --quiet."""
+def _summary(report: Any, quiet: bool, resume: str = "newsletter send-digest") -> None:
+    """One campaign's outcome; problems always go to stderr, even with --quiet. ``resume`` is
+    the command that resumes it."""
     if not quiet or not report.complete:
         left = f", still queued {report.left:,}" if report.left else ""
         click.echo(f'Campaign {report.campaign_id} "{report.subject}": sent {report.sent:,}, '
@@ -329,7 +330,7 @@ def _summary(report: Any, quiet: bool) -> None:
                    f"({report.rate:,.0f} messages per second).")
     if report.error:
         click.echo(f"Stopped: {report.error}", err=True)
-        click.echo("Run `newsletter send-digest` again to resume: it sends what is left and "
+        click.echo(f"Run `{resume}` again to resume: it sends what is left and "
                    "nothing twice.", err=True)
     elif report.failed or report.deferred:
         click.echo(f"See who and why: newsletter campaigns show {report.campaign_id}"
@@ -359,12 +360,18 @@ def _ask_before_sending(subject: str, titles: Any, readers: int) -> bool:
                    "(default: NEWSLETTER_SEND_RATE, else no cap).")
 @click.option("--connections", type=click.IntRange(1, 50), metavar="N",
               help="Parallel SMTP connections (default: NEWSLETTER_SEND_CONNECTIONS, 4).")
+@click.option("--workers", type=click.IntRange(1, 32), default=1, metavar="N",
+              help="Sender processes on this machine, each with --connections connections "
+                   "and its share of --rate (PostgreSQL only; default 1).")
+@click.option("--worker", "as_worker", is_flag=True, hidden=True,
+              help="Internal: one of --workers N's processes.")
 @click.option("--quiet", is_flag=True,
               help="No progress and no summary unless something went wrong (for cron).")
 @with_appcontext
 def send_digest_command(dry_run: bool, to_address: str | None, yes: bool, rate: float | None,
-                        connections: int | None, quiet: bool) -> None:
-    """Mail the new posts to every confirmed reader, resuming an unfinished digest first.
+                        connections: int | None, workers: int, as_worker: bool,
+                        quiet: bool) -> None:
+    """Mail the new posts to every confirmed reader, and finish any unfinished digest.
 
     Exit status: 0 all sent (or skipped: the reader left), 3 some failed or were deferred,
     1 an error stopped the run.
@@ -374,13 +381,24 @@ def send_digest_command(dry_run: bool, to_address: str | None, yes: bool, rate: 
     from .mail import DkimProblem, SmtpProblem
     from .posts import PostSourceError
     from .rendering import TemplateProblem
-    from .sending import SendError, SendOptions, plan_digest, send_digest, send_test_digest
+    from .sending import (
+        SenderProcesses,
+        SendError,
+        SendOptions,
+        plan_digest,
+        send_digest,
+        send_test_digest,
+    )
 
     services = _services()
     problems = (SmtpProblem, DkimProblem, TemplateProblem, SendError, PostSourceError)
     if dry_run and to_address:
         raise click.UsageError("use either --dry-run or --to, not both")
     try:
+        if as_worker:
+            _send_as_worker(services, SendOptions.from_config(
+                services.config, rate=rate, connections=connections))
+            return
         if dry_run:
             _show_plan(plan_digest(db.session, services))
             return
@@ -391,11 +409,19 @@ def send_digest_command(dry_run: bool, to_address: str | None, yes: bool, rate: 
             return
         options = SendOptions.from_config(services.config, rate=rate, connections=connections)
         lock = _send_lock()
+        senders = None
+        if workers > 1:
+            if not lock.shared:
+                raise click.UsageError(
+                    "--workers needs PostgreSQL: SQLite takes one writer at a time, so run one "
+                    "sender process and raise --connections instead")
+            senders = SenderProcesses(_worker_argv(options, workers), workers)
         lock.acquire()
         try:
             run = send_digest(db.session, services, lock=lock, options=options,
                               progress=_SendProgress(quiet, sys.stdout.isatty()),
-                              confirm=None if yes or not _interactive() else _ask_before_sending)
+                              confirm=None if yes or not _interactive() else _ask_before_sending,
+                              senders=senders)
         finally:
             lock.release()
     except InvalidAddress as err:
@@ -421,6 +447,32 @@ def send_digest_command(dry_run: bool, to_address: str | None, yes: bool, rate: 
         sys.exit(EXIT_ERROR)
     if any(not r.complete for r in run.reports):
         sys.exit(EXIT_INCOMPLETE)
+
+
+def _worker_argv(options: Any, workers: int) -> list[str]:
+    """The command line of one of ``--workers N``'s processes: this command in worker mode,
+    with the same settings (inherited environment and working directory) and its share of the
+    rate."""
+    argv = [sys.executable, "-c", "from newsletter.cli import main; main()", "send-digest",
+            "--worker", "--connections", str(options.connections)]
+    if options.rate:
+        argv += ["--rate", repr(max(options.rate / workers, 0.01))]
+    return argv
+
+
+def _send_as_worker(services: Any, options: Any) -> None:
+    """One of ``--workers N``'s processes: send what is left of every unfinished digest (the
+    parent composed and planned it), telling the parent how it goes on stdout."""
+    from .db import db
+    from .sending import WorkerProgress, send_unfinished
+
+    lock = _send_lock()
+    lock.acquire()
+    try:
+        send_unfinished(db.session, services, lock=lock, options=options,
+                        progress=WorkerProgress(sys.stdout))
+    finally:
+        lock.release()
 
 
 def _show_plan(plan: Any) -> None:
@@ -450,13 +502,14 @@ def campaigns_group(ctx: click.Context) -> None:
 
     campaigns = list_campaigns(db.session)
     if not campaigns:
-        click.echo("No campaigns yet: `newsletter send-digest` sends the first.")
+        click.echo("No campaigns yet: `newsletter send-digest` or `newsletter send-campaign "
+                   "FILE.md` sends the first.")
         return
-    click.echo(f"{'ID':>5}  {'KIND':<8}  {'CREATED (UTC)':<16}  {'STATUS':<8}  {'SENT':>7}  "
+    click.echo(f"{'ID':>5}  {'KIND':<12}  {'CREATED (UTC)':<16}  {'STATUS':<8}  {'SENT':>7}  "
                f"{'FAILED':>6}  {'DEFER':>5}  {'SKIP':>5}  {'QUEUED':>6}  SUBJECT")
     for c in campaigns:
         n = c.counts
-        click.echo(f"{c.id:>5}  {c.kind:<8}  {c.created_at:%Y-%m-%d %H:%M}  {c.status:<8}  "
+        click.echo(f"{c.id:>5}  {c.kind:<12}  {c.created_at:%Y-%m-%d %H:%M}  {c.status:<8}  "
                    f"{n.get('sent', 0):>7}  {n.get('failed', 0):>6}  {n.get('deferred', 0):>5}  "
                    f"{n.get('skipped', 0):>5}  {n.get('queued', 0):>6}  {c.subject}")
 
@@ -490,6 +543,164 @@ def campaigns_show(campaign_id: int) -> None:
                        f"{p.reply or '(no reply recorded)'}")
         if details.more_problems:
             click.echo(f"  ... and {details.more_problems:,} more.")
+
+
+def _ask_before_sending_campaign(subject: str, readers: int) -> bool:
+    if readers <= 1:
+        return True
+    click.echo(f'Announcement: "{subject}"')
+    return click.confirm(f"Send it to {readers:,} readers now?", default=False)
+
+
+@register
+@click.command("send-campaign")
+@click.argument("file", metavar="FILE.md", type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True,
+              help="Say what would be sent and to how many readers; change nothing.")
+@click.option("--to", "to_address", metavar="ADDRESS",
+              help="Send it to this one address as a test; creates no campaign, marks nothing.")
+@click.option("--again", is_flag=True,
+              help="Send it although the same subject and body were sent before. (A copy that "
+                   "was interrupted is resumed instead, never sent twice.)")
+@click.option("--yes", is_flag=True, help="Do not ask before mailing the readers.")
+@click.option("--rate", type=click.FloatRange(min=0.01), metavar="N",
+              help="At most N messages per second over all connections "
+                   "(default: NEWSLETTER_SEND_RATE, else no cap).")
+@click.option("--connections", type=click.IntRange(1, 50), metavar="N",
+              help="Parallel SMTP connections (default: NEWSLETTER_SEND_CONNECTIONS, 4).")
+@click.option("--quiet", is_flag=True,
+              help="No progress and no summary unless something went wrong.")
+@with_appcontext
+def send_campaign_command(file: Path, dry_run: bool, to_address: str | None, again: bool,
+                          yes: bool, rate: float | None, connections: int | None,
+                          quiet: bool) -> None:
+    """Mail an announcement written in Markdown (FILE.md) to every confirmed reader; run it
+    again after an interruption to resume it.
+
+    Exit status: 0 all sent (or skipped: the reader left), 3 some failed or were deferred (or
+    an earlier interrupted announcement was finished first: run again), 1 an error stopped the
+    run (including a file, template or SMTP problem, and content already sent without --again).
+    """
+    from .addresses import InvalidAddress
+    from .campaigns import (
+        CampaignError,
+        plan_campaign,
+        read_announcement,
+        send_announcement,
+        send_test_campaign,
+    )
+    from .db import db
+    from .mail import DkimProblem, SmtpProblem
+    from .rendering import TemplateProblem
+    from .sending import SendError, SendOptions
+
+    services = _services()
+    problems = (CampaignError, SmtpProblem, DkimProblem, TemplateProblem, SendError)
+    if dry_run and to_address:
+        raise click.UsageError("use either --dry-run or --to, not both")
+    resume = f"newsletter send-campaign {file}"
+    try:
+        announcement = read_announcement(file)
+        if dry_run:
+            _show_campaign_plan(plan_campaign(db.session, services, announcement), again)
+            return
+        if to_address:
+            subject = send_test_campaign(db.session, services, announcement, to_address)
+            click.echo(f'Sent "{subject}" to {to_address} as a test; nothing was marked.')
+            return
+        options = SendOptions.from_config(services.config, rate=rate, connections=connections)
+        lock = _send_lock()
+        lock.acquire()
+        try:
+            run = send_announcement(
+                db.session, services, announcement, lock=lock, options=options,
+                progress=_SendProgress(quiet, sys.stdout.isatty()), again=again,
+                confirm=None if yes or not _interactive() else _ask_before_sending_campaign)
+        finally:
+            lock.release()
+    except InvalidAddress as err:
+        raise click.BadParameter(str(err), param_hint="--to") from None
+    except problems as err:
+        click.echo(f"send-campaign: {err}", err=True)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        click.echo(f"\nInterrupted. Every message sent so far is recorded; run `{resume}` "
+                   "again to send the rest.", err=True)
+        sys.exit(EXIT_ERROR)
+    for report in run.reports:
+        _summary(report, quiet, resume)
+    if run.resumed_this:
+        if not quiet:
+            click.echo("This announcement had been interrupted: it was resumed, and nobody "
+                       "gets it twice." + (" (--again sends a fresh copy once this one is "
+                                           "finished.)" if again else ""))
+    elif run.waiting:
+        click.echo(f'An earlier announcement had been interrupted and was finished first; run '
+                   f'`{resume}` again to send "{run.subject}".', err=True)
+        sys.exit(EXIT_INCOMPLETE)
+    elif run.declined:
+        click.echo("Not sent.")
+    elif run.no_readers:
+        click.echo("No confirmed readers yet: nothing sent.")
+    if any(r.error for r in run.reports):
+        sys.exit(EXIT_ERROR)
+    if any(not r.complete for r in run.reports):
+        sys.exit(EXIT_INCOMPLETE)
+
+
+def _show_campaign_plan(plan: Any, again: bool) -> None:
+    resumes = plan.resumes
+    readers = f"{plan.readers:,} confirmed reader{'' if plan.readers == 1 else 's'}"
+    if resumes is not None:
+        click.echo(f'Would resume campaign {resumes.id} "{plan.subject}", which was '
+                   f"interrupted: {resumes.left:,} deliveries left. Nobody gets it twice.")
+    elif plan.copies and not again:
+        last = plan.copies[-1]
+        click.echo(f'Would refuse: "{plan.subject}" was already sent as campaign {last.id} on '
+                   f"{last.created_at:%Y-%m-%d %H:%M} UTC (--again sends it anyway).")
+    elif plan.other_unfinished:
+        for campaign_id, subject, left in plan.other_unfinished:
+            click.echo(f'Would first finish the interrupted campaign {campaign_id} "{subject}": '
+                       f"{left:,} deliveries left.")
+        click.echo(f'Then, on the next run, "{plan.subject}" to {readers}.')
+    else:
+        again_note = f" (again: sent before as campaign {plan.copies[-1].id})" \
+            if plan.copies else ""
+        click.echo(f'Would send "{plan.subject}" to {readers}{again_note}.')
+        click.echo(f"Preheader: {plan.preheader}")
+    click.echo("(Dry run: nothing was planned or sent.)")
+
+
+@register
+@click.command("preview-campaign")
+@click.argument("file", metavar="FILE.md", type=click.Path(path_type=Path))
+@click.option("--output", "output", default="preview", show_default=True,
+              type=click.Path(file_okay=False, writable=True),
+              help="Folder to write campaign.html, campaign.txt and campaign.eml into.")
+@click.option("--open", "open_browser", is_flag=True,
+              help="Open campaign.html in a web browser.")
+@with_appcontext
+def preview_campaign_command(file: Path, output: str, open_browser: bool) -> None:
+    """Write an announcement (FILE.md) as a sample reader would get it; sends nothing."""
+    import webbrowser
+
+    from .campaigns import CampaignError, preview_campaign, read_announcement
+    from .rendering import TemplateProblem
+
+    try:
+        preview = preview_campaign(_services(), read_announcement(file))
+    except TemplateProblem as err:
+        click.echo(f"Email template problem: {err}", err=True)
+        sys.exit(EXIT_ERROR)
+    except CampaignError as err:
+        click.echo(f"preview-campaign: {err}", err=True)
+        sys.exit(EXIT_ERROR)
+    paths = preview.write(output)
+    click.echo(f"Announcement: {preview.subject}")
+    for path in paths:
+        click.echo(f"  {path}")
+    if open_browser:
+        webbrowser.open(paths[0].resolve().as_uri())
 
 
 # --- the author's toolkit (subscribers list/import/export/erase, purge, stats, embed) -------

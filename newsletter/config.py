@@ -62,6 +62,9 @@ DEFAULTS: dict[str, Any] = {
     "SEND_CONNECTIONS": 4,
     "DEFER_RETRY_SECONDS": 60.0,
     "DEFER_GIVE_UP_HOURS": 72.0,
+    # Several senders (PostgreSQL): how long a claimed batch stays one sender's without its
+    # renewal (it renews while alive); a dead sender's batch goes to the others after this.
+    "SEND_LEASE_SECONDS": 120.0,
     # DKIM signing: all three or none; the key is a file holding an RSA private key (PEM).
     "DKIM_DOMAIN": None,
     "DKIM_SELECTOR": None,
@@ -282,6 +285,7 @@ def _validate_sending(config: dict[str, Any]) -> None:
     _as_number(config, "SEND_CONNECTIONS", int, 1, 50)
     _as_number(config, "DEFER_RETRY_SECONDS", float, 0.01, 24 * 3600)
     _as_number(config, "DEFER_GIVE_UP_HOURS", float, 0.01, 30 * 24)
+    _as_number(config, "SEND_LEASE_SECONDS", float, 2, 24 * 3600)
     dkim = {key: (str(config[key]).strip() or None) if config[key] is not None else None
             for key in ("DKIM_DOMAIN", "DKIM_SELECTOR", "DKIM_PRIVATE_KEY")}
     config.update(dkim)

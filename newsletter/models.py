@@ -183,8 +183,9 @@ class Delivery(db.Model):
 
     ``queued`` → ``sent`` (after the server's 250) | ``failed`` (5xx, or 4xx past the give-up
     age) | ``deferred`` (4xx; retried from ``next_attempt_at``) | ``skipped`` (the reader left
-    first). A sender claims a batch by setting ``claimed_until``; a claim past that time is
-    abandoned and any sender may take the rows again.
+    first). A sender claims a batch by setting ``claimed_until`` and ``claimed_by`` and renews
+    the lease while it lives; a claim past that time is abandoned and any sender may take the
+    rows again.
     """
 
     __tablename__ = "deliveries"
@@ -205,3 +206,6 @@ class Delivery(db.Model):
     # When the first 4xx came: a delivery still deferred this long after is given up.
     deferred_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Which sender holds the claim ("host:pid:token"): it renews only its own claims, and the
+    # next sender on that host releases them at once if that process died.
+    claimed_by: Mapped[str | None] = mapped_column(String(100))

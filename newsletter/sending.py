@@ -4,40 +4,67 @@ A campaign (a digest or a one-off announcement) is sent to its readers through o
 ``deliveries`` row each, planned in one transaction. Senders drain the queued rows over reused
 SMTP connections, in parallel, and a row becomes ``sent`` only after the server's 250.
 
-Crash safety without a commit per message: the moment a server answers 250, the sender
-appends the delivery's id to this run's journal file (one small write, no fsync: it survives
-the process being killed because it is already in the operating system's cache). The journal
-is folded into the database in batches (one bulk UPDATE and one commit per batch), and a run
-that starts first folds any journal that a killed run left behind. So a killed run costs at most
-one message per connection: the one whose reply never arrived, which is sent again. Only a
-machine crash can lose journal lines not yet written to disk.
+Senders claim queued rows in batches (``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL)
+with a lease: ``claimed_until`` and ``claimed_by``. :class:`SendLock` says who may send:
 
-One run at a time: :class:`SendLock` is an exclusive lock on a file beside the database (and a
-PostgreSQL advisory lock there). Rows are nevertheless claimed in batches with
-``SELECT ... FOR UPDATE SKIP LOCKED`` and a lease (``claimed_until``), so several senders on
-PostgreSQL only need a shared lock instead of an exclusive one.
+- SQLite (one writer, one machine): one sender process at a time, an exclusive ``flock`` on a
+  file beside the database. Crash safety without a commit per message: the moment a server
+  answers 250, the sender appends the delivery's id to its journal file (one small write, no
+  fsync: it survives the process being killed because it is already in the operating system's
+  cache); the journal is folded into the database in batches (one bulk UPDATE and one commit
+  per batch), and the next run folds in any journal that a killed run left behind.
+- PostgreSQL: any number of sender processes on any machines. Only composing and planning a
+  campaign is exclusive (an advisory lock), so two processes never create two copies of one
+  digest. A journal would only help a sender on the same machine, so each 250 is recorded in
+  the database at once instead: one autocommit UPDATE on the sending thread's own connection,
+  with ``synchronous_commit`` off (no wait for the disk; a killed client loses nothing the
+  server has acknowledged). A live sender renews its lease; a dead one's claimed rows go to
+  the others when its lease runs out, or at once when the next sender on its machine finds its
+  journal file unlocked.
+
+Either way a killed sender costs at most one message per connection, the one whose reply never
+arrived, which is sent again with the same Message-ID. Only a machine crash (of the sender on
+SQLite, of the database server on PostgreSQL) can lose the last few marks.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
+import math
 import os
 import queue
+import signal
+import socket
+import subprocess
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import suppress
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
-from sqlalchemy import bindparam, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    bindparam,
+    create_engine,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from . import placeholders
 from .db import UTCDateTime
@@ -81,6 +108,8 @@ ID_CHUNK = 500
 IN_RUN_RETRIES = 3
 MAX_BACKOFF = timedelta(hours=6)
 JOURNAL_GLOB = "journal-*.log"
+# How long a second process waits for another to finish composing a campaign (PostgreSQL).
+COMPOSE_WAIT = 300.0
 
 
 class SendError(Exception):
@@ -88,7 +117,8 @@ class SendError(Exception):
 
 
 class SendInProgress(SendError):
-    """Another run holds the send lock for this database."""
+    """Another run holds the send lock for this database (SQLite), or is still composing a
+    campaign after a long wait (PostgreSQL)."""
 
 
 class CampaignNotFound(SendError):
@@ -109,7 +139,10 @@ class SendOptions:
     give_up_after: timedelta = timedelta(hours=72)  # a 4xx after this long deferred fails it
     reconnect_delay: float = 1.0  # first wait after a dropped connection; doubles
     max_connection_failures: int = 5  # in a row on one connection, then the run stops
-    lease: timedelta = timedelta(minutes=15)  # how long a claimed batch stays ours
+    # How long a claimed batch stays ours without renewal. A live sender renews it every
+    # sixth of that and sends nothing more once half of it has passed without a renewal, so a
+    # claim runs out only for a sender that is dead (or frozen longer than that).
+    lease: timedelta = timedelta(minutes=2)
     flush_interval: float = 0.5  # seconds between status writes while sending
 
     @classmethod
@@ -120,6 +153,7 @@ class SendOptions:
             rate=float(config["SEND_RATE"]) if config.get("SEND_RATE") else None,
             retry_delay=float(config.get("DEFER_RETRY_SECONDS") or 60.0),
             give_up_after=timedelta(hours=float(config.get("DEFER_GIVE_UP_HOURS") or 72.0)),
+            lease=timedelta(seconds=float(config.get("SEND_LEASE_SECONDS") or 120.0)),
         )
         return replace(options, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -157,6 +191,16 @@ class SendReport:
         """Every delivery was sent or skipped (the command's exit status 0)."""
         return self.error is None and not (self.failed or self.deferred or self.left)
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values, for a worker process to hand its report to the parent as JSON."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SendReport:
+        """The report :meth:`as_dict` gave (unknown keys ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
 
 class Progress(Protocol):
     """Told how a run goes; called from the thread that called :func:`send_campaign`."""
@@ -179,7 +223,7 @@ class _NoProgress:
         pass
 
 
-# --- one run at a time: the lock and the journal --------------------------------------------
+# --- who may send: the lock, the journal and recovery ---------------------------------------
 
 
 def sending_state_dir(database_url: str, instance_path: str | Path) -> Path:
@@ -197,14 +241,21 @@ _ADVISORY_KEY = 0x6E657773
 
 
 class SendLock:
-    """An exclusive lock on sending for one database, released when the process ends (even by
-    SIGKILL): ``flock`` on a file, plus ``pg_try_advisory_lock`` on PostgreSQL."""
+    """Who may send for one database; released when the process ends (even by SIGKILL).
+
+    On SQLite it is exclusive: ``flock`` on a file beside the database, so a second sender
+    waits or stops with a clear message. On PostgreSQL it is shared: any number of senders,
+    on any machines, work at once (their claims keep them apart), and only
+    :meth:`composing` is exclusive, an advisory lock keyed by schema.
+    """
 
     def __init__(self, directory: Path, engine: Engine | None = None) -> None:
         self.directory = directory
         self.engine = engine
+        # Several senders at once: only where rows can be claimed with SKIP LOCKED.
+        self.shared = engine is not None and engine.dialect.name == "postgresql"
         self._fd: int | None = None
-        self._pg: Connection | None = None
+        self._held = False
         self.recovered = False  # set by recover(): journals folded, stale claims released
 
     def __enter__(self) -> SendLock:
@@ -216,12 +267,16 @@ class SendLock:
 
     @property
     def held(self) -> bool:
-        """Whether this object holds the lock."""
-        return self._fd is not None
+        """Whether this object holds the lock (shared or exclusive)."""
+        return self._held
 
     def acquire(self, wait: float = 0.0) -> None:
-        """Take the lock, waiting up to ``wait`` seconds; raises SendInProgress."""
+        """Take the lock, waiting up to ``wait`` seconds for an exclusive one; raises
+        SendInProgress. A shared lock (PostgreSQL) is always granted."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.shared:
+            self._held = True
+            return
         path = self.directory / "lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         deadline = time.monotonic() + wait
@@ -243,57 +298,73 @@ class SendLock:
         os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
                       .encode(), 0)
         self._fd = fd
-        if self.engine is not None and self.engine.dialect.name == "postgresql":
-            self._lock_postgres(self.engine)
+        self._held = True
 
-    def _lock_postgres(self, engine: Engine) -> None:
-        from sqlalchemy import text
-
-        connection = engine.connect()
-        # Keyed by schema too, so two installs sharing a database do not block each other.
-        if not connection.scalar(
-                text("SELECT pg_try_advisory_lock(:key, hashtext(current_schema()))"),
-                {"key": _ADVISORY_KEY}):
+    @contextmanager
+    def composing(self, wait: float | None = None) -> Iterator[None]:
+        """Hold this while composing and planning a campaign, so two processes never create
+        two copies of it. Exclusive already on SQLite; on PostgreSQL an advisory lock (keyed by
+        schema too, so two installs sharing a database do not block each other), waited for
+        up to ``wait`` seconds (default COMPOSE_WAIT)."""
+        if not self.held:
+            raise SendError("composing() needs the send lock")
+        if not self.shared:
+            yield
+            return
+        assert self.engine is not None
+        wait = COMPOSE_WAIT if wait is None else wait
+        key = {"key": _ADVISORY_KEY}
+        connection: Connection = self.engine.connect()
+        try:
+            deadline = time.monotonic() + wait
+            while not connection.scalar(
+                    text("SELECT pg_try_advisory_lock(:key, hashtext(current_schema()))"), key):
+                connection.commit()
+                if time.monotonic() >= deadline:
+                    raise SendInProgress(
+                        f"another process has been composing a campaign for over {wait:.0f}s; "
+                        "run `newsletter send-digest` again once it is done (it joins in "
+                        "sending whatever that process planned)")
+                time.sleep(0.1)
+            connection.commit()  # the lock is the session's; no transaction stays open
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key, "
+                                        "hashtext(current_schema()))"), key)
+                connection.commit()
+        finally:
             connection.close()
-            self.release()
-            raise SendInProgress("another send is running for this database (on another "
-                                 "machine); wait for it to finish")
-        connection.commit()  # the lock is the session's; no transaction stays open
-        self._pg = connection
 
     def release(self) -> None:
-        """Give the lock up. (A pooled connection outlives close(), so the advisory lock is
-        released explicitly; a killed process's connection ends and takes it along.)"""
-        if self._pg is not None:
-            from sqlalchemy import text
-
-            try:
-                self._pg.execute(text("SELECT pg_advisory_unlock(:key, "
-                                      "hashtext(current_schema()))"), {"key": _ADVISORY_KEY})
-                self._pg.commit()
-            finally:
-                self._pg.close()
-                self._pg = None
+        """Give the lock up."""
+        self._held = False
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
 
 class Journal:
-    """This run's append-only list of delivered ids, one per line.
+    """One sender's file while it sends a campaign, locked with ``flock`` while it lives, so a
+    later sender on this machine can tell a dead sender's file (fold it in, release its claims)
+    from a live one's. Created under a temporary name and renamed once locked.
 
-    Locked with ``flock`` while the run lives, so a later run can tell a dead run's journal
-    (fold it in) from a live one's. Created under a temporary name and renamed once locked.
+    On SQLite it is also the list of delivered ids, one per line, appended at each 250; on
+    PostgreSQL the ids go straight to the database and the file only marks the sender alive.
     """
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        name = f"journal-{os.getpid()}-{uuid.uuid4().hex[:12]}.log"
+        token = uuid.uuid4().hex[:12]
+        name = f"journal-{os.getpid()}-{token}.log"
         temporary = directory / f".{name}.new"
         self._fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         self.path = directory / name
         os.rename(temporary, self.path)
+        # What this sender writes into ``claimed_by``: readable, and ending in what the file
+        # name holds, so the file leads back to the claims.
+        self.sender_id = f"{socket.gethostname()[:60]}{_sender_suffix(self.path)}"
 
     def record(self, delivery_id: int) -> None:
         """Note a delivery the server accepted: one write(2), safe from any thread."""
@@ -307,6 +378,11 @@ class Journal:
         os.close(self._fd)
 
 
+def _sender_suffix(journal: Path) -> str:
+    """``:PID:TOKEN`` from ``journal-PID-TOKEN.log``: the end of that sender's ``claimed_by``."""
+    return ":" + journal.name.removeprefix("journal-").removesuffix(".log").replace("-", ":", 1)
+
+
 def read_journal(data: bytes) -> list[int]:
     """The ids in a journal; a last line cut short by a kill (no newline) is ignored."""
     complete = data[:data.rfind(b"\n") + 1]
@@ -314,9 +390,11 @@ def read_journal(data: bytes) -> list[int]:
 
 
 def fold_journals(session: Session, directory: Path, now: datetime) -> int:
-    """Mark ``sent`` every id in journals that dead runs left behind, then delete them.
+    """Mark ``sent`` every id in journals that dead senders left behind, release the rows
+    those senders still held, then delete the journals.
 
-    Returns how many rows changed. Journals of live runs (still locked) are left alone.
+    Returns how many rows were marked sent. Journals of live senders (still locked) are left
+    alone.
     """
     changed = 0
     for path in sorted(directory.glob(JOURNAL_GLOB)):
@@ -328,29 +406,53 @@ def fold_journals(session: Session, directory: Path, now: datetime) -> int:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                continue  # its run is alive and will fold it itself
+                continue  # its sender is alive (or another is folding it right now)
+            if not _still_there(fd, path):
+                continue  # another sender on this machine has just folded and removed it
             with os.fdopen(os.dup(fd), "rb") as journal:
                 ids = read_journal(journal.read())
             changed += mark_sent(session, ids, now, only_unsent=True)
+            # Its process is gone, so its claims need not wait for the lease to run out.
+            released = release_claims(session, sender_suffix=_sender_suffix(path))
             session.commit()
-            log.info("folded %d delivered id(s) from %s left by an interrupted run",
-                     len(ids), path.name)
+            log.info("folded %d delivered id(s) and released %d claimed row(s) left by an "
+                     "interrupted sender (%s)", len(ids), released, path.name)
             path.unlink()
         finally:
             os.close(fd)
     return changed
 
 
-def recover(session: Session, lock: SendLock, now: datetime) -> int:
-    """Make the ledger exact after an interrupted run: fold its journal, release its claims.
+def _still_there(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
-    Needs the exclusive lock (no other sender can be alive). Returns rows marked sent.
+
+def release_claims(session: Session, *, sender_suffix: str) -> int:
+    """Give back the unsent rows a sender holds (in the caller's transaction)."""
+    d = _deliveries
+    result = session.execute(update(d).where(
+        d.c.claimed_by.endswith(sender_suffix, autoescape=True),
+        d.c.status.in_((QUEUED, DEFERRED))).values(claimed_until=None, claimed_by=None))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def recover(session: Session, lock: SendLock, now: datetime) -> int:
+    """Make the ledger exact after an interrupted sender: fold its journal, release its claims.
+
+    With the exclusive lock (SQLite) no other sender can be alive, so every claim is released;
+    with the shared one (PostgreSQL) only those of dead senders on this machine, and other
+    machines' dead senders' claims wait for their lease to run out. Returns rows marked sent.
     """
     if not lock.held:
         raise SendError("recover() needs the send lock")
     folded = fold_journals(session, lock.directory, now)
-    session.execute(update(_deliveries).where(_deliveries.c.claimed_until.is_not(None))
-                    .values(claimed_until=None))
+    if not lock.shared:
+        session.execute(update(_deliveries).where(_deliveries.c.claimed_until.is_not(None))
+                        .values(claimed_until=None, claimed_by=None))
     session.commit()
     lock.recovered = True
     return folded
@@ -396,7 +498,7 @@ def mark_sent(session: Session, ids: Sequence[int], now: datetime, *,
             statement = statement.where(_deliveries.c.status != SENT)
         result = session.execute(statement.values(
             status=SENT, attempts=_deliveries.c.attempts + 1, updated_at=now,
-            next_attempt_at=None, claimed_until=None, smtp_reply=None))
+            next_attempt_at=None, claimed_until=None, claimed_by=None, smtp_reply=None))
         changed += int(result.rowcount or 0)  # type: ignore[attr-defined]
     return changed
 
@@ -425,6 +527,7 @@ class _Outcome:
     reply: str | None = None
     attempts: int = 0
     deferred_since: datetime | None = None
+    in_db: bool = False  # already written by the sending thread (a 250 on PostgreSQL)
 
 
 # --- the sender ------------------------------------------------------------------------------
@@ -500,9 +603,62 @@ def check_smtp(services: Services) -> None:
         transport.close()
 
 
+class _DatabaseMarks:
+    """Records each 250 in the database at once (PostgreSQL): one autocommit UPDATE on the
+    sending thread's own connection with ``synchronous_commit`` off, so it costs one round
+    trip and no wait for the disk, and a killed sender loses nothing the server acknowledged.
+
+    The connections come from an engine of their own without a pool: up to 50 sending threads
+    would exhaust the application's pool, and the setting must not leak into it. This runs once
+    per message on the sender's busiest path, so the statement is compiled once and executed
+    on the driver's cursor (a third less CPU than a Core execute, which all threads share
+    under the GIL).
+    """
+
+    def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
+        self._engine = create_engine(engine.url, poolclass=NullPool)
+        self._clock = clock
+        self._local = threading.local()
+        self._connections: list[Connection] = []
+        self._lock = threading.Lock()
+        d = _deliveries
+        compiled = update(d).where(d.c.id == bindparam("b_id")).values(
+            status=SENT, attempts=d.c.attempts + 1, updated_at=bindparam("b_now"),
+            next_attempt_at=None, claimed_until=None, claimed_by=None, smtp_reply=None,
+        ).compile(dialect=self._engine.dialect)
+        self._sql = str(compiled)
+        self._params = dict(compiled.params)
+        # What record() raises when the database cannot take the mark.
+        self.errors: tuple[type[Exception], ...] = (
+            SQLAlchemyError, self._engine.dialect.loaded_dbapi.Error)
+
+    def record(self, delivery_id: int) -> None:
+        """Mark one delivery sent and committed; raises one of :attr:`errors`."""
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            with self._lock:
+                self._connections.append(connection)
+            connection.exec_driver_sql("SET synchronous_commit = off")
+            cursor = self._local.cursor = connection.connection.cursor()
+        # The column stores naive UTC (see UTCDateTime), which this path must do by hand.
+        now = self._clock().astimezone(UTC).replace(tzinfo=None)
+        cursor.execute(self._sql, {**self._params, "b_id": delivery_id, "b_now": now})
+
+    def close(self) -> None:
+        """Close every thread's connection (call once the threads are done)."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            with suppress(SQLAlchemyError):
+                connection.close()
+        self._engine.dispose()
+
+
 class _CampaignRun:
     """One run of one campaign: a feeding thread (the caller's, the only one touching the
-    database) and ``connections`` sender threads, each with its own SMTP connection."""
+    database except for the 250 marks on PostgreSQL) and ``connections`` sender threads, each
+    with its own SMTP connection."""
 
     def __init__(self, session: Session, services: Services, campaign: Any,
                  lock: SendLock, options: SendOptions, progress: Progress) -> None:
@@ -513,6 +669,7 @@ class _CampaignRun:
         self.options = options
         self.progress = progress
         self.lock = lock
+        self.shared = lock.shared  # other senders may be working on this campaign too
         self.sender_address = str(services.config["MAIL_FROM"])
         rendered = RenderedEmail(subject=campaign.subject, html=campaign.html, text=campaign.text)
         self.template = campaign_template(services, rendered, campaign.created_at)
@@ -531,6 +688,13 @@ class _CampaignRun:
         self._last_flush = time.monotonic()
         self._thread_error: BaseException | None = None
         self.journal: Journal | None = None
+        self.sender_id = ""
+        self.marks: _DatabaseMarks | None = None
+        self._lease_seconds = options.lease.total_seconds()
+        # Monotonic times: no message is started after the fence (our lease may be running
+        # out), and the next lease renewal. Never, with the exclusive lock.
+        self._fence = math.inf
+        self._next_renewal = math.inf
 
     # the feeding side (the caller's thread)
 
@@ -540,6 +704,11 @@ class _CampaignRun:
         report.total = self._count_due()
         self.progress.start(report)
         self.journal = Journal(self.lock.directory)
+        self.sender_id = self.journal.sender_id
+        if self.shared:
+            assert self.lock.engine is not None
+            self.marks = _DatabaseMarks(self.lock.engine, self.clock)
+            self._lease_renewed(time.monotonic())  # every claim from now on ends later
         threads = [threading.Thread(target=self._sender, name=f"smtp-{n + 1}", daemon=True)
                    for n in range(self.options.connections)]
         committed = False
@@ -560,8 +729,10 @@ class _CampaignRun:
                 self._finish()
                 committed = True
             finally:
+                if self.marks is not None:
+                    self.marks.close()
                 # Remove the journal only once everything in it is committed; otherwise the
-                # next run folds it in.
+                # next run folds it in (and releases this sender's claims).
                 self.journal.close(remove=committed)
                 report.elapsed = time.monotonic() - started
                 self.progress.finish(report)
@@ -571,22 +742,38 @@ class _CampaignRun:
         return report
 
     def _feed(self) -> None:
-        """Pass over the queued rows (and deferred ones now due) in id order, then retry
-        this run's 4xx deliveries after their backoff."""
+        """Pass over the queued rows (and deferred ones now due) in id order, retry this run's
+        4xx deliveries after their backoff, then (with other senders) take over what a dead
+        sender left until nothing is held elsewhere."""
         for status in (QUEUED, DEFERRED):
-            after = 0
-            while not self.stop.is_set():
-                rows = self._claim(status=status, after=after)
-                if not rows:
-                    break
-                after = rows[-1].id
-                self._dispatch(rows)
+            self._pass(status)
         self._drain()
+        while not self.stop.is_set():
+            self._retry_deferred()
+            if not (self.shared and self._take_over()):
+                return
+
+    def _pass(self, status: str) -> int:
+        """Claim and hand out every row of ``status`` nobody holds, in id order; returns how
+        many."""
+        after = taken = 0
+        while not self.stop.is_set():
+            rows = self._claim(status=status, after=after)
+            if not rows:
+                break
+            after = rows[-1].id
+            taken += len(rows)
+            self._dispatch(rows)
+        return taken
+
+    def _retry_deferred(self) -> None:
+        """Retry this run's 4xx deliveries once their backoff has passed."""
         while self._retry_due and not self.stop.is_set():
             due = min(self._retry_due.values())
             while not self.stop.is_set() and time.monotonic() < due:
                 self.stop.wait(min(due - time.monotonic(), self.options.flush_interval))
                 self._flush()
+                self._renew_if_due()
             now = time.monotonic()
             ids = sorted(i for i, when in self._retry_due.items() if when <= now)
             for delivery_id in ids:
@@ -597,12 +784,60 @@ class _CampaignRun:
                 self._dispatch(self._claim(ids=chunk))
             self._drain()
 
+    def _take_over(self) -> bool:
+        """Wait while other senders hold queued rows of this campaign, taking any whose sender
+        died (its lease ran out, or its journal on this machine is unlocked). True once some
+        were taken and sent (they may need retries), False when none is held elsewhere."""
+        poll = min(1.0, self._lease_seconds / 4)
+        seen, since = -1, time.monotonic()
+        while not self.stop.is_set():
+            fold_journals(self.session, self.lock.directory, self.clock())
+            if self._pass(QUEUED):
+                self._drain()
+                return True
+            held = self._held_elsewhere()
+            if not held:
+                return False
+            now = time.monotonic()
+            if held != seen:
+                seen, since = held, now
+            elif now - since > 2 * self._lease_seconds:
+                # Renewed all along but not moving: leave them to their sender or a later run.
+                log.warning("%d deliveries held by another sender have not moved for %.0fs; "
+                            "leaving them to it", held, now - since)
+                return False
+            deadline = now + poll
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                self.stop.wait(min(self.options.flush_interval, deadline - time.monotonic()))
+                self._tick()
+        return False
+
+    def _held_elsewhere(self) -> int:
+        d = _deliveries
+        now, _ = self._lease_clock()
+        held = self.session.scalar(select(func.count()).select_from(d).where(
+            d.c.campaign_id == self.campaign_id, d.c.status == QUEUED,
+            d.c.claimed_until >= now,
+            or_(d.c.claimed_by.is_(None), d.c.claimed_by != self.sender_id))) or 0
+        self.session.commit()
+        return held
+
+    def _lease_clock(self) -> tuple[Any, Any]:
+        """(now, the end of a lease taken now) in the one clock all senders compare: the
+        database server's on PostgreSQL (machines' clocks may differ), ours on SQLite."""
+        if self.shared:
+            now = "(statement_timestamp() AT TIME ZONE 'UTC')"
+            return (literal_column(now),
+                    literal_column(f"{now} + interval '{self._lease_seconds:.3f} seconds'"))
+        current = self.clock()
+        return current, current + self.options.lease
+
     def _claim(self, *, status: str = QUEUED, after: int = 0,
                ids: Sequence[int] | None = None) -> Sequence[Any]:
         """Claim the next batch: rows nobody holds, locked against other senders, with the
         reader's current status (a reader who left since planning is skipped)."""
         d, s = _deliveries, _subscribers
-        now = self.clock()
+        now, until = self._lease_clock()
         query = (
             select(d.c.id, d.c.subscriber_id, d.c.attempts, d.c.deferred_since,
                    s.c.email, s.c.name, s.c.status.label("reader_status"))
@@ -615,15 +850,34 @@ class _CampaignRun:
         else:
             query = query.where(d.c.status == status, d.c.id > after)
             if status == DEFERRED:
-                query = query.where(d.c.next_attempt_at <= now)
+                query = query.where(d.c.next_attempt_at <= self.clock())
         query = (query.order_by(d.c.id).limit(self.options.claim_size())
                  .with_for_update(skip_locked=True, of=d))
         rows = self.session.execute(query).all()
         if rows:
             self.session.execute(update(d).where(d.c.id.in_([r.id for r in rows]))
-                                 .values(claimed_until=now + self.options.lease))
+                                 .values(claimed_until=until, claimed_by=self.sender_id))
         self.session.commit()
         return rows
+
+    def _renew_if_due(self) -> None:
+        """Extend the lease on every row this sender still holds (PostgreSQL)."""
+        if time.monotonic() < self._next_renewal:
+            return
+        started = time.monotonic()
+        _, until = self._lease_clock()
+        d = _deliveries
+        self.session.execute(update(d).where(
+            d.c.campaign_id == self.campaign_id, d.c.status.in_((QUEUED, DEFERRED)),
+            d.c.claimed_by == self.sender_id).values(claimed_until=until))
+        self.session.commit()
+        self._lease_renewed(started)
+
+    def _lease_renewed(self, at: float) -> None:
+        # The database set the lease no earlier than ``at``: it holds until at + lease. Stop
+        # starting messages at half of that, so one in progress ends long before.
+        self._fence = at + self._lease_seconds / 2
+        self._next_renewal = at + self._lease_seconds / 6
 
     def _dispatch(self, rows: Iterable[Any]) -> None:
         for row in rows:
@@ -632,7 +886,7 @@ class _CampaignRun:
                 continue
             self._put(_Work(row.id, row.subscriber_id, row.email, row.name, row.attempts,
                             row.deferred_since))
-        self._flush_if_due()
+        self._tick()
 
     def _put(self, item: _Work) -> None:
         with self._in_flight_lock:
@@ -642,7 +896,7 @@ class _CampaignRun:
                 self.work.put(item, timeout=0.1)
                 return
             except queue.Full:
-                self._flush_if_due()
+                self._tick()
         with self._in_flight_lock:
             self._in_flight -= 1
 
@@ -650,8 +904,13 @@ class _CampaignRun:
         """Wait until the senders have finished every item handed out, writing as we go."""
         while self._in_flight and not self.stop.is_set():
             time.sleep(0.01)
-            self._flush_if_due()
+            self._tick()
         self._flush()
+
+    def _tick(self) -> None:
+        """What the feeder does while it waits: write outcomes, renew the lease when due."""
+        self._flush_if_due()
+        self._renew_if_due()
 
     def _flush_if_due(self) -> None:
         if (len(self.outcomes) >= self.options.batch_size
@@ -667,20 +926,22 @@ class _CampaignRun:
         while self.outcomes:
             batch.append(self.outcomes.popleft())
         now = self.clock()
-        sent = [o.delivery_id for o in batch if o.status == SENT]
+        sent = [o.delivery_id for o in batch if o.status == SENT and not o.in_db]
         skipped = [o.delivery_id for o in batch if o.status == SKIPPED]
         replies = [o for o in batch if o.status in (FAILED, DEFERRED)]
         d = _deliveries
         mark_sent(self.session, sent, now)
         for chunk in _chunks(skipped):
             self.session.execute(update(d).where(d.c.id.in_(chunk)).values(
-                status=SKIPPED, updated_at=now, claimed_until=None, next_attempt_at=None))
+                status=SKIPPED, updated_at=now, claimed_until=None, claimed_by=None,
+                next_attempt_at=None))
         if replies:
             self.session.execute(
                 update(d).where(d.c.id == bindparam("b_id")).values(
                     status=bindparam("b_status"), attempts=d.c.attempts + 1,
                     smtp_reply=bindparam("b_reply"), deferred_since=bindparam("b_since"),
-                    next_attempt_at=bindparam("b_next"), updated_at=now, claimed_until=None),
+                    next_attempt_at=bindparam("b_next"), updated_at=now, claimed_until=None,
+                    claimed_by=None),
                 [{"b_id": o.delivery_id, "b_status": o.status, "b_reply": o.reply,
                   "b_since": o.deferred_since,
                   "b_next": (now + backoff(o.attempts + 1, self.options.retry_delay)
@@ -734,25 +995,12 @@ class _CampaignRun:
             thread.join()
 
     def _finish(self) -> None:
-        """Release unworked claims; the campaign is sent when no row is left to try."""
+        """Release this sender's unworked claims; the campaign is sent when no row is left."""
         d = _deliveries
-        now = self.clock()
         self.session.execute(update(d).where(d.c.campaign_id == self.campaign_id,
-                                             d.c.claimed_until.is_not(None))
-                             .values(claimed_until=None))
-        counts: dict[str, int] = dict(self.session.execute(
-            select(d.c.status, func.count()).where(d.c.campaign_id == self.campaign_id,
-                                                   d.c.status.in_((QUEUED, DEFERRED)))
-            .group_by(d.c.status)).all())
-        self.report.left = counts.get(QUEUED, 0)
-        # Every delivery still waiting for a retry, including ones deferred by earlier runs.
-        self.report.deferred = counts.get(DEFERRED, 0)
-        if not counts:
-            self.session.execute(update(_campaigns).where(
-                _campaigns.c.id == self.campaign_id, _campaigns.c.status != SENT)
-                .values(status=SENT, finished_at=now))
-            self.report.finished = True
-        self.session.commit()
+                                             d.c.claimed_by == self.sender_id)
+                             .values(claimed_until=None, claimed_by=None))
+        settle_campaign(self.session, self.report, self.clock())
 
     # the sending side (one thread per connection)
 
@@ -789,6 +1037,7 @@ class _CampaignRun:
                     data = self.template.personalise_for_smtp(reader, eight_bit=eight_bit)
                 else:
                     data = self.template.personalise(reader, eight_bit=eight_bit)
+                self._wait_for_lease()
                 self.limiter.wait(self.stop)
                 if self.stop.is_set():
                     return
@@ -810,10 +1059,32 @@ class _CampaignRun:
                 self.stop.wait(delay)
                 delay *= 2
                 continue
-            assert self.journal is not None
-            self.journal.record(item.delivery_id)  # first: a kill from here on loses nothing
-            self.outcomes.append(_Outcome(SENT, item.delivery_id))
+            self._record_sent(item.delivery_id)
             return
+
+    def _wait_for_lease(self) -> None:
+        """Start no message while this sender's lease may be running out (its renewals have
+        stopped): another sender could take the row over and send it too."""
+        while time.monotonic() > self._fence and not self.stop.is_set():
+            self.stop.wait(0.05)
+
+    def _record_sent(self, delivery_id: int) -> None:
+        """Write a 250 down before anything else: a kill from here on loses nothing."""
+        if self.marks is None:
+            assert self.journal is not None
+            self.journal.record(delivery_id)
+            self.outcomes.append(_Outcome(SENT, delivery_id))
+            return
+        try:
+            self.marks.record(delivery_id)
+        except self.marks.errors as err:
+            # The feeder writes it with the batch if it still can; else it is this
+            # connection's one message in flight, sent again later.
+            self._halt(f"cannot record deliveries in the database ({err.__class__.__name__}: "
+                       f"{str(err).splitlines()[0] if str(err) else ''}); the rest stay queued")
+            self.outcomes.append(_Outcome(SENT, delivery_id))
+            return
+        self.outcomes.append(_Outcome(SENT, delivery_id, in_db=True))
 
     def _rejected(self, item: _Work, err: SmtpRejected) -> _Outcome:
         reply = f"{err.code} {err.reply or ''}".strip()
@@ -837,7 +1108,8 @@ class _CampaignRun:
 def send_campaign(session: Session, services: Services, campaign_id: int, *, lock: SendLock,
                   options: SendOptions | None = None,
                   progress: Progress | None = None) -> SendReport:
-    """Send what is left of a campaign: queued rows and deferred rows now due.
+    """Send what is left of a campaign: queued rows and deferred rows now due, and (with the
+    shared lock, PostgreSQL) rows other senders held when they died.
 
     Needs the send lock; folds in what an interrupted run left first. Never raises for SMTP
     trouble: a run stopped by it has ``report.error`` set and leaves the rest queued.
@@ -863,12 +1135,206 @@ def send_campaign(session: Session, services: Services, campaign_id: int, *, loc
     return run.execute()
 
 
+def settle_campaign(session: Session, report: SendReport, now: datetime) -> None:
+    """Put what is left of the report's campaign into it (still queued, deferred) and mark the
+    campaign sent when no row is left to try; commits."""
+    d = _deliveries
+    counts: dict[str, int] = dict(session.execute(
+        select(d.c.status, func.count()).where(d.c.campaign_id == report.campaign_id,
+                                               d.c.status.in_((QUEUED, DEFERRED)))
+        .group_by(d.c.status)).all())
+    report.left = counts.get(QUEUED, 0)
+    # Every delivery still waiting for a retry, including ones deferred by earlier runs.
+    report.deferred = counts.get(DEFERRED, 0)
+    if not counts:
+        session.execute(update(_campaigns).where(
+            _campaigns.c.id == report.campaign_id, _campaigns.c.status != SENT)
+            .values(status=SENT, finished_at=now))
+        report.finished = True
+    session.commit()
+
+
 def unfinished_campaigns(session: Session, kind: str | None = None) -> list[int]:
-    """Ids of campaigns still being sent, oldest first (resume these before anything new)."""
+    """Ids of campaigns still being sent, oldest first (the order senders work them off)."""
     query = select(_campaigns.c.id).where(_campaigns.c.status == SENDING)
     if kind is not None:
         query = query.where(_campaigns.c.kind == kind)
     return list(session.scalars(query.order_by(_campaigns.c.id)))
+
+
+def send_unfinished(session: Session, services: Services, *, lock: SendLock,
+                    kind: str | None = DIGEST, options: SendOptions | None = None,
+                    progress: Progress | None = None) -> list[SendReport]:
+    """Send what is left of every unfinished campaign (of ``kind``), oldest first, stopping
+    after one that SMTP trouble stopped. Other senders may be at it too (PostgreSQL)."""
+    if not lock.recovered:
+        recover(session, lock, services.clock())
+    reports = []
+    for campaign_id in unfinished_campaigns(session, kind):
+        report = send_campaign(session, services, campaign_id, lock=lock, options=options,
+                               progress=progress)
+        reports.append(report)
+        if report.error:
+            break  # SMTP trouble: the later ones wait for the next run
+    return reports
+
+
+# --- several sender processes on one machine (send-digest --workers N) -----------------------
+
+
+class WorkerProgress:
+    """A worker process's progress as JSON lines on ``stream`` (its stdout, read by the
+    parent's :class:`SenderProcesses`)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream: IO[str] | None = stream
+
+    def _emit(self, event: str, **values: Any) -> None:
+        if self._stream is None:
+            return
+        try:
+            self._stream.write(json.dumps({"event": event, **values}) + "\n")
+            self._stream.flush()
+        except BrokenPipeError:
+            # The parent is gone (killed, or its terminal closed): keep sending what this
+            # worker holds, with nobody left to tell.
+            self._stream = None
+
+    def start(self, report: SendReport) -> None:
+        self._emit("start", report=report.as_dict())
+
+    def update(self, done: int) -> None:
+        self._emit("update", done=done)
+
+    def finish(self, report: SendReport) -> None:
+        self._emit("finish", report=report.as_dict())
+
+
+@dataclass
+class _Merged:
+    """One campaign as several workers report it."""
+
+    report: SendReport
+    done: dict[int, int] = field(default_factory=dict)  # worker -> messages done
+    started: set[int] = field(default_factory=set)
+    finished: set[int] = field(default_factory=set)
+
+
+class SenderProcesses:
+    """``count`` sender processes on this machine, each running ``argv``: a ``send-digest``
+    worker that sends every unfinished digest (as :func:`send_unfinished`) and reports through
+    :class:`WorkerProgress`. Their progress is added up and their reports merged."""
+
+    def __init__(self, argv: Sequence[str], count: int) -> None:
+        self.argv = list(argv)
+        self.count = count
+
+    def run(self, session: Session, services: Services, progress: Progress) -> list[SendReport]:
+        """Start the workers, relay their progress, wait for them all; one report per campaign
+        (sent, failed and skipped added up; what is left counted afresh). Raises SendError if
+        every worker failed before reporting anything."""
+        processes = [subprocess.Popen(self.argv, stdout=subprocess.PIPE, text=True)
+                     for _ in range(self.count)]
+        events: queue.Queue[tuple[int, str | None]] = queue.Queue()
+        readers = [threading.Thread(target=_relay_lines, args=(n, p.stdout, events), daemon=True)
+                   for n, p in enumerate(processes)]
+        for reader in readers:
+            reader.start()
+        merged: dict[int, _Merged] = {}
+        current: dict[int, int] = {}  # worker -> campaign it is on
+        try:
+            self._follow(events, merged, current, progress)
+        except KeyboardInterrupt:
+            # At a terminal the workers got the Ctrl-C too; elsewhere pass it on. Each then
+            # finishes the messages in hand and writes everything down.
+            for process in processes:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGINT)
+            for process in processes:
+                process.wait()
+            raise
+        for process in processes:
+            process.wait()
+        problems = [(n, _ended(process)) for n, process in enumerate(processes)
+                    if process.returncode != 0]
+        if not merged:
+            if problems:
+                raise SendError("; ".join(problem for _, problem in problems))
+            return []
+        last = max(merged)
+        for n, problem in problems:
+            entry = merged[current.get(n, last)]
+            if entry.report.error is None:
+                entry.report.error = problem
+        reports = [merged[campaign_id].report for campaign_id in sorted(merged)]
+        for report in reports:
+            settle_campaign(session, report, services.clock())
+        return reports
+
+    def _follow(self, events: queue.Queue[tuple[int, str | None]], merged: dict[int, _Merged],
+                current: dict[int, int], progress: Progress) -> None:
+        """Add up what the workers say until every one has closed its output."""
+        open_outputs = self.count
+        active: _Merged | None = None  # the campaign the progress display shows
+        while open_outputs:
+            worker, line = events.get()
+            if line is None:
+                open_outputs -= 1
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("sender %d: %s", worker + 1, line.rstrip())
+                continue
+            if event["event"] == "start":
+                started = SendReport.from_dict(event["report"])
+                entry = merged.setdefault(started.campaign_id, _Merged(
+                    SendReport(campaign_id=started.campaign_id, subject=started.subject)))
+                entry.report.total = max(entry.report.total, started.total)
+                entry.started.add(worker)
+                current[worker] = started.campaign_id
+                if active is not entry:
+                    if active is not None:
+                        progress.finish(active.report)
+                    active = entry
+                    progress.start(entry.report)
+            elif event["event"] == "update":
+                entry = merged[current[worker]]
+                entry.done[worker] = int(event["done"])
+                if entry is active:
+                    progress.update(min(sum(entry.done.values()), entry.report.total))
+            elif event["event"] == "finish":
+                finished = SendReport.from_dict(event["report"])
+                entry = merged[finished.campaign_id]
+                total = entry.report
+                total.sent += finished.sent
+                total.failed += finished.failed
+                total.skipped += finished.skipped
+                total.elapsed = max(total.elapsed, finished.elapsed)
+                total.error = total.error or finished.error
+                entry.finished.add(worker)
+                if entry is active and entry.finished >= entry.started:
+                    progress.finish(total)
+                    active = None
+        if active is not None:
+            progress.finish(active.report)
+
+
+def _relay_lines(worker: int, output: IO[str] | None,
+                 events: queue.Queue[tuple[int, str | None]]) -> None:
+    """Pass a worker's output lines on, then None when it closes."""
+    if output is not None:
+        with output:
+            for line in output:
+                events.put((worker, line))
+    events.put((worker, None))
+
+
+def _ended(process: subprocess.Popen[str]) -> str:
+    code = process.returncode
+    how = f"was killed by signal {-code}" if code < 0 else f"stopped with exit status {code}"
+    return (f"a sender process (pid {process.pid}) {how} (what it sent is not counted above); "
+            "what it held went to the other senders, and anything left goes with the next run")
 
 
 # --- the digest, from posts to sent ----------------------------------------------------------
@@ -878,7 +1344,7 @@ def unfinished_campaigns(session: Session, kind: str | None = None) -> list[int]
 class DigestRun:
     """What ``send-digest`` did: campaigns resumed, the new digest, or why nothing was sent."""
 
-    resumed: list[SendReport] = field(default_factory=list)
+    resumed: list[SendReport] = field(default_factory=list)  # campaigns it did not compose
     report: SendReport | None = None
     new_posts: list[str] = field(default_factory=list)  # titles the sync found
     sync_error: str | None = None
@@ -898,53 +1364,74 @@ Confirm = Callable[[str, Sequence[str], int], bool]
 
 def send_digest(session: Session, services: Services, *, lock: SendLock,
                 options: SendOptions | None = None, progress: Progress | None = None,
-                confirm: Confirm | None = None) -> DigestRun:
-    """Resume unfinished digests, sync posts, compose the digest of new posts, plan one
-    delivery per confirmed reader and send it.
+                confirm: Confirm | None = None,
+                senders: SenderProcesses | None = None) -> DigestRun:
+    """Sync posts, compose the digest of new posts and plan one delivery per confirmed reader
+    (only one process at a time does this), then send every unfinished digest, oldest first:
+    one an earlier run left, the new one, and one another sender composed meanwhile (several
+    senders share the work on PostgreSQL). With ``senders``, those processes send instead.
 
     Raises SmtpConfigProblem / SmtpUnavailable when the server cannot be used at all (before
     anything is planned), TemplateProblem for a broken template.
     """
-    from . import digest, posts
-
     run = DigestRun()
     if not lock.recovered:
         recover(session, lock, services.clock())
     check_smtp(services)
-    for campaign_id in unfinished_campaigns(session, DIGEST):
-        report = send_campaign(session, services, campaign_id, lock=lock, options=options,
-                               progress=progress)
-        run.resumed.append(report)
-        if report.error:
-            return run  # SMTP trouble: nothing new until the old one is through
+    with lock.composing():
+        try:
+            new_id = _compose_digest(session, services, run, confirm)
+        except BaseException:
+            session.rollback()  # nothing half-made survives the composing lock
+            raise
+    session.expunge_all()  # nothing from the ORM is kept while sending
+    if senders is None:
+        reports = send_unfinished(session, services, lock=lock, options=options,
+                                  progress=progress)
+    elif unfinished_campaigns(session, DIGEST):
+        reports = senders.run(session, services, progress or _NoProgress())
+    else:
+        reports = []
+    session.commit()
+    for report in reports:
+        if report.campaign_id == new_id:
+            run.report = report
+        else:
+            run.resumed.append(report)
+    return run
+
+
+def _compose_digest(session: Session, services: Services, run: DigestRun,
+                    confirm: Confirm | None) -> int | None:
+    """Sync the posts and, if any are new, create the digest campaign and plan its deliveries
+    in one transaction; returns its id. Why nothing was composed goes into ``run``."""
+    from . import digest, posts
+
+    session.commit()  # look afresh: another process may have composed while we waited
     try:
         synced = posts.sync_posts(session, services)
     except posts.PostSourceError as err:
         run.sync_error = str(err)
-        return run
+        return None
     run.new_posts = [getattr(p, "title", str(p)) for p in synced.new]
     chosen = digest.select_digest_posts(session, services)
     if not chosen:
         run.nothing_new = True
-        return run
+        return None
     readers = confirmed_readers(session)
     if not readers:
         run.no_readers = True  # the posts wait for the first reader
-        return run
+        return None
     if confirm is not None:
         subject = digest.render_digest(chosen, services).subject
         if not confirm(subject, [p.title for p in chosen], readers):
             run.declined = True
             session.rollback()
-            return run
+            return None
     campaign = digest.create_digest_campaign(session, services, chosen)
     plan_deliveries(session, campaign.id, services.clock())
     session.commit()
-    campaign_id = campaign.id
-    session.expunge_all()  # nothing from the ORM is kept while sending
-    run.report = send_campaign(session, services, campaign_id, lock=lock, options=options,
-                               progress=progress)
-    return run
+    return campaign.id
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,7 @@ def upgrade() -> None:
     sa.Column('smtp_reply', sa.Text(), nullable=True),
     sa.Column('deferred_since', newsletter.db.UTCDateTime(), nullable=True),
     sa.Column('claimed_until', newsletter.db.UTCDateTime(), nullable=True),
+    sa.Column('claimed_by', sa.String(length=100), nullable=True),
     sa.ForeignKeyConstraint(['campaign_id'], ['campaigns.id'], ),
     sa.ForeignKeyConstraint(['subscriber_id'], ['subscribers.id'], ),
     sa.PrimaryKeyConstraint('id'),
