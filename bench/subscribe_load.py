@@ -135,12 +135,14 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, object]:
         "NEWSLETTER_PROXY_COUNT": "1", "NEWSLETTER_PUBLIC_URL": "http://127.0.0.1",
         "NEWSLETTER_SITE_NAME": "Calm Corner", "NEWSLETTER_MAIL_FROM": "hello@example.com",
     })
+    env.update(dict(item.split("=", 1) for item in args.env))
     newsletter = [sys.executable, "-c", "from newsletter.cli import main; main()"]
     subprocess.run([*newsletter, "init-db"], env=env, cwd=workdir, check=True,
                    capture_output=True)
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--workers", str(args.workers), "--bind",
+        [sys.executable, "-m", "gunicorn", "--workers", str(args.workers),
+         "--worker-class", args.worker_class, "--threads", str(args.threads), "--bind",
          f"127.0.0.1:{port}", "--chdir", str(ROOT), "--log-level", "warning", "app:app"],
         env=env, cwd=workdir)
     try:
@@ -183,6 +185,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
     parser.add_argument("--only", choices=["sqlite", "postgresql"])
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--env", action="append", default=[], metavar="NEWSLETTER_X=VALUE",
+                        help="an extra setting for the server (repeatable)")
+    parser.add_argument("--worker-class", default="sync", help="gunicorn worker class")
+    parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk")

@@ -36,9 +36,10 @@ def _insert(session: Session):  # type: ignore[no-untyped-def]
     return insert(RateLimitWindow)
 
 
-def hit(session: Session, key: str, *, limit: int, window_seconds: int, now: datetime) -> bool:
-    """Count one hit against ``key`` in the database: one atomic upsert, committed at once so
-    that other processes see it."""
+def hit(session: Session, key: str, *, limit: int, window_seconds: int, now: datetime,
+        commit: bool = True) -> bool:
+    """Count one hit against ``key`` in the database: one atomic upsert. With ``commit`` false
+    it joins the caller's transaction (which must commit, whatever happens next)."""
     statement = _insert(session).values(key=key[:200], window_start=_window(now, window_seconds),
                                         count=1)
     statement = statement.on_conflict_do_update(
@@ -46,7 +47,8 @@ def hit(session: Session, key: str, *, limit: int, window_seconds: int, now: dat
         set_={"count": RateLimitWindow.count + 1},
     ).returning(RateLimitWindow.count)
     count = session.execute(statement).scalar_one()
-    session.commit()
+    if commit:
+        session.commit()
     return bool(count <= limit)
 
 
@@ -59,13 +61,15 @@ def sweep(session: Session, now: datetime, keep_seconds: int = 24 * 3600) -> int
 
 
 class DatabaseRateLimiter:
-    """Counts in the ``rate_limits`` table of the app's database."""
+    """Counts in the ``rate_limits`` table of the app's database, inside the request's own
+    transaction: the sign-up's commit records the hit too, saving a commit per request."""
 
     def __init__(self, session: Callable[[], Session]) -> None:
         self._session = session
 
     def hit(self, key: str, *, limit: int, window_seconds: int, now: datetime) -> bool:
-        return hit(self._session(), key, limit=limit, window_seconds=window_seconds, now=now)
+        return hit(self._session(), key, limit=limit, window_seconds=window_seconds, now=now,
+                   commit=False)
 
 
 class RedisRateLimiter:

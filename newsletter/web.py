@@ -117,6 +117,7 @@ def subscribe() -> Any:
         f"subscribe-ip:{request.remote_addr}",
         limit=current_app.config["SUBSCRIBE_RATE_LIMIT"], window_seconds=60, now=services.clock())
     if not allowed:
+        db.session.commit()  # the database limiter counts in the request's transaction
         response = _answer(False, RATE_LIMITED, 429, form=form)
         return _with_retry_after(response)
     source = str(fields.get("source") or "") or request.referrer
@@ -127,7 +128,7 @@ def subscribe() -> Any:
             info=_request_info(method, source[:2048] if source else None),
         )
     except InvalidAddress as err:
-        db.session.rollback()
+        db.session.commit()  # nothing but the rate-limit count was written
         return _answer(False, str(err), 400, form=form)
     _wake_outbox()
     return _accepted(next_url)
