@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from flask import Flask, current_app
@@ -20,7 +20,10 @@ EXIT_INCOMPLETE = 3  # some deliveries failed or were deferred
 COMMANDS: list[click.Command] = []
 
 
-def register(command: click.Command) -> click.Command:
+CommandT = TypeVar("CommandT", bound=click.Command)
+
+
+def register(command: CommandT) -> CommandT:
     """Add a command (or group) to the ``newsletter`` CLI."""
     COMMANDS.append(command)
     return command

@@ -108,7 +108,7 @@ def load_dotenv_file(path: Path | None = None) -> None:
 
 
 def load_config(app: Flask, overrides: dict[str, Any] | None = None) -> None:
-    """Fill ``app.config`` from defaults, the environment and ``overrides`` (tests), then check it."""
+    """Fill ``app.config`` from defaults, the environment and ``overrides`` (tests); check it."""
     for key, value in DEFAULTS.items():
         if app.config.get(key) is None:  # Flask pre-sets some keys (MAX_CONTENT_LENGTH) to None
             app.config[key] = value
@@ -117,7 +117,8 @@ def load_config(app: Flask, overrides: dict[str, Any] | None = None) -> None:
     if overrides:
         app.config.update(overrides)
     if not app.config["DATABASE_URL"]:
-        path = Path(app.instance_path) / ("demo.sqlite" if app.config["DEMO"] else "newsletter.sqlite")
+        name = "demo.sqlite" if app.config["DEMO"] else "newsletter.sqlite"
+        path = Path(app.instance_path) / name
         app.config["DATABASE_URL"] = f"sqlite:///{path}"
     app.config["SQLALCHEMY_DATABASE_URI"] = app.config["DATABASE_URL"]
     validate_config(app.config)
@@ -133,7 +134,8 @@ def _as_bool(config: dict[str, Any], key: str) -> None:
     config[key] = _BOOLEAN_WORDS[word]
 
 
-def _as_number(config: dict[str, Any], key: str, kind: type, minimum: float, maximum: float) -> None:
+def _as_number(config: dict[str, Any], key: str, kind: type, minimum: float,
+               maximum: float) -> None:
     value = config[key]
     try:
         number = kind(value)
@@ -153,7 +155,8 @@ def _as_url(config: dict[str, Any], key: str, *, required: bool = True) -> None:
         return
     parts = urlsplit(str(value))
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(key, f"expected an http(s) URL such as https://example.com, got {value!r}")
+        raise ConfigError(key,
+                          f"expected an http(s) URL such as https://example.com, got {value!r}")
     config[key] = str(value).rstrip("/")
 
 
@@ -306,7 +309,7 @@ def env_var(setting: str) -> str:
 
 
 def running_demo(argv: list[str] | None = None) -> bool:
-    """Whether this process runs ``newsletter demo`` (or ``flask ... demo``), which needs no secret."""
+    """Whether this process runs ``newsletter demo`` (or ``flask ... demo``): no secret needed."""
     if os.environ.get(env_var("DEMO"), "").lower() in ("1", "true", "yes", "on"):
         return True
     import sys

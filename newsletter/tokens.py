@@ -51,7 +51,8 @@ def _clocked_signer(clock: Callable[[], datetime]) -> type[TimestampSigner]:
 class Tokens:
     """Makes and reads the tokens in confirm and unsubscribe links."""
 
-    def __init__(self, secret_key: str, clock: Callable[[], datetime], confirm_max_age: int) -> None:
+    def __init__(self, secret_key: str, clock: Callable[[], datetime],
+                 confirm_max_age: int) -> None:
         self._confirm = URLSafeTimedSerializer(
             secret_key, salt=CONFIRM_SALT, signer=_clocked_signer(clock)
         )

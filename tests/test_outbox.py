@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from newsletter.db import db
 from newsletter.models import ConsentEvent, OutboxEmail
-from newsletter.services import get_services
 from newsletter.outbox import deliver_queued
+from newsletter.services import get_services
 from tests.conftest import FrozenClock, link_in
 from tests.smtp_sink import SmtpSink
 
