@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import case, func, insert, or_, select, text, update
+from sqlalchemy import bindparam, case, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from .mail import SmtpConfigProblem, SmtpRejected, SmtpUnavailable, Transport
@@ -48,24 +48,30 @@ def queue_email(session: Session, *, subscriber_id: int | None, kind: str, recip
     return row
 
 
+_QUEUE_ROW = insert(OutboxEmail).returning(OutboxEmail.id)
+_RECENT_COUNTS = (
+    select(*(func.coalesce(func.sum(case((OutboxEmail.created_at >= bindparam(since), 1),
+                                         else_=0)), 0) for since in ("since1", "since2")))
+    .where(OutboxEmail.subscriber_id == bindparam("sid"), OutboxEmail.kind == bindparam("kind")))
+
+
 def queue_email_row(session: Session, *, subscriber_id: int | None, kind: str, recipient: str,
                     message: bytes, now: datetime) -> int:
-    """Like ``queue_email``, in one INSERT without an ORM object; returns the new row's id."""
-    return int(session.execute(insert(OutboxEmail).values(
-        subscriber_id=subscriber_id, kind=kind, recipient=recipient, message=message,
-        status=QUEUED, attempts=0, created_at=now, next_attempt_at=now,
-    ).returning(OutboxEmail.id)).scalar_one())
+    """Like ``queue_email``, in one prepared INSERT without an ORM object; returns the id."""
+    return int(session.connection().execute(_QUEUE_ROW, {
+        "subscriber_id": subscriber_id, "kind": kind, "recipient": recipient, "message": message,
+        "status": QUEUED, "attempts": 0, "created_at": now, "next_attempt_at": now,
+        "claimed_until": None, "sent_at": None, "last_error": None,
+    }).scalar_one())
 
 
-def recent_counts(session: Session, subscriber_id: int, kind: str, *since: datetime) -> list[int]:
-    """How many emails of ``kind`` were queued for a reader since each of ``since`` (counted
+def recent_counts(session: Session, subscriber_id: int, kind: str, since1: datetime,
+                  since2: datetime) -> tuple[int, int]:
+    """How many emails of ``kind`` were queued for a reader since each of two moments (counted
     across all processes), in one query."""
-    row = session.execute(
-        select(*(func.coalesce(func.sum(case((OutboxEmail.created_at >= moment, 1), else_=0)), 0)
-                 for moment in since))
-        .where(OutboxEmail.subscriber_id == subscriber_id, OutboxEmail.kind == kind)
-    ).one()
-    return [int(count) for count in row]
+    row = session.connection().execute(_RECENT_COUNTS, {
+        "sid": subscriber_id, "kind": kind, "since1": since1, "since2": since2}).one()
+    return int(row[0]), int(row[1])
 
 
 def backoff(attempts: int) -> timedelta:

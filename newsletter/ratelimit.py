@@ -28,25 +28,28 @@ def _window(now: datetime, window_seconds: int) -> int:
     return int(now.timestamp()) // window_seconds * window_seconds
 
 
-def _insert(session: Session):  # type: ignore[no-untyped-def]
-    if session.get_bind().dialect.name == "postgresql":
+def _upsert(dialect: str):  # type: ignore[no-untyped-def]
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    return insert(RateLimitWindow)
+    return insert(RateLimitWindow).on_conflict_do_update(
+        index_elements=["key", "window_start"], set_={"count": RateLimitWindow.count + 1},
+    ).returning(RateLimitWindow.count)
+
+
+# Built once per dialect: a sign-up runs this on every request.
+_UPSERTS = {dialect: _upsert(dialect) for dialect in ("postgresql", "sqlite")}
 
 
 def hit(session: Session, key: str, *, limit: int, window_seconds: int, now: datetime,
         commit: bool = True) -> bool:
     """Count one hit against ``key`` in the database: one atomic upsert. With ``commit`` false
     it joins the caller's transaction (which must commit, whatever happens next)."""
-    statement = _insert(session).values(key=key[:200], window_start=_window(now, window_seconds),
-                                        count=1)
-    statement = statement.on_conflict_do_update(
-        index_elements=["key", "window_start"],
-        set_={"count": RateLimitWindow.count + 1},
-    ).returning(RateLimitWindow.count)
-    count = session.execute(statement).scalar_one()
+    connection = session.connection()
+    statement = _UPSERTS.get(connection.dialect.name, _UPSERTS["sqlite"])
+    count = connection.execute(statement, {
+        "key": key[:200], "window_start": _window(now, window_seconds), "count": 1}).scalar_one()
     if commit:
         session.commit()
     return bool(count <= limit)
