@@ -181,8 +181,9 @@ def postgres_reachable() -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=20, help="seconds of load per database")
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
+    parser.add_argument("--connections", type=int, default=6)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="gunicorn worker processes (one per core here)")
     parser.add_argument("--only", choices=["sqlite", "postgresql"])
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--env", action="append", default=[], metavar="NEWSLETTER_X=VALUE",
