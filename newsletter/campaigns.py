@@ -50,7 +50,7 @@ from .digest import SAMPLE_NAME, SAMPLE_RECIPIENT, SAMPLE_UNSUBSCRIBE_PATH, html
 from .mail import ReaderParts, Transport, reader_greeting
 from .models import DEFERRED, QUEUED, SENDING, Campaign, Delivery, Subscriber
 from .posts import sanitise_html
-from .rendering import RenderedEmail, TemplateProblem
+from .rendering import RenderedEmail, TemplateProblem, write_preview
 from .sending import (
     TEST_UNSUBSCRIBE_PATH,
     Progress,
@@ -866,13 +866,7 @@ class CampaignPreview:
 
     def write(self, folder: str | Path) -> list[Path]:
         """Write ``campaign.html``, ``campaign.txt`` and ``campaign.eml`` into ``folder``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = [folder / "campaign.html", folder / "campaign.txt", folder / "campaign.eml"]
-        paths[0].write_text(self.html, encoding="utf-8")
-        paths[1].write_text(self.text, encoding="utf-8")
-        paths[2].write_bytes(self.message)
-        return paths
+        return write_preview(folder, "campaign", self.html, self.text, self.message)
 
 
 def preview_campaign(services: Services, announcement: Announcement) -> CampaignPreview:

@@ -32,7 +32,7 @@ from . import placeholders
 from .mail import ReaderParts, reader_greeting
 from .models import SENDING, Campaign, Post
 from .posts import SUMMARY_WORDS, sanitise_html, summarise
-from .rendering import RenderedEmail, TemplateProblem
+from .rendering import RenderedEmail, TemplateProblem, write_preview
 from .services import Services
 from .subscriptions import email_context
 
@@ -270,13 +270,7 @@ class DigestPreview:
 
     def write(self, folder: str | Path) -> list[Path]:
         """Write ``digest.html``, ``digest.txt`` and ``digest.eml`` into ``folder``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = [folder / "digest.html", folder / "digest.txt", folder / "digest.eml"]
-        paths[0].write_text(self.html, encoding="utf-8")
-        paths[1].write_text(self.text, encoding="utf-8")
-        paths[2].write_bytes(self.message)
-        return paths
+        return write_preview(folder, "digest", self.html, self.text, self.message)
 
 
 def preview_digest(session: Session, services: Services) -> DigestPreview | None:

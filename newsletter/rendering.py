@@ -132,3 +132,15 @@ def normalise_text(text: str) -> str:
             continue
         tidy.append(line)
     return "\n".join(tidy) + "\n"
+
+
+def write_preview(folder: str | Path, stem: str, html: str, text: str,
+                  message: bytes) -> list[Path]:
+    """Write ``STEM.html``, ``STEM.txt`` and ``STEM.eml`` (the whole message) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{stem}.html", folder / f"{stem}.txt", folder / f"{stem}.eml"]
+    paths[0].write_text(html, encoding="utf-8")
+    paths[1].write_text(text, encoding="utf-8")
+    paths[2].write_bytes(message)
+    return paths
