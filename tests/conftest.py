@@ -164,3 +164,27 @@ def link_in(text: str, path: str) -> str:
                       text)
     assert match, f"no {path} link in:\n{text}"
     return match.group(1)
+
+
+def wait_for_outbox(app: Flask, timeout: float = 10.0) -> None:
+    """Wait until the background sender has recorded every email it handed over.
+
+    The SMTP server has a message a moment before the sender commits it as sent (and its
+    `confirmation_sent` event): a test that acts on the email at once would race that commit.
+    """
+    import time
+
+    from sqlalchemy import func, select
+
+    from newsletter.models import QUEUED, SENDING, OutboxEmail
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with app.app_context():
+            busy = db.session.scalar(select(func.count()).select_from(OutboxEmail).where(
+                OutboxEmail.status.in_([QUEUED, SENDING])))
+            db.session.remove()
+        if not busy:
+            return
+        assert time.monotonic() < deadline, f"{busy} email(s) still unsent"
+        time.sleep(0.01)

@@ -29,6 +29,7 @@ from newsletter.db import db
 from newsletter.embed import OOPS, THANKS, render_snippet
 from newsletter.mailcatcher import free_port
 from newsletter.models import Subscriber
+from tests.conftest import wait_for_outbox
 from tests.smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.browser
@@ -196,6 +197,7 @@ def test_the_reader_journey_in_a_real_browser(site: Site, browser: Any,
     snap(page, site.shots / "embed-thanks.png")
 
     confirmation = smtp_sink.wait_for(1)[0]
+    wait_for_outbox(site.app)
     assert confirmation.recipients == ["rosa.reader@example.com"]
     requested = reader(site.app, "rosa.reader@example.com").events[0]
     assert requested.source_url == f"{site.blog}{POST_PATH}"  # the page, without its query

@@ -27,7 +27,7 @@ from newsletter.models import (
 )
 from newsletter.services import get_services
 from newsletter.subscriptions import RequestInfo, describe, subscribe
-from tests.conftest import BLOG_ORIGIN, FrozenClock, link_in
+from tests.conftest import BLOG_ORIGIN, FrozenClock, link_in, wait_for_outbox
 from tests.smtp_sink import SmtpSink
 
 ADDRESS = "juniper.woods@example.org"
@@ -68,6 +68,7 @@ def subscribe_and_confirm(client: FlaskClient, smtp_sink: SmtpSink, app: Flask) 
         headers={"User-Agent": AGENT})
     assert response.status_code == 303
     confirm_path = link_in(smtp_sink.wait_for(1)[0].body("plain"), "confirm")
+    wait_for_outbox(app)
     assert client.post(confirm_path, headers={"User-Agent": AGENT}).status_code == 200
     welcome = smtp_sink.wait_for(2)[1]
     stop_background_sender(app)

@@ -7,7 +7,7 @@ import json
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
-from tests.conftest import BLOG_ORIGIN, link_in
+from tests.conftest import BLOG_ORIGIN, link_in, wait_for_outbox
 from tests.smtp_sink import SmtpSink
 
 
@@ -28,6 +28,7 @@ def test_subscribe_confirm_and_one_click_unsubscribe(
     confirm_path = link_in(confirmation.body("plain"), "confirm")
     assert confirm_path == link_in(confirmation.body("html"), "confirm")
 
+    wait_for_outbox(app)
     page = client.get(confirm_path)
     assert page.status_code == 200 and b"Confirm my subscription" in page.data
     confirmed = client.post(confirm_path)

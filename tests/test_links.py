@@ -13,7 +13,7 @@ from sqlalchemy import select
 from newsletter.db import db
 from newsletter.models import ConsentEvent, Subscriber
 from newsletter.services import get_services
-from tests.conftest import FrozenClock, link_in
+from tests.conftest import FrozenClock, link_in, wait_for_outbox
 from tests.smtp_sink import SmtpSink
 
 
@@ -31,6 +31,7 @@ def sign_up(client: FlaskClient, sink: SmtpSink, email: str) -> str:
     while len(confirmations(sink, email)) <= before:
         assert time.monotonic() < deadline, f"no new confirmation email for {email}"
         time.sleep(0.01)
+    wait_for_outbox(client.application)
     return confirmations(sink, email)[-1]
 
 
