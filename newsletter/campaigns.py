@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session
 
 from . import placeholders
 from .digest import SAMPLE_NAME, SAMPLE_RECIPIENT, SAMPLE_UNSUBSCRIBE_PATH, html_to_text
-from .mail import ReaderParts, Transport, reader_greeting
+from .mail import ReaderParts, reader_greeting
 from .models import DEFERRED, QUEUED, SENDING, Campaign, Delivery, Subscriber
 from .posts import sanitise_html
 from .rendering import RenderedEmail, TemplateProblem, write_preview
@@ -60,6 +60,7 @@ from .sending import (
     campaign_template,
     check_smtp,
     confirmed_readers,
+    connect_transport,
     plan_deliveries,
     recover,
     send_campaign,
@@ -833,19 +834,11 @@ def send_test_campaign(session: Session, services: Services, announcement: Annou
                         greeting=reader_greeting(name), name=name)
     transport = services.open_transport()
     try:
-        data = template.personalise(parts, eight_bit=_connect(transport))
+        data = template.personalise(parts, eight_bit=connect_transport(transport))
         transport.send(str(services.config["MAIL_FROM"]), address, data)
     finally:
         transport.close()
     return announcement.subject
-
-
-def _connect(transport: Transport) -> bool:
-    """Open the connection now and say whether the server takes 8-bit bodies."""
-    connect = getattr(transport, "connect", None)
-    if connect is not None:
-        connect()
-    return bool(getattr(transport, "supports_8bit", False))
 
 
 def _mail_domain(services: Services) -> str:

@@ -585,7 +585,7 @@ class ReaderFactory:
             greeting=reader_greeting(name), name=name)
 
 
-def _connect(transport: Transport) -> bool:
+def connect_transport(transport: Transport) -> bool:
     """Open the connection now and say whether the server takes 8-bit bodies."""
     connect = getattr(transport, "connect", None)
     if connect is not None:
@@ -598,7 +598,7 @@ def check_smtp(services: Services) -> None:
     is planned or marked."""
     transport = services.open_transport()
     try:
-        _connect(transport)
+        connect_transport(transport)
     finally:
         transport.close()
 
@@ -1030,7 +1030,7 @@ class _CampaignRun:
         delay = self.options.reconnect_delay
         while not self.stop.is_set():
             try:
-                eight_bit = _connect(transport)
+                eight_bit = connect_transport(transport)
                 reader = self.reader(item.subscriber_id, item.email, item.name)
                 send_prepared = getattr(transport, "send_prepared", None)
                 if send_prepared is not None:
@@ -1499,7 +1499,7 @@ def send_test_digest(session: Session, services: Services, address: str) -> str 
                         name=reader.name if reader else None)
     transport = services.open_transport()
     try:
-        data = template.personalise(parts, eight_bit=_connect(transport))
+        data = template.personalise(parts, eight_bit=connect_transport(transport))
         transport.send(str(services.config["MAIL_FROM"]), address, data)
     finally:
         transport.close()

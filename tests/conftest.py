@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy.orm import Session
 
 from newsletter import create_app
 from newsletter.db import db, upgrade_schema
-from newsletter.services import get_services
+from newsletter.services import Services, get_services
 from tests.smtp_sink import SmtpSink
 
 PUBLIC_URL = "http://newsletter.test"
@@ -146,6 +147,19 @@ def make_app(config: dict[str, Any], clock: FrozenClock, tmp_path: Path,
 @pytest.fixture
 def app(make_app: Callable[..., Flask]) -> Flask:
     return make_app()
+
+
+@pytest.fixture
+def session(app: Flask) -> Iterator[Session]:
+    """The app's database session, inside an app context."""
+    with app.app_context():
+        yield db.session()
+
+
+@pytest.fixture
+def services(app: Flask) -> Services:
+    """The app's services (clock, tokens, renderer, SMTP)."""
+    return get_services(app)
 
 
 @pytest.fixture

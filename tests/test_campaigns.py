@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -82,17 +81,6 @@ breathe out 6
 
 Write to me at <mailto:maya@example.com>.
 """
-
-
-@pytest.fixture
-def session(app: Flask) -> Iterator[Session]:
-    with app.app_context():
-        yield db.session()
-
-
-@pytest.fixture
-def services(app: Flask) -> Services:
-    return get_services(app)
 
 
 def announcement(body: str, subject: str = "Slow mornings, the book",

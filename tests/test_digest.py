@@ -6,7 +6,6 @@ from __future__ import annotations
 import email
 import hashlib
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from email import policy
 from email.message import EmailMessage
@@ -67,18 +66,6 @@ SAMPLE_POSTS: list[dict[str, Any]] = [
         "days_ago": 7,
     },
 ]
-
-
-@pytest.fixture
-def session(app: Flask) -> Iterator[Session]:
-    """The app's database session, inside an app context."""
-    with app.app_context():
-        yield db.session()
-
-
-@pytest.fixture
-def services(app: Flask) -> Services:
-    return get_services(app)
 
 
 def add_post(session: Session, clock: FrozenClock, source_key: str, *, days_ago: float | None = 1,

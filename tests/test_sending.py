@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from newsletter.sending import (
     send_campaign,
     sending_state_dir,
 )
-from newsletter.services import Services, get_services
+from newsletter.services import get_services
 from newsletter.subscriptions import RequestInfo, unsubscribe
 from tests.conftest import ON_POSTGRES, PUBLIC_URL, FrozenClock
 from tests.smtp_sink import DROP, SmtpSink
@@ -62,17 +61,6 @@ def write_post(folder: Path, slug: str, title: str, date: str) -> None:
     (folder / f"{slug}.md").write_text(
         f"---\ntitle: {title}\ndate: {date}\nsummary: A few calm words.\n---\n\n"
         "Breathe in for four, out for six.\n", encoding="utf-8")
-
-
-@pytest.fixture
-def session(app: Flask) -> Iterator[Session]:
-    with app.app_context():
-        yield db.session()
-
-
-@pytest.fixture
-def services(app: Flask) -> Services:
-    return get_services(app)
 
 
 def add_readers(session: Session, clock: FrozenClock, count: int, *, status: str = CONFIRMED,
