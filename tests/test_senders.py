@@ -35,13 +35,11 @@ from tests.test_sending import (
     posts_folder,
     send,
     sent_in,
-    services,
-    session,
     state_dir,
     statuses,
 )
 
-__all__ = ["posts_folder", "services", "session"]  # fixtures shared with test_sending
+__all__ = ["posts_folder"]  # a fixture shared with test_sending
 
 # Short leases, so a dead sender's rows go to the others within seconds.
 LEASE = "2"
