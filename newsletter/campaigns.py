@@ -52,7 +52,6 @@ from .models import DEFERRED, QUEUED, SENDING, Campaign, Delivery, Subscriber
 from .posts import sanitise_html
 from .rendering import RenderedEmail, TemplateProblem, write_preview
 from .sending import (
-    TEST_UNSUBSCRIBE_PATH,
     Progress,
     SendLock,
     SendOptions,
@@ -60,10 +59,10 @@ from .sending import (
     campaign_template,
     check_smtp,
     confirmed_readers,
-    connect_transport,
     plan_deliveries,
     recover,
     send_campaign,
+    send_test_copy,
     unfinished_campaigns,
 )
 from .services import Services
@@ -819,25 +818,7 @@ def send_test_campaign(session: Session, services: Services, announcement: Annou
 
     address = normalise_address(address)
     rendered = render_campaign(announcement, services)
-    template = campaign_template(services, rendered.email, services.clock())
-    reader = session.execute(select(_subscribers.c.id, _subscribers.c.name)
-                             .where(_subscribers.c.email == address)).one_or_none()
-    session.rollback()
-    if reader is not None:  # a reader testing gets their own working unsubscribe link
-        unsubscribe = services.public_url(
-            f"unsubscribe/{services.tokens.unsubscribe_token(reader.id)}")
-    else:
-        unsubscribe = services.public_url(TEST_UNSUBSCRIBE_PATH)
-    name = reader.name if reader is not None else None
-    parts = ReaderParts(recipient=address, unsubscribe_url=unsubscribe,
-                        message_id=make_msgid("test", domain=_mail_domain(services)),
-                        greeting=reader_greeting(name), name=name)
-    transport = services.open_transport()
-    try:
-        data = template.personalise(parts, eight_bit=connect_transport(transport))
-        transport.send(str(services.config["MAIL_FROM"]), address, data)
-    finally:
-        transport.close()
+    send_test_copy(session, services, rendered.email, address)
     return announcement.subject
 
 

@@ -216,6 +216,11 @@ def render(posts: Sequence[Post], services: Services) -> RenderedDigest:
     return RenderedDigest(email=email, preheader=preheader, posts=tuple(views))
 
 
+def subject_of(posts: Sequence[Post], config: Mapping[str, Any]) -> str:
+    """The subject a digest of ``posts`` would have, without rendering the email."""
+    return digest_subject(digest_posts(posts, config), config)
+
+
 def render_digest(posts: Sequence[Post], services: Services) -> RenderedEmail:
     """The digest of ``posts`` as subject, inlined HTML and text, with reader placeholders."""
     return render(posts, services).email

@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
+from email.utils import make_msgid
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -1423,7 +1424,7 @@ def _compose_digest(session: Session, services: Services, run: DigestRun,
         run.no_readers = True  # the posts wait for the first reader
         return None
     if confirm is not None:
-        subject = digest.render_digest(chosen, services).subject
+        subject = digest.subject_of(chosen, services.config)
         if not confirm(subject, [p.title for p in chosen], readers):
             run.declined = True
             session.rollback()
@@ -1457,7 +1458,7 @@ def plan_digest(session: Session, services: Services) -> DigestPlan:
             d.c.campaign_id == campaign_id, d.c.status.in_((QUEUED, DEFERRED)))) or 0
         unfinished.append((campaign_id, subject, left))
     chosen = digest.select_digest_posts(session, services)
-    subject = digest.render_digest(chosen, services).subject if chosen else None
+    subject = digest.subject_of(chosen, services.config) if chosen else None
     plan = DigestPlan(unfinished, subject, [p.title for p in chosen], confirmed_readers(session))
     session.rollback()
     return plan
@@ -1472,8 +1473,6 @@ def send_test_digest(session: Session, services: Services, address: str) -> str 
 
     Raises InvalidAddress, PostSourceError, TemplateProblem or an SmtpProblem.
     """
-    from email.utils import make_msgid
-
     from . import digest, posts
     from .addresses import normalise_address
 
@@ -1483,6 +1482,14 @@ def send_test_digest(session: Session, services: Services, address: str) -> str 
     if not chosen:
         return None
     rendered = digest.render_digest(chosen, services)
+    send_test_copy(session, services, rendered, address)
+    return rendered.subject
+
+
+def send_test_copy(session: Session, services: Services, rendered: RenderedEmail,
+                   address: str) -> None:
+    """Send one copy of a campaign's email to ``address`` as a test, marking nothing. A reader
+    testing gets their own working unsubscribe link; anyone else a harmless test one."""
     template = campaign_template(services, rendered, services.clock())
     reader = session.execute(select(_subscribers.c.id, _subscribers.c.name)
                              .where(_subscribers.c.email == address)).one_or_none()
@@ -1492,18 +1499,17 @@ def send_test_digest(session: Session, services: Services, address: str) -> str 
             f"unsubscribe/{services.tokens.unsubscribe_token(reader.id)}")
     else:
         unsubscribe = services.public_url(TEST_UNSUBSCRIBE_PATH)
-    domain = str(services.config["MAIL_FROM"]).rpartition("@")[2]
+    name = reader.name if reader is not None else None
+    domain = str(services.config["MAIL_FROM"]).rpartition("@")[2] or "localhost"
     parts = ReaderParts(recipient=address, unsubscribe_url=unsubscribe,
                         message_id=make_msgid("test", domain=domain),
-                        greeting=reader_greeting(reader.name if reader else None),
-                        name=reader.name if reader else None)
+                        greeting=reader_greeting(name), name=name)
     transport = services.open_transport()
     try:
         data = template.personalise(parts, eight_bit=connect_transport(transport))
         transport.send(str(services.config["MAIL_FROM"]), address, data)
     finally:
         transport.close()
-    return rendered.subject
 
 
 # --- looking back: campaigns and their counts ------------------------------------------------

@@ -31,6 +31,19 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None:
         time.sleep(0.02)
 
 
+def run_outbox(app: Flask) -> None:
+    """One pass of the outbox sender, as `send-queued` or the background thread makes it."""
+    with app.app_context():
+        services = get_services(app)
+        transport = services.open_transport()
+        try:
+            deliver_queued(db.session, transport, sender="hello@blog.example.com",
+                           now=services.clock(), max_attempts=5)
+        finally:
+            transport.close()
+            db.session.remove()
+
+
 def test_smtp_down_then_up_loses_no_confirmation(
     make_app: Callable[..., Flask], smtp_sink: SmtpSink, clock: FrozenClock
 ) -> None:
@@ -118,23 +131,13 @@ def test_temporary_rejection_is_retried_with_backoff(
     smtp_sink.script.rcpt_replies["busy@example.com"] = "451 4.3.0 Try again later"
     app.test_client().post("/subscribe", json={"email": "busy@example.com"})
 
-    def run() -> None:
-        with app.app_context():
-            services = get_services(app)
-            transport = services.open_transport()
-            try:
-                deliver_queued(db.session, transport, sender="hello@blog.example.com",
-                               now=services.clock(), max_attempts=5)
-            finally:
-                transport.close()
-
-    run()
+    run_outbox(app)
     assert outbox_rows(app)[0][:2] == ("queued", 1)
-    run()  # not due yet: the backoff holds it
+    run_outbox(app)  # not due yet: the backoff holds it
     assert outbox_rows(app)[0][:2] == ("queued", 1)
     del smtp_sink.script.rcpt_replies["busy@example.com"]
     clock.advance(seconds=31)
-    run()
+    run_outbox(app)
     assert outbox_rows(app)[0][:2] == ("sent", 2)
     assert len(smtp_sink.wait_for(1)) == 1
 
@@ -148,18 +151,7 @@ def test_two_senders_never_send_one_email_twice(app: Flask, smtp_sink: SmtpSink)
         client.post("/subscribe", json={"email": f"race{n}@example.com"},
                     environ_base={"REMOTE_ADDR": f"192.0.2.{n}"})
 
-    def sender() -> None:
-        with app.app_context():
-            services = get_services(app)
-            transport = services.open_transport()
-            try:
-                deliver_queued(db.session, transport, sender="hello@blog.example.com",
-                               now=services.clock(), max_attempts=5)
-            finally:
-                transport.close()
-                db.session.remove()
-
-    threads = [threading.Thread(target=sender) for _ in range(3)]
+    threads = [threading.Thread(target=run_outbox, args=(app,)) for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
