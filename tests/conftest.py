@@ -78,15 +78,32 @@ def _postgres_schema_url(name: str) -> str:
     return rendered
 
 
+def _drop_postgres_schema(name: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+    admin.dispose()
+
+
 @pytest.fixture
-def database_url(tmp_path: Path, migrated_db: Path, request: pytest.FixtureRequest) -> str:
-    """A migrated database of this test's own: a SQLite file, or a PostgreSQL schema."""
+def database_url(tmp_path: Path, migrated_db: Path,
+                 request: pytest.FixtureRequest) -> Iterator[str]:
+    """A migrated database of this test's own: a SQLite file, or a PostgreSQL schema.
+
+    The schema's name includes the process id, so two test runs on one server (two checkouts,
+    or CI beside a developer) never share a schema.
+    """
     if ON_POSTGRES:
-        digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
-        return _postgres_schema_url(f"t_{digest}")
+        key = f"{os.getpid()}:{request.node.nodeid}"
+        name = f"t_{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+        yield _postgres_schema_url(name)
+        _drop_postgres_schema(name)
+        return
     database = tmp_path / "newsletter.sqlite"
     shutil.copyfile(migrated_db, database)
-    return f"sqlite:///{database}"
+    yield f"sqlite:///{database}"
 
 
 @pytest.fixture
