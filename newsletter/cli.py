@@ -71,7 +71,7 @@ def doctor_command(send_test: str | None, as_json: bool) -> None:
     from .doctor import DoctorInputs, exit_code, run_doctor, summary
 
     services = _services()
-    checks = run_doctor(DoctorInputs(current_app.config, db.session, services.clock,
+    checks = run_doctor(DoctorInputs(current_app.config, db.session(), services.clock,
                                      services.tokens.unsubscribe_token), send_test=send_test)
     if as_json:
         click.echo(json.dumps({"checks": [c.as_dict() for c in checks],

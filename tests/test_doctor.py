@@ -7,6 +7,7 @@ import base64
 import json
 import re
 import secrets
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -546,7 +547,7 @@ def served_app(make_app: Callable[..., Flask],
 
 def inputs_for(app: Flask) -> DoctorInputs:
     services = get_services(app)
-    return DoctorInputs(app.config, db.session, services.clock,
+    return DoctorInputs(app.config, db.session(), services.clock,
                         services.tokens.unsubscribe_token)
 
 
@@ -712,3 +713,13 @@ def test_run_doctor_skips_the_list_when_the_schema_is_missing(
     assert labels["service.schema"].found == "no schema"
     assert labels["list.readers"].status is Status.PROBLEM
     assert summary(checks)["exit_code"] == 1
+
+
+@pytest.mark.slow  # the resolver keeps retrying for its whole lifetime (5 s) before giving up
+def test_a_dns_server_that_does_not_answer_is_one_problem(settings: dict[str, Any]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    checks = dns_checks.check_dns({**settings, "DNS_SERVER": closed})
+    assert [(c.label, c.status) for c in checks] == [("dns.spf", Status.PROBLEM)]
+    assert "DNS did not answer" in checks[0].found and closed in checks[0].to_do
