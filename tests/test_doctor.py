@@ -611,8 +611,7 @@ def test_another_site_at_the_public_url_is_a_problem(
     assert check.status is Status.PROBLEM and "answered 404" in check.found
 
 
-def test_an_old_or_missing_schema_is_a_problem(app: Flask, make_app: Callable[..., Flask],
-                                               tmp_path: Path) -> None:
+def test_an_old_schema_is_a_problem(app: Flask) -> None:
     with app.app_context():
         db.session.execute(text("UPDATE alembic_version SET version_num = 'old0001'"))
         db.session.commit()
@@ -723,3 +722,23 @@ def test_a_dns_server_that_does_not_answer_is_one_problem(settings: dict[str, An
     checks = dns_checks.check_dns({**settings, "DNS_SERVER": closed})
     assert [(c.label, c.status) for c in checks] == [("dns.spf", Status.PROBLEM)]
     assert "DNS did not answer" in checks[0].found and closed in checks[0].to_do
+
+
+def test_an_https_twin_serving_the_site_is_found(
+        settings: dict[str, Any], dns_server: DnsServer, http_servers: list[BaseWSGIServer],
+        trusted_ca: trustme.CA) -> None:
+    port = free_port()
+
+    def blog(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        assert environ["HTTP_HOST"] == f"www.blog.test:{port}"  # asked by name, not address
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return [b"<p>the blog</p>"]
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trusted_ca.issue_cert("www.blog.test").configure_cert(context)
+    http_servers.append(serve(blog, port, context))
+    dns_server.add("www.blog.test", "A", "127.0.0.1")
+    config = {**settings, "SITE_URL": f"https://blog.test:{port}",
+              "ALLOWED_ORIGINS": [f"https://blog.test:{port}"], "DNS_SERVER": dns_server.address}
+    twin = by_label(settings_checks.check_allowed_origins(config))["settings.allowed-origins-twin"]
+    assert twin.status is Status.WARN and "HTTP 200" in twin.found

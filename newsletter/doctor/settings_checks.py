@@ -166,8 +166,7 @@ def envelope_domain(config: Mapping[str, Any]) -> str:
 
     Today that is MAIL_FROM's domain; bounce processing with its own return path (VERP on a
     bounce domain) plugs in here, and the SPF, MX and alignment checks follow it."""
-    bounce = config.get("BOUNCE_DOMAIN")
-    return str(bounce).lower() if bounce else _domain(str(config["MAIL_FROM"]))
+    return _domain(str(config["MAIL_FROM"]))
 
 
 def aligned(domain: str, other: str) -> bool:
