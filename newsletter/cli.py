@@ -60,6 +60,34 @@ def _display_url(url: str) -> str:
 
 
 @register
+@click.command("doctor")
+@click.option("--send-test", "send_test", metavar="ADDRESS",
+              help="Also send one test message to ADDRESS (nothing is sent otherwise).")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON, for scripts.")
+@with_appcontext
+def doctor_command(send_test: str | None, as_json: bool) -> None:
+    """Check the set-up (settings, SMTP, DNS, the service, the list); exit 1 on a PROBLEM."""
+    from .db import db
+    from .doctor import DoctorInputs, exit_code, run_doctor, summary
+
+    services = _services()
+    checks = run_doctor(DoctorInputs(current_app.config, db.session(), services.clock,
+                                     services.tokens.unsubscribe_token), send_test=send_test)
+    if as_json:
+        click.echo(json.dumps({"checks": [c.as_dict() for c in checks],
+                               "summary": summary(checks)}, indent=2))
+    else:
+        width = max(len(c.label) for c in checks)
+        for check in checks:
+            click.echo(f"{check.status:<8} {check.label:<{width}}  {check.found}")
+            if check.to_do:
+                click.echo(f"{'':<8} {'':<{width}}  -> {check.to_do}")
+        counts = summary(checks)
+        click.echo(f"\n{counts['ok']} OK, {counts['warn']} WARN, {counts['problem']} PROBLEM")
+    sys.exit(exit_code(checks))
+
+
+@register
 @click.command("send-queued")
 @with_appcontext
 def send_queued_command() -> None:

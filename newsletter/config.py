@@ -83,6 +83,8 @@ DEFAULTS: dict[str, Any] = {
     "PENDING_RETENTION_DAYS": 30,
     "DEMO": False,
     "RATELIMIT_STORAGE_URI": None,  # default: the database; or redis://host:6379/0
+    # `newsletter doctor` asks this DNS server (host:port) instead of the system's: split DNS.
+    "DNS_SERVER": None,
 }
 
 _SENDER_ADDRESS = re.compile(r"[^@\s<>,;\"]+@[A-Za-z0-9.-]+")

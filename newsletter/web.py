@@ -27,7 +27,7 @@ from .db import db
 from .embed import consent_html
 from .services import get_services
 from .subscriptions import RequestInfo
-from .tokens import TokenExpired, TokenInvalid
+from .tokens import PROBE_SUBSCRIBER_ID, TokenExpired, TokenInvalid
 
 bp = Blueprint("web", __name__)
 
@@ -238,6 +238,9 @@ def unsubscribe(token: str) -> Any:
     services = get_services()
     try:
         subscriber_id = services.tokens.read_unsubscribe_token(token)
+        if subscriber_id == PROBE_SUBSCRIBER_ID:  # `newsletter doctor` checking the route
+            return Response("Unsubscribe works (a test link: nothing changed).\n", status=200,
+                            mimetype="text/plain")
         subscriptions.unsubscribe(db.session, services, subscriber_id,
                                   _request_info("one-click" if one_click else "form"))
     except (TokenInvalid, subscriptions.NotFound):
