@@ -179,11 +179,13 @@ def _cors(response: Response) -> Response:
 def confirm_page(token: str) -> Any:
     """One button, so link scanners that only GET confirm nothing."""
     try:
-        get_services().tokens.read_confirm_token(token)
+        subscriptions.check_confirm_link(db.session, get_services(), token)
     except TokenExpired:
         return render_template("expired.html", token=token), 410
     except TokenInvalid:
         return _bad_link()
+    finally:
+        db.session.rollback()  # only read
     return render_template("confirm.html", token=token)
 
 
