@@ -394,3 +394,44 @@ def test_event_times_are_utc(client: FlaskClient, app: Flask, smtp_sink: SmtpSin
         assert event is not None
         assert event.occurred_at == clock.now
         assert event.occurred_at.utcoffset() == timedelta(0)
+
+
+def test_upgrading_gives_existing_readers_a_key_and_keeps_their_links_working(
+    make_app: object, smtp_sink: SmtpSink, clock: FrozenClock, tmp_path: object
+) -> None:
+    from alembic import command
+    from itsdangerous import TimestampSigner
+    from itsdangerous.url_safe import URLSafeTimedSerializer
+    from sqlalchemy import text
+
+    from newsletter.db import alembic_config
+    from newsletter.tokens import CONFIRM_SALT
+
+    app = make_app()  # type: ignore[operator]
+    with app.app_context():
+        url = db.engine.url.render_as_string(hide_password=False)
+        with db.engine.begin() as connection:
+            # Back to the schema before link keys, with a reader signed up then.
+            config = alembic_config(url)
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0001")
+            connection.execute(text(
+                "INSERT INTO subscribers (email, status, token_generation, created_at, "
+                "updated_at) VALUES ('before@example.com', 'pending', 1, :now, :now)"),
+                {"now": clock().replace(tzinfo=None)})
+            command.upgrade(config, "head")
+        reader = db.session.scalar(select(Subscriber))
+        assert reader is not None and reader.link_key and len(reader.link_key) == 16
+        reader_id = reader.id
+        db.session.rollback()
+
+    class ClockedSigner(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(clock().timestamp())
+
+    clock.advance(seconds=30)
+    serializer = URLSafeTimedSerializer(app.config["SECRET_KEY"], salt=CONFIRM_SALT,
+                                        signer=ClockedSigner)
+    old_link = f"/confirm/{serializer.dumps([reader_id, 1])}"  # as sent before the upgrade
+    assert app.test_client().post(old_link).status_code == 200
+    assert status(app, "before@example.com") == "confirmed"
