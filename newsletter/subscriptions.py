@@ -206,7 +206,8 @@ def resend_confirmation(session: Session, services: Services, expired: TokenExpi
     """Send a fresh confirm link for an expired one, if the reader is still pending and the
     per-address limits allow. Returns whether an email was queued."""
     subscriber = session.get(Subscriber, expired.subscriber_id)
-    claim = ConfirmClaim(expired.subscriber_id, expired.generation, expired.key)
+    claim = ConfirmClaim(expired.subscriber_id, expired.generation, expired.key,
+                         expired.issued_at)
     if subscriber is None or subscriber.status != PENDING or not _names(claim, subscriber):
         return False
     if subscriber.token_generation != expired.generation:

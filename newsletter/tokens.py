@@ -33,11 +33,13 @@ class TokenInvalid(TokenError):
 class TokenExpired(TokenError):
     """Genuine but too old; carries who it was for so a new link can be offered."""
 
-    def __init__(self, subscriber_id: int, generation: int, key: str | None = None) -> None:
+    def __init__(self, subscriber_id: int, generation: int, key: str | None = None,
+                 issued_at: datetime | None = None) -> None:
         super().__init__("This link has expired.")
         self.subscriber_id = subscriber_id
         self.generation = generation
         self.key = key
+        self.issued_at = issued_at
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,10 @@ class Tokens:
             payload, timestamp = self._confirm.loads(token, max_age=self._max_age,
                                                      return_timestamp=True)
         except SignatureExpired as err:
-            claim = self._claim(self._confirm.load_payload(err.payload) if err.payload else None)
-            raise TokenExpired(claim.subscriber_id, claim.generation, claim.key) from err
+            claim = self._claim(self._confirm.load_payload(err.payload) if err.payload else None,
+                                err.date_signed)
+            raise TokenExpired(claim.subscriber_id, claim.generation, claim.key,
+                               claim.issued_at) from err
         except (BadSignature, BadData) as err:
             raise TokenInvalid("This link is not valid.") from err
         return self._claim(payload, timestamp)

@@ -435,3 +435,22 @@ def test_upgrading_gives_existing_readers_a_key_and_keeps_their_links_working(
     old_link = f"/confirm/{serializer.dumps([reader_id, 1])}"  # as sent before the upgrade
     assert app.test_client().post(old_link).status_code == 200
     assert status(app, "before@example.com") == "confirmed"
+
+
+def test_an_expired_link_of_a_purged_sign_up_sends_the_next_holder_of_its_id_nothing(
+    make_app: object, smtp_sink: SmtpSink, clock: FrozenClock
+) -> None:
+    from newsletter.privacy import purge_pending
+
+    app = make_app(PENDING_RETENTION_DAYS=1)  # type: ignore[operator]
+    client = app.test_client()
+    stale = sign_up(client, smtp_sink, "gone.later@example.com")
+    clock.advance(days=8)  # the link has expired and its reader is purged
+    with app.app_context():
+        assert purge_pending(db.session, get_services(app)).removed == 1
+    sign_up(client, smtp_sink, "holder@example.com")
+    clock.advance(minutes=11)  # past the per-address interval: only the token decides
+    resent = client.post(f"{stale}/resend")
+    assert resent.status_code == 200 and b"If your subscription" in resent.data
+    wait_for_outbox(app)
+    assert len(confirmations(smtp_sink, "holder@example.com")) == 1
