@@ -563,7 +563,7 @@ def _fits(serialised: _Serialised, values: Sequence[bytes]) -> bool:
 
 
 def _slot_values(slots: Iterable[_Slot], reader: ReaderParts) -> list[bytes]:
-    raw = {
+    raw: dict[str, str] = {
         ph.UNSUBSCRIBE_URL: reader.unsubscribe_url,
         ph.GREETING: reader.greeting,
         ph.RECIPIENT: reader.recipient,
