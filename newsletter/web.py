@@ -81,6 +81,7 @@ def _origin_allowed(origin: str | None) -> bool:
 def _warn_refused_origin(origin: str) -> None:
     """Tell the author, at most once an hour per origin, that a sign-up form is refused: the
     reader sees only an error, and a www. or staging address is an easy slip."""
+    origin = origin[:200]  # a header can be long; this is only for the log
     state = current_app.extensions.setdefault(
         "newsletter.origin_warnings", {"lock": threading.Lock(), "last": {}})
     now = get_services().clock()
@@ -99,7 +100,7 @@ def _warn_refused_origin(origin: str) -> None:
     allowed = ", ".join(current_app.config["ALLOWED_ORIGINS"]) or "(empty)"
     log.warning("Refused a sign-up from origin %r: it is not in NEWSLETTER_ALLOWED_ORIGINS "
                 "(now %s). If that form is yours, add the origin exactly as shown (scheme, "
-                "www. or not, port) to NEWSLETTER_ALLOWED_ORIGINS.", origin[:200], allowed)
+                "www. or not, port) to NEWSLETTER_ALLOWED_ORIGINS.", origin, allowed)
 
 
 def _has_bad_characters(value: str, *, controls: bool) -> bool:
