@@ -233,6 +233,10 @@ def validate_config(config: dict[str, Any]) -> None:
         origins = [o.strip() for o in origins.split(",") if o.strip()]
     cleaned = []
     for origin in origins:
+        if origin.lower() == "null":
+            # Sandboxed frames and file:// pages send "Origin: null": only when asked for.
+            cleaned.append("null")
+            continue
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
             raise ConfigError(

@@ -563,7 +563,7 @@ def _fits(serialised: _Serialised, values: Sequence[bytes]) -> bool:
 
 
 def _slot_values(slots: Iterable[_Slot], reader: ReaderParts) -> list[bytes]:
-    raw = {
+    raw: dict[str, str] = {
         ph.UNSUBSCRIBE_URL: reader.unsubscribe_url,
         ph.GREETING: reader.greeting,
         ph.RECIPIENT: reader.recipient,
@@ -573,12 +573,15 @@ def _slot_values(slots: Iterable[_Slot], reader: ReaderParts) -> list[bytes]:
     }
     values: list[bytes] = []
     for slot in slots:
-        if slot.placeholder == _TO_HEADER:
-            # Already encoded and folded; the address was checked when the reader signed up.
-            values.append(to_header_value(reader.recipient, reader.name).encode("ascii"))
-            continue
-        value = raw[slot.placeholder]
         context = slot.context
+        if slot.placeholder == _TO_HEADER:
+            value = to_header_value(reader.recipient, reader.name)
+            if context == HEADER:
+                # Already encoded and folded; the address was checked when the reader signed up.
+                values.append(value.encode("ascii"))
+                continue
+        else:
+            value = raw[slot.placeholder]
         if context == HEADER:
             if not value.isascii() or "\r" in value or "\n" in value or len(value) > 900:
                 raise ValueError(f"header value {value!r} must be one short line of ASCII")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 
 from sqlalchemy import (
@@ -42,6 +43,11 @@ DEFERRED = "deferred"
 SKIPPED = "skipped"
 
 
+def new_link_key() -> str:
+    """A reader's random link key (64 bits, hex): confirm links carry it."""
+    return secrets.token_hex(8)
+
+
 class Subscriber(db.Model):
     """A reader. ``email`` is normalised (domain lower-cased, IDNA) and NULL once erased."""
 
@@ -51,9 +57,14 @@ class Subscriber(db.Model):
     email: Mapped[str | None] = mapped_column(String(320), unique=True)
     name: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), index=True)
-    # Bumped by every new subscribe request and by erasure: confirm links carry it, so older
-    # links stop working, while unsubscribe links (which do not carry it) keep working.
+    # Bumped when a reader leaves (unsubscribe) and by erasure: confirm links carry it, so links
+    # sent before stop working, while unsubscribe links (which do not carry it) keep working.
+    # A new sign-up request never bumps it: every link sent while pending stays good.
     token_generation: Mapped[int] = mapped_column(Integer, default=0)
+    # Random per reader and never reused, unlike ``id`` (SQLite gives a purged reader's id to
+    # the next sign-up): a confirm link must match it, so it can never confirm someone else.
+    # NULL only in rows written by hand; such a reader gets a key with their next link.
+    link_key: Mapped[str | None] = mapped_column(String(16), default=new_link_key)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

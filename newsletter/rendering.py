@@ -14,6 +14,8 @@ from typing import Any
 import jinja2
 from premailer import Premailer
 
+from . import placeholders
+
 PACKAGE_DIR = Path(__file__).parent
 
 
@@ -60,10 +62,12 @@ class EmailRenderer:
 
     def render(self, name: str, subject: str, context: dict[str, Any]) -> RenderedEmail:
         """Render ``name.html`` (inlined) and ``name.txt`` with ``context``."""
-        context = {"subject": subject, **context}
-        html = self._render(self.html_env, f"{name}.html", context)
-        text = self._render(self.text_env, f"{name}.txt", context)
-        return RenderedEmail(subject=subject, html=inline_css(html), text=normalise_text(text))
+        # Content can contain a stand-in's text: see ``placeholders`` for why this is safe.
+        context, names = placeholders.protect({"subject": subject, **context})
+        html = inline_css(self._render(self.html_env, f"{name}.html", context))
+        text = normalise_text(self._render(self.text_env, f"{name}.txt", context))
+        return RenderedEmail(subject=subject, html=placeholders.finish(html, names, html=True),
+                             text=placeholders.finish(text, names, html=False))
 
     @staticmethod
     def _render(env: jinja2.Environment, template: str, context: dict[str, Any]) -> str:

@@ -25,9 +25,10 @@ from .models import (
     WITHDRAWN,
     ConsentEvent,
     Subscriber,
+    new_link_key,
 )
 from .services import Services
-from .tokens import TokenExpired, TokenInvalid
+from .tokens import ConfirmClaim, TokenExpired, TokenInvalid
 
 METHODS = ("form", "api", "one-click", "cli", "import", "system")
 
@@ -88,7 +89,9 @@ def subscribe(session: Session, services: Services, email: str, *, name: str | N
     """Record a subscribe request and queue a confirmation email, in one transaction.
 
     Raises InvalidAddress for a bad address. A confirmed reader stays confirmed; an
-    unsubscribed one starts double opt-in again. Per-address limits hold back the email.
+    unsubscribed one starts double opt-in again. Per-address limits hold back the email. A
+    request never voids a confirm link already sent (with or without an email of its own):
+    otherwise anyone could keep a reader from confirming by signing them up again and again.
     """
     address = normalise_address(email)
     name = (name or "").strip()[:200] or None
@@ -103,12 +106,13 @@ def subscribe(session: Session, services: Services, email: str, *, name: str | N
 
 # The web's hottest path is a handful of statements built once, with bound parameters, and
 # run on the session's connection: no ORM objects and no statement building per request.
-_FIND_FOR_SIGN_UP = (select(Subscriber.id, Subscriber.status, Subscriber.token_generation)
+_FIND_FOR_SIGN_UP = (select(Subscriber.id, Subscriber.status, Subscriber.token_generation,
+                            Subscriber.link_key)
                      .where(Subscriber.email == bindparam("email")).with_for_update())
 _ADD_READER = insert(Subscriber).returning(Subscriber.id)
 _RENEW_REQUEST = (update(Subscriber).where(Subscriber.id == bindparam("sid"))
-                  .values(status=PENDING, token_generation=bindparam("generation"),
-                          updated_at=bindparam("now"),
+                  .values(status=PENDING, updated_at=bindparam("now"),
+                          link_key=func.coalesce(Subscriber.link_key, bindparam("new_key")),
                           name=func.coalesce(bindparam("new_name"), Subscriber.name)))
 _ADD_EVENT = insert(ConsentEvent)
 
@@ -122,24 +126,27 @@ def _subscribe(session: Session, services: Services, address: str, name: str | N
     # serialises writers anyway), so the per-address email limits cannot be raced.
     found = connection.execute(_FIND_FOR_SIGN_UP, {"email": address}).first()
     if found is None:
-        # Every request makes older confirm links void: only the newest email's link works.
-        generation = 1
+        generation, key = 1, new_link_key()
         subscriber_id = connection.execute(_ADD_READER, {
             "email": address, "name": name, "status": PENDING, "token_generation": generation,
-            "created_at": now, "updated_at": now}).scalar_one()
+            "link_key": key, "created_at": now, "updated_at": now}).scalar_one()
     elif found.status == CONFIRMED:
         # Nothing to do, and nothing to tell: the answer must not reveal the reader is here.
         session.commit()
         return SubscribeOutcome(found.id, CONFIRMED, confirmation_queued=False)
     else:
-        subscriber_id, generation = found.id, found.token_generation + 1
-        connection.execute(_RENEW_REQUEST, {"sid": subscriber_id, "generation": generation,
-                                            "now": now, "new_name": name})
+        # The generation stays: links sent while pending keep working. (Leaving bumped it, so
+        # links sent before an unsubscribe stay void.)
+        subscriber_id, generation = found.id, found.token_generation
+        key = found.link_key or new_link_key()
+        connection.execute(_RENEW_REQUEST, {"sid": subscriber_id, "now": now, "new_name": name,
+                                            "new_key": key})
     connection.execute(_ADD_EVENT, {
         "subscriber_id": subscriber_id, **_event_values(REQUESTED, info, now),
         "consent_text": config["CONSENT_TEXT"],
         "privacy_policy_url": config.get("PRIVACY_POLICY_URL"), "note": None})
-    queued = _queue_confirmation(session, services, subscriber_id, address, generation, now)
+    queued = _queue_confirmation(session, services, subscriber_id, address, generation, key,
+                                 now)
     session.commit()
     return SubscribeOutcome(subscriber_id, PENDING, queued is not None,
                             (queued,) if queued else ())
@@ -156,12 +163,12 @@ def confirmation_allowed(session: Session, services: Services, subscriber_id: in
 
 
 def _queue_confirmation(session: Session, services: Services, subscriber_id: int,
-                        address: str, generation: int, now: datetime) -> int | None:
+                        address: str, generation: int, key: str, now: datetime) -> int | None:
     """Queue the confirmation email within the per-address limits; returns its outbox id."""
     if not confirmation_allowed(session, services, subscriber_id, now):
         return None
     config = services.config
-    token = services.tokens.confirm_token(subscriber_id, generation)
+    token = services.tokens.confirm_token(subscriber_id, generation, key)
     days = max(1, round(config["CONFIRM_TOKEN_MAX_AGE"] / 86400))
     # The reader's name is deliberately absent: echoing it would let anyone send text of
     # their choosing to any address through our confirmation emails.
@@ -199,21 +206,49 @@ def resend_confirmation(session: Session, services: Services, expired: TokenExpi
     """Send a fresh confirm link for an expired one, if the reader is still pending and the
     per-address limits allow. Returns whether an email was queued."""
     subscriber = session.get(Subscriber, expired.subscriber_id)
-    if subscriber is None or subscriber.status != PENDING:
+    claim = ConfirmClaim(expired.subscriber_id, expired.generation, expired.key,
+                         expired.issued_at)
+    if subscriber is None or subscriber.status != PENDING or not _names(claim, subscriber):
         return False
     if subscriber.token_generation != expired.generation:
-        return False  # a newer request already sent a newer link
+        return False  # the reader left (or was erased) since that link was made
     now = services.clock()
-    subscriber.token_generation += 1
     subscriber.updated_at = now
+    subscriber.link_key = subscriber.link_key or new_link_key()
     session.flush()
     queued = _queue_confirmation(session, services, subscriber.id, subscriber.email or "",
-                                 subscriber.token_generation, now)
+                                 subscriber.token_generation, subscriber.link_key, now)
     if queued is None:
         session.rollback()
         return False
     session.commit()
     return True
+
+
+def _names(claim: ConfirmClaim, subscriber: Subscriber) -> bool:
+    """Whether a confirm link was made for this very reader, not an earlier holder of the id."""
+    if claim.key is not None:
+        return claim.key == subscriber.link_key
+    # A link from before link keys: good only for a reader that existed when it was made (a
+    # purged reader's id goes to a later sign-up). Its time is in whole seconds.
+    return claim.issued_at is not None and (
+        subscriber.created_at < claim.issued_at + timedelta(seconds=1))
+
+
+def check_confirm_link(session: Session, services: Services, token: str) -> Subscriber:
+    """The reader a confirm link would confirm (or has confirmed), changing nothing.
+
+    Raises TokenInvalid (tampered, made for a reader who left, was erased or purged) or
+    TokenExpired, as :func:`confirm` would.
+    """
+    claim = services.tokens.read_confirm_token(token)
+    subscriber = session.get(Subscriber, claim.subscriber_id)
+    if subscriber is None or subscriber.status == ERASED or not _names(claim, subscriber):
+        raise TokenInvalid("This link is not valid any more.")
+    if subscriber.status != CONFIRMED and (subscriber.status != PENDING
+                                           or subscriber.token_generation != claim.generation):
+        raise TokenInvalid("This link has been replaced by a newer one.")
+    return subscriber
 
 
 def confirm(session: Session, services: Services, token: str, info: RequestInfo) -> Subscriber:
@@ -222,18 +257,26 @@ def confirm(session: Session, services: Services, token: str, info: RequestInfo)
     Raises TokenInvalid (tampered, or superseded by a newer request) or TokenExpired.
     """
     claim = services.tokens.read_confirm_token(token)
-    subscriber = session.get(Subscriber, claim.subscriber_id)
-    if subscriber is None or subscriber.status == ERASED:
-        raise TokenInvalid("This link is not valid any more.")
-    if subscriber.status == CONFIRMED:
-        return subscriber
-    if subscriber.token_generation != claim.generation or subscriber.status != PENDING:
-        raise TokenInvalid("This link has been replaced by a newer one.")
     now = services.clock()
-    subscriber.status = CONFIRMED
-    subscriber.confirmed_at = now
-    subscriber.unsubscribed_at = None
-    subscriber.updated_at = now
+    # One conditional UPDATE, before anything is read: of two clicks at once exactly one
+    # changes the row (the other waits for it, then finds the reader confirmed), so the
+    # confirmation, its event and the welcome email happen once.
+    changed = session.execute(
+        update(Subscriber)
+        .where(Subscriber.id == claim.subscriber_id, Subscriber.status == PENDING,
+               Subscriber.token_generation == claim.generation)
+        .values(status=CONFIRMED, confirmed_at=now, unsubscribed_at=None, updated_at=now)
+        .execution_options(synchronize_session=False)).rowcount  # type: ignore[attr-defined]
+    subscriber = session.get(Subscriber, claim.subscriber_id, populate_existing=True)
+    if subscriber is None or subscriber.status == ERASED or not _names(claim, subscriber):
+        session.rollback()  # the id now belongs to someone else (or to nobody)
+        raise TokenInvalid("This link is not valid any more.")
+    if not changed:
+        if subscriber.status == CONFIRMED:
+            session.commit()  # nothing changed; ends the transaction the UPDATE began
+            return subscriber  # a double click, or an older link of a confirmed reader
+        session.rollback()
+        raise TokenInvalid("This link has been replaced by a newer one.")
     _event(subscriber, CONFIRMED_EVENT, info, now)
     if services.config["WELCOME_EMAIL"]:
         _queue_welcome(session, services, subscriber, now)
@@ -258,11 +301,14 @@ def _queue_welcome(session: Session, services: Services, subscriber: Subscriber,
 
 def unsubscribe(session: Session, services: Services, subscriber_id: int,
                 info: RequestInfo) -> Subscriber:
-    """Withdraw consent; idempotent. Raises NotFound for an unknown or erased reader."""
+    """Withdraw consent; idempotent, and a no-op for an erased reader. Raises NotFound for an
+    unknown reader."""
     subscriber = session.get(Subscriber, subscriber_id)
-    if subscriber is None or subscriber.status == ERASED:
+    if subscriber is None:
         raise NotFound("No subscription matches this link.")
-    if subscriber.status == UNSUBSCRIBED:
+    if subscriber.status in (UNSUBSCRIBED, ERASED):
+        # An erased reader gets nothing any more: the link in an old email still says so,
+        # and records nothing (an event would hold personal data again).
         return subscriber
     now = services.clock()
     subscriber.status = UNSUBSCRIBED
@@ -360,7 +406,9 @@ def queue_confirmation(session: Session, services: Services, subscriber: Subscri
                        now: datetime) -> bool:
     """Queue the double-opt-in email for a pending reader the author added (import, CLI), within
     the per-address limits; returns whether it was queued. The caller commits."""
+    subscriber.link_key = subscriber.link_key or new_link_key()
     session.flush()
     return _queue_confirmation(session, services, subscriber.id, subscriber.email or "",
-                               subscriber.token_generation, now) is not None
+                               subscriber.token_generation, subscriber.link_key,
+                               now) is not None
 

@@ -1,11 +1,18 @@
-"""Signed links: confirm (expires, carries the subscriber's token generation) and unsubscribe
-(never expires). One salt per purpose, so a token made for one use is refused for the other."""
+"""Signed links: confirm (expires, carries the subscriber's token generation and link key) and
+unsubscribe (never expires). One salt per purpose, so a token made for one use is refused for the
+other.
+
+A confirm link names a reader by id *and* by their random link key: SQLite hands a purged
+reader's id to the next sign-up, and the key (never reused) keeps an old link from confirming
+that other person. Unsubscribe links carry only the id, as they always have, so links in emails
+already sent keep working; they are only ever made for readers who confirmed, and such readers
+are never deleted (erasure keeps the row), so their ids are never handed out again."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from itsdangerous import BadData, BadSignature, SignatureExpired, TimestampSigner
@@ -29,10 +36,13 @@ class TokenInvalid(TokenError):
 class TokenExpired(TokenError):
     """Genuine but too old; carries who it was for so a new link can be offered."""
 
-    def __init__(self, subscriber_id: int, generation: int) -> None:
+    def __init__(self, subscriber_id: int, generation: int, key: str | None = None,
+                 issued_at: datetime | None = None) -> None:
         super().__init__("This link has expired.")
         self.subscriber_id = subscriber_id
         self.generation = generation
+        self.key = key
+        self.issued_at = issued_at
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,10 @@ class ConfirmClaim:
 
     subscriber_id: int
     generation: int
+    # The reader's link key; None in a link made before keys existed (see ``issued_at``).
+    key: str | None = None
+    # When the link was made: a keyless link is only good for a reader created before then.
+    issued_at: datetime | None = None
 
 
 def _clocked_signer(clock: Callable[[], datetime]) -> type[TimestampSigner]:
@@ -62,20 +76,23 @@ class Tokens:
         self._unsubscribe = URLSafeSerializer(secret_key, salt=UNSUBSCRIBE_SALT)
         self._max_age = confirm_max_age
 
-    def confirm_token(self, subscriber_id: int, generation: int) -> str:
-        """A token for the confirm link."""
-        return self._confirm.dumps([subscriber_id, generation])
+    def confirm_token(self, subscriber_id: int, generation: int, key: str) -> str:
+        """A token for the confirm link of the reader with this id and link key."""
+        return self._confirm.dumps([subscriber_id, generation, key])
 
     def read_confirm_token(self, token: str) -> ConfirmClaim:
         """The claim in a confirm token, or TokenInvalid / TokenExpired."""
         try:
-            payload = self._confirm.loads(token, max_age=self._max_age)
+            payload, timestamp = self._confirm.loads(token, max_age=self._max_age,
+                                                     return_timestamp=True)
         except SignatureExpired as err:
-            claim = self._claim(self._confirm.load_payload(err.payload) if err.payload else None)
-            raise TokenExpired(claim.subscriber_id, claim.generation) from err
+            claim = self._claim(self._confirm.load_payload(err.payload) if err.payload else None,
+                                err.date_signed)
+            raise TokenExpired(claim.subscriber_id, claim.generation, claim.key,
+                               claim.issued_at) from err
         except (BadSignature, BadData) as err:
             raise TokenInvalid("This link is not valid.") from err
-        return self._claim(payload)
+        return self._claim(payload, timestamp)
 
     def unsubscribe_token(self, subscriber_id: int) -> str:
         """A token for the unsubscribe link; it never expires."""
@@ -92,11 +109,15 @@ class Tokens:
         return payload
 
     @staticmethod
-    def _claim(payload: Any) -> ConfirmClaim:
+    def _claim(payload: Any, issued_at: datetime | None = None) -> ConfirmClaim:
+        # [id, generation, key]; [id, generation] from before link keys existed.
         if (
             not isinstance(payload, list)
-            or len(payload) != 2
-            or not all(isinstance(p, int) and not isinstance(p, bool) for p in payload)
+            or len(payload) not in (2, 3)
+            or not all(isinstance(p, int) and not isinstance(p, bool) for p in payload[:2])
+            or (len(payload) == 3 and not isinstance(payload[2], str))
         ):
             raise TokenInvalid("This link is not valid.")
-        return ConfirmClaim(subscriber_id=payload[0], generation=payload[1])
+        return ConfirmClaim(subscriber_id=payload[0], generation=payload[1],
+                            key=payload[2] if len(payload) == 3 else None,
+                            issued_at=issued_at.astimezone(UTC) if issued_at else None)

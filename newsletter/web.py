@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from flask import (
     Blueprint,
@@ -35,6 +38,13 @@ THANKS = "Thank you! Please check your inbox to confirm your subscription."
 OOPS = "Oops! Something went wrong while submitting the form."
 RATE_LIMITED = "Too many sign-ups from your network just now. Please try again in a minute."
 ONE_CLICK_BODY = "List-Unsubscribe=One-Click"
+# The fields a sign-up reads; each must be text (a JSON body could send anything).
+FIELDS = ("email", "name", "next", "source", "website")
+# How often the author is told about one refused origin, and how many origins are remembered.
+ORIGIN_WARNING_EVERY = timedelta(hours=1)
+ORIGIN_WARNINGS_KEPT = 1000
+
+log = logging.getLogger(__name__)
 
 
 def _wants_json() -> bool:
@@ -54,13 +64,91 @@ def _origin_of(url: str | None) -> str | None:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
-def _own_origins() -> set[str]:
-    own = {_origin_of(current_app.config["PUBLIC_URL"]), _origin_of(request.host_url)}
-    return {o for o in own if o}
+def _own_origin() -> str | None:
+    # From the configuration only: the Host header is whatever the client chose to send.
+    return _origin_of(current_app.config["PUBLIC_URL"])
 
 
 def _origin_allowed(origin: str | None) -> bool:
-    return origin in current_app.config["ALLOWED_ORIGINS"] or origin in _own_origins()
+    """Whether a sign-up may come from a page on ``origin``: the configured origins, this
+    service's own, or the very origin the request was sent to (the hosted page opened as
+    localhost rather than PUBLIC_URL's 127.0.0.1, say: a browser cannot fake that, and a
+    script that can fake it can fake any Origin). "null" only when configured."""
+    return origin is not None and (origin in current_app.config["ALLOWED_ORIGINS"]
+                                   or origin in (_own_origin(), _origin_of(request.host_url)))
+
+
+def _warn_refused_origin(origin: str) -> None:
+    """Tell the author, at most once an hour per origin, that a sign-up form is refused: the
+    reader sees only an error, and a www. or staging address is an easy slip."""
+    origin = origin[:200]  # a header can be long; this is only for the log
+    state = current_app.extensions.setdefault(
+        "newsletter.origin_warnings", {"lock": threading.Lock(), "last": {}})
+    now = get_services().clock()
+    last: dict[str, datetime] = state["last"]
+    with state["lock"]:
+        previous = last.get(origin)
+        if previous is not None and now - previous < ORIGIN_WARNING_EVERY:
+            return
+        if len(last) >= ORIGIN_WARNINGS_KEPT:  # a flood of made-up origins stays small
+            for seen, when in list(last.items()):
+                if now - when >= ORIGIN_WARNING_EVERY:
+                    del last[seen]
+            if len(last) >= ORIGIN_WARNINGS_KEPT:
+                return
+        last[origin] = now
+    allowed = ", ".join(current_app.config["ALLOWED_ORIGINS"]) or "(empty)"
+    log.warning("Refused a sign-up from origin %r: it is not in NEWSLETTER_ALLOWED_ORIGINS "
+                "(now %s). If that form is yours, add the origin exactly as shown (scheme, "
+                "www. or not, port) to NEWSLETTER_ALLOWED_ORIGINS.", origin, allowed)
+
+
+def _has_bad_characters(value: str, *, controls: bool) -> bool:
+    """Lone surrogates (invalid Unicode, unstorable) or, with ``controls``, control codes."""
+    return any(0xD800 <= ord(c) <= 0xDFFF or (controls and (ord(c) < 32 or 0x7F <= ord(c) < 0xA0))
+               for c in value)
+
+
+def _check_fields(fields: dict[str, Any]) -> None:
+    """Refuse, before anything is written, a field no reader's browser would send."""
+    for key in FIELDS:
+        value = fields.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            abort(400, description=f"The field {key!r} must be text.")
+        # The address and ``next`` get their own, more helpful, messages further on.
+        if _has_bad_characters(value, controls=key in ("name", "source")):
+            abort(400, description=f"The field {key!r} contains characters that are not allowed "
+                                   "(control characters or invalid Unicode). Please retype it.")
+
+
+def _safe_next(next_url: str) -> str | None:
+    """Where to send the browser after a form post: ``next`` rebuilt on the allowed origin it
+    names, or None (the thanks page). Built from the configured origin, never from input."""
+    next_url = next_url.strip()
+    if not next_url:
+        return None
+    if _has_bad_characters(next_url, controls=True) or len(next_url) > 2048:
+        abort(400, description="The 'next' address is not a valid web address: it must be one "
+                               "line, like https://blog.example.com/thanks.")
+    try:
+        parts = urlsplit(next_url)
+    except ValueError:
+        abort(400, description="The 'next' address is not a valid web address: it must be one "
+                               "line, like https://blog.example.com/thanks.")
+    origin = _origin_of(next_url)
+    allowed = [o for o in [*current_app.config["ALLOWED_ORIGINS"], _own_origin()]
+               if o and o == origin]
+    if not allowed:
+        return None
+    safe = "/%:@!$&'()*+,;=-._~"
+    rebuilt = allowed[0] + (quote(parts.path, safe=safe) or "/")
+    if parts.query:
+        rebuilt += "?" + quote(parts.query, safe=safe + "?")
+    if parts.fragment:
+        rebuilt += "#" + quote(parts.fragment, safe=safe + "?")
+    return rebuilt
 
 
 def _request_info(method: str, source: str | None = None) -> RequestInfo:
@@ -78,7 +166,11 @@ def _wake_outbox() -> None:
 
 def _subscribe_fields() -> dict[str, Any]:
     if request.is_json:
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:
+            abort(400, description="The JSON body is nested too deeply. Send one flat object, "
+                                   'such as {"email": "ada@example.com"}.')
         if not isinstance(body, dict):
             abort(400, description="The request body must be a JSON object.")
         return body
@@ -102,12 +194,14 @@ def subscribe_page() -> str:
 def subscribe() -> Any:
     """Accept a sign-up from the hosted page, the blog's form, or a script."""
     origin = request.headers.get("Origin")
-    if origin and origin != "null" and not _origin_allowed(origin.lower()):
+    if origin and not _origin_allowed(origin.lower()):
+        _warn_refused_origin(origin.lower())
         return _answer(False, "This site may not sign readers up here: its origin is not in "
                        "NEWSLETTER_ALLOWED_ORIGINS.", 403, form={})
     fields = _subscribe_fields()
+    _check_fields(fields)
     form = {k: str(fields.get(k) or "") for k in ("email", "name")}
-    next_url = str(fields.get("next") or "")
+    next_url = _safe_next(str(fields.get("next") or ""))
     method = "api" if request.is_json else "form"
     if str(fields.get("website") or "").strip():
         # A bot filled the hidden field: look successful, store nothing, send nothing.
@@ -142,10 +236,10 @@ def _with_retry_after(response: Any) -> Any:
     return body, status, {"Retry-After": "60"}
 
 
-def _accepted(next_url: str) -> Any:
+def _accepted(next_url: str | None) -> Any:
     if _wants_json():
         return jsonify(ok=True, message=THANKS), 202
-    if next_url and _origin_allowed(_origin_of(next_url)):
+    if next_url:  # already checked and rebuilt by _safe_next
         return redirect(next_url, code=303)
     return redirect(url_for("web.thanks"), code=303)
 
@@ -159,6 +253,10 @@ def thanks() -> str:
 @bp.route("/subscribe", methods=["OPTIONS"])
 def subscribe_preflight() -> Response:
     """CORS preflight for script posts from the blog."""
+    origin = (request.headers.get("Origin") or "").lower()
+    if origin and not _origin_allowed(origin):
+        # The browser stops a refused script here, so this is the author's only clue.
+        _warn_refused_origin(origin)
     return Response(status=204)
 
 
@@ -179,11 +277,13 @@ def _cors(response: Response) -> Response:
 def confirm_page(token: str) -> Any:
     """One button, so link scanners that only GET confirm nothing."""
     try:
-        get_services().tokens.read_confirm_token(token)
+        subscriptions.check_confirm_link(db.session, get_services(), token)
     except TokenExpired:
         return render_template("expired.html", token=token), 410
     except TokenInvalid:
         return _bad_link()
+    finally:
+        db.session.rollback()  # only read
     return render_template("confirm.html", token=token)
 
 
@@ -306,7 +406,7 @@ SECURITY_HEADERS = {
 
 
 def _security_headers(response: Response) -> Response:
-    origins = " ".join(current_app.config["ALLOWED_ORIGINS"])
+    origins = " ".join(o for o in current_app.config["ALLOWED_ORIGINS"] if o != "null")
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value.format(origins=origins).replace("  ", " "))
     if request.path.startswith(("/confirm/", "/unsubscribe/")):

@@ -429,6 +429,45 @@ def test_send_campaign_mails_each_confirmed_reader_once_with_the_list_headers(
     assert listed.output.splitlines()[1].split()[:2] == ["1", "announcement"]
 
 
+def test_placeholder_text_in_an_announcement_never_becomes_a_readers_data(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        runner: FlaskCliRunner, tmp_path: Path) -> None:
+    every = [placeholders.UNSUBSCRIBE_URL, placeholders.GREETING, placeholders.RECIPIENT,
+             placeholders.MESSAGE_ID, placeholders.CONFIRM_URL, placeholders.DATE,
+             "__NEWSLETTER_TO_HEADER__"]
+    code = " ".join(f"`{p}`" for p in every)
+    escaped = " ".join(p.replace("_", "\\_") for p in every)
+    path = write_file(tmp_path, f"---\nsubject: Every stand-in {every[2]}\n---\n\n"
+                                f"Code {code}\n\nPlain {escaped}\n\n"
+                                f"[a link]({BLOG_ORIGIN}/{every[0]})\n")
+    session.execute(insert(Subscriber), [{
+        "email": "ada@example.com", "name": 'Ada <b onmouseover="x">', "status": CONFIRMED,
+        "token_generation": 0, "created_at": clock(), "updated_at": clock()}])
+    session.commit()
+
+    result = runner.invoke(args=["send-campaign", str(path), "--yes"])
+
+    assert result.exit_code == 0, result.output
+    [received] = smtp_sink.messages
+    unsubscribe = received.message["List-Unsubscribe"].strip("<>")
+    token = unsubscribe.rsplit("/", 1)[1]
+    html = received.body("html")
+    text = received.body("plain").replace("\r\n", "\n")
+    for part in (html, text):
+        assert "ada@example.com" not in part
+        assert part.count(token) == 1  # the footer's link only
+        assert part.count("onmouseover") == 1  # in the greeting only
+    assert "<b onmouseover" not in html  # and escaped there
+    doc = parse(html)
+    shown = doc.text_content()
+    readable = text.replace("\u200b", "")
+    for placeholder in every:
+        assert f"`{placeholder}`" not in readable  # the code span is plain text ...
+        assert placeholder in shown and placeholder in readable  # ... showing the words
+    assert doc.xpath("//a[text()='a link']/@href") == [f"{BLOG_ORIGIN}/{every[0]}"]
+    assert received.message["Subject"] == f"Every stand-in {every[2]}"
+
+
 def test_a_signed_campaign_verifies_with_dkim(
         app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
         runner: FlaskCliRunner, tmp_path: Path) -> None:

@@ -794,3 +794,45 @@ def test_preview_digest_reports_a_template_problem_in_one_line(
     assert str(folder / "digest.txt") in lines[0] and "line 4" in lines[0]
     assert "no_such_filter" in lines[0]
     assert not out.exists()
+
+
+# Every stand-in the sender fills per reader, including the To header's own.
+EVERY_PLACEHOLDER = [placeholders.UNSUBSCRIBE_URL, placeholders.GREETING, placeholders.RECIPIENT,
+                     placeholders.MESSAGE_ID, placeholders.CONFIRM_URL, placeholders.DATE,
+                     "__NEWSLETTER_TO_HEADER__"]
+
+
+def test_placeholder_text_in_a_post_never_becomes_a_readers_data(
+        session: Session, services: Services, clock: FrozenClock) -> None:
+    every = " ".join(EVERY_PLACEHOLDER)
+    services.config["DIGEST_STYLE"] = "full"
+    post = add_post(session, clock, "hostile-feed", title=f"Title {every}",
+                    subtitle=f"Subtitle {every}", summary=f"Summary {every}",
+                    author=f"Author {every}",
+                    content_html=f"<p>Body {every}</p>"
+                                 f'<p><a href="{BLOG_ORIGIN}/{placeholders.UNSUBSCRIBE_URL}">'
+                                 f"link {placeholders.RECIPIENT}</a></p>")
+    rendered = digest.render_digest([post], services)
+    name = 'Ada <b onmouseover="x">'
+    message = personalised(rendered, services, ReaderParts(
+        recipient="ada@example.com", unsubscribe_url=f"{PUBLIC_URL}/unsubscribe/ada-token",
+        message_id="<digest-ada@blog.example.com>", greeting=reader_greeting(name), name=name))
+    html, text = body(message, "html"), body(message, "plain")
+    # The reader's data is only where the template put it: greeting, footer, headers.
+    for part in (html, text):
+        assert "ada@example.com" not in part
+        assert "digest-ada@blog.example.com" not in part
+        assert part.count("ada-token") == 1  # the footer's Unsubscribe link, nothing else
+        assert part.count("onmouseover") == 1  # in the greeting only
+    assert "<b onmouseover" not in html  # and escaped there
+    doc = parse(html)
+    assert doc.find_class("greeting")[0].text_content().startswith("Hi Ada")
+    assert "Unsubscribe:" in text and text.count("Hi Ada") == 1
+    # ... and the post's text shows the literal words, harmlessly.
+    shown = doc.text_content()
+    readable = text.replace("\u200b", "")
+    for placeholder in EVERY_PLACEHOLDER:
+        assert f"Body {every}" in shown.replace("\u200b", "")
+        assert placeholder in shown and placeholder in readable
+    assert doc.xpath("//a[starts-with(text(), 'link')]/@href") == [
+        f"{BLOG_ORIGIN}/{placeholders.UNSUBSCRIBE_URL}"]

@@ -115,7 +115,7 @@ def test_a_token_signed_with_another_secret_is_refused(client: FlaskClient, app:
     from newsletter.tokens import Tokens
 
     sign_up(client, smtp_sink, "secret@example.com")
-    forged = Tokens("another-secret", get_services(app).clock, 3600).confirm_token(1, 1)
+    forged = Tokens("another-secret", get_services(app).clock, 3600).confirm_token(1, 1, "0" * 16)
     assert client.post(f"/confirm/{forged}").status_code == 400
 
 
@@ -159,15 +159,153 @@ def test_expiry_is_configurable(make_app: object, clock: FrozenClock,
     assert client.post(path).status_code == 410
 
 
-def test_a_newer_request_voids_the_older_confirm_link(client: FlaskClient, app: Flask,
-                                                      smtp_sink: SmtpSink,
-                                                      clock: FrozenClock) -> None:
+def test_every_link_sent_while_pending_keeps_working(client: FlaskClient, app: Flask,
+                                                    smtp_sink: SmtpSink,
+                                                    clock: FrozenClock) -> None:
     old = sign_up(client, smtp_sink, "again@example.com")
     clock.advance(minutes=11)
     new = sign_up(client, smtp_sink, "again@example.com")
     assert old != new
+    # Either email's button confirms; the other then shows the confirmed page, changing nothing.
+    assert client.post(old).status_code == 200
+    assert status(app, "again@example.com") == "confirmed"
+    second = client.post(new)
+    assert second.status_code == 200 and b"subscribed" in second.data
+    with app.app_context():
+        kinds = db.session.scalars(select(ConsentEvent.kind)).all()
+    assert kinds.count("confirmed") == 1
+
+
+def test_a_second_sign_up_that_sends_no_email_leaves_the_first_link_working(
+    client: FlaskClient, app: Flask, smtp_sink: SmtpSink, clock: FrozenClock
+) -> None:
+    path = sign_up(client, smtp_sink, "capped@example.com")
+    for _ in range(4):  # within the 10 minutes: held back by the per-address limit
+        clock.advance(minutes=2)
+        assert client.post("/subscribe", json={"email": "capped@example.com"}).status_code == 202
+    wait_for_outbox(app)
+    assert len(confirmations(smtp_sink, "capped@example.com")) == 1
+    page = client.get(path)
+    assert page.status_code == 200 and b"<button" in page.data
+    assert client.post(path).status_code == 200
+    assert status(app, "capped@example.com") == "confirmed"
+
+
+def test_twenty_simultaneous_sign_ups_leave_the_one_link_working(
+    app: Flask, smtp_sink: SmtpSink
+) -> None:
+    import threading
+
+    barrier = threading.Barrier(20)
+    codes: list[int] = []
+
+    def sign_up_now(n: int) -> None:
+        client = app.test_client()
+        barrier.wait()
+        response = client.post("/subscribe", json={"email": "crowd@example.com"},
+                               environ_base={"REMOTE_ADDR": f"192.0.2.{n}"})
+        codes.append(response.status_code)
+
+    threads = [threading.Thread(target=sign_up_now, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert codes == [202] * 20
+    smtp_sink.wait_for(1)
+    wait_for_outbox(app)
+    [path] = confirmations(smtp_sink, "crowd@example.com")
+    assert app.test_client().post(path).status_code == 200
+    assert status(app, "crowd@example.com") == "confirmed"
+
+
+def test_a_double_click_at_once_confirms_once(client: FlaskClient, app: Flask,
+                                              smtp_sink: SmtpSink) -> None:
+    import threading
+
+    path = sign_up(client, smtp_sink, "double@example.com")
+    barrier = threading.Barrier(2)
+    codes: list[int] = []
+
+    def click() -> None:
+        other = app.test_client()
+        barrier.wait()
+        codes.append(other.post(path).status_code)
+
+    threads = [threading.Thread(target=click) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert codes == [200, 200]
+    wait_for_outbox(app)
+    with app.app_context():
+        kinds = db.session.scalars(select(ConsentEvent.kind)).all()
+    assert kinds.count("confirmed") == 1
+    welcomes = [m for m in smtp_sink.to("double@example.com")
+                if m.message["Subject"].startswith("Welcome")]
+    assert len(welcomes) <= 1
+
+
+def test_an_old_link_of_a_purged_sign_up_never_confirms_the_next_holder_of_its_id(
+    make_app: object, smtp_sink: SmtpSink, clock: FrozenClock
+) -> None:
+    from newsletter.privacy import purge_pending
+
+    # Sign-ups are kept 1 day, links live 7: the link outlives the reader it was made for.
+    app = make_app(PENDING_RETENTION_DAYS=1)  # type: ignore[operator]
+    client = app.test_client()
+    stale = sign_up(client, smtp_sink, "gone.soon@example.com")
+    clock.advance(days=2)
+    with app.app_context():
+        assert purge_pending(db.session, get_services(app)).removed == 1
+    assert client.post("/subscribe", json={"email": "next.one@example.com"}).status_code == 202
+    with app.app_context():
+        newcomer = db.session.scalar(select(Subscriber))
+        assert newcomer is not None and newcomer.email == "next.one@example.com"
+    for response in (client.get(stale), client.post(stale)):
+        assert response.status_code == 400
+    assert status(app, "next.one@example.com") == "pending"
+
+
+def test_a_link_made_before_link_keys_is_bound_to_the_reader_of_its_time(
+    make_app: object, smtp_sink: SmtpSink, clock: FrozenClock
+) -> None:
+    from itsdangerous import TimestampSigner
+    from itsdangerous.url_safe import URLSafeTimedSerializer
+
+    from newsletter.privacy import purge_pending
+    from newsletter.tokens import CONFIRM_SALT
+
+    app = make_app(PENDING_RETENTION_DAYS=1)  # type: ignore[operator]
+    client = app.test_client()
+    sign_up(client, smtp_sink, "early@example.com")
+    with app.app_context():
+        reader = db.session.scalar(select(Subscriber))
+        assert reader is not None
+        reader_id, generation = reader.id, reader.token_generation
+
+    class ClockedSigner(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(clock().timestamp())
+
+    def keyless_link() -> str:
+        """A link as this service made them before link keys: [id, generation]."""
+        serializer = URLSafeTimedSerializer(app.config["SECRET_KEY"], salt=CONFIRM_SALT,
+                                            signer=ClockedSigner)
+        return f"/confirm/{serializer.dumps([reader_id, generation])}"
+
+    # Made for the reader who holds the id now: it still works...
+    assert client.get(keyless_link()).status_code == 200
+    clock.advance(days=2)
+    with app.app_context():
+        purge_pending(db.session, get_services(app))
+    old = keyless_link()  # signed "now", for the purged reader's id
+    clock.advance(minutes=1)
+    assert client.post("/subscribe", json={"email": "later@example.com"}).status_code == 202
+    # ... but one made before the id's new holder signed up never confirms them.
     assert client.post(old).status_code == 400
-    assert client.post(new).status_code == 200
+    assert status(app, "later@example.com") == "pending"
 
 
 def test_unsubscribe_page_shows_a_button_and_get_changes_nothing(
@@ -256,3 +394,63 @@ def test_event_times_are_utc(client: FlaskClient, app: Flask, smtp_sink: SmtpSin
         assert event is not None
         assert event.occurred_at == clock.now
         assert event.occurred_at.utcoffset() == timedelta(0)
+
+
+def test_upgrading_gives_existing_readers_a_key_and_keeps_their_links_working(
+    make_app: object, smtp_sink: SmtpSink, clock: FrozenClock, tmp_path: object
+) -> None:
+    from alembic import command
+    from itsdangerous import TimestampSigner
+    from itsdangerous.url_safe import URLSafeTimedSerializer
+    from sqlalchemy import text
+
+    from newsletter.db import alembic_config
+    from newsletter.tokens import CONFIRM_SALT
+
+    app = make_app()  # type: ignore[operator]
+    with app.app_context():
+        url = db.engine.url.render_as_string(hide_password=False)
+        with db.engine.begin() as connection:
+            # Back to the schema before link keys, with a reader signed up then.
+            config = alembic_config(url)
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0001")
+            connection.execute(text(
+                "INSERT INTO subscribers (email, status, token_generation, created_at, "
+                "updated_at) VALUES ('before@example.com', 'pending', 1, :now, :now)"),
+                {"now": clock().replace(tzinfo=None)})
+            command.upgrade(config, "head")
+        reader = db.session.scalar(select(Subscriber))
+        assert reader is not None and reader.link_key and len(reader.link_key) == 16
+        reader_id = reader.id
+        db.session.rollback()
+
+    class ClockedSigner(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(clock().timestamp())
+
+    clock.advance(seconds=30)
+    serializer = URLSafeTimedSerializer(app.config["SECRET_KEY"], salt=CONFIRM_SALT,
+                                        signer=ClockedSigner)
+    old_link = f"/confirm/{serializer.dumps([reader_id, 1])}"  # as sent before the upgrade
+    assert app.test_client().post(old_link).status_code == 200
+    assert status(app, "before@example.com") == "confirmed"
+
+
+def test_an_expired_link_of_a_purged_sign_up_sends_the_next_holder_of_its_id_nothing(
+    make_app: object, smtp_sink: SmtpSink, clock: FrozenClock
+) -> None:
+    from newsletter.privacy import purge_pending
+
+    app = make_app(PENDING_RETENTION_DAYS=1)  # type: ignore[operator]
+    client = app.test_client()
+    stale = sign_up(client, smtp_sink, "gone.later@example.com")
+    clock.advance(days=8)  # the link has expired and its reader is purged
+    with app.app_context():
+        assert purge_pending(db.session, get_services(app)).removed == 1
+    sign_up(client, smtp_sink, "holder@example.com")
+    clock.advance(minutes=11)  # past the per-address interval: only the token decides
+    resent = client.post(f"{stale}/resend")
+    assert resent.status_code == 200 and b"If your subscription" in resent.data
+    wait_for_outbox(app)
+    assert len(confirmations(smtp_sink, "holder@example.com")) == 1

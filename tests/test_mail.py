@@ -250,6 +250,17 @@ def reader(name: str | None, url: str = f"{PUBLIC_URL}/unsubscribe/abc") -> Read
 
 
 @pytest.mark.parametrize("eight_bit", [True, False])
+def test_the_to_header_slot_in_a_body_is_escaped_like_every_other(eight_bit: bool) -> None:
+    slot = "__NEWSLETTER_TO_HEADER__"  # rendering neutralises it; a stored body may not be
+    data = template(f"To: {slot}\n", f"<p>{slot}</p>").personalise(
+        reader('Ada <b onmouseover="x">'), eight_bit=eight_bit)
+    plain, rich = parts(message_from_bytes(data, policy=policy.default))  # type: ignore[misc]
+    assert "<b onmouseover" not in rich.get_content()
+    assert "&lt;b onmouseover=" in rich.get_content()
+    assert "ada@example.com" in plain.get_content()
+
+
+@pytest.mark.parametrize("eight_bit", [True, False])
 @pytest.mark.parametrize("name", [*NAMES, None])
 def test_placeholders_survive_any_value_in_any_encoding(eight_bit: bool, name: str | None) -> None:
     text = (f"{ph.GREETING}\n" + "x" * 990 + f" {ph.GREETING}\n.\ntrailing space \n"

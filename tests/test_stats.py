@@ -48,7 +48,8 @@ class Journeys:
         with self.app.app_context():
             subscriber = db.session.get(Subscriber, self._id(email))
             assert subscriber is not None
-            token = self.services.tokens.confirm_token(subscriber.id, subscriber.token_generation)
+            token = self.services.tokens.confirm_token(subscriber.id, subscriber.token_generation,
+                                                       subscriber.link_key or "")
             confirm(db.session, self.services, token, FORM)
 
     def leave(self, email: str) -> None:

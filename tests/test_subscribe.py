@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from newsletter.db import db
 from newsletter.models import ConsentEvent, OutboxEmail, Subscriber
-from tests.conftest import BLOG_ORIGIN, FrozenClock
+from tests.conftest import BLOG_ORIGIN, PUBLIC_URL, FrozenClock
 from tests.smtp_sink import SmtpSink
 
 THANKS = "Thank you! Please check your inbox to confirm your subscription."
@@ -313,3 +313,100 @@ def test_simultaneous_sign_ups_of_one_new_address_make_one_reader_and_one_email(
     assert count(app, Subscriber) == 1
     assert count(app, OutboxEmail) == 1
     assert count(app, ConsentEvent) == 8
+
+
+def stored_anything(app: Flask) -> bool:
+    from newsletter.models import RateLimitWindow
+
+    return any(count(app, model) for model in (Subscriber, ConsentEvent, OutboxEmail,
+                                                RateLimitWindow))
+
+
+DEEP_JSON = '{"email": "deep@example.com", "x": ' + "[" * 20_000 + "]" * 20_000 + "}"
+
+
+@pytest.mark.parametrize(("body", "kind", "words"), [
+    ({"email": "crlf@example.com", "next": f"{BLOG_ORIGIN}/thanks\r\nSet-Cookie: a=b"}, "form",
+     b"The &#39;next&#39; address is not a valid web address"),
+    (DEEP_JSON, "json", b"nested too deeply"),
+    ('{"email": "lone@example.com", "name": "Ada \\ud800"}', "json", b"not allowed"),
+    ('{"email": "nul@example.com", "name": "Ada\\u0000"}', "json", b"not allowed"),
+    ('{"email": "obj@example.com", "name": {"first": "Ada"}}', "json", b"must be text"),
+])
+def test_hostile_input_gets_a_400_with_a_message_and_writes_nothing(
+    client: FlaskClient, app: Flask, body: Any, kind: str, words: bytes
+) -> None:
+    if kind == "form":
+        response = client.post("/subscribe", data=body)
+    else:
+        response = client.post("/subscribe", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert words in response.data
+    if kind == "json":
+        assert response.json["ok"] is False
+    assert not stored_anything(app)
+
+
+def test_origin_null_is_refused_unless_configured(
+    client: FlaskClient, make_app: Callable[..., Flask]
+) -> None:
+    refused = client.post("/subscribe", json={"email": "sandbox@example.com"},
+                          headers={"Origin": "null"})
+    assert refused.status_code == 403
+    allowed_app = make_app(ALLOWED_ORIGINS=f"{BLOG_ORIGIN}, null")
+    allowed = allowed_app.test_client().post("/subscribe", json={"email": "sandbox@example.com"},
+                                             headers={"Origin": "null"})
+    assert allowed.status_code == 202
+    assert allowed.headers["Access-Control-Allow-Origin"] == "null"
+
+
+def test_a_spoofed_host_never_makes_an_allowed_next(client: FlaskClient) -> None:
+    spoofed = {"Host": "evil.example"}
+    for origin in ({}, {"Origin": "http://evil.example"}):
+        sent = client.post("/subscribe", data={"email": "host@example.com",
+                                               "next": "http://evil.example/phish"},
+                           headers={**spoofed, **origin})
+        assert sent.status_code == 303 and sent.headers["Location"] == "/subscribe/thanks"
+
+
+def test_next_is_rebuilt_on_the_configured_origin(client: FlaskClient) -> None:
+    back = client.post("/subscribe", data={
+        "email": "rebuilt@example.com",
+        "next": "HTTPS://Blog.Example.com/thanks page?from=form&x=<y>#top"})
+    assert back.status_code == 303
+    assert back.headers["Location"] == f"{BLOG_ORIGIN}/thanks%20page?from=form&x=%3Cy%3E#top"
+    own = client.post("/subscribe", data={"email": "own@example.com",
+                                          "next": f"{PUBLIC_URL}/welcome"})
+    assert own.headers["Location"] == f"{PUBLIC_URL}/welcome"
+
+
+def test_a_refused_origin_is_logged_once_an_hour_naming_origin_and_setting(
+    client: FlaskClient, clock: FrozenClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    www = "https://www.blog.example.com"
+
+    def attempt(origin: str) -> None:
+        response = client.post("/subscribe", data={"email": "w@example.com"},
+                               headers={"Origin": origin})
+        assert response.status_code == 403
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                and r.name == "newsletter.web"]
+
+    with caplog.at_level(logging.WARNING, logger="newsletter.web"):
+        attempt(www)
+        [first] = warnings()
+        assert www in first and "NEWSLETTER_ALLOWED_ORIGINS" in first and BLOG_ORIGIN in first
+        clock.advance(minutes=59)
+        attempt(www)
+        client.options("/subscribe", headers={"Origin": www,
+                                              "Access-Control-Request-Method": "POST"})
+        assert len(warnings()) == 1
+        attempt("https://staging.blog.example.com")  # another origin: its own warning
+        assert len(warnings()) == 2
+        clock.advance(minutes=1)
+        attempt(www)
+        assert len(warnings()) == 3
