@@ -15,11 +15,14 @@ import http.client
 import io
 import json
 import re
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
@@ -133,7 +136,85 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+class _Deadline:
+    """One fetch's total time limit. A socket timeout bounds each wait, not the fetch: a
+    server that sends a byte every second never trips it. When the deadline passes, a timer
+    shuts down every socket of the fetch, which ends any read or write blocked on it at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> socket.socket:
+        """Shut ``sock`` down when the deadline passes (at once if it has passed)."""
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired.is_set():
+                _shut_down(sock)
+        return sock
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired.set()
+            for sock in self._sockets:
+                _shut_down(sock)
+
+    def cancel(self) -> None:
+        """The fetch is over: the timer need not fire."""
+        self._timer.cancel()
+
+
+def _shut_down(sock: socket.socket) -> None:
+    # socket.socket's own shutdown, also for a TLS socket: it only wakes the reader, leaving
+    # the TLS state to the thread that owns it. A closed or detached socket raises; fine.
+    with suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _watched_connection(base: type[http.client.HTTPConnection],
+                        deadline: _Deadline) -> Callable[..., http.client.HTTPConnection]:
+    """A connection class like ``base`` whose sockets ``deadline`` watches (the TCP socket
+    from the start, so connecting and the TLS handshake count too; then the TLS socket)."""
+
+    class Watched(base):  # type: ignore[valid-type, misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            create: Callable[..., socket.socket] = self._create_connection  # type: ignore[has-type]
+            self._create_connection = lambda *a, **k: deadline.watch(create(*a, **k))
+
+        def connect(self) -> None:
+            super().connect()
+            deadline.watch(self.sock)
+
+    return Watched
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._connection = _watched_connection(http.client.HTTPConnection, deadline)
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._connection, req)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._connection = _watched_connection(http.client.HTTPSConnection, deadline)
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._connection, req,  # type: ignore[arg-type]
+                            context=self._context)  # type: ignore[attr-defined]
+
+
+def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(_HttpOnlyRedirects, _WatchedHTTPHandler(deadline),
+                                       _WatchedHTTPSHandler(deadline))
 
 
 def fetch_feed(url: str, *, etag: str | None = None, last_modified: str | None = None,
@@ -151,10 +232,11 @@ def fetch_feed(url: str, *, etag: str | None = None, last_modified: str | None =
     if last_modified:
         headers["If-Modified-Since"] = last_modified
     request = urllib.request.Request(url, headers=headers)
-    # The socket timeout bounds each wait; the deadline bounds a server that trickles bytes.
-    deadline = time.monotonic() + timeout
+    # The socket timeout bounds each wait; the deadline bounds the whole fetch (redirects
+    # included), so a server that trickles bytes cannot hold the command, or the send lock.
+    deadline = _Deadline(timeout)
     try:
-        with _OPENER.open(request, timeout=timeout) as response:
+        with _opener(deadline).open(request, timeout=timeout) as response:
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > max_bytes:
                 raise _too_big(url, max_bytes)
@@ -166,6 +248,8 @@ def fetch_feed(url: str, *, etag: str | None = None, last_modified: str | None =
                                last_modified=response.headers.get("Last-Modified"))
     except urllib.error.HTTPError as err:
         with err:  # closes the error's response, which holds the socket
+            if deadline.expired.is_set():
+                raise _timed_out(url, timeout) from None
             if err.code == 304:
                 return FetchedFeed(body=None, url=url,
                                    etag=err.headers.get("ETag") or etag,
@@ -180,16 +264,20 @@ def fetch_feed(url: str, *, etag: str | None = None, last_modified: str | None =
     except TimeoutError:
         raise _timed_out(url, timeout) from None
     except urllib.error.URLError as err:
-        if isinstance(err.reason, TimeoutError):
+        if isinstance(err.reason, TimeoutError) or deadline.expired.is_set():
             raise _timed_out(url, timeout) from None
         raise PostSourceError(f"could not reach {url} ({_one_line(err.reason)}); check "
                               "NEWSLETTER_FEED_URL and the network") from None
     except (OSError, http.client.HTTPException) as err:
+        if deadline.expired.is_set():  # the deadline shut the socket: that is the failure
+            raise _timed_out(url, timeout) from None
         raise PostSourceError(f"reading {url} failed ({_one_line(err) or type(err).__name__});"
                               " try again later") from None
+    finally:
+        deadline.cancel()
 
 
-def _read_capped(response: Any, url: str, max_bytes: int, deadline: float, *,
+def _read_capped(response: Any, url: str, max_bytes: int, deadline: _Deadline, *,
                  gzipped: bool) -> bytes:
     """The body, refusing more than ``max_bytes`` (after decompression) or a late finish."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
@@ -197,7 +285,7 @@ def _read_capped(response: Any, url: str, max_bytes: int, deadline: float, *,
     size = 0
     try:
         while chunk := response.read(_CHUNK):
-            if time.monotonic() > deadline:
+            if deadline.expired.is_set():
                 raise TimeoutError
             if inflater is not None:
                 # Bounded output: a small gzip bomb cannot inflate past the cap.
@@ -212,7 +300,11 @@ def _read_capped(response: Any, url: str, max_bytes: int, deadline: float, *,
                 raise _too_big(url, max_bytes)
             chunks.append(tail)
     except zlib.error as err:
+        if deadline.expired.is_set():
+            raise TimeoutError from None
         raise PostSourceError(f"{url} sent a damaged gzip body ({err}); try again later") from None
+    if deadline.expired.is_set():  # the shut-down socket looked like the end of the body
+        raise TimeoutError
     return b"".join(chunks)
 
 
@@ -236,8 +328,8 @@ def _too_big(where: str, max_bytes: int) -> PostSourceError:
 
 
 def _timed_out(url: str, timeout: float) -> PostSourceError:
-    return PostSourceError(f"{url} did not answer within {timeout:g} seconds; try again later "
-                           "or raise NEWSLETTER_FEED_TIMEOUT")
+    return PostSourceError(f"the feed at {url} did not finish within {timeout:g} seconds; try "
+                           "again later or raise NEWSLETTER_FEED_TIMEOUT")
 
 
 def _one_line(value: object) -> str:

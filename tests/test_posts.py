@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from newsletter import create_app
 from newsletter.config import ConfigError
 from newsletter.db import db
-from newsletter.models import Post, SourceState
+from newsletter.models import CONFIRMED, Campaign, Post, SourceState, Subscriber
 from newsletter.posts import (
     IMAGE_STYLE,
     NoPostSource,
@@ -35,6 +35,7 @@ from newsletter.posts import (
     summarise,
     sync_posts,
 )
+from newsletter.sending import SendLock, sending_state_dir
 from newsletter.services import get_services
 from tests.conftest import BLOG_ORIGIN, FrozenClock
 
@@ -248,6 +249,63 @@ def silent_server() -> Iterator[str]:
     sock.listen(8)
     yield f"http://127.0.0.1:{sock.getsockname()[1]}/feed.xml"
     sock.close()
+
+
+@dataclass
+class DripServer:
+    """An HTTP server on 127.0.0.1 that sends its answer one byte at a time, a byte every
+    ``interval`` seconds (well inside any per-read timeout), for as long as the client stays."""
+
+    url: str
+    replying: threading.Event  # the first byte is out
+    finished: threading.Event  # every byte went out: the drip was allowed to run its course
+    client_left: threading.Event  # a write failed: the client hung up mid-drip
+
+
+@pytest.fixture
+def drip_server(request: pytest.FixtureRequest) -> Iterator[DripServer]:
+    """``request.param``: "headers" drips the status line and headers too, "body" sends those
+    at once and drips a declared-length body."""
+    # About 5 s of dripping: ten times the timeout the tests set, yet a run without a total
+    # deadline fails in seconds rather than hanging.
+    body = b'<rss version="2.0"><channel><title>Drip</title></channel></rss>'.ljust(250)
+    head = (b"HTTP/1.0 200 OK\r\nContent-Type: application/rss+xml\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+    server = DripServer(f"http://127.0.0.1:{listener.getsockname()[1]}/feed.xml",
+                        threading.Event(), threading.Event(), threading.Event())
+    at_once, dripped = (b"", head + body) if request.param == "headers" else (head, body)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return  # the listener was closed: the test is over
+            with connection:
+                connection.recv(65536)  # the request (small: one recv holds it)
+                try:
+                    connection.sendall(at_once)
+                    for n in range(len(dripped)):
+                        connection.sendall(dripped[n:n + 1])
+                        server.replying.set()
+                        if stop.wait(0.02):
+                            return
+                except OSError:
+                    server.client_left.set()
+                    continue
+                server.finished.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server
+    stop.set()
+    listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
+    thread.join()
 
 
 # --- feeds ---------------------------------------------------------------------------------
@@ -553,10 +611,54 @@ def test_server_that_never_answers_times_out_quickly(app: Flask, silent_server: 
     use_feed(app, silent_server)
     app.config["FEED_TIMEOUT"] = 0.5
     started = time.monotonic()
-    with pytest.raises(PostSourceError, match="did not answer within 0.5 seconds"):
+    with pytest.raises(PostSourceError, match="did not finish within 0.5 seconds"):
         sync(app)
     assert time.monotonic() - started < 5
     assert snapshot(app) == ([], [])
+
+
+@pytest.mark.parametrize("drip_server", ["headers", "body"], indirect=True)
+def test_a_server_that_drips_bytes_is_cut_off_at_the_total_timeout(
+        app: Flask, drip_server: DripServer) -> None:
+    # A byte every 0.02 s never trips a 0.5 s per-read timeout; only a total deadline stops it.
+    use_feed(app, drip_server.url)
+    app.config["FEED_TIMEOUT"] = 0.5
+    with pytest.raises(PostSourceError) as caught:
+        sync(app)
+    assert str(caught.value) == (
+        f"the feed at {drip_server.url} did not finish within 0.5 seconds; try again later or "
+        "raise NEWSLETTER_FEED_TIMEOUT")
+    assert drip_server.replying.is_set() and not drip_server.finished.is_set()
+    assert snapshot(app) == ([], [])  # nothing half-synced, not even the source's state
+    assert drip_server.client_left.wait(10)  # and the connection was closed, not left open
+
+
+
+@pytest.mark.parametrize("drip_server", ["body"], indirect=True)
+def test_fetch_posts_and_send_digest_stop_on_a_dripping_feed_and_free_the_send_lock(
+        app: Flask, runner: FlaskCliRunner, drip_server: DripServer, clock: FrozenClock) -> None:
+    use_feed(app, drip_server.url)
+    app.config["FEED_TIMEOUT"] = 0.5
+    message = (f"Cannot read the posts: the feed at {drip_server.url} did not finish within 0.5 "
+               "seconds; try again later or raise NEWSLETTER_FEED_TIMEOUT\n")
+
+    fetched = runner.invoke(args=["fetch-posts"])
+    assert (fetched.exit_code, fetched.stdout, fetched.stderr) == (1, "", message)
+
+    with app.app_context():
+        db.session.add(Subscriber(email="reader@example.com", status=CONFIRMED,
+                                  created_at=clock(), updated_at=clock()))
+        db.session.commit()
+    sent = runner.invoke(args=["send-digest", "--yes"])
+    assert sent.exit_code == 1 and message in sent.stderr
+    assert not drip_server.finished.is_set()
+    assert snapshot(app) == ([], [])
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Campaign)) == 0
+        # The lock went with the command: the next sender gets it at once.
+        with SendLock(sending_state_dir(app.config["SQLALCHEMY_DATABASE_URI"],
+                                        app.instance_path), db.engine) as lock:
+            assert lock.held
 
 
 @pytest.mark.parametrize("route", [
