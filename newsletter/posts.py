@@ -36,7 +36,7 @@ import feedparser
 import markdown
 import nh3
 import yaml
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -858,6 +858,13 @@ class SyncReport:
     updated_titles: list[str] = field(default_factory=list)
     unchanged: int = 0
     archived_titles: list[str] = field(default_factory=list)  # first sync: never mailed
+    backfill: int | None = None  # the N of --backfill N, if asked
+    # Posts already published that --backfill made new: on a first sync, the newest N of the
+    # source's (also in ``new``); later, archived ones brought back for the next digest.
+    backfilled_titles: list[str] = field(default_factory=list)
+    # Later syncs: how many posts --backfill found that were never mailed (at most N), those
+    # already new included.
+    backfill_found: int = 0
     duplicates: int = 0  # entries dropped because an earlier entry had the same id
     not_modified: bool = False  # HTTP 304: the feed has not changed since the last fetch
     first_sync: bool = False
@@ -902,12 +909,14 @@ def sync_posts(session: Session, services: Services, *, backfill: int | None = N
     """Sync the configured post source into ``posts``, in one transaction.
 
     The first sync of a source records the posts already published there as archived (never
-    mailed), except the newest ``backfill``. Raises :class:`PostSourceError`, changing nothing.
+    mailed). ``backfill`` N, on any sync, makes the newest N published posts that were never
+    mailed new, so the next digest carries them. Raises :class:`PostSourceError`, changing
+    nothing.
     """
     source = post_source(services.config)
     now = services.clock()
     state = session.get(SourceState, source.state_key)
-    report = SyncReport(source=source.describe(), first_sync=state is None)
+    report = SyncReport(source=source.describe(), first_sync=state is None, backfill=backfill)
     try:
         posts, fetched = read_source(source, services.config, state)
         if state is None:
@@ -921,6 +930,8 @@ def sync_posts(session: Session, services: Services, *, backfill: int | None = N
             report.not_modified = True
         else:
             _store(session, posts, report, now=now, backfill=backfill or 0)
+        if backfill and not report.first_sync:
+            _backfill(session, report, backfill, now=now)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -950,6 +961,7 @@ def _store(session: Session, posts: list[SourcePost], report: SyncReport, *, now
     if report.first_sync:
         published = [p for p in fresh if not p.draft and (p.published_at or now) <= now]
         archive = {p.key for p in published[backfill:]}
+        report.backfilled_titles = [p.title for p in published[:backfill]]
     for post in fresh:
         archived = post.key in archive
         session.add(Post(
@@ -977,6 +989,22 @@ def _store(session: Session, posts: list[SourcePost], report: SyncReport, *, now
         if post.published_at is not None:  # a dateless entry keeps the time it was first seen
             row.published_at = post.published_at
         report.updated_titles.append(post.title)
+
+
+def _backfill(session: Session, report: SyncReport, count: int, *, now: datetime) -> None:
+    """Make the newest ``count`` published posts that were never in a digest new again: the
+    archived ones among them are no longer archived, so the next digest carries them."""
+    newest = func.coalesce(Post.published_at, Post.first_seen_at)
+    never_mailed = session.scalars(
+        select(Post)
+        .where(Post.campaign_id.is_(None), Post.draft.is_(False), newest <= now)
+        .order_by(newest.desc(), Post.id)  # ties: the order the first sync stored them in
+        .limit(count)).all()
+    report.backfill_found = len(never_mailed)
+    for post in never_mailed:
+        if post.archived:
+            post.archived = False
+            report.backfilled_titles.append(post.title)
 
 
 def _load_posts(session: Session, keys: list[str]) -> dict[str, Post]:
