@@ -537,6 +537,7 @@ def campaigns_group(ctx: click.Context) -> None:
     from .db import db
     from .sending import list_campaigns
 
+    live = _fold_interrupted_sends()
     campaigns = list_campaigns(db.session)
     if not campaigns:
         click.echo("No campaigns yet: `newsletter send-digest` or `newsletter send-campaign "
@@ -549,6 +550,20 @@ def campaigns_group(ctx: click.Context) -> None:
         click.echo(f"{c.id:>5}  {c.kind:<12}  {c.created_at:%Y-%m-%d %H:%M}  {c.status:<8}  "
                    f"{n.get('sent', 0):>7}  {n.get('failed', 0):>6}  {n.get('deferred', 0):>5}  "
                    f"{n.get('skipped', 0):>5}  {n.get('queued', 0):>6}  {c.subject}")
+    if live:
+        click.echo(live)
+
+
+def _fold_interrupted_sends() -> str | None:
+    """Fold in what a killed send left behind, so the counts shown are exact; a note to show
+    instead when a send is running right now."""
+    from .db import db
+    from .sending import fold_interrupted
+
+    if fold_interrupted(db.session, _send_lock(), _services().clock()):
+        return None
+    return ("A send is running now: these counts are live and keep moving (the last few "
+            "seconds' messages show once it writes them).")
 
 
 @campaigns_group.command("show")
@@ -560,6 +575,7 @@ def campaigns_show(campaign_id: int) -> None:
     from .db import db
     from .sending import CampaignNotFound, describe_campaign
 
+    live = _fold_interrupted_sends()
     try:
         details = describe_campaign(db.session, campaign_id)
     except CampaignNotFound as err:
@@ -580,6 +596,8 @@ def campaigns_show(campaign_id: int) -> None:
                        f"{p.reply or '(no reply recorded)'}")
         if details.more_problems:
             click.echo(f"  ... and {details.more_problems:,} more.")
+    if live:
+        click.echo(live)
 
 
 def _ask_before_sending_campaign(subject: str, readers: int) -> bool:
