@@ -986,6 +986,23 @@ def test_fetch_posts_backfill_works_on_later_syncs_and_says_what_it_did(
     assert [t for t, p in stored(app).items() if p.archived] == []
 
 
+def test_fetch_posts_backfill_works_when_the_feed_has_not_changed(
+        app: Flask, runner: FlaskCliRunner, feed_server: FeedServer) -> None:
+    feed_server.routes["/feed.xml"] = Route(
+        rss(dated_items(3, newest=datetime(2026, 10, 30, tzinfo=UTC))), etag='"v1"')
+    use_feed(app, feed_server.url("/feed.xml"))
+    assert runner.invoke(args=["fetch-posts"]).exit_code == 0  # archives all three
+    result = runner.invoke(args=["fetch-posts", "--backfill", "1"])
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        "--backfill 1: 1 post(s) published before and never mailed go into the next digest:\n"
+        "  Weekly Practice 3\n"
+        f"No new posts: the feed at {feed_server.url('/feed.xml')} has not changed since the "
+        "last fetch.\n")
+    assert feed_server.requests[-1][1]["If-None-Match"] == '"v1"'  # it was a 304
+    assert not stored(app)["Weekly Practice 3"].archived
+
+
 def test_fetch_posts_reports_waiting_posts(app: Flask, runner: FlaskCliRunner) -> None:
     use_folder(app, POSTS)
     result = runner.invoke(args=["fetch-posts"])
