@@ -192,8 +192,8 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
 @register
 @click.command("fetch-posts")
 @click.option("--backfill", type=click.IntRange(min=0), default=None, metavar="N",
-              help="On the first sync, also mail the newest N posts already published "
-                   "(default: none of them).")
+              help="Also mail the newest N posts already published that were never mailed: "
+                   "the next digest carries them (default: none; works on any sync).")
 @with_appcontext
 def fetch_posts_command(backfill: int | None) -> None:
     """Sync posts from NEWSLETTER_FEED_URL or NEWSLETTER_POSTS_DIR and list what is new."""
@@ -205,15 +205,11 @@ def fetch_posts_command(backfill: int | None) -> None:
     except PostSourceError as err:
         click.echo(f"Cannot read the posts: {err}", err=True)
         sys.exit(EXIT_ERROR)
+    for line in _backfill_lines(report):
+        click.echo(line)
     if report.not_modified:
         click.echo(f"No new posts: {report.source} has not changed since the last fetch.")
         return
-    if report.first_sync and report.archived_titles:
-        click.echo(f"First sync of {report.source}: {len(report.archived_titles)} post(s) "
-                   "already published are recorded as sent before and will not be mailed"
-                   + ("." if backfill else " (--backfill N mails the newest N)."))
-    elif backfill:
-        click.echo("--backfill only applies to the first sync of a source; ignored.")
     if report.new:
         click.echo(f"New posts ({len(report.new)}):")
         for post in report.new:
@@ -224,6 +220,44 @@ def fetch_posts_command(backfill: int | None) -> None:
     if report.duplicates:
         click.echo(f"Skipped {report.duplicates} entr{'y' if report.duplicates == 1 else 'ies'} "
                    "repeating an id seen earlier in the source.")
+
+
+def _backfill_lines(report: Any) -> list[str]:
+    """What a sync did with the posts already published: archived on a first sync, and what
+    ``--backfill N`` made new (or why nothing)."""
+    n, backfilled, archived = report.backfill, report.backfilled_titles, report.archived_titles
+    flag = f"--backfill {n}"
+    if report.first_sync:
+        published = len(archived) + len(backfilled)
+        if archived and backfilled:
+            return [f"First sync of {report.source}: the newest {len(backfilled)} of the "
+                    f"{published} posts already published go into the next digest ({flag}); "
+                    f"the other {len(archived)} are recorded as sent before and will not be "
+                    "mailed."]
+        if archived:
+            return [f"First sync of {report.source}: {len(archived)} post(s) already published "
+                    "are recorded as sent before and will not be mailed (`newsletter "
+                    "fetch-posts --backfill N` mails the newest N, now or later)."]
+        if backfilled:
+            return [f"First sync of {report.source}: all {published} post(s) already published "
+                    f"go into the next digest ({flag})."]
+        if n:
+            return [f"First sync of {report.source}: no post is published there yet, so "
+                    f"{flag} found none to mail."]
+        return []
+    if n is None:
+        return []
+    if n == 0:
+        return [f"{flag} marks no post as new."]
+    if backfilled:
+        return [f"{flag}: {len(backfilled)} post(s) published before and never mailed go "
+                "into the next digest:", *(f"  {title}" for title in backfilled)]
+    found = report.backfill_found
+    if found:
+        which = f"the newest {found}" if found == n else f"all {found}"
+        return [f"{flag}: {which} published post(s) never mailed are already new, waiting for "
+                "the next digest; nothing changed."]
+    return [f"{flag}: no published post is left that was never mailed; nothing changed."]
 
 
 def _sync_posts_for_digest(services: Any, backfill: int | None) -> Any:
@@ -247,8 +281,8 @@ def _sync_posts_for_digest(services: Any, backfill: int | None) -> Any:
               help="Folder to write digest.html, digest.txt and digest.eml into.")
 @click.option("--open", "open_browser", is_flag=True, help="Open digest.html in a web browser.")
 @click.option("--backfill", type=click.IntRange(min=0), default=None, metavar="N",
-              help="If this is the source's first sync, count the newest N posts already "
-                   "published as new (as `fetch-posts --backfill N` does).")
+              help="Count the newest N posts already published that were never mailed as "
+                   "new (as `fetch-posts --backfill N` does).")
 @with_appcontext
 def preview_digest_command(output: str, open_browser: bool, backfill: int | None) -> None:
     """Write the next digest as a sample reader would get it; marks nothing as sent."""
@@ -531,6 +565,7 @@ def campaigns_group(ctx: click.Context) -> None:
     from .db import db
     from .sending import list_campaigns
 
+    live = _fold_interrupted_sends()
     campaigns = list_campaigns(db.session)
     if not campaigns:
         click.echo("No campaigns yet: `newsletter send-digest` or `newsletter send-campaign "
@@ -543,6 +578,20 @@ def campaigns_group(ctx: click.Context) -> None:
         click.echo(f"{c.id:>5}  {c.kind:<12}  {c.created_at:%Y-%m-%d %H:%M}  {c.status:<8}  "
                    f"{n.get('sent', 0):>7}  {n.get('failed', 0):>6}  {n.get('deferred', 0):>5}  "
                    f"{n.get('skipped', 0):>5}  {n.get('queued', 0):>6}  {c.subject}")
+    if live:
+        click.echo(live)
+
+
+def _fold_interrupted_sends() -> str | None:
+    """Fold in what a killed send left behind, so the counts shown are exact; a note to show
+    instead when a send is running right now."""
+    from .db import db
+    from .sending import fold_interrupted
+
+    if fold_interrupted(db.session, _send_lock(), _services().clock()):
+        return None
+    return ("A send is running now: these counts are live and keep moving (the last few "
+            "seconds' messages show once it writes them).")
 
 
 @campaigns_group.command("show")
@@ -554,6 +603,7 @@ def campaigns_show(campaign_id: int) -> None:
     from .db import db
     from .sending import CampaignNotFound, describe_campaign
 
+    live = _fold_interrupted_sends()
     try:
         details = describe_campaign(db.session, campaign_id)
     except CampaignNotFound as err:
@@ -574,6 +624,8 @@ def campaigns_show(campaign_id: int) -> None:
                        f"{p.reply or '(no reply recorded)'}")
         if details.more_problems:
             click.echo(f"  ... and {details.more_problems:,} more.")
+    if live:
+        click.echo(live)
 
 
 def _ask_before_sending_campaign(subject: str, readers: int) -> bool:

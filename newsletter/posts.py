@@ -15,11 +15,14 @@ import http.client
 import io
 import json
 import re
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
@@ -33,7 +36,7 @@ import feedparser
 import markdown
 import nh3
 import yaml
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -133,7 +136,85 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+class _Deadline:
+    """One fetch's total time limit. A socket timeout bounds each wait, not the fetch: a
+    server that sends a byte every second never trips it. When the deadline passes, a timer
+    shuts down every socket of the fetch, which ends any read or write blocked on it at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> socket.socket:
+        """Shut ``sock`` down when the deadline passes (at once if it has passed)."""
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired.is_set():
+                _shut_down(sock)
+        return sock
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired.set()
+            for sock in self._sockets:
+                _shut_down(sock)
+
+    def cancel(self) -> None:
+        """The fetch is over: the timer need not fire."""
+        self._timer.cancel()
+
+
+def _shut_down(sock: socket.socket) -> None:
+    # socket.socket's own shutdown, also for a TLS socket: it only wakes the reader, leaving
+    # the TLS state to the thread that owns it. A closed or detached socket raises; fine.
+    with suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _watched_connection(base: type[http.client.HTTPConnection],
+                        deadline: _Deadline) -> Callable[..., http.client.HTTPConnection]:
+    """A connection class like ``base`` whose sockets ``deadline`` watches (the TCP socket
+    from the start, so connecting and the TLS handshake count too; then the TLS socket)."""
+
+    class Watched(base):  # type: ignore[valid-type, misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            create: Callable[..., socket.socket] = self._create_connection  # type: ignore[has-type]
+            self._create_connection = lambda *a, **k: deadline.watch(create(*a, **k))
+
+        def connect(self) -> None:
+            super().connect()
+            deadline.watch(self.sock)
+
+    return Watched
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._connection = _watched_connection(http.client.HTTPConnection, deadline)
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._connection, req)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._connection = _watched_connection(http.client.HTTPSConnection, deadline)
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._connection, req,  # type: ignore[arg-type]
+                            context=self._context)  # type: ignore[attr-defined]
+
+
+def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(_HttpOnlyRedirects, _WatchedHTTPHandler(deadline),
+                                       _WatchedHTTPSHandler(deadline))
 
 
 def fetch_feed(url: str, *, etag: str | None = None, last_modified: str | None = None,
@@ -151,10 +232,11 @@ def fetch_feed(url: str, *, etag: str | None = None, last_modified: str | None =
     if last_modified:
         headers["If-Modified-Since"] = last_modified
     request = urllib.request.Request(url, headers=headers)
-    # The socket timeout bounds each wait; the deadline bounds a server that trickles bytes.
-    deadline = time.monotonic() + timeout
+    # The socket timeout bounds each wait; the deadline bounds the whole fetch (redirects
+    # included), so a server that trickles bytes cannot hold the command, or the send lock.
+    deadline = _Deadline(timeout)
     try:
-        with _OPENER.open(request, timeout=timeout) as response:
+        with _opener(deadline).open(request, timeout=timeout) as response:
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > max_bytes:
                 raise _too_big(url, max_bytes)
@@ -166,6 +248,8 @@ def fetch_feed(url: str, *, etag: str | None = None, last_modified: str | None =
                                last_modified=response.headers.get("Last-Modified"))
     except urllib.error.HTTPError as err:
         with err:  # closes the error's response, which holds the socket
+            if deadline.expired.is_set():
+                raise _timed_out(url, timeout) from None
             if err.code == 304:
                 return FetchedFeed(body=None, url=url,
                                    etag=err.headers.get("ETag") or etag,
@@ -180,16 +264,20 @@ def fetch_feed(url: str, *, etag: str | None = None, last_modified: str | None =
     except TimeoutError:
         raise _timed_out(url, timeout) from None
     except urllib.error.URLError as err:
-        if isinstance(err.reason, TimeoutError):
+        if isinstance(err.reason, TimeoutError) or deadline.expired.is_set():
             raise _timed_out(url, timeout) from None
         raise PostSourceError(f"could not reach {url} ({_one_line(err.reason)}); check "
                               "NEWSLETTER_FEED_URL and the network") from None
     except (OSError, http.client.HTTPException) as err:
+        if deadline.expired.is_set():  # the deadline shut the socket: that is the failure
+            raise _timed_out(url, timeout) from None
         raise PostSourceError(f"reading {url} failed ({_one_line(err) or type(err).__name__});"
                               " try again later") from None
+    finally:
+        deadline.cancel()
 
 
-def _read_capped(response: Any, url: str, max_bytes: int, deadline: float, *,
+def _read_capped(response: Any, url: str, max_bytes: int, deadline: _Deadline, *,
                  gzipped: bool) -> bytes:
     """The body, refusing more than ``max_bytes`` (after decompression) or a late finish."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
@@ -197,7 +285,7 @@ def _read_capped(response: Any, url: str, max_bytes: int, deadline: float, *,
     size = 0
     try:
         while chunk := response.read(_CHUNK):
-            if time.monotonic() > deadline:
+            if deadline.expired.is_set():
                 raise TimeoutError
             if inflater is not None:
                 # Bounded output: a small gzip bomb cannot inflate past the cap.
@@ -212,7 +300,11 @@ def _read_capped(response: Any, url: str, max_bytes: int, deadline: float, *,
                 raise _too_big(url, max_bytes)
             chunks.append(tail)
     except zlib.error as err:
+        if deadline.expired.is_set():
+            raise TimeoutError from None
         raise PostSourceError(f"{url} sent a damaged gzip body ({err}); try again later") from None
+    if deadline.expired.is_set():  # the shut-down socket looked like the end of the body
+        raise TimeoutError
     return b"".join(chunks)
 
 
@@ -236,8 +328,8 @@ def _too_big(where: str, max_bytes: int) -> PostSourceError:
 
 
 def _timed_out(url: str, timeout: float) -> PostSourceError:
-    return PostSourceError(f"{url} did not answer within {timeout:g} seconds; try again later "
-                           "or raise NEWSLETTER_FEED_TIMEOUT")
+    return PostSourceError(f"the feed at {url} did not finish within {timeout:g} seconds; try "
+                           "again later or raise NEWSLETTER_FEED_TIMEOUT")
 
 
 def _one_line(value: object) -> str:
@@ -766,6 +858,13 @@ class SyncReport:
     updated_titles: list[str] = field(default_factory=list)
     unchanged: int = 0
     archived_titles: list[str] = field(default_factory=list)  # first sync: never mailed
+    backfill: int | None = None  # the N of --backfill N, if asked
+    # Posts already published that --backfill made new: on a first sync, the newest N of the
+    # source's (also in ``new``); later, archived ones brought back for the next digest.
+    backfilled_titles: list[str] = field(default_factory=list)
+    # Later syncs: how many posts --backfill found that were never mailed (at most N), those
+    # already new included.
+    backfill_found: int = 0
     duplicates: int = 0  # entries dropped because an earlier entry had the same id
     not_modified: bool = False  # HTTP 304: the feed has not changed since the last fetch
     first_sync: bool = False
@@ -810,12 +909,14 @@ def sync_posts(session: Session, services: Services, *, backfill: int | None = N
     """Sync the configured post source into ``posts``, in one transaction.
 
     The first sync of a source records the posts already published there as archived (never
-    mailed), except the newest ``backfill``. Raises :class:`PostSourceError`, changing nothing.
+    mailed). ``backfill`` N, on any sync, makes the newest N published posts that were never
+    mailed new, so the next digest carries them. Raises :class:`PostSourceError`, changing
+    nothing.
     """
     source = post_source(services.config)
     now = services.clock()
     state = session.get(SourceState, source.state_key)
-    report = SyncReport(source=source.describe(), first_sync=state is None)
+    report = SyncReport(source=source.describe(), first_sync=state is None, backfill=backfill)
     try:
         posts, fetched = read_source(source, services.config, state)
         if state is None:
@@ -829,6 +930,8 @@ def sync_posts(session: Session, services: Services, *, backfill: int | None = N
             report.not_modified = True
         else:
             _store(session, posts, report, now=now, backfill=backfill or 0)
+        if backfill and not report.first_sync:
+            _backfill(session, report, backfill, now=now)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -858,6 +961,7 @@ def _store(session: Session, posts: list[SourcePost], report: SyncReport, *, now
     if report.first_sync:
         published = [p for p in fresh if not p.draft and (p.published_at or now) <= now]
         archive = {p.key for p in published[backfill:]}
+        report.backfilled_titles = [p.title for p in published[:backfill]]
     for post in fresh:
         archived = post.key in archive
         session.add(Post(
@@ -885,6 +989,22 @@ def _store(session: Session, posts: list[SourcePost], report: SyncReport, *, now
         if post.published_at is not None:  # a dateless entry keeps the time it was first seen
             row.published_at = post.published_at
         report.updated_titles.append(post.title)
+
+
+def _backfill(session: Session, report: SyncReport, count: int, *, now: datetime) -> None:
+    """Make the newest ``count`` published posts that were never in a digest new again: the
+    archived ones among them are no longer archived, so the next digest carries them."""
+    newest = func.coalesce(Post.published_at, Post.first_seen_at)
+    never_mailed = session.scalars(
+        select(Post)
+        .where(Post.campaign_id.is_(None), Post.draft.is_(False), newest <= now)
+        .order_by(newest.desc(), Post.id)  # ties: the order the first sync stored them in
+        .limit(count)).all()
+    report.backfill_found = len(never_mailed)
+    for post in never_mailed:
+        if post.archived:
+            post.archived = False
+            report.backfilled_titles.append(post.title)
 
 
 def _load_posts(session: Session, keys: list[str]) -> dict[str, Post]:

@@ -25,7 +25,8 @@ from sqlalchemy import func, select
 from newsletter import create_app
 from newsletter.config import ConfigError
 from newsletter.db import db
-from newsletter.models import Post, SourceState
+from newsletter.digest import select_digest_posts
+from newsletter.models import CONFIRMED, Campaign, Post, SourceState, Subscriber
 from newsletter.posts import (
     IMAGE_STYLE,
     NoPostSource,
@@ -35,6 +36,7 @@ from newsletter.posts import (
     summarise,
     sync_posts,
 )
+from newsletter.sending import SendLock, sending_state_dir
 from newsletter.services import get_services
 from tests.conftest import BLOG_ORIGIN, FrozenClock
 
@@ -248,6 +250,63 @@ def silent_server() -> Iterator[str]:
     sock.listen(8)
     yield f"http://127.0.0.1:{sock.getsockname()[1]}/feed.xml"
     sock.close()
+
+
+@dataclass
+class DripServer:
+    """An HTTP server on 127.0.0.1 that sends its answer one byte at a time, a byte every
+    ``interval`` seconds (well inside any per-read timeout), for as long as the client stays."""
+
+    url: str
+    replying: threading.Event  # the first byte is out
+    finished: threading.Event  # every byte went out: the drip was allowed to run its course
+    client_left: threading.Event  # a write failed: the client hung up mid-drip
+
+
+@pytest.fixture
+def drip_server(request: pytest.FixtureRequest) -> Iterator[DripServer]:
+    """``request.param``: "headers" drips the status line and headers too, "body" sends those
+    at once and drips a declared-length body."""
+    # About 5 s of dripping: ten times the timeout the tests set, yet a run without a total
+    # deadline fails in seconds rather than hanging.
+    body = b'<rss version="2.0"><channel><title>Drip</title></channel></rss>'.ljust(250)
+    head = (b"HTTP/1.0 200 OK\r\nContent-Type: application/rss+xml\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+    server = DripServer(f"http://127.0.0.1:{listener.getsockname()[1]}/feed.xml",
+                        threading.Event(), threading.Event(), threading.Event())
+    at_once, dripped = (b"", head + body) if request.param == "headers" else (head, body)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return  # the listener was closed: the test is over
+            with connection:
+                connection.recv(65536)  # the request (small: one recv holds it)
+                try:
+                    connection.sendall(at_once)
+                    for n in range(len(dripped)):
+                        connection.sendall(dripped[n:n + 1])
+                        server.replying.set()
+                        if stop.wait(0.02):
+                            return
+                except OSError:
+                    server.client_left.set()
+                    continue
+                server.finished.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server
+    stop.set()
+    listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
+    thread.join()
 
 
 # --- feeds ---------------------------------------------------------------------------------
@@ -553,10 +612,54 @@ def test_server_that_never_answers_times_out_quickly(app: Flask, silent_server: 
     use_feed(app, silent_server)
     app.config["FEED_TIMEOUT"] = 0.5
     started = time.monotonic()
-    with pytest.raises(PostSourceError, match="did not answer within 0.5 seconds"):
+    with pytest.raises(PostSourceError, match="did not finish within 0.5 seconds"):
         sync(app)
     assert time.monotonic() - started < 5
     assert snapshot(app) == ([], [])
+
+
+@pytest.mark.parametrize("drip_server", ["headers", "body"], indirect=True)
+def test_a_server_that_drips_bytes_is_cut_off_at_the_total_timeout(
+        app: Flask, drip_server: DripServer) -> None:
+    # A byte every 0.02 s never trips a 0.5 s per-read timeout; only a total deadline stops it.
+    use_feed(app, drip_server.url)
+    app.config["FEED_TIMEOUT"] = 0.5
+    with pytest.raises(PostSourceError) as caught:
+        sync(app)
+    assert str(caught.value) == (
+        f"the feed at {drip_server.url} did not finish within 0.5 seconds; try again later or "
+        "raise NEWSLETTER_FEED_TIMEOUT")
+    assert drip_server.replying.is_set() and not drip_server.finished.is_set()
+    assert snapshot(app) == ([], [])  # nothing half-synced, not even the source's state
+    assert drip_server.client_left.wait(10)  # and the connection was closed, not left open
+
+
+
+@pytest.mark.parametrize("drip_server", ["body"], indirect=True)
+def test_fetch_posts_and_send_digest_stop_on_a_dripping_feed_and_free_the_send_lock(
+        app: Flask, runner: FlaskCliRunner, drip_server: DripServer, clock: FrozenClock) -> None:
+    use_feed(app, drip_server.url)
+    app.config["FEED_TIMEOUT"] = 0.5
+    message = (f"Cannot read the posts: the feed at {drip_server.url} did not finish within 0.5 "
+               "seconds; try again later or raise NEWSLETTER_FEED_TIMEOUT\n")
+
+    fetched = runner.invoke(args=["fetch-posts"])
+    assert (fetched.exit_code, fetched.stdout, fetched.stderr) == (1, "", message)
+
+    with app.app_context():
+        db.session.add(Subscriber(email="reader@example.com", status=CONFIRMED,
+                                  created_at=clock(), updated_at=clock()))
+        db.session.commit()
+    sent = runner.invoke(args=["send-digest", "--yes"])
+    assert sent.exit_code == 1 and message in sent.stderr
+    assert not drip_server.finished.is_set()
+    assert snapshot(app) == ([], [])
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Campaign)) == 0
+        # The lock went with the command: the next sender gets it at once.
+        with SendLock(sending_state_dir(app.config["SQLALCHEMY_DATABASE_URI"],
+                                        app.instance_path), db.engine) as lock:
+            assert lock.held
 
 
 @pytest.mark.parametrize("route", [
@@ -641,11 +744,41 @@ def test_first_sync_archives_published_posts_and_later_ones_are_new(
     fresh = {"title": "A New Week", "guid": "new-week", "link": f"{BLOG_ORIGIN}/new-week",
              "date": datetime(2026, 11, 3, 7, 0, tzinfo=UTC)}
     feed.write_bytes(rss([scheduled, fresh, *published]))
-    second = sync(app, backfill=3)  # backfill means nothing after the first sync
+    second = sync(app)
     assert not second.first_sync
     assert (second.new_titles, second.archived_titles, second.unchanged) == (
         ["A New Week"], [], 6)
     assert not stored(app)["A New Week"].archived
+    assert all(stored(app)[f"Weekly Practice {n}"].archived for n in range(1, 6))
+
+
+def test_backfill_on_a_later_sync_brings_back_the_newest_posts_never_mailed(
+        app: Flask, tmp_path: Path, clock: FrozenClock) -> None:
+    feed = tmp_path / "feed.xml"
+    feed.write_bytes(rss(dated_items(5, newest=datetime(2026, 10, 30, tzinfo=UTC))))
+    use_feed(app, feed)
+    sync(app)  # the first sync archives all five
+    with app.app_context():
+        mail_posts(app, ["Weekly Practice 5"])  # as if an earlier digest had carried it
+    report = sync(app, backfill=2)
+    assert not report.first_sync and report.new_titles == []
+    assert report.backfilled_titles == ["Weekly Practice 4", "Weekly Practice 3"]
+    with app.app_context():
+        chosen = select_digest_posts(db.session, get_services(app))
+        assert [p.title for p in chosen] == ["Weekly Practice 4", "Weekly Practice 3"]
+    assert sorted(t for t, p in stored(app).items() if p.archived) == [
+        "Weekly Practice 1", "Weekly Practice 2"]
+
+
+def mail_posts(app: Flask, titles: list[str]) -> None:
+    """Put the posts with these titles into a sent digest, as send-digest would have."""
+    campaign = Campaign(kind="digest", subject="Earlier digest", content_hash="0" * 64,
+                        status="sent", created_at=NOW, html="<p>x</p>", text="x")
+    db.session.add(campaign)
+    db.session.flush()
+    for post in db.session.scalars(select(Post).where(Post.title.in_(titles))):
+        post.campaign_id, post.archived = campaign.id, False
+    db.session.commit()
 
 
 @pytest.mark.parametrize(("backfill", "mailed"), [(0, []), (2, [5, 4]), (9, [5, 4, 3, 2, 1])])
@@ -762,13 +895,112 @@ def test_fetch_posts_prints_new_titles_and_counts(app: Flask, runner: FlaskCliRu
     first = runner.invoke(args=["fetch-posts", "--backfill", "1"])
     assert first.exit_code == 0, first.output
     assert "First sync of the feed file" in first.output
-    assert "1 post(s) already published are recorded as sent before" in first.output
+    assert ("the newest 1 of the 2 posts already published go into the next digest "
+            "(--backfill 1); the other 1 are recorded as sent before") in first.output
     assert "New posts (1):\n  Evening Wind-Dwon\n" in first.output
 
     feed.write_bytes((FEEDS / "edit_after.xml").read_bytes())
     second = runner.invoke(args=["fetch-posts"])
     assert second.exit_code == 0, second.output
     assert second.output == "No new posts.\nUpdated 1, unchanged 1.\n"
+
+
+ARCHIVED_ALL = ("5 post(s) already published are recorded as sent before and will not be "
+                "mailed (`newsletter fetch-posts --backfill N` mails the newest N, now or later).")
+
+
+@pytest.mark.parametrize(("args", "message", "mailed"), [
+    ([], ARCHIVED_ALL, []),
+    (["--backfill", "0"], ARCHIVED_ALL, []),
+    (["--backfill", "2"], "the newest 2 of the 5 posts already published go into the next "
+     "digest (--backfill 2); the other 3 are recorded as sent before and will not be mailed.",
+     [5, 4]),
+    (["--backfill", "5"], "all 5 post(s) already published go into the next digest "
+     "(--backfill 5).", [5, 4, 3, 2, 1]),
+    (["--backfill", "9"], "all 5 post(s) already published go into the next digest "
+     "(--backfill 9).", [5, 4, 3, 2, 1]),
+])
+def test_fetch_posts_says_what_a_first_sync_did_with_the_published_posts(
+        app: Flask, runner: FlaskCliRunner, tmp_path: Path, args: list[str], message: str,
+        mailed: list[int]) -> None:
+    feed = tmp_path / "feed.xml"
+    feed.write_bytes(rss(dated_items(5, newest=datetime(2026, 10, 30, tzinfo=UTC))))
+    use_feed(app, feed)
+    result = runner.invoke(args=["fetch-posts", *args])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"First sync of the feed file {feed}: {message}\n")
+    assert "ignored" not in result.output
+    assert sorted(t for t, p in stored(app).items() if not p.archived) == sorted(
+        f"Weekly Practice {n}" for n in mailed)
+
+
+def test_fetch_posts_backfill_on_a_first_sync_with_nothing_published_says_so(
+        app: Flask, runner: FlaskCliRunner, tmp_path: Path) -> None:
+    feed = tmp_path / "feed.xml"
+    feed.write_bytes(rss([{"title": "Winter Solstice Walk", "guid": "solstice",
+                           "date": datetime(2026, 12, 21, 8, 0, tzinfo=UTC)}]))
+    use_feed(app, feed)
+    result = runner.invoke(args=["fetch-posts", "--backfill", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(
+        f"First sync of the feed file {feed}: no post is published there yet, so --backfill 2 "
+        "found none to mail.\nNew posts (1):\n")
+
+
+def test_fetch_posts_backfill_works_on_later_syncs_and_says_what_it_did(
+        app: Flask, runner: FlaskCliRunner, tmp_path: Path) -> None:
+    feed = tmp_path / "feed.xml"
+    feed.write_bytes(rss(dated_items(5, newest=datetime(2026, 10, 30, tzinfo=UTC))))
+    use_feed(app, feed)
+    assert runner.invoke(args=["fetch-posts"]).exit_code == 0  # archives all five
+
+    def fetch(*args: str) -> str:
+        result = runner.invoke(args=["fetch-posts", *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert fetch("--backfill", "2") == (
+        "--backfill 2: 2 post(s) published before and never mailed go into the next digest:\n"
+        "  Weekly Practice 5\n  Weekly Practice 4\n"
+        "No new posts.\nUpdated 0, unchanged 5.\n")
+    assert fetch("--backfill", "1").startswith(
+        "--backfill 1: the newest 1 published post(s) never mailed are already new, waiting "
+        "for the next digest; nothing changed.\n")
+    assert fetch("--backfill", "0").startswith("--backfill 0 marks no post as new.\n")
+    with app.app_context():
+        mail_posts(app, ["Weekly Practice 5", "Weekly Practice 4"])
+    # Posts in a digest are not "never mailed": the next newest ones come back instead.
+    assert fetch("--backfill", "2").startswith(
+        "--backfill 2: 2 post(s) published before and never mailed go into the next digest:\n"
+        "  Weekly Practice 3\n  Weekly Practice 2\n")
+    assert fetch("--backfill", "9").startswith(
+        "--backfill 9: 1 post(s) published before and never mailed go into the next digest:\n"
+        "  Weekly Practice 1\n")
+    assert fetch("--backfill", "9").startswith(
+        "--backfill 9: all 3 published post(s) never mailed are already new, waiting for the "
+        "next digest; nothing changed.\n")
+    with app.app_context():
+        mail_posts(app, ["Weekly Practice 3", "Weekly Practice 2", "Weekly Practice 1"])
+    assert fetch("--backfill", "3").startswith(
+        "--backfill 3: no published post is left that was never mailed; nothing changed.\n")
+    assert [t for t, p in stored(app).items() if p.archived] == []
+
+
+def test_fetch_posts_backfill_works_when_the_feed_has_not_changed(
+        app: Flask, runner: FlaskCliRunner, feed_server: FeedServer) -> None:
+    feed_server.routes["/feed.xml"] = Route(
+        rss(dated_items(3, newest=datetime(2026, 10, 30, tzinfo=UTC))), etag='"v1"')
+    use_feed(app, feed_server.url("/feed.xml"))
+    assert runner.invoke(args=["fetch-posts"]).exit_code == 0  # archives all three
+    result = runner.invoke(args=["fetch-posts", "--backfill", "1"])
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        "--backfill 1: 1 post(s) published before and never mailed go into the next digest:\n"
+        "  Weekly Practice 3\n"
+        f"No new posts: the feed at {feed_server.url('/feed.xml')} has not changed since the "
+        "last fetch.\n")
+    assert feed_server.requests[-1][1]["If-None-Match"] == '"v1"'  # it was a 304
+    assert not stored(app)["Weekly Practice 3"].archived
 
 
 def test_fetch_posts_reports_waiting_posts(app: Flask, runner: FlaskCliRunner) -> None:

@@ -708,6 +708,69 @@ def test_progress_off_a_terminal_is_a_plain_line_every_few_seconds(
     assert capsys.readouterr().out == ""
 
 
+def killed_mid_run(app: Flask, session: Session, clock: FrozenClock, readers: int,
+                   delivered: int) -> tuple[int, Path]:
+    """What a sender killed with SIGKILL leaves: its claims on every row, all still queued in
+    the database, and its journal holding the ids of the first ``delivered`` (their 250s)."""
+    add_readers(session, clock, readers)
+    campaign_id = make_campaign(session, clock)
+    ids = list(session.scalars(select(Delivery.id).order_by(Delivery.id)))
+    session.execute(update(Delivery).values(claimed_by="sender-host:999:deadbeef0000",
+                                            claimed_until=clock() + timedelta(minutes=10)))
+    session.commit()
+    journal = state_dir(app) / "journal-999-deadbeef0000.log"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_bytes(b"".join(b"%d\n" % i for i in ids[:delivered]))
+    return campaign_id, journal
+
+
+def test_campaigns_fold_in_what_a_killed_send_left_before_counting(
+        app: Flask, session: Session, clock: FrozenClock, runner: FlaskCliRunner) -> None:
+    campaign_id, journal = killed_mid_run(app, session, clock, readers=5, delivered=3)
+
+    listed = runner.invoke(args=["campaigns"])
+    assert listed.exit_code == 0, listed.output
+    row = listed.output.splitlines()[1].split()
+    assert row[:2] == [str(campaign_id), "digest"]
+    assert row[4:10] == ["sending", "3", "0", "0", "0", "2"]
+    assert "A send is running" not in listed.output
+    assert not journal.exists()
+    shown = runner.invoke(args=["campaigns", "show", str(campaign_id)])
+    assert shown.exit_code == 0, shown.output
+    assert "Deliveries: sent 3, failed 0, deferred 0, skipped 0, queued 2 (of 5)." in shown.output
+    # The dead sender's claims are released too, so the next run takes those rows at once.
+    session.commit()
+    assert session.scalars(select(Delivery.claimed_by).where(Delivery.status == "queued")
+                           ).all() == [None, None]
+
+
+def test_campaigns_show_a_killed_send_that_had_delivered_everything_as_sent(
+        app: Flask, session: Session, clock: FrozenClock, runner: FlaskCliRunner) -> None:
+    campaign_id, journal = killed_mid_run(app, session, clock, readers=3, delivered=3)
+
+    shown = runner.invoke(args=["campaigns", "show", str(campaign_id)])
+
+    assert shown.exit_code == 0, shown.output
+    assert "Status sent; created 2026-11-02 09:00 UTC, finished 2026-11-02 09:00." in shown.output
+    assert "Deliveries: sent 3, failed 0, deferred 0, skipped 0, queued 0 (of 3)." in shown.output
+    assert not journal.exists()
+
+
+@exclusive_lock
+def test_campaigns_say_so_while_a_send_is_running(
+        app: Flask, session: Session, clock: FrozenClock, runner: FlaskCliRunner) -> None:
+    campaign_id, journal = killed_mid_run(app, session, clock, readers=2, delivered=1)
+    with SendLock(state_dir(app), db.engine):  # a sender is at work: its journal is its own
+        listed = runner.invoke(args=["campaigns"])
+        shown = runner.invoke(args=["campaigns", "show", str(campaign_id)])
+    for result in (listed, shown):
+        assert result.exit_code == 0, result.output
+        assert result.output.endswith(
+            "A send is running now: these counts are live and keep moving (the last few "
+            "seconds' messages show once it writes them).\n")
+    assert journal.exists()
+
+
 def test_campaigns_with_none_yet(runner: FlaskCliRunner) -> None:
     result = runner.invoke(args=["campaigns"])
     assert result.exit_code == 0 and "No campaigns yet" in result.output
