@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -252,6 +253,23 @@ class DkimSigner:
                 "NEWSLETTER_DKIM_ED25519_PRIVATE_KEY")
         return cls(str(domain), str(selector), rsa_key, str(ed_selector) if ed_selector
                    else None, ed_key)
+
+    @staticmethod
+    def cache_key(config: Mapping[str, Any]) -> tuple[Any, ...]:
+        """What a cached signer depends on: the settings, and the key files' modification
+        times and sizes, so a long-running process picks up a replaced key."""
+        parts: list[Any] = ["dkim"]
+        for setting in ("DKIM_DOMAIN", "DKIM_SELECTOR", "DKIM_PRIVATE_KEY",
+                        "DKIM_ED25519_SELECTOR", "DKIM_ED25519_PRIVATE_KEY"):
+            value = config.get(setting)
+            parts.append(value)
+            if setting.endswith("PRIVATE_KEY") and value:
+                try:
+                    stat = os.stat(str(value))
+                    parts.append((stat.st_mtime_ns, stat.st_size, stat.st_ino))
+                except OSError:
+                    parts.append(None)  # from_config says what is wrong
+        return tuple(parts)
 
     @property
     def algorithms(self) -> list[str]:
