@@ -46,8 +46,6 @@ class DkimProblem(Exception):
 # --- canonicalisation (RFC 6376 section 3.4) -------------------------------------------------
 
 _WSP_RUN = re.compile(rb"[ \t]+")
-_WSP_BEFORE_CRLF = re.compile(rb"[ \t]+\r\n")
-_TRAILING_CRLFS = re.compile(rb"(?:\r\n)+\Z")
 _FIELD_BREAK = re.compile(rb"\r\n(?![ \t])")
 _FOLD = re.compile(rb"\r?\n")
 
@@ -55,14 +53,25 @@ _FOLD = re.compile(rb"\r?\n")
 def _relaxed_lines(data: bytes) -> bytes:
     """Relaxed body canonicalisation without the end-of-body rule: white space at line ends
     removed, every other run of spaces and tabs made one space."""
-    return _WSP_RUN.sub(b" ", _WSP_BEFORE_CRLF.sub(b"\r\n", data))
+    # bytes.replace runs in C, many times faster here than a regular expression: tabs become
+    # spaces, each pass halves every run of spaces, and then a line's last space is its only
+    # trailing white space.
+    if b"\t" in data:
+        data = data.replace(b"\t", b" ")
+    while b"  " in data:
+        data = data.replace(b"  ", b" ")
+    if b" \r\n" in data:
+        data = data.replace(b" \r\n", b"\r\n")
+    return data
 
 
 def _relaxed_end(data: bytes) -> bytes:
     """The end-of-body rule on already canonical lines: empty lines at the end dropped, and a
     final CRLF added when missing; an empty body stays empty (RFC 6376 errata 3133)."""
-    data = _TRAILING_CRLFS.sub(b"", data)
-    return data + b"\r\n" if data else b""
+    end = len(data)
+    while data.endswith(b"\r\n", 0, end):
+        end -= 2
+    return data[:end] + b"\r\n" if end else b""
 
 
 def relaxed_body(body: bytes) -> bytes:
