@@ -35,6 +35,7 @@ DKIM_HEADERS = (
     "From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type", "Reply-To",
     "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post",
 )
+_SIGNED_NAMES = tuple(name.lower().encode() for name in DKIM_HEADERS)
 # RFC 8301: verifiers ignore signatures by RSA keys shorter than this.
 MIN_RSA_BITS = 1024
 
@@ -45,7 +46,6 @@ class DkimProblem(Exception):
 
 # --- canonicalisation (RFC 6376 section 3.4) -------------------------------------------------
 
-_WSP_RUN = re.compile(rb"[ \t]+")
 _FIELD_BREAK = re.compile(rb"\r\n(?![ \t])")
 _FOLD = re.compile(rb"\r?\n")
 
@@ -83,8 +83,15 @@ def relaxed_header(name: bytes, value: bytes) -> bytes:
     """One header field in relaxed canonical form (RFC 6376 section 3.4.2), CRLF-terminated:
     the name lower-cased, the value unfolded, runs of white space made one space, and white
     space around the colon and at the end removed."""
-    value = _WSP_RUN.sub(b" ", _FOLD.sub(b"", value)).strip(b" \t")
-    return name.strip(b" \t").lower() + b":" + value + b"\r\n"
+    # bytes.replace rather than regular expressions: this runs for every signed field of
+    # every copy, and most values have nothing to change.
+    if b"\n" in value:
+        value = _FOLD.sub(b"", value)
+    if b"\t" in value:
+        value = value.replace(b"\t", b" ")
+    while b"  " in value:
+        value = value.replace(b"  ", b" ")
+    return name.strip(b" \t").lower() + b":" + value.strip(b" ") + b"\r\n"
 
 
 def header_fields(head: bytes) -> list[tuple[bytes, bytes]]:
@@ -170,9 +177,12 @@ class BodyHasher:
 
 @dataclass(frozen=True)
 class _Key:
-    selector: str
-    algorithm: bytes  # the a= tag
+    prefix: bytes  # the DKIM-Signature field up to the tags that vary per message
     sign: Callable[[bytes], bytes]  # the header hash input -> signature
+
+    @property
+    def algorithm(self) -> str:
+        return re.search(rb" a=([^;]+);", self.prefix).group(1).decode()  # type: ignore[union-attr]
 
 
 def load_rsa_key(data: bytes, setting: str) -> RSAPrivateKey:
@@ -235,13 +245,24 @@ class DkimSigner:
     _keys: tuple[_Key, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        rsa_key = self.rsa_key
-        keys = [_Key(self.selector, b"rsa-sha256",
-                     lambda data: rsa_key.sign(data, padding.PKCS1v15(), hashes.SHA256()))]
+        for value, setting in ((self.domain, "NEWSLETTER_DKIM_DOMAIN"),
+                               (self.selector, "NEWSLETTER_DKIM_SELECTOR"),
+                               (self.ed25519_selector or "x", "NEWSLETTER_DKIM_ED25519_SELECTOR")):
+            if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", value):
+                raise DkimProblem(f"{setting}: {value!r} is not a domain name or selector "
+                                  "(letters, digits, dots and hyphens)")
+
+        def prefix(algorithm: str, selector: str) -> bytes:
+            return (f"DKIM-Signature: v=1; a={algorithm}; c=relaxed/relaxed; d={self.domain}; "
+                    f"s={selector};\r\n").encode("ascii")
+
+        rsa_key, pkcs1, sha256 = self.rsa_key, padding.PKCS1v15(), hashes.SHA256()
+        keys = [_Key(prefix("rsa-sha256", self.selector),
+                     lambda data: rsa_key.sign(data, pkcs1, sha256))]
         if self.ed25519_key is not None and self.ed25519_selector:
             ed_key = self.ed25519_key
             # RFC 8463: Ed25519 (PureEdDSA) over the SHA-256 hash of the header hash input.
-            keys.append(_Key(self.ed25519_selector, b"ed25519-sha256",
+            keys.append(_Key(prefix("ed25519-sha256", self.ed25519_selector),
                              lambda data: ed_key.sign(hashlib.sha256(data).digest())))
         object.__setattr__(self, "_keys", tuple(keys))
 
@@ -283,7 +304,7 @@ class DkimSigner:
     @property
     def algorithms(self) -> list[str]:
         """The signatures each message gets, by a= value."""
-        return [key.algorithm.decode() for key in self._keys]
+        return [key.algorithm for key in self._keys]
 
     def sign(self, message: bytes) -> bytes:
         """``message`` with DKIM-Signature headers in front of it."""
@@ -300,23 +321,19 @@ class DkimSigner:
     def signature_headers(self, head: bytes, body_hash: bytes) -> bytes:
         """The DKIM-Signature header fields (CRLF-terminated) for a message whose header block
         is ``head`` and whose canonical body has the SHA-256 digest ``body_hash``."""
-        fields = header_fields(head)
         # For each name in h=, the last instance of that field is the one signed (RFC 6376
         # 5.4.2); every signed name appears once.
         last: dict[bytes, tuple[bytes, bytes]] = {}
-        for name, value in fields:
+        for name, value in header_fields(head):
             last[name.strip(b" \t").lower()] = (name, value)
-        signed = [h.lower().encode() for h in DKIM_HEADERS if h.lower().encode() in last]
+        signed = [name for name in _SIGNED_NAMES if name in last]
         canonical = b"".join(relaxed_header(*last[name]) for name in signed)
-        h_tag = b":".join(signed)
-        bh = base64.b64encode(body_hash)
-        stamp = str(int(self.now())).encode()
+        tags = (b" t=" + str(int(self.now())).encode() + b"; h=" + b":".join(signed)
+                + b";\r\n bh=" + base64.b64encode(body_hash) + b";\r\n b=")
         out = []
         for key in self._keys:
-            unsigned = (b"DKIM-Signature: v=1; a=" + key.algorithm + b"; c=relaxed/relaxed; d="
-                        + self.domain.encode() + b"; s=" + key.selector.encode() + b";\r\n t="
-                        + stamp + b"; h=" + h_tag + b";\r\n bh=" + bh + b";\r\n b=")
+            unsigned = key.prefix + tags
             # The signature's own field is hashed last, canonical, with b= empty and no CRLF.
-            data = canonical + relaxed_header(*header_fields(unsigned)[0])[:-2]
+            data = canonical + relaxed_header(*unsigned.split(b":", 1))[:-2]
             out.append(unsigned + _b64_folded(key.sign(data)) + b"\r\n")
         return b"".join(out)
