@@ -106,7 +106,7 @@ def main() -> None:
         app = bench.make_app(env)
         with app.app_context():
             services = get_services(app)
-            rendered = render_digest(select_digest_posts(db.session, services), services)
+            rendered = render_digest(select_digest_posts(db.session(), services), services)
             now = datetime.now(UTC)
             unsigned = campaign_template(services, rendered, now)
             app.config.update({k.removeprefix("NEWSLETTER_"): v for k, v in keys.items()})
