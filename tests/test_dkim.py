@@ -213,13 +213,13 @@ _CHUNK = st.lists(st.sampled_from([b"a", b".", b" ", b"\t", b"\r\n", b"\r", b"\n
                                    b"\xc3\xa9"]), max_size=12).map(b"".join)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, database=None)
 @given(_CHUNK)
 def test_our_relaxed_body_is_dkimpys(body: bytes) -> None:
     assert relaxed_body(body) == Relaxed.canonicalize_body(body)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=1500, deadline=None, database=None)
 @given(st.lists(_CHUNK, min_size=1, max_size=6), st.data())
 def test_the_body_hash_piece_by_piece_is_the_whole_bodys(literals: list[bytes],
                                                           data: st.DataObject) -> None:
