@@ -69,6 +69,10 @@ DEFAULTS: dict[str, Any] = {
     "DKIM_DOMAIN": None,
     "DKIM_SELECTOR": None,
     "DKIM_PRIVATE_KEY": None,
+    # An additional ed25519-sha256 signature (RFC 8463), never the only one: both or neither,
+    # and only with the RSA key above. The key is a PEM file or dkimpy's base64 seed.
+    "DKIM_ED25519_SELECTOR": None,
+    "DKIM_ED25519_PRIVATE_KEY": None,
     "EMAIL_TEMPLATES": None,
     # The digest: how many posts at most, summaries or whole posts, and its subject line and
     # preheader as Jinja templates over posts, first, count, more and site_name.
@@ -307,6 +311,25 @@ def _validate_sending(config: dict[str, Any]) -> None:
     if key_path and not os.access(key_path, os.R_OK):
         raise ConfigError("DKIM_PRIVATE_KEY", f"cannot read the key file {key_path!r}: give the "
                                               "path of a PEM file holding the RSA private key")
+    ed25519 = {key: (str(config[key]).strip() or None) if config.get(key) is not None else None
+               for key in ("DKIM_ED25519_SELECTOR", "DKIM_ED25519_PRIVATE_KEY")}
+    config.update(ed25519)
+    given = [key for key, value in ed25519.items() if value]
+    if given and len(given) < len(ed25519):
+        missing_key = next(key for key in ed25519 if key not in given)
+        raise ConfigError(missing_key, "is needed for the Ed25519 signature: set "
+                                       "NEWSLETTER_DKIM_ED25519_SELECTOR and "
+                                       "NEWSLETTER_DKIM_ED25519_PRIVATE_KEY together, or neither")
+    if given and not key_path:
+        raise ConfigError("DKIM_ED25519_PRIVATE_KEY",
+                          "is an additional signature, never the only one: set "
+                          "NEWSLETTER_DKIM_DOMAIN, NEWSLETTER_DKIM_SELECTOR and "
+                          "NEWSLETTER_DKIM_PRIVATE_KEY (RSA) as well")
+    ed_path = ed25519["DKIM_ED25519_PRIVATE_KEY"]
+    if ed_path and not os.access(ed_path, os.R_OK):
+        raise ConfigError("DKIM_ED25519_PRIVATE_KEY",
+                          f"cannot read the key file {ed_path!r}: give the path of the Ed25519 "
+                          "private key (PEM, or the base64 seed dknewkey writes)")
 
 
 def env_var(setting: str) -> str:

@@ -20,10 +20,10 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import format_datetime, make_msgid
-from pathlib import Path
 from typing import Any, Protocol
 
 from . import placeholders as ph
+from .dkim import DKIM_HEADERS, BodyHasher, DkimProblem, DkimSigner  # noqa: F401 (re-exported)
 from .rendering import RenderedEmail
 
 # RFC 5322: a line is at most 998 octets plus CRLF. Quoted-printable lines are at most 76.
@@ -56,10 +56,6 @@ class SmtpRejected(SmtpProblem):
 
 class SmtpConfigProblem(SmtpProblem):
     """Authentication or TLS failed: retrying cannot help until the settings are fixed."""
-
-
-class DkimProblem(Exception):
-    """The DKIM key cannot be read or used; the message names the setting to fix."""
 
 
 @dataclass(frozen=True)
@@ -363,58 +359,6 @@ def _encoded_words(text: str) -> str:
     return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(w.encode()).decode()}?=" for w in words)
 
 
-# --- DKIM -----------------------------------------------------------------------------------
-
-# RFC 6376 recommends these; List-Unsubscribe-Post must be signed too (RFC 8058 section 4),
-# and dkimpy's default list leaves it out.
-DKIM_HEADERS = (
-    "From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type", "Reply-To",
-    "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post",
-)
-
-
-@dataclass(frozen=True)
-class DkimSigner:
-    """Signs whole messages for one domain and selector with an RSA key (dkimpy)."""
-
-    domain: str
-    selector: str
-    private_key: bytes
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> DkimSigner | None:
-        """The signer the settings describe, or None when DKIM is not configured."""
-        domain, selector, key_path = (config.get("DKIM_DOMAIN"), config.get("DKIM_SELECTOR"),
-                                      config.get("DKIM_PRIVATE_KEY"))
-        if not domain:
-            return None
-        try:
-            key = Path(str(key_path)).read_bytes()
-        except OSError as err:
-            raise DkimProblem(f"NEWSLETTER_DKIM_PRIVATE_KEY: cannot read {key_path}: "
-                              f"{err.strerror}") from err
-        signer = cls(str(domain), str(selector), key)
-        signer.sign(b"From: check@" + signer.domain.encode() + b"\r\n\r\nkey check\r\n")
-        return signer
-
-    def sign(self, message: bytes) -> bytes:
-        """``message`` with a DKIM-Signature header in front of it."""
-        import dkim
-
-        present = {line.split(b":", 1)[0].strip().lower()
-                   for line in message.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-                   if line and line[:1] not in b" \t"}
-        headers = [h.encode() for h in DKIM_HEADERS if h.lower().encode() in present]
-        try:
-            signature = dkim.sign(message, self.selector.encode(), self.domain.encode(),
-                                  self.private_key, include_headers=headers,
-                                  canonicalize=(b"relaxed", b"relaxed"))
-        except dkim.DKIMException as err:
-            raise DkimProblem(f"DKIM signing failed ({err}): check NEWSLETTER_DKIM_PRIVATE_KEY "
-                              "(an RSA private key in PEM form)") from err
-        return bytes(signature) + message
-
-
 # --- a campaign message serialised once ----------------------------------------------------
 
 # The To header is the reader's address with their name; bodies use RECIPIENT for the address.
@@ -452,6 +396,7 @@ class _Serialised:
             else:
                 current += piece
         literals.append(current)
+        self.literals = literals
         # bytes % tuple runs in C: one pass and one allocation per reader.
         self.format = b"%s".join(lit.replace(b"%", b"%%") for lit in literals)
         self.template = self.format % tuple(s.placeholder.encode() for s in self.slots)
@@ -484,6 +429,9 @@ class MessageTemplate:
         self._eight_bit = eight_bit
         self._seven_bit = seven_bit
         self.dkim = dkim
+        # The body of each serialisation canonicalised for DKIM once, not once per reader.
+        self._signing = ({id(s): _Signing.of(s) for s in (eight_bit, seven_bit)}
+                         if dkim is not None else {})
 
     @property
     def data(self) -> bytes:
@@ -527,22 +475,56 @@ class MessageTemplate:
             serialised = self._seven_bit
             values = _slot_values(serialised.slots, reader)
         data = serialised.format % tuple(values)
-        return self.dkim.sign(data) if self.dkim is not None else data
+        return self._signature(serialised, values) + data if self.dkim is not None else data
 
     def personalise_for_smtp(self, reader: ReaderParts, *, eight_bit: bool = True) -> bytes:
         """One reader's copy ready for SMTP's DATA (dot-stuffed; see ``SmtpTransport.send``)."""
-        if self.dkim is not None:
-            # The signature covers the message as read, so sign first, then stuff.
-            return _stuff(self.personalise(reader, eight_bit=eight_bit), at_line_start=True)
         serialised = self._eight_bit if eight_bit else self._seven_bit
         values = _slot_values(serialised.slots, reader)
         if eight_bit and serialised.guarded and not _fits(serialised, values):
             serialised = self._seven_bit
             values = _slot_values(serialised.slots, reader)
+        # The signature covers the message as read, so it is made before the dots are doubled
+        # (no line of a DKIM-Signature field starts with a dot).
+        signature = self._signature(serialised, values) if self.dkim is not None else b""
         for i, starts in enumerate(serialised.line_start):
             if starts and values[i][:1] == b".":
                 values[i] = b"." + values[i]
-        return serialised.wire_format % tuple(values)
+        return signature + serialised.wire_format % tuple(values)
+
+    def _signature(self, serialised: _Serialised, values: Sequence[bytes]) -> bytes:
+        """The DKIM-Signature fields for the copy with these slot ``values``."""
+        assert self.dkim is not None
+        signing = self._signing[id(serialised)]
+        if signing is not None:
+            head = signing.head_format % tuple(values[:signing.head_slots])
+            if b"\r\n\r\n" not in head:
+                body_hash = signing.body.digest(values[signing.head_slots:])
+                return self.dkim.signature_headers(head, body_hash)
+        # A header value that ended the header block early: sign what a verifier will see.
+        return self.dkim.signature_for(serialised.format % tuple(values))
+
+
+@dataclass(frozen=True)
+class _Signing:
+    """A serialisation split for DKIM: its header block as a format over the first
+    ``head_slots`` slots, and the hasher of its body over the other slots."""
+
+    head_format: bytes
+    head_slots: int
+    body: BodyHasher
+
+    @classmethod
+    def of(cls, serialised: _Serialised) -> _Signing | None:
+        """The split, or None when no literal holds the blank line that ends the headers."""
+        literals = serialised.literals
+        for k, literal in enumerate(literals):
+            end = literal.find(b"\r\n\r\n")
+            if end >= 0:
+                head = [*literals[:k], literal[:end + 2]]
+                return cls(b"%s".join(lit.replace(b"%", b"%%") for lit in head), k,
+                           BodyHasher([literal[end + 4:], *literals[k + 1:]]))
+        return None
 
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")

@@ -564,7 +564,9 @@ def campaign_template(services: Services, rendered: RenderedEmail,
     headers.update(list_headers(config, placeholders.UNSUBSCRIBE_URL))
     return MessageTemplate.build(rendered, sender=config["MAIL_FROM"],
                                  sender_name=config.get("MAIL_FROM_NAME"), headers=headers,
-                                 date=date, dkim=DkimSigner.from_config(config))
+                                 date=date, dkim=services.cached(  # keys parsed once
+                                     DkimSigner.cache_key(config),
+                                     lambda: DkimSigner.from_config(config)))
 
 
 class ReaderFactory:
