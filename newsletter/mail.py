@@ -43,7 +43,22 @@ class SmtpProblem(Exception):
 
 
 class SmtpUnavailable(SmtpProblem):
-    """Could not connect, the connection dropped, timed out, or the server said 421: try later."""
+    """Could not connect, the connection dropped, timed out, or the server said 421: try later.
+
+    ``this_message`` is set when the 421 answered this message's RCPT or final dot, so it may
+    be about this recipient rather than the whole server.
+    """
+
+    def __init__(self, message: str, code: int | None = None, reply: str | None = None, *,
+                 this_message: bool = False) -> None:
+        super().__init__(message, code, reply)
+        self.this_message = this_message
+
+
+class SmtpOutcomeUnknown(SmtpUnavailable):
+    """The whole message was handed over but no reply to the final dot came (the connection
+    dropped, or the reply was slower than the timeout): the server may have stored it
+    (RFC 5321 section 4.1.1.4, RFC 1047), so sending it again may deliver a second copy."""
 
 
 class SmtpRejected(SmtpProblem):
@@ -191,6 +206,7 @@ class SmtpTransport:
         if self.supports_8bit and not message.isascii():
             mail += " BODY=8BITMIME"
         commands = f"{mail}\r\nRCPT TO:<{recipient}>\r\n"
+        handed_over = False  # the final dot went out: from here on the outcome may be unknown
         try:
             if self.pipelining:
                 # RFC 2920: MAIL, RCPT and DATA in one write, then their three replies.
@@ -212,6 +228,7 @@ class SmtpTransport:
                 ("message", replies[-1]))
             if stage == "message" and code == 354:
                 smtp.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
+                handed_over = True
                 code, reply = smtp.getreply()
             elif len(replies) == 3 and replies[2][0] == 354:
                 # A server that says 354 after refusing the envelope: end the empty message.
@@ -221,6 +238,10 @@ class SmtpTransport:
                 self._refused(smtp, code, reply, stage)
         except (OSError, smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException) as err:
             self._drop()
+            if handed_over:
+                raise SmtpOutcomeUnknown(
+                    f"no reply to the final dot from {self.settings.describe()} ({err}): the "
+                    "server may have the message") from err
             raise SmtpUnavailable(f"connection to {self.settings.describe()} failed: {err}",
                                   getattr(err, "smtp_code", None),
                                   _text(getattr(err, "smtp_error", None))) from err
@@ -230,7 +251,8 @@ class SmtpTransport:
         text = _text(reply)
         if code == 421 or code < 400:
             self._drop()
-            raise SmtpUnavailable(f"SMTP server closed the session ({code} {text})", code, text)
+            raise SmtpUnavailable(f"SMTP server closed the session ({code} {text})", code, text,
+                                  this_message=code == 421 and stage != "sender")
         try:
             smtp.rset()
         except (OSError, smtplib.SMTPException):
