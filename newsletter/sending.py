@@ -1320,6 +1320,29 @@ def settle_campaign(session: Session, report: SendReport, now: datetime) -> None
     session.commit()
 
 
+def retry_failed(session: Session, kind: str, now: datetime) -> tuple[int, int] | None:
+    """Put the ``failed`` deliveries of the latest campaign of ``kind`` back in the queue (and
+    the campaign back to sending), once the cause is fixed; commits. Returns (campaign id,
+    deliveries moved), or None when there is no such campaign. Readers who left meanwhile
+    are skipped when their turn comes, as always."""
+    c, d = _campaigns, _deliveries
+    latest = session.scalar(select(c.c.id).where(c.c.kind == kind)
+                            .order_by(c.c.id.desc()).limit(1))
+    if latest is None:
+        session.rollback()
+        return None
+    result = session.execute(update(d).where(d.c.campaign_id == latest, d.c.status == FAILED)
+                             .values(status=QUEUED, next_attempt_at=None, deferred_since=None,
+                                     claimed_until=None, claimed_by=None, updated_at=now))
+    moved = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if moved:
+        session.execute(update(c).where(c.c.id == latest)
+                        .values(status=SENDING, finished_at=None))
+    session.commit()
+    log.info("moved %d failed deliveries of campaign %d back to the queue", moved, latest)
+    return latest, moved
+
+
 def unfinished_campaigns(session: Session, kind: str | None = None) -> list[int]:
     """Ids of campaigns still being sent, oldest first (the order senders work them off)."""
     query = select(_campaigns.c.id).where(_campaigns.c.status == SENDING)

@@ -511,6 +511,28 @@ def test_a_relay_that_refuses_everything_stops_early_and_fails_nobody(
     assert set(copies(smtp_sink).values()) == {1}
 
 
+def test_send_digest_stops_at_the_brake_naming_the_reply_and_exits_1(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        runner: FlaskCliRunner, posts_folder: Path) -> None:
+    readers = add_readers_at_domains(session, clock, 60)
+    digest_ready(runner, posts_folder)
+    smtp_sink.script.every_data = "554 5.7.0 Account suspended"
+
+    result = runner.invoke(args=["send-digest", "--yes", "--connections", "1"])
+
+    assert result.exit_code == 1, result.output
+    assert ("Stopped: the SMTP server answered '554 5.7.0 Account suspended' to 20 readers in "
+            "a row at 4 domains") in result.output
+    assert "nothing was marked failed" in result.output
+    assert "failed 0" in result.output and "still queued 60" in result.output
+    assert "Run `newsletter send-digest` again" in result.output
+
+    smtp_sink.script.every_data = None
+    again = runner.invoke(args=["send-digest", "--yes"])
+    assert again.exit_code == 0, again.output
+    assert copies(smtp_sink) == Counter(readers)
+
+
 def test_refusals_between_messages_that_go_through_do_not_stop_the_run(
         app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
     emails = add_readers_at_domains(session, clock, 60)
@@ -544,6 +566,53 @@ def test_a_reader_who_leaves_after_their_batch_was_claimed_gets_nothing(
     assert statuses(session, campaign_id)["reader6@example.com"] == "skipped"
     assert not smtp_sink.to("reader6@example.com")
     assert copies(smtp_sink) == Counter(r for r in readers if r != "reader6@example.com")
+
+
+# --- --retry-failed: the failed deliveries of the latest campaign, once the cause is fixed ---
+
+QUIET_HOUR = Path(__file__).parent / "fixtures" / "campaigns" / "quiet-hour.md"
+
+
+@pytest.mark.parametrize("command", [["send-digest", "--yes"], ["send-campaign", "--yes"]])
+def test_retry_failed_sends_the_latest_campaigns_failed_deliveries_once(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        runner: FlaskCliRunner, posts_folder: Path, command: list[str]) -> None:
+    readers = add_readers(session, clock, 6)
+    refused = readers[1:4]
+    for email in refused:  # e.g. a sender address the relay did not allow yet
+        smtp_sink.script.rcpt_replies[email] = "550 5.7.1 Sender address rejected"
+    if command[0] == "send-digest":
+        digest_ready(runner, posts_folder)
+        first = runner.invoke(args=command)
+    else:
+        first = runner.invoke(args=[*command, str(QUIET_HOUR)])
+    assert first.exit_code == 3, first.output
+    assert "sent 3, failed 3" in first.output
+    with app.app_context():  # one of them leaves before the retry
+        unsubscribe(db.session, get_services(app), 4, RequestInfo(method="one-click"))
+        db.session.remove()
+
+    smtp_sink.script.rcpt_replies.clear()  # the author fixed the cause
+    again = runner.invoke(args=[*command, "--retry-failed"])
+
+    assert again.exit_code == 0, again.output
+    assert "Moved 3 failed deliveries of campaign 1 back to the queue." in again.output
+    assert "sent 2, failed 0, deferred 0, skipped 1" in again.output
+    assert copies(smtp_sink) == Counter(r for r in readers if r != "reader4@example.com")
+    assert session.get(Campaign, 1).status == "sent"
+    assert set(statuses(session, 1).values()) == {"sent", "skipped"}
+
+    nothing = runner.invoke(args=[*command, "--retry-failed"])
+    assert nothing.exit_code == 0, nothing.output
+    assert "Moved 0 failed deliveries of campaign 1" in nothing.output
+    assert len(smtp_sink.messages) == 5
+
+
+def test_retry_failed_for_announcements_takes_no_file(runner: FlaskCliRunner) -> None:
+    result = runner.invoke(args=["send-campaign", str(QUIET_HOUR), "--retry-failed"])
+    assert result.exit_code == 2 and "without FILE.md" in result.output
+    missing = runner.invoke(args=["send-campaign", "--yes"])
+    assert missing.exit_code == 2 and "missing FILE.md" in missing.output
 
 
 # --- crashes, journals and one run at a time ------------------------------------------------
