@@ -43,16 +43,7 @@ class SmtpProblem(Exception):
 
 
 class SmtpUnavailable(SmtpProblem):
-    """Could not connect, the connection dropped, timed out, or the server said 421: try later.
-
-    ``this_message`` is set when the 421 answered this message's RCPT or final dot, so it may
-    be about this recipient rather than the whole server.
-    """
-
-    def __init__(self, message: str, code: int | None = None, reply: str | None = None, *,
-                 this_message: bool = False) -> None:
-        super().__init__(message, code, reply)
-        self.this_message = this_message
+    """Could not connect, the connection dropped, timed out, or the server said 421: try later."""
 
 
 class SmtpOutcomeUnknown(SmtpUnavailable):
@@ -251,8 +242,7 @@ class SmtpTransport:
         text = _text(reply)
         if code == 421 or code < 400:
             self._drop()
-            raise SmtpUnavailable(f"SMTP server closed the session ({code} {text})", code, text,
-                                  this_message=code == 421 and stage != "sender")
+            raise SmtpUnavailable(f"SMTP server closed the session ({code} {text})", code, text)
         try:
             smtp.rset()
         except (OSError, smtplib.SMTPException):

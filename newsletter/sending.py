@@ -1150,14 +1150,17 @@ class _CampaignRun:
 
     def _deliver(self, item: _Work, transport: Transport) -> None:
         """Send one message, reconnecting after drops, until it has an outcome or the run
-        stops (it then stays queued). A message whose outcome became unknown, or that a 421
-        answered twice, is deferred instead: one reader never holds up the list."""
+        stops (it then stays queued). A message whose outcome became unknown, or whose
+        exchange failed on two connections in a row (a 421 or a hang-up before the final dot),
+        is deferred instead: one reader never holds up the list."""
         failures = 0
-        refused_421 = 0
+        refused = 0  # exchanges of this message that failed after connecting
         delay = self.options.reconnect_delay
         while not self.stop.is_set():
+            connected = False
             try:
                 eight_bit = connect_transport(transport)
+                connected = True
                 reader = self.reader(item.subscriber_id, item.email, item.name)
                 send_prepared = getattr(transport, "send_prepared", None)
                 if send_prepared is not None:
@@ -1185,15 +1188,15 @@ class _CampaignRun:
                 self._halt(str(err))
                 return
             except SmtpUnavailable as err:
-                if err.this_message:
-                    # A 421 to this message's RCPT or final dot: not taken. Once more on a
-                    # fresh connection; a second one defers it (it may be about this reader).
-                    refused_421 += 1
-                    if refused_421 >= 2:
+                # Not taken (the final dot never went out): it stays ours and goes again, once
+                # more on a fresh connection; failing there too, it may be about this reader.
+                if connected:
+                    refused += 1
+                    if refused >= 2:
                         self.outcomes.append(self._deferral(
-                            item, f"{err.code} {err.reply or ''}".strip()))
+                            item, f"{err.code} {err.reply or ''}".strip() if err.code
+                            else str(err)))
                         return
-                # Refused before the final dot: not taken; it stays ours and goes again.
                 failures += 1
                 if failures >= self.options.max_connection_failures:
                     self._halt(f"stopped after {failures} failed attempts in a row to reach "

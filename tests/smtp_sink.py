@@ -63,6 +63,8 @@ class Script:
     first one); ``messages_per_session`` answers 421 to the MAIL after that many messages on
     one connection and hangs up; ``data_delay`` is a slow reply to the final dot;
     ``offer_8bitmime`` / ``offer_pipelining`` say whether EHLO announces those extensions.
+    ``outage_from`` takes the server down at that recipient's RCPT: it hangs up and refuses
+    every later connection with 421 until the test sets ``SmtpSink.down`` back to False.
     ``slow_replies`` stores a recipient's message, then answers its final dot that many
     seconds late (past the client's timeout: the outcome is unknown to it); ``every_rcpt`` /
     ``every_data`` answer every RCPT / final dot with one reply (a broken relay); ``holds``
@@ -83,6 +85,7 @@ class Script:
     every_rcpt: str | None = None
     every_data: str | None = None
     holds: dict[str, Hold] = field(default_factory=dict)
+    outage_from: str | None = None
 
 
 def _next_in(sequence: dict[str, list[str]], address: str) -> str | None:
@@ -119,6 +122,10 @@ class _Handler:
         script = self.sink.script
         with self.sink._cond:
             reply = _next_in(script.rcpt_sequence, address.lower())
+        if script.outage_from == address.lower():
+            self.sink.down = True
+            asyncio.get_running_loop().call_soon(server.transport.close)
+            return "421 4.3.2 Shutting down"
         hold = script.holds.get(address.lower())
         if hold is not None:
             hold.reached.set()
@@ -171,6 +178,8 @@ class _ScriptedSMTP(SMTP):
             self.sink.connections += 1
             greeting = (self.sink.script.greeting_replies.pop(0)
                         if self.sink.script.greeting_replies else None)
+            if self.sink.down:
+                greeting = "421 4.3.2 Down for maintenance"
         if greeting:
             await self.push(greeting)
             assert self.transport is not None
@@ -196,6 +205,7 @@ class SmtpSink:
         self.script = Script()
         self.messages: list[Received] = []
         self.connections = 0
+        self.down = False  # refusing every connection (see Script.outage_from)
         self._cond = threading.Condition()
         self.host = host
         self._port = port
