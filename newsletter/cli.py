@@ -430,11 +430,14 @@ def _ask_before_sending(subject: str, titles: Any, readers: int) -> bool:
                    "and its share of --rate (PostgreSQL only; default 1).")
 @click.option("--worker", "as_worker", is_flag=True, hidden=True,
               help="Internal: one of --workers N's processes.")
+@click.option("--retry-failed", "retry", is_flag=True,
+              help="First put the failed deliveries of the latest digest back in the queue "
+                   "(once the cause is fixed), then send as usual.")
 @click.option("--quiet", is_flag=True,
               help="No progress and no summary unless something went wrong (for cron).")
 @with_appcontext
 def send_digest_command(dry_run: bool, to_address: str | None, yes: bool, rate: float | None,
-                        connections: int | None, workers: int, as_worker: bool,
+                        connections: int | None, workers: int, as_worker: bool, retry: bool,
                         quiet: bool) -> None:
     """Mail the new posts to every confirmed reader, and finish any unfinished digest.
 
@@ -447,6 +450,7 @@ def send_digest_command(dry_run: bool, to_address: str | None, yes: bool, rate: 
     from .posts import PostSourceError
     from .rendering import TemplateProblem
     from .sending import (
+        DIGEST,
         SenderProcesses,
         SendError,
         SendOptions,
@@ -459,6 +463,9 @@ def send_digest_command(dry_run: bool, to_address: str | None, yes: bool, rate: 
     problems = (SmtpProblem, DkimProblem, TemplateProblem, SendError, PostSourceError)
     if dry_run and to_address:
         raise click.UsageError("use either --dry-run or --to, not both")
+    if retry and (dry_run or to_address):
+        raise click.UsageError("--retry-failed sends to readers; use it without --dry-run and "
+                               "--to")
     try:
         if as_worker:
             _send_as_worker(services, SendOptions.from_config(
@@ -483,6 +490,8 @@ def send_digest_command(dry_run: bool, to_address: str | None, yes: bool, rate: 
             senders = SenderProcesses(_worker_argv(options, workers), workers)
         lock.acquire()
         try:
+            if retry:
+                _retry_failed(services, DIGEST)
             run = send_digest(db.session, services, lock=lock, options=options,
                               progress=_SendProgress(quiet, sys.stdout.isatty()),
                               confirm=None if yes or not _interactive() else _ask_before_sending,
@@ -512,6 +521,20 @@ def send_digest_command(dry_run: bool, to_address: str | None, yes: bool, rate: 
         sys.exit(EXIT_ERROR)
     if any(not r.complete for r in run.reports):
         sys.exit(EXIT_INCOMPLETE)
+
+
+def _retry_failed(services: Any, kind: str) -> None:
+    """Put the latest campaign's failed deliveries back in the queue and say how many."""
+    from .db import db
+    from .sending import retry_failed
+
+    moved = retry_failed(db.session, kind, services.clock())
+    if moved is None:
+        click.echo(f"No {kind} has been sent yet: no failed deliveries to retry.")
+        return
+    campaign_id, count = moved
+    click.echo(f"Moved {count:,} failed deliver{'y' if count == 1 else 'ies'} of campaign "
+               f"{campaign_id} back to the queue.")
 
 
 def _worker_argv(options: Any, workers: int) -> list[str]:
@@ -637,7 +660,7 @@ def _ask_before_sending_campaign(subject: str, readers: int) -> bool:
 
 @register
 @click.command("send-campaign")
-@click.argument("file", metavar="FILE.md", type=click.Path(path_type=Path))
+@click.argument("file", metavar="FILE.md", type=click.Path(path_type=Path), required=False)
 @click.option("--dry-run", is_flag=True,
               help="Say what would be sent and to how many readers; change nothing.")
 @click.option("--to", "to_address", metavar="ADDRESS",
@@ -651,12 +674,15 @@ def _ask_before_sending_campaign(subject: str, readers: int) -> bool:
                    "(default: NEWSLETTER_SEND_RATE, else no cap).")
 @click.option("--connections", type=click.IntRange(1, 50), metavar="N",
               help="Parallel SMTP connections (default: NEWSLETTER_SEND_CONNECTIONS, 4).")
+@click.option("--retry-failed", "retry", is_flag=True,
+              help="Instead of a FILE: put the failed deliveries of the latest announcement "
+                   "back in the queue (once the cause is fixed) and send them.")
 @click.option("--quiet", is_flag=True,
               help="No progress and no summary unless something went wrong.")
 @with_appcontext
-def send_campaign_command(file: Path, dry_run: bool, to_address: str | None, again: bool,
-                          yes: bool, rate: float | None, connections: int | None,
-                          quiet: bool) -> None:
+def send_campaign_command(file: Path | None, dry_run: bool, to_address: str | None,
+                          again: bool, yes: bool, rate: float | None, connections: int | None,
+                          retry: bool, quiet: bool) -> None:
     """Mail an announcement written in Markdown (FILE.md) to every confirmed reader; run it
     again after an interruption to resume it.
 
@@ -681,6 +707,14 @@ def send_campaign_command(file: Path, dry_run: bool, to_address: str | None, aga
     problems = (CampaignError, SmtpProblem, DkimProblem, TemplateProblem, SendError)
     if dry_run and to_address:
         raise click.UsageError("use either --dry-run or --to, not both")
+    if retry:
+        if file is not None or dry_run or to_address or again:
+            raise click.UsageError("--retry-failed retries the latest announcement: use it "
+                                   "without FILE.md, --dry-run, --to and --again")
+        _retry_failed_announcement(services, rate, connections, quiet)
+        return
+    if file is None:
+        raise click.UsageError("missing FILE.md: the announcement to send (or --retry-failed)")
     resume = f"newsletter send-campaign {file}"
     try:
         announcement = read_announcement(file)
@@ -728,6 +762,43 @@ def send_campaign_command(file: Path, dry_run: bool, to_address: str | None, aga
     if any(r.error for r in run.reports):
         sys.exit(EXIT_ERROR)
     if any(not r.complete for r in run.reports):
+        sys.exit(EXIT_INCOMPLETE)
+
+
+def _retry_failed_announcement(services: Any, rate: float | None, connections: int | None,
+                               quiet: bool) -> None:
+    """``send-campaign --retry-failed``: requeue the latest announcement's failed deliveries
+    and send what is left of every unfinished announcement."""
+    from .campaigns import ANNOUNCEMENT
+    from .db import db
+    from .mail import SmtpProblem
+    from .sending import SendError, SendOptions, check_smtp, send_unfinished
+
+    resume = "newsletter send-campaign --retry-failed"
+    options = SendOptions.from_config(services.config, rate=rate, connections=connections)
+    lock = _send_lock()
+    try:
+        lock.acquire()
+        try:
+            check_smtp(services)
+            _retry_failed(services, ANNOUNCEMENT)
+            reports = send_unfinished(db.session, services, lock=lock, kind=ANNOUNCEMENT,
+                                      options=options,
+                                      progress=_SendProgress(quiet, sys.stdout.isatty()))
+        finally:
+            lock.release()
+    except (SmtpProblem, SendError) as err:
+        click.echo(f"send-campaign: {err}", err=True)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        click.echo(f"\nInterrupted. Every message sent so far is recorded; run `{resume}` "
+                   "again to send the rest.", err=True)
+        sys.exit(EXIT_ERROR)
+    for report in reports:
+        _summary(report, quiet, resume)
+    if any(r.error for r in reports):
+        sys.exit(EXIT_ERROR)
+    if any(not r.complete for r in reports):
         sys.exit(EXIT_INCOMPLETE)
 
 

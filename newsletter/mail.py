@@ -46,6 +46,12 @@ class SmtpUnavailable(SmtpProblem):
     """Could not connect, the connection dropped, timed out, or the server said 421: try later."""
 
 
+class SmtpOutcomeUnknown(SmtpUnavailable):
+    """The whole message was handed over but no reply to the final dot came (the connection
+    dropped, or the reply was slower than the timeout): the server may have stored it
+    (RFC 5321 section 4.1.1.4, RFC 1047), so sending it again may deliver a second copy."""
+
+
 class SmtpRejected(SmtpProblem):
     """The server refused this message: 4xx (``temporary``) or 5xx (permanent)."""
 
@@ -187,6 +193,7 @@ class SmtpTransport:
         if self.supports_8bit and not message.isascii():
             mail += " BODY=8BITMIME"
         commands = f"{mail}\r\nRCPT TO:<{recipient}>\r\n"
+        handed_over = False  # the final dot went out: from here on the outcome may be unknown
         try:
             if self.pipelining:
                 # RFC 2920: MAIL, RCPT and DATA in one write, then their three replies.
@@ -208,6 +215,7 @@ class SmtpTransport:
                 ("message", replies[-1]))
             if stage == "message" and code == 354:
                 smtp.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
+                handed_over = True
                 code, reply = smtp.getreply()
             elif len(replies) == 3 and replies[2][0] == 354:
                 # A server that says 354 after refusing the envelope: end the empty message.
@@ -217,6 +225,10 @@ class SmtpTransport:
                 self._refused(smtp, code, reply, stage)
         except (OSError, smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException) as err:
             self._drop()
+            if handed_over:
+                raise SmtpOutcomeUnknown(
+                    f"no reply to the final dot from {self.settings.describe()} ({err}): the "
+                    "server may have the message") from err
             raise SmtpUnavailable(f"connection to {self.settings.describe()} failed: {err}",
                                   getattr(err, "smtp_code", None),
                                   _text(getattr(err, "smtp_error", None))) from err

@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -74,6 +75,7 @@ from .mail import (
     MessageTemplate,
     ReaderParts,
     SmtpConfigProblem,
+    SmtpOutcomeUnknown,
     SmtpRejected,
     SmtpUnavailable,
     Transport,
@@ -109,6 +111,12 @@ ID_CHUNK = 500
 IN_RUN_RETRIES = 3
 MAX_BACKOFF = timedelta(hours=6)
 JOURNAL_GLOB = "journal-*.log"
+# The brake: this many identical refusals in a row, at this many mail domains or more, mean
+# the server (or the account on it) is broken, not the readers.
+BRAKE_RUN = 20
+BRAKE_DOMAINS = 3
+# What a refusal says with the reader's own address taken out, so the same fault compares equal.
+_ADDRESS_IN_REPLY = re.compile(r"<?[^\s<>@]+@[^\s<>@]+>?")
 # How long a second process waits for another to finish composing a campaign (PostgreSQL).
 COMPOSE_WAIT = 300.0
 
@@ -145,6 +153,10 @@ class SendOptions:
     # claim runs out only for a sender that is dead (or frozen longer than that).
     lease: timedelta = timedelta(minutes=2)
     flush_interval: float = 0.5  # seconds between status writes while sending
+    # A reader's status is read again at most this many seconds before their message is
+    # handed to SMTP (one indexed query for every message waiting), so one who unsubscribes
+    # after their batch was claimed is skipped. 0: read it after the sender is ready for it.
+    status_check_age: float = 1.0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> SendOptions:
@@ -519,6 +531,10 @@ class _Work:
     name: str | None
     attempts: int
     deferred_since: datetime | None
+    # Set by the feeder: when (monotonic) the status check that covered it began, and whether
+    # it found the reader gone.
+    checked_at: float = -math.inf
+    withdrawn: bool = False
 
 
 @dataclass(slots=True)
@@ -529,6 +545,9 @@ class _Outcome:
     attempts: int = 0
     deferred_since: datetime | None = None
     in_db: bool = False  # already written by the sending thread (a 250 on PostgreSQL)
+    unknown: bool = False  # no reply to the final dot: never retried in the same run
+    domain: str = ""  # the reader's mail domain, for the brake
+    requeue: bool = False  # the brake put it back in the queue (not the reader's fault)
 
 
 # --- the sender ------------------------------------------------------------------------------
@@ -698,6 +717,18 @@ class _CampaignRun:
         # out), and the next lease renewal. Never, with the exclusive lock.
         self._fence = math.inf
         self._next_renewal = math.inf
+        # Messages handed out and not yet done, by delivery id, whose readers' status the
+        # feeder reads again; the senders wait on ``_checked`` for a fresh enough check.
+        self._pending: dict[int, _Work] = {}
+        self._checked = threading.Condition()
+        self._check_wanted = threading.Event()
+        self._last_check = -math.inf
+        self._claimed_at = -math.inf  # when the last claim (which reads the status) began
+        # The brake: the current run of identical refusals, and the one that stopped the run.
+        self._streak: list[_Outcome] = []
+        self._streak_key: str | None = None
+        self._streak_domains: set[str] = set()
+        self._braked: str | None = None
 
     # the feeding side (the caller's thread)
 
@@ -841,6 +872,8 @@ class _CampaignRun:
         reader's current status (a reader who left since planning is skipped)."""
         d, s = _deliveries, _subscribers
         now, until = self._lease_clock()
+        self.session.commit()  # read the readers' status afresh, not from an older snapshot
+        self._claimed_at = time.monotonic()
         query = (
             select(d.c.id, d.c.subscriber_id, d.c.attempts, d.c.deferred_since,
                    s.c.email, s.c.name, s.c.status.label("reader_status"))
@@ -888,12 +921,14 @@ class _CampaignRun:
                 self.outcomes.append(_Outcome(SKIPPED, row.id))
                 continue
             self._put(_Work(row.id, row.subscriber_id, row.email, row.name, row.attempts,
-                            row.deferred_since))
+                            row.deferred_since, checked_at=self._claimed_at))
         self._tick()
 
     def _put(self, item: _Work) -> None:
         with self._in_flight_lock:
             self._in_flight += 1
+        with self._checked:
+            self._pending[item.delivery_id] = item
         while not self.stop.is_set():
             try:
                 self.work.put(item, timeout=0.1)
@@ -902,6 +937,8 @@ class _CampaignRun:
                 self._tick()
         with self._in_flight_lock:
             self._in_flight -= 1
+        with self._checked:
+            self._pending.pop(item.delivery_id, None)
 
     def _drain(self) -> None:
         """Wait until the senders have finished every item handed out, writing as we go."""
@@ -911,9 +948,37 @@ class _CampaignRun:
         self._flush()
 
     def _tick(self) -> None:
-        """What the feeder does while it waits: write outcomes, renew the lease when due."""
+        """What the feeder does while it waits: write outcomes, renew the lease when due, read
+        again the status of the readers whose messages wait."""
         self._flush_if_due()
         self._renew_if_due()
+        self._check_readers_if_due()
+
+    def _check_readers_if_due(self) -> None:
+        """One indexed query for every waiting message's reader: those who left since their
+        row was claimed are marked withdrawn, and the sender skips them."""
+        started = time.monotonic()
+        if not (self._check_wanted.is_set()
+                or started - self._last_check >= self.options.status_check_age / 2):
+            return
+        self._check_wanted.clear()
+        self._last_check = started
+        with self._checked:
+            items = list(self._pending.values())
+        if not items:
+            return
+        s = _subscribers
+        self.session.commit()  # a fresh snapshot: see withdrawals committed until now
+        gone: set[int] = set()
+        for chunk in _chunks(sorted({item.subscriber_id for item in items})):
+            gone.update(self.session.scalars(select(s.c.id).where(
+                s.c.id.in_(chunk), or_(s.c.status != CONFIRMED, s.c.email.is_(None)))))
+        self.session.commit()
+        with self._checked:
+            for item in items:
+                item.withdrawn = item.withdrawn or item.subscriber_id in gone
+                item.checked_at = max(item.checked_at, started)
+            self._checked.notify_all()
 
     def _flush_if_due(self) -> None:
         if (len(self.outcomes) >= self.options.batch_size
@@ -931,7 +996,8 @@ class _CampaignRun:
         now = self.clock()
         sent = [o.delivery_id for o in batch if o.status == SENT and not o.in_db]
         skipped = [o.delivery_id for o in batch if o.status == SKIPPED]
-        replies = [o for o in batch if o.status in (FAILED, DEFERRED)]
+        requeue = self._brake(batch)
+        replies = [o for o in batch if o.status in (FAILED, DEFERRED) and not o.requeue]
         d = _deliveries
         mark_sent(self.session, sent, now)
         for chunk in _chunks(skipped):
@@ -949,12 +1015,68 @@ class _CampaignRun:
                   "b_since": o.deferred_since,
                   "b_next": (now + backoff(o.attempts + 1, self.options.retry_delay)
                              if o.status == DEFERRED else None)} for o in replies])
+        if requeue:
+            # Back in the queue, as if never tried: the server was at fault, not the reader.
+            self.session.execute(
+                update(d).where(d.c.id == bindparam("b_id")).values(
+                    status=QUEUED, smtp_reply=bindparam("b_reply"), next_attempt_at=None,
+                    updated_at=now, claimed_until=None, claimed_by=None),
+                [{"b_id": o.delivery_id, "b_reply": o.reply} for o in requeue])
         self.session.commit()
         self._count(batch)
+
+    def _brake(self, batch: Sequence[_Outcome]) -> list[_Outcome]:
+        """Watch for a broken server: BRAKE_RUN identical refusals in a row at BRAKE_DOMAINS
+        mail domains or more stop the run. Returns the outcomes to put back in the queue
+        (the whole run of them, some written and counted by earlier batches)."""
+        requeue: list[_Outcome] = []
+        for outcome in batch:
+            if outcome.status not in (FAILED, DEFERRED):
+                if self._braked is None:
+                    self._streak, self._streak_key, self._streak_domains = [], None, set()
+                continue
+            if outcome.unknown:
+                continue  # no reply at all: says nothing about what the server answers
+            key = _ADDRESS_IN_REPLY.sub("<address>", outcome.reply or "").strip().lower()
+            if self._braked is not None:
+                if key == self._braked:  # messages that were in flight when it stopped
+                    outcome.requeue = True
+                    requeue.append(outcome)
+                continue
+            if key != self._streak_key:
+                self._streak, self._streak_key, self._streak_domains = [], key, set()
+            self._streak.append(outcome)
+            self._streak_domains.add(outcome.domain)
+            if len(self._streak) >= BRAKE_RUN and len(self._streak_domains) >= BRAKE_DOMAINS:
+                self._braked = key
+                in_batch = {id(o) for o in batch}
+                for earlier in self._streak:
+                    if id(earlier) not in in_batch:
+                        self._uncount(earlier)
+                    earlier.requeue = True
+                requeue.extend(self._streak)
+                self._halt(
+                    f"the SMTP server answered '{outcome.reply}' to {len(self._streak)} "
+                    f"readers in a row at {len(self._streak_domains)} domains, so the fault is "
+                    "the server's (a full disk, a suspended account, a quota), not theirs; "
+                    "nothing was marked failed: those deliveries and the rest stay queued. Fix "
+                    "the cause with the server or its operator, then send again")
+        return requeue
+
+    def _uncount(self, outcome: _Outcome) -> None:
+        """Take back an outcome counted by an earlier batch (the brake requeued it)."""
+        if outcome.status == FAILED:
+            self.report.failed -= 1
+        else:
+            self._deferred.discard(outcome.delivery_id)
+            self._retry_due.pop(outcome.delivery_id, None)
+        self._done -= 1
 
     def _count(self, batch: Sequence[_Outcome]) -> None:
         report = self.report
         for outcome in batch:
+            if outcome.requeue:
+                continue
             delivery_id = outcome.delivery_id
             retry = delivery_id in self._deferred
             self._deferred.discard(delivery_id)
@@ -967,7 +1089,7 @@ class _CampaignRun:
             else:
                 self._deferred.add(delivery_id)
                 tries = self._retries.get(delivery_id, 0)
-                if tries < IN_RUN_RETRIES:
+                if tries < IN_RUN_RETRIES and not outcome.unknown:
                     self._retries[delivery_id] = tries + 1
                     self._retry_due[delivery_id] = (
                         time.monotonic() + self.options.retry_delay * 2 ** tries)
@@ -1017,6 +1139,8 @@ class _CampaignRun:
                 try:
                     self._deliver(item, transport)
                 finally:
+                    with self._checked:
+                        self._pending.pop(item.delivery_id, None)
                     with self._in_flight_lock:
                         self._in_flight -= 1
         except BaseException as err:  # a bug: stop the run and let the caller raise it
@@ -1028,12 +1152,17 @@ class _CampaignRun:
 
     def _deliver(self, item: _Work, transport: Transport) -> None:
         """Send one message, reconnecting after drops, until it has an outcome or the run
-        stops (it then stays queued)."""
+        stops (it then stays queued). A message whose outcome became unknown, or whose
+        exchange failed on two connections in a row (a 421 or a hang-up before the final dot),
+        is deferred instead: one reader never holds up the list."""
         failures = 0
+        refused = 0  # exchanges of this message that failed after connecting
         delay = self.options.reconnect_delay
         while not self.stop.is_set():
+            connected = False
             try:
                 eight_bit = connect_transport(transport)
+                connected = True
                 reader = self.reader(item.subscriber_id, item.email, item.name)
                 send_prepared = getattr(transport, "send_prepared", None)
                 if send_prepared is not None:
@@ -1042,9 +1171,18 @@ class _CampaignRun:
                     data = self.template.personalise(reader, eight_bit=eight_bit)
                 self._wait_for_lease()
                 self.limiter.wait(self.stop)
-                if self.stop.is_set():
+                if not self._status_checked(item):
+                    return
+                if item.withdrawn:
+                    self.outcomes.append(_Outcome(SKIPPED, item.delivery_id))
                     return
                 (send_prepared or transport.send)(self.sender_address, item.email, data)
+            except SmtpOutcomeUnknown as err:
+                # The server may have it (RFC 5321 4.1.1.4): sending it again at once could
+                # mail a copy per try. Deferred: the next run tries once more, after backoff.
+                self.outcomes.append(self._deferral(
+                    item, f"{err}; tried again by a later run", unknown=True))
+                return
             except SmtpRejected as err:
                 self.outcomes.append(self._rejected(item, err))
                 return
@@ -1052,7 +1190,15 @@ class _CampaignRun:
                 self._halt(str(err))
                 return
             except SmtpUnavailable as err:
-                # The message may or may not have arrived; it stays ours and goes again.
+                # Not taken (the final dot never went out): it stays ours and goes again, once
+                # more on a fresh connection; failing there too, it may be about this reader.
+                if connected:
+                    refused += 1
+                    if refused >= 2:
+                        self.outcomes.append(self._deferral(
+                            item, f"{err.code} {err.reply or ''}".strip() if err.code
+                            else str(err)))
+                        return
                 failures += 1
                 if failures >= self.options.max_connection_failures:
                     self._halt(f"stopped after {failures} failed attempts in a row to reach "
@@ -1064,6 +1210,18 @@ class _CampaignRun:
                 continue
             self._record_sent(item.delivery_id)
             return
+
+    def _status_checked(self, item: _Work) -> bool:
+        """Wait until the reader's status was read at most ``status_check_age`` seconds ago
+        (the feeder does it); False if the run stops meanwhile."""
+        ready = time.monotonic()
+        with self._checked:
+            while item.checked_at < ready - self.options.status_check_age:
+                if self.stop.is_set():
+                    return False
+                self._check_wanted.set()
+                self._checked.wait(0.05)
+        return not self.stop.is_set()
 
     def _wait_for_lease(self) -> None:
         """Start no message while this sender's lease may be running out (its renewals have
@@ -1092,20 +1250,30 @@ class _CampaignRun:
     def _rejected(self, item: _Work, err: SmtpRejected) -> _Outcome:
         reply = f"{err.code} {err.reply or ''}".strip()
         if not err.temporary:
-            return _Outcome(FAILED, item.delivery_id, reply, item.attempts)
+            return _Outcome(FAILED, item.delivery_id, reply, item.attempts,
+                            domain=_domain(item.email))
+        return self._deferral(item, reply)
+
+    def _deferral(self, item: _Work, reply: str, *, unknown: bool = False) -> _Outcome:
+        """Deferred with ``reply``, or failed once the give-up age has passed."""
         now = self.clock()
         since = item.deferred_since or now
         if now - since >= self.options.give_up_after:
             hours = self.options.give_up_after.total_seconds() / 3600
             return _Outcome(FAILED, item.delivery_id,
                             f"gave up after {hours:g} hours of temporary failures: {reply}",
-                            item.attempts, since)
-        return _Outcome(DEFERRED, item.delivery_id, reply, item.attempts, since)
+                            item.attempts, since, domain=_domain(item.email))
+        return _Outcome(DEFERRED, item.delivery_id, reply, item.attempts, since,
+                        unknown=unknown, domain=_domain(item.email))
 
     def _halt(self, reason: str) -> None:
         if self.report.error is None:
             self.report.error = reason
         self.stop.set()
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
 
 
 def send_campaign(session: Session, services: Services, campaign_id: int, *, lock: SendLock,
@@ -1155,6 +1323,29 @@ def settle_campaign(session: Session, report: SendReport, now: datetime) -> None
             .values(status=SENT, finished_at=now))
         report.finished = True
     session.commit()
+
+
+def retry_failed(session: Session, kind: str, now: datetime) -> tuple[int, int] | None:
+    """Put the ``failed`` deliveries of the latest campaign of ``kind`` back in the queue (and
+    the campaign back to sending), once the cause is fixed; commits. Returns (campaign id,
+    deliveries moved), or None when there is no such campaign. Readers who left meanwhile
+    are skipped when their turn comes, as always."""
+    c, d = _campaigns, _deliveries
+    latest = session.scalar(select(c.c.id).where(c.c.kind == kind)
+                            .order_by(c.c.id.desc()).limit(1))
+    if latest is None:
+        session.rollback()
+        return None
+    result = session.execute(update(d).where(d.c.campaign_id == latest, d.c.status == FAILED)
+                             .values(status=QUEUED, next_attempt_at=None, deferred_since=None,
+                                     claimed_until=None, claimed_by=None, updated_at=now))
+    moved = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if moved:
+        session.execute(update(c).where(c.c.id == latest)
+                        .values(status=SENDING, finished_at=None))
+    session.commit()
+    log.info("moved %d failed deliveries of campaign %d back to the queue", moved, latest)
+    return latest, moved
 
 
 def unfinished_campaigns(session: Session, kind: str | None = None) -> list[int]:

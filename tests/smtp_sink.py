@@ -1,6 +1,8 @@
 """A real SMTP server for tests (aiosmtpd in a thread) that stores what it receives and can be
 told to answer chosen codes per recipient, refuse a greeting, hang up after some messages or
-after the final dot, be slow, not offer 8BITMIME, or ask for a login."""
+after the final dot, be slow (for everyone or for one recipient), answer every RCPT or final dot
+the same way, hold one recipient until the test releases it, not offer 8BITMIME, or ask for a
+login."""
 
 from __future__ import annotations
 
@@ -42,6 +44,15 @@ DROP = "drop"
 
 
 @dataclass
+class Hold:
+    """A handshake: the sink sets ``reached`` at this recipient's RCPT, then waits (without
+    blocking other connections) until the test sets ``release``."""
+
+    reached: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
 class Script:
     """What the sink should do: per-recipient replies to RCPT or to the final dot.
 
@@ -52,6 +63,12 @@ class Script:
     first one); ``messages_per_session`` answers 421 to the MAIL after that many messages on
     one connection and hangs up; ``data_delay`` is a slow reply to the final dot;
     ``offer_8bitmime`` / ``offer_pipelining`` say whether EHLO announces those extensions.
+    ``outage_from`` takes the server down at that recipient's RCPT: it hangs up and refuses
+    every later connection with 421 until the test sets ``SmtpSink.down`` back to False.
+    ``slow_replies`` stores a recipient's message, then answers its final dot that many
+    seconds late (past the client's timeout: the outcome is unknown to it); ``every_rcpt`` /
+    ``every_data`` answer every RCPT / final dot with one reply (a broken relay); ``holds``
+    pause at a recipient's RCPT until the test releases them.
     """
 
     rcpt_replies: dict[str, str] = field(default_factory=dict)
@@ -64,6 +81,11 @@ class Script:
     messages_per_session: int | None = None
     offer_8bitmime: bool = True
     offer_pipelining: bool = True
+    slow_replies: dict[str, float] = field(default_factory=dict)
+    every_rcpt: str | None = None
+    every_data: str | None = None
+    holds: dict[str, Hold] = field(default_factory=dict)
+    outage_from: str | None = None
 
 
 def _next_in(sequence: dict[str, list[str]], address: str) -> str | None:
@@ -100,7 +122,15 @@ class _Handler:
         script = self.sink.script
         with self.sink._cond:
             reply = _next_in(script.rcpt_sequence, address.lower())
-        reply = reply or script.rcpt_replies.get(address.lower())
+        if script.outage_from == address.lower():
+            self.sink.down = True
+            asyncio.get_running_loop().call_soon(server.transport.close)
+            return "421 4.3.2 Shutting down"
+        hold = script.holds.get(address.lower())
+        if hold is not None:
+            hold.reached.set()
+            await asyncio.to_thread(hold.release.wait, 30)
+        reply = reply or script.rcpt_replies.get(address.lower()) or script.every_rcpt
         if reply:
             return reply
         envelope.rcpt_tos.append(address)
@@ -123,9 +153,14 @@ class _Handler:
             self.sink._store(received)
             server.transport.close()
             return "250 OK"
-        reply = reply or script.data_replies.get(recipient)
+        reply = reply or script.data_replies.get(recipient) or script.every_data
         if reply:
             return reply
+        if recipient in script.slow_replies:
+            # Stored, but the reply comes after the client gave up waiting for it.
+            self.sink._store(received)
+            await asyncio.sleep(script.slow_replies[recipient])
+            return "250 OK: queued (late)"
         session.messages = getattr(session, "messages", 0) + 1
         self.sink._store(received)
         return "250 OK: queued"
@@ -143,6 +178,8 @@ class _ScriptedSMTP(SMTP):
             self.sink.connections += 1
             greeting = (self.sink.script.greeting_replies.pop(0)
                         if self.sink.script.greeting_replies else None)
+            if self.sink.down:
+                greeting = "421 4.3.2 Down for maintenance"
         if greeting:
             await self.push(greeting)
             assert self.transport is not None
@@ -168,6 +205,7 @@ class SmtpSink:
         self.script = Script()
         self.messages: list[Received] = []
         self.connections = 0
+        self.down = False  # refusing every connection (see Script.outage_from)
         self._cond = threading.Condition()
         self.host = host
         self._port = port

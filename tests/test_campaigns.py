@@ -535,9 +535,9 @@ def test_the_same_content_is_refused_unless_again(
 
 
 def interrupt(app: Flask, path: Path, smtp_sink: SmtpSink, stuck: str) -> None:
-    """Send ``path`` until the server keeps hanging up on ``stuck``'s message: the run stops
-    with the rest queued, as after a crash or an outage."""
-    smtp_sink.script.data_replies[stuck] = "421 4.3.2 Shutting down"
+    """Send ``path`` until the server goes down at ``stuck``'s message: the run stops with the
+    rest queued, as after a crash or an outage."""
+    smtp_sink.script.outage_from = stuck
     with app.app_context():
         lock = SendLock(state_dir(app), db.engine)
         with lock:
@@ -546,7 +546,8 @@ def interrupt(app: Flask, path: Path, smtp_sink: SmtpSink, stuck: str) -> None:
                 options=SendOptions(connections=1, reconnect_delay=0.01, flush_interval=0.05,
                                     max_connection_failures=2))
     assert run.report is not None and run.report.error and run.report.left > 0
-    smtp_sink.script.data_replies.clear()
+    smtp_sink.script.outage_from = None
+    smtp_sink.down = False
 
 
 def test_an_interrupted_send_is_resumed_by_running_the_command_again(

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskCliRunner
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from newsletter import placeholders
@@ -39,7 +40,7 @@ from newsletter.sending import (
 from newsletter.services import get_services
 from newsletter.subscriptions import RequestInfo, unsubscribe
 from tests.conftest import ON_POSTGRES, PUBLIC_URL, FrozenClock
-from tests.smtp_sink import DROP, SmtpSink
+from tests.smtp_sink import DROP, Hold, SmtpSink
 
 FAST = SendOptions(connections=2, retry_delay=0.05, reconnect_delay=0.01, flush_interval=0.05)
 # On SQLite one sender at a time; on PostgreSQL senders share the work (tests/test_senders.py).
@@ -239,8 +240,9 @@ def test_a_lasting_4xx_stays_deferred_for_the_next_run_then_is_sent(
 
     report = send(app, campaign_id)
 
-    assert (report.sent, report.deferred) == (1, 1) and not report.complete
-    assert report.error is not None  # reader2's 421 every time: the server seems unwell
+    # reader2's 421 every time: tried again on a fresh connection, then deferred like a 4xx.
+    assert (report.sent, report.deferred) == (1, 2) and not report.complete
+    assert report.error is None
     delivery = session.execute(select(Delivery).join(Subscriber).where(
         Subscriber.email == "reader3@example.com")).scalar_one()
     assert delivery.status == "deferred" and delivery.smtp_reply == "450 4.2.1 Mailbox busy"
@@ -300,33 +302,40 @@ def test_421_mid_session_reconnects_and_sends_each_message_once(
 
 
 @pytest.mark.parametrize("pipelining", [True, False])
-def test_a_drop_after_the_final_dot_resends_only_that_message(
+def test_a_drop_after_the_final_dot_defers_only_that_message_to_the_next_run(
         app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
         pipelining: bool) -> None:
     smtp_sink.script.offer_pipelining = pipelining
     readers = add_readers(session, clock, 6)
     smtp_sink.script.data_sequence["reader3@example.com"] = [DROP]
-    report = send(app, make_campaign(session, clock))
-    assert report.sent == 6 and report.complete
-    # Its reply never came, so its outcome was unknown: sent again, and only it.
-    assert copies(smtp_sink) == Counter([*readers, "reader3@example.com"])
+    campaign_id = make_campaign(session, clock)
+    report = send(app, campaign_id)
+    # Its reply never came, so its outcome is unknown: not sent again at once, but deferred.
+    assert (report.sent, report.deferred) == (5, 1) and not report.complete
+    assert copies(smtp_sink) == Counter(readers)
+    clock.advance(minutes=5)
+    again = send(app, campaign_id)
+    assert again.sent == 1 and again.complete and again.finished
+    assert copies(smtp_sink) == Counter([*readers, "reader3@example.com"])  # only it, again
 
 
-def test_a_reply_slower_than_the_timeout_counts_as_a_dropped_connection(
+def test_a_reply_slower_than_the_timeout_defers_each_message_once(
         config: dict[str, Any], app: Flask, session: Session, clock: FrozenClock,
         smtp_sink: SmtpSink) -> None:
     app.config["SMTP_TIMEOUT"] = 0.3
-    add_readers(session, clock, 3)
+    readers = add_readers(session, clock, 3)
     smtp_sink.script.data_delay = 0.6
     campaign_id = make_campaign(session, clock)
     report = send(app, campaign_id, SendOptions(connections=1, reconnect_delay=0.01,
                                                 max_connection_failures=2))
-    assert report.error is not None and "failed attempts" in report.error
-    assert report.sent == 0 and report.left == 3
-    assert set(statuses(session, campaign_id).values()) == {"queued"}
+    assert report.error is None and report.sent == 0 and report.deferred == 3
+    assert set(statuses(session, campaign_id).values()) == {"deferred"}
+    assert set(copies(smtp_sink)) <= set(readers) and max(copies(smtp_sink).values(),
+                                                         default=0) <= 1
 
     smtp_sink.script.data_delay = 0.1  # slow, but within the timeout
     app.config["SMTP_TIMEOUT"] = 5
+    clock.advance(minutes=5)
     assert send(app, campaign_id).sent == 3
 
 
@@ -394,6 +403,216 @@ def test_a_reader_who_unsubscribes_mid_send_is_skipped(
     assert (report.sent, report.skipped) == (23, 1) and report.complete
     assert statuses(session, campaign_id)["reader20@example.com"] == "skipped"
     assert not smtp_sink.to("reader20@example.com")
+
+
+# --- ordinary faults: one reader's unknown outcome, a broken relay, a reader who leaves ----
+
+FAULTY = "reader3@example.com"
+
+
+def drop_after_the_final_dot(app: Flask, sink: SmtpSink) -> None:
+    sink.script.drop_after_data.add(FAULTY)
+
+
+def reply_slower_than_the_timeout(app: Flask, sink: SmtpSink) -> None:
+    app.config["SMTP_TIMEOUT"] = 0.5
+    sink.script.slow_replies[FAULTY] = 1.5
+
+
+def a_421_at_rcpt(app: Flask, sink: SmtpSink) -> None:
+    sink.script.rcpt_replies[FAULTY] = "421 4.7.0 Try again later"
+
+
+@pytest.mark.parametrize("fault", [drop_after_the_final_dot, reply_slower_than_the_timeout,
+                                   a_421_at_rcpt])
+def test_one_readers_fault_defers_only_them_and_the_rest_go_once(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        fault: Any) -> None:
+    readers = add_readers(session, clock, 8)
+    fault(app, smtp_sink)
+    campaign_id = make_campaign(session, clock)
+    options = SendOptions(connections=1, retry_delay=0.05, reconnect_delay=0.01,
+                          flush_interval=0.05)
+
+    report = send(app, campaign_id, options)
+
+    others = Counter(r for r in readers if r != FAULTY)
+    got = copies(smtp_sink)
+    assert got - Counter({FAULTY: got[FAULTY]}) == others  # everybody else once, same run
+    assert got[FAULTY] <= 2
+    assert report.error is None and (report.sent, report.deferred) == (7, 1)
+    assert not report.complete  # exit status 3
+    delivery = session.execute(select(Delivery).join(Subscriber).where(
+        Subscriber.email == FAULTY)).scalar_one()
+    assert delivery.status == "deferred" and delivery.next_attempt_at > clock()
+
+    clock.advance(hours=1)  # a later run, the fault still there
+    again = send(app, campaign_id, options)
+    assert again.error is None and again.sent == 0 and again.deferred == 1
+    got = copies(smtp_sink)
+    assert got[FAULTY] <= 3 and got - Counter({FAULTY: got[FAULTY]}) == others
+
+
+def test_a_dropped_reply_defers_and_the_next_run_sends_it_once_more(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        runner: FlaskCliRunner, posts_folder: Path) -> None:
+    readers = add_readers(session, clock, 5)
+    digest_ready(runner, posts_folder)
+    smtp_sink.script.data_sequence[FAULTY] = [DROP]
+
+    result = runner.invoke(args=["send-digest", "--yes", "--connections", "1"])
+
+    assert result.exit_code == 3, result.output
+    assert "sent 4, failed 0, deferred 1" in result.output
+    assert copies(smtp_sink) == Counter(readers)  # the dropped one arrived once already
+    reply = session.scalar(select(Delivery.smtp_reply).join(Subscriber)
+                           .where(Subscriber.email == FAULTY))
+    assert reply is not None and "may have" in reply
+
+    clock.advance(hours=1)
+    again = runner.invoke(args=["send-digest", "--yes"])
+    assert again.exit_code == 0, again.output
+    assert copies(smtp_sink) == Counter([*readers, FAULTY])  # its one possible second copy
+
+
+def add_readers_at_domains(session: Session, clock: FrozenClock, count: int,
+                           domains: int = 4) -> list[str]:
+    """Readers spread over ``domains`` mail domains."""
+    emails = [f"reader{n}@mail{n % domains}.example" for n in range(1, count + 1)]
+    session.execute(insert(Subscriber), [
+        {"email": email, "name": None, "status": CONFIRMED, "token_generation": 0,
+         "created_at": clock(), "updated_at": clock()} for email in emails])
+    session.commit()
+    return emails
+
+
+@pytest.mark.parametrize("where", ["every_rcpt", "every_data"])
+def test_a_relay_that_refuses_everything_stops_early_and_fails_nobody(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        where: str) -> None:
+    add_readers_at_domains(session, clock, 120)
+    setattr(smtp_sink.script, where, "552 5.3.4 Mailbox full (quota exceeded)")
+    campaign_id = make_campaign(session, clock)
+
+    report = send(app, campaign_id)
+
+    assert report.error is not None
+    assert "552 5.3.4 Mailbox full (quota exceeded)" in report.error
+    assert "in a row at 4 domains" in report.error and "nothing was marked failed" in report.error
+    assert report.failed == 0 and report.sent == 0 and report.left == 120
+    assert set(statuses(session, campaign_id).values()) == {"queued"}
+    tried = session.scalar(select(func.count()).select_from(Delivery)
+                           .where(Delivery.attempts > 0))
+    assert tried is not None and tried < 40  # stopped early, not after the whole list
+
+    setattr(smtp_sink.script, where, None)  # the author fixed the relay
+    again = send(app, campaign_id)
+    assert (again.sent, again.failed) == (120, 0) and again.complete
+    assert set(copies(smtp_sink).values()) == {1}
+
+
+def test_send_digest_stops_at_the_brake_naming_the_reply_and_exits_1(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        runner: FlaskCliRunner, posts_folder: Path) -> None:
+    readers = add_readers_at_domains(session, clock, 60)
+    digest_ready(runner, posts_folder)
+    smtp_sink.script.every_data = "554 5.7.0 Account suspended"
+
+    result = runner.invoke(args=["send-digest", "--yes", "--connections", "1"])
+
+    assert result.exit_code == 1, result.output
+    assert ("Stopped: the SMTP server answered '554 5.7.0 Account suspended' to 20 readers in "
+            "a row at 4 domains") in result.output
+    assert "nothing was marked failed" in result.output
+    assert "failed 0" in result.output and "still queued 60" in result.output
+    assert "Run `newsletter send-digest` again" in result.output
+
+    smtp_sink.script.every_data = None
+    again = runner.invoke(args=["send-digest", "--yes"])
+    assert again.exit_code == 0, again.output
+    assert copies(smtp_sink) == Counter(readers)
+
+
+def test_refusals_between_messages_that_go_through_do_not_stop_the_run(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    emails = add_readers_at_domains(session, clock, 60)
+    for n, email in enumerate(emails, 1):  # many stale addresses, but the relay works
+        if n % 10:
+            smtp_sink.script.rcpt_replies[email] = f"550 5.1.1 <{email}>... User unknown"
+    report = send(app, make_campaign(session, clock), replace(FAST, connections=1))
+    assert report.error is None and (report.sent, report.failed) == (6, 54)
+
+
+def test_a_reader_who_leaves_after_their_batch_was_claimed_gets_nothing(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    readers = add_readers(session, clock, 12)
+    hold = smtp_sink.script.holds["reader4@example.com"] = Hold()
+    campaign_id = make_campaign(session, clock)
+
+    def leave_while_reader4_is_held() -> None:
+        assert hold.reached.wait(10)
+        # Reader 6's delivery is claimed already (one batch holds all twelve).
+        with app.app_context():
+            unsubscribe(db.session, get_services(app), 6, RequestInfo(method="one-click"))
+            db.session.remove()
+        hold.release.set()
+
+    leaver = threading.Thread(target=leave_while_reader4_is_held)
+    leaver.start()
+    report = send(app, campaign_id, SendOptions(connections=1, flush_interval=0.05,
+                                                status_check_age=0.0))
+    leaver.join()
+    assert (report.sent, report.skipped) == (11, 1) and report.complete
+    assert statuses(session, campaign_id)["reader6@example.com"] == "skipped"
+    assert not smtp_sink.to("reader6@example.com")
+    assert copies(smtp_sink) == Counter(r for r in readers if r != "reader6@example.com")
+
+
+# --- --retry-failed: the failed deliveries of the latest campaign, once the cause is fixed ---
+
+QUIET_HOUR = Path(__file__).parent / "fixtures" / "campaigns" / "quiet-hour.md"
+
+
+@pytest.mark.parametrize("command", [["send-digest", "--yes"], ["send-campaign", "--yes"]])
+def test_retry_failed_sends_the_latest_campaigns_failed_deliveries_once(
+        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
+        runner: FlaskCliRunner, posts_folder: Path, command: list[str]) -> None:
+    readers = add_readers(session, clock, 6)
+    refused = readers[1:4]
+    for email in refused:  # e.g. a sender address the relay did not allow yet
+        smtp_sink.script.rcpt_replies[email] = "550 5.7.1 Sender address rejected"
+    if command[0] == "send-digest":
+        digest_ready(runner, posts_folder)
+        first = runner.invoke(args=command)
+    else:
+        first = runner.invoke(args=[*command, str(QUIET_HOUR)])
+    assert first.exit_code == 3, first.output
+    assert "sent 3, failed 3" in first.output
+    with app.app_context():  # one of them leaves before the retry
+        unsubscribe(db.session, get_services(app), 4, RequestInfo(method="one-click"))
+        db.session.remove()
+
+    smtp_sink.script.rcpt_replies.clear()  # the author fixed the cause
+    again = runner.invoke(args=[*command, "--retry-failed"])
+
+    assert again.exit_code == 0, again.output
+    assert "Moved 3 failed deliveries of campaign 1 back to the queue." in again.output
+    assert "sent 2, failed 0, deferred 0, skipped 1" in again.output
+    assert copies(smtp_sink) == Counter(r for r in readers if r != "reader4@example.com")
+    assert session.get(Campaign, 1).status == "sent"
+    assert set(statuses(session, 1).values()) == {"sent", "skipped"}
+
+    nothing = runner.invoke(args=[*command, "--retry-failed"])
+    assert nothing.exit_code == 0, nothing.output
+    assert "Moved 0 failed deliveries of campaign 1" in nothing.output
+    assert len(smtp_sink.messages) == 5
+
+
+def test_retry_failed_for_announcements_takes_no_file(runner: FlaskCliRunner) -> None:
+    result = runner.invoke(args=["send-campaign", str(QUIET_HOUR), "--retry-failed"])
+    assert result.exit_code == 2 and "without FILE.md" in result.output
+    missing = runner.invoke(args=["send-campaign", "--yes"])
+    assert missing.exit_code == 2 and "missing FILE.md" in missing.output
 
 
 # --- crashes, journals and one run at a time ------------------------------------------------
