@@ -17,7 +17,6 @@ from flask import (
     request,
     url_for,
 )
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -256,12 +255,18 @@ def unsubscribe(token: str) -> Any:
 
 @bp.get("/healthz")
 def healthz() -> Any:
-    """200 when the database answers, 503 when it does not."""
+    """200 when the database answers with this version's schema; 503, saying why, when it
+    cannot be reached, has no tables or has an older schema."""
+    from .db import schema_problem
+
     try:
-        db.session.execute(text("SELECT 1"))
+        problem = schema_problem(current_app)
     except SQLAlchemyError:
         db.session.rollback()
-        return jsonify(ok=False, database="unreachable"), 503
+        return jsonify(ok=False, database="unreachable",
+                       message="the database cannot be reached"), 503
+    if problem:
+        return jsonify(ok=False, database="schema", message=problem), 503
     return jsonify(ok=True, database="ok"), 200
 
 
