@@ -37,11 +37,15 @@ ONE_CLICK_BODY = "List-Unsubscribe=One-Click"
 
 
 def _wants_json() -> bool:
+    """JSON for scripts, pages and redirects for browsers, decided as browsers send requests:
+    a JSON body, or an Accept header that names application/json itself (not through */*) at
+    least as high as text/html. A plain form post with ``Accept: */*`` (curl -d) is a form."""
     if request.is_json:
         return True
-    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
-    return best == "application/json" and request.accept_mimetypes["application/json"] >= \
-        request.accept_mimetypes["text/html"]
+    accept = request.accept_mimetypes
+    if "application/json" not in {value.lower() for value, _quality in accept}:
+        return False
+    return accept["application/json"] >= accept["text/html"]
 
 
 def _origin_of(url: str | None) -> str | None:
