@@ -854,9 +854,13 @@ def subscribers_import(file: Path, consent_note: str, require_confirmation: bool
     _print_problems("Skipped (their status in the file)", report.skipped)
     _print_problems("Duplicates in the file, merged", report.duplicates)
     state = "pending (asked to confirm)" if require_confirmation else "confirmed"
-    click.echo(f"Read {report.rows} rows from {file.name}: {report.added} new readers {state}, "
-               f"{report.confirmed_pending} waiting readers confirmed, {report.already_present} "
-               f"already here, {report.unsubscribed.count} unsubscribed and "
+    # Every row is counted once, so the parts add up to the rows read.
+    click.echo(f"Read {_count(report.rows, 'row')} from {file.name}: "
+               f"{_count(report.added, 'new reader')} {state}, "
+               f"{_count(report.confirmed_pending, 'waiting reader')} confirmed, "
+               f"{report.already_present} "
+               f"already here, {report.duplicates.count} repeated in the file (merged), "
+               f"{report.unsubscribed.count} unsubscribed and "
                f"{report.erased.count} erased refused, {report.skipped.count} skipped, "
                f"{report.invalid.count} invalid.")
     if require_confirmation:
