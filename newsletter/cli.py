@@ -760,8 +760,9 @@ _STATUS = click.Choice(["pending", "confirmed", "unsubscribed", "erased"])
 @subscribers_group.command("list")
 @click.option("--status", type=_STATUS, help="Only readers with this status "
               "(default: all but the erased).")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "csv", "json"]), default="text",
+              show_default=True, help="text: a table to read; csv: the export's columns; "
+                                      "json: a list of readers, for scripts.")
 @with_appcontext
 def subscribers_list(status: str | None, fmt: str) -> None:
     """List readers with their status and subscription dates."""
@@ -1018,8 +1019,10 @@ def purge_command(dry_run: bool) -> None:
 @register
 @click.command("stats")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
-@click.option("--weeks", default=12, show_default=True, type=click.IntRange(1, 104))
+              show_default=True, help="text: tables to read; json: the same figures, for "
+                                      "scripts.")
+@click.option("--weeks", default=12, show_default=True, type=click.IntRange(1, 104),
+              help="How many weeks of sign-ups, confirmations and withdrawals to show (1-104).")
 @with_appcontext
 def stats_command(fmt: str, weeks: int) -> None:
     """Readers by status, weekly sign-ups, confirmations and withdrawals, the confirmation rate

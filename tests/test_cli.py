@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
+import click
 import pytest
 
 from newsletter.cli import COMMANDS
@@ -187,3 +188,30 @@ def test_run_on_an_explicit_database_without_tables_stops_with_the_fix(
     assert "the database has no tables: run `newsletter init-db`" in output
     assert "Traceback" not in output
     assert not list(tmp_path.rglob("*.sqlite*"))
+
+
+def all_commands() -> Iterator[tuple[str, click.Command]]:
+    """Every command and subcommand with its full name."""
+    def walk(command: click.Command, name: str) -> Iterator[tuple[str, click.Command]]:
+        yield name, command
+        if isinstance(command, click.Group):
+            for sub_name, sub in command.commands.items():
+                yield from walk(sub, f"{name} {sub_name}")
+    for command in COMMANDS:
+        yield from walk(command, str(command.name))
+
+
+def test_every_option_of_every_command_has_a_help_text() -> None:
+    missing = [f"{name} {'/'.join(param.opts)}" for name, command in all_commands()
+               for param in command.params
+               if isinstance(param, click.Option) and not param.hidden and not param.help]
+    assert missing == []
+
+
+def test_format_options_offer_the_same_choices() -> None:
+    formats = {name: param.type.choices for name, command in all_commands()
+               for param in command.params
+               if param.name == "fmt" and isinstance(param.type, click.Choice)}
+    assert set(formats) == {"stats", "subscribers list"}
+    assert list(formats["stats"]) == ["text", "json"]
+    assert list(formats["subscribers list"]) == ["text", "csv", "json"]

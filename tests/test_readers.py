@@ -302,6 +302,7 @@ def test_list_and_count(runner: FlaskCliRunner, app: Flask, tmp_path: Path) -> N
     table = runner.invoke(args=["subscribers", "list"])
     assert table.exit_code == 0
     assert "ana@example.com" in table.output and "3 readers." in table.output
+    assert runner.invoke(args=["subscribers", "list", "--format", "text"]).output == table.output
     pending = runner.invoke(args=["subscribers", "list", "--status", "pending",
                                   "--format", "json"])
     assert [r["email"] for r in json.loads(pending.output)] == ["cat@example.com"]
