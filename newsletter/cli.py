@@ -139,9 +139,10 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
     """Run the service with a local mail catcher and sample posts: nothing to set up."""
     from werkzeug.serving import run_simple
 
-    from .db import upgrade_schema
-    from .demo import mailbox_dir, write_sample_posts
+    from .db import db, upgrade_schema
+    from .demo import mailbox_dir, prepare_sample_digest, write_sample_posts
     from .mailcatcher import MailCatcher
+    from .posts import PostSourceError
 
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     if not app.config["DEMO"]:
@@ -152,14 +153,27 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
                       SMTP_USERNAME=None, SMTP_PASSWORD=None)
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     app.config["PUBLIC_URL"] = base
+    # There is no blog and no privacy policy in the demo: its own pages stand in, so every link
+    # in its emails answers.
     if app.config["SITE_URL"] == DEFAULTS["SITE_URL"]:
-        app.config["SITE_URL"] = base  # there is no blog in the demo; link to our own pages
+        app.config["SITE_URL"] = f"{base}/demo/blog"
+    if not app.config["PRIVACY_POLICY_URL"]:
+        app.config["PRIVACY_POLICY_URL"] = f"{base}/demo/privacy"
     posts = write_sample_posts(app)
+    try:
+        waiting = prepare_sample_digest(db.session, _services())
+        digest = (f"{base}/demo/digest   (a preview of {_count(waiting, 'sample post')})"
+                  if waiting else "none waiting: add a post to the sample folder")
+    except PostSourceError as err:
+        db.session.rollback()
+        digest = f"none: cannot read the posts ({err})"
     click.echo(f"""
   newsletter demo is running.
 
   Subscribe:      {base}/subscribe
   Caught emails:  {base}/demo/mail   (also as .eml files in {mailbox_dir(app)})
+  Next digest:    {digest}
+  Sample blog:    {base}/demo/blog
   Mail catcher:   SMTP on 127.0.0.1:{catcher.port}
   Sample posts:   {posts}
   Database:       {_display_url(app.config['SQLALCHEMY_DATABASE_URI'])}
