@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ FILE_KEY = "from-file-" + "f" * 30
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:
     import os
 
     for name in list(os.environ):
@@ -23,7 +24,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("NEWSLETTER_INSTANCE_PATH", str(tmp_path / "instance"))
     monkeypatch.setattr("sys.argv", ["newsletter", "run"])
-    return monkeypatch
+    yield monkeypatch
+    # A .env file is loaded into os.environ, behind monkeypatch's back: take it out again, so
+    # no later test runs with this one's settings (an SMTP port, say).
+    for name in list(os.environ):
+        if name.startswith("NEWSLETTER_"):
+            del os.environ[name]
 
 
 def test_missing_secret_key_stops_start_up_and_names_the_variable(
