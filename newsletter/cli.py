@@ -161,7 +161,10 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
         app.config["PRIVACY_POLICY_URL"] = f"{base}/demo/privacy"
     posts = write_sample_posts(app)
     try:
-        waiting = prepare_sample_digest(db.session, _services())
+        # Only the sample folder's posts are kept unmailed; a feed of the author's own stays as
+        # its first sync leaves it.
+        waiting = prepare_sample_digest(db.session, _services(),
+                                        keep_unmailed=app.config["POSTS_DIR"] == str(posts))
         digest = (f"{base}/demo/digest   (a preview of {_count(waiting, 'sample post')})"
                   if waiting else "none waiting: add a post to the sample folder")
     except PostSourceError as err:

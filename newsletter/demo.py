@@ -115,9 +115,10 @@ def privacy() -> str:
                 "installation links its own policy here (NEWSLETTER_PRIVACY_POLICY_URL).")
 
 
-def prepare_sample_digest(session: Session, services: Any) -> int:
-    """Sync the demo's posts and keep the samples unmailed, so a digest is ready to preview
-    and send; returns how many posts it carries.
+def prepare_sample_digest(session: Session, services: Any, *, keep_unmailed: bool) -> int:
+    """Sync the demo's posts and, with ``keep_unmailed`` (the source is the sample folder),
+    keep them unmailed, so a digest is ready to preview and send; returns how many posts the
+    next digest carries.
 
     A first sync records posts already published as sent before (a blog's back catalogue
     must not be mailed); the demo's sample posts are there to be mailed, so none stays so.
@@ -127,8 +128,9 @@ def prepare_sample_digest(session: Session, services: Any) -> int:
     from .posts import sync_posts
 
     sync_posts(session, services)
-    session.execute(update(Post).where(Post.campaign_id.is_(None), Post.archived.is_(True))
-                    .values(archived=False))
+    if keep_unmailed:
+        session.execute(update(Post).where(Post.campaign_id.is_(None), Post.archived.is_(True))
+                        .values(archived=False))
     session.commit()
     return len(select_digest_posts(session, services))
 
