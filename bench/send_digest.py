@@ -90,7 +90,7 @@ def start_smtp_sink() -> tuple[subprocess.Popen[bytes], int]:
 def settings(workdir: Path, port: int, database_url: str | None = None) -> dict[str, str]:
     """NEWSLETTER_* variables for one benchmark database (SQLite unless ``database_url``)."""
     return {
-        "NEWSLETTER_SECRET_KEY": "benchmark-secret",
+        "NEWSLETTER_SECRET_KEY": "benchmark-secret-not-for-production-use",
         "NEWSLETTER_DATABASE_URL": database_url or f"sqlite:///{workdir / 'newsletter.sqlite'}",
         "NEWSLETTER_INSTANCE_PATH": str(workdir / "instance"),
         "NEWSLETTER_PUBLIC_URL": "https://news.example.com",

@@ -129,7 +129,7 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, object]:
     url = prepare_database(kind, workdir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     env.update({
-        "NEWSLETTER_SECRET_KEY": "bench-secret", "NEWSLETTER_DATABASE_URL": url,
+        "NEWSLETTER_SECRET_KEY": "benchmark-secret-not-for-production-use", "NEWSLETTER_DATABASE_URL": url,
         "NEWSLETTER_INSTANCE_PATH": str(workdir / "instance"),
         "NEWSLETTER_SMTP_HOST": "127.0.0.1", "NEWSLETTER_SMTP_PORT": str(sink_port),
         "NEWSLETTER_PROXY_COUNT": "1", "NEWSLETTER_PUBLIC_URL": "http://127.0.0.1",

@@ -40,17 +40,31 @@ def _services() -> Any:
 @with_appcontext
 def init_db_command() -> None:
     """Create the database schema, or upgrade it to this version. Safe to run again."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from .db import upgrade_schema
 
-    before, after = upgrade_schema(current_app)  # type: ignore[arg-type]
     url = current_app.config["SQLALCHEMY_DATABASE_URI"]
     where = _display_url(url)
+    try:
+        before, after = upgrade_schema(current_app)  # type: ignore[arg-type]
+    except (SQLAlchemyError, OSError) as err:
+        raise click.ClickException(f"cannot create the schema in {where}: {_one_line(err)}. "
+                                   "Check NEWSLETTER_DATABASE_URL and that the database server "
+                                   "is running.") from None
     if before == after:
         click.echo(f"Database {where} is up to date (schema {after}).")
     elif before is None:
         click.echo(f"Created the database schema in {where} (schema {after}).")
     else:
         click.echo(f"Upgraded {where} from schema {before} to {after}.")
+
+
+def _one_line(err: Exception) -> str:
+    """The first line of a database error's own message, without SQLAlchemy's decoration."""
+    cause = getattr(err, "orig", None) or err
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else cause.__class__.__name__
 
 
 def _display_url(url: str) -> str:
@@ -153,9 +167,10 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
     """Run the service with a local mail catcher and sample posts: nothing to set up."""
     from werkzeug.serving import run_simple
 
-    from .db import upgrade_schema
-    from .demo import mailbox_dir, write_sample_posts
+    from .db import db, upgrade_schema
+    from .demo import mailbox_dir, prepare_sample_digest, write_sample_posts
     from .mailcatcher import MailCatcher
+    from .posts import PostSourceError
 
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     if not app.config["DEMO"]:
@@ -166,14 +181,30 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
                       SMTP_USERNAME=None, SMTP_PASSWORD=None)
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     app.config["PUBLIC_URL"] = base
+    # There is no blog and no privacy policy in the demo: its own pages stand in, so every link
+    # in its emails answers.
     if app.config["SITE_URL"] == DEFAULTS["SITE_URL"]:
-        app.config["SITE_URL"] = base  # there is no blog in the demo; link to our own pages
+        app.config["SITE_URL"] = f"{base}/demo/blog"
+    if not app.config["PRIVACY_POLICY_URL"]:
+        app.config["PRIVACY_POLICY_URL"] = f"{base}/demo/privacy"
     posts = write_sample_posts(app)
+    try:
+        # Only the sample folder's posts are kept unmailed; a feed of the author's own stays as
+        # its first sync leaves it.
+        waiting = prepare_sample_digest(db.session, _services(),
+                                        keep_unmailed=app.config["POSTS_DIR"] == str(posts))
+        digest = (f"{base}/demo/digest   (a preview of {_count(waiting, 'sample post')})"
+                  if waiting else "none waiting: add a post to the sample folder")
+    except PostSourceError as err:
+        db.session.rollback()
+        digest = f"none: cannot read the posts ({err})"
     click.echo(f"""
   newsletter demo is running.
 
   Subscribe:      {base}/subscribe
   Caught emails:  {base}/demo/mail   (also as .eml files in {mailbox_dir(app)})
+  Next digest:    {digest}
+  Sample blog:    {base}/demo/blog
   Mail catcher:   SMTP on 127.0.0.1:{catcher.port}
   Sample posts:   {posts}
   Database:       {_display_url(app.config['SQLALCHEMY_DATABASE_URI'])}
@@ -897,8 +928,9 @@ _STATUS = click.Choice(["pending", "confirmed", "unsubscribed", "erased"])
 @subscribers_group.command("list")
 @click.option("--status", type=_STATUS, help="Only readers with this status "
               "(default: all but the erased).")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "csv", "json"]), default="text",
+              show_default=True, help="text: a table to read; csv: the export's columns; "
+                                      "json: a list of readers, for scripts.")
 @with_appcontext
 def subscribers_list(status: str | None, fmt: str) -> None:
     """List readers with their status and subscription dates."""
@@ -991,9 +1023,13 @@ def subscribers_import(file: Path, consent_note: str, require_confirmation: bool
     _print_problems("Skipped (their status in the file)", report.skipped)
     _print_problems("Duplicates in the file, merged", report.duplicates)
     state = "pending (asked to confirm)" if require_confirmation else "confirmed"
-    click.echo(f"Read {report.rows} rows from {file.name}: {report.added} new readers {state}, "
-               f"{report.confirmed_pending} waiting readers confirmed, {report.already_present} "
-               f"already here, {report.unsubscribed.count} unsubscribed and "
+    # Every row is counted once, so the parts add up to the rows read.
+    click.echo(f"Read {_count(report.rows, 'row')} from {file.name}: "
+               f"{_count(report.added, 'new reader')} {state}, "
+               f"{_count(report.confirmed_pending, 'waiting reader')} confirmed, "
+               f"{report.already_present} "
+               f"already here, {report.duplicates.count} repeated in the file (merged), "
+               f"{report.unsubscribed.count} unsubscribed and "
                f"{report.erased.count} erased refused, {report.skipped.count} skipped, "
                f"{report.invalid.count} invalid.")
     if require_confirmation:
@@ -1151,8 +1187,10 @@ def purge_command(dry_run: bool) -> None:
 @register
 @click.command("stats")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
-@click.option("--weeks", default=12, show_default=True, type=click.IntRange(1, 104))
+              show_default=True, help="text: tables to read; json: the same figures, for "
+                                      "scripts.")
+@click.option("--weeks", default=12, show_default=True, type=click.IntRange(1, 104),
+              help="How many weeks of sign-ups, confirmations and withdrawals to show (1-104).")
 @with_appcontext
 def stats_command(fmt: str, weeks: int) -> None:
     """Readers by status, weekly sign-ups, confirmations and withdrawals, the confirmation rate
@@ -1202,20 +1240,99 @@ def init_app(app: Flask) -> None:
         app.cli.add_command(command)
 
 
+# Commands that may start on a database without tables: init-db makes them; the demo and the
+# development server migrate the embedded SQLite default themselves; shell and routes only look.
+_NO_SCHEMA_NEEDED = {"init-db", "shell", "routes"}
+_MIGRATES_DEFAULT_DATABASE = {"demo", "run"}
+
+
 def _create_app() -> Flask:
+    """The app for the command being run, with its database ready for it.
+
+    A missing setting or a database without this version's schema ends the command with one
+    line saying what to do; the embedded SQLite default is migrated by `run` and `demo`.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
     from . import create_app
+    from .db import schema_problem, upgrade_schema
 
     try:
-        return create_app()
+        app = create_app()
     except ConfigError as err:
         raise click.ClickException(f"{err}") from None
+    context = click.get_current_context(silent=True)
+    command = context.find_root().invoked_subcommand if context else None
+    if command in _NO_SCHEMA_NEEDED:
+        return app
+    where = _display_url(app.config["SQLALCHEMY_DATABASE_URI"])
+    try:
+        problem = schema_problem(app)
+        if problem and (command == "demo" or (command in _MIGRATES_DEFAULT_DATABASE
+                                              and app.config["DATABASE_IS_DEFAULT"])):
+            upgrade_schema(app)
+            problem = None
+    except SQLAlchemyError as err:
+        raise click.ClickException(
+            f"cannot use the database {where}: {_one_line(err)}. Check "
+            "NEWSLETTER_DATABASE_URL and that the database server is running.") from None
+    if problem:
+        hint = (" (this is the default database in ./instance: run `newsletter` in the folder "
+                "that holds the service's .env and instance folder, or set "
+                "NEWSLETTER_DATABASE_URL)" if app.config["DATABASE_IS_DEFAULT"] else "")
+        raise click.ClickException(f"{problem}. Database: {where}{hint}.")
+    return app
+
+
+class NewsletterGroup(FlaskGroup):
+    """Flask's command group, with help that always works: our commands are listed without
+    loading the app (so a missing setting cannot hide them), and the app is built only when a
+    command needs it. Flask's --app and --debug options do not apply here and are left out."""
+
+    def __init__(self, **extra: Any) -> None:
+        super().__init__(create_app=_create_app, add_version_option=False, **extra)
+        self.params = [p for p in self.params if p.name not in ("app", "debug")]
+        for command in COMMANDS:
+            self.add_command(command)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        """Our commands, Flask's run/shell/routes and plugins; never loads the app."""
+        self._load_plugin_commands()
+        return click.Group.get_command(self, ctx, name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every command, without loading the app."""
+        self._load_plugin_commands()
+        return sorted(click.Group.list_commands(self, ctx))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("newsletter")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main() -> None:
     """Entry point of the ``newsletter`` console script."""
-    group = FlaskGroup(
-        create_app=_create_app,
+    group = NewsletterGroup(
         help="A self-hosted newsletter: subscriptions with double opt-in, digests of new posts, "
              "one-click unsubscribe. Settings come from NEWSLETTER_* variables and a .env file.",
+        params=[click.Option(["--version"], is_flag=True, expose_value=False, is_eager=True,
+                             help="Show the name and version of newsletter and exit.",
+                             callback=_print_version)],
     )
     group.main(prog_name="newsletter")
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(f"newsletter {_version()}")
+    ctx.exit()
+
+
+if __name__ == "__main__":
+    main()

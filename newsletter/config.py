@@ -122,6 +122,9 @@ def load_config(app: Flask, overrides: dict[str, Any] | None = None) -> None:
     app.config.from_prefixed_env(PREFIX)
     if overrides:
         app.config.update(overrides)
+    # Whether the database is the embedded default (not a setting): only that one is migrated
+    # without asking, by `newsletter run` and `newsletter demo`.
+    app.config["DATABASE_IS_DEFAULT"] = not app.config["DATABASE_URL"]
     if not app.config["DATABASE_URL"]:
         name = "demo.sqlite" if app.config["DEMO"] else "newsletter.sqlite"
         path = Path(app.instance_path) / name
@@ -187,20 +190,44 @@ def _validate_post_source(config: dict[str, Any]) -> None:
                                           f"got {feed!r}")
 
 
+# The key signs every confirm and unsubscribe link: a guessable one lets anyone forge them.
+MIN_SECRET_KEY_LENGTH = 32
+PLACEHOLDER_SECRET_KEY = "change-me-to-a-long-random-string"  # the one in .env.example
+GOOD_KEY_COMMAND = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+_DEMO_AND_TESTING_KEY = "not-a-secret-demo-and-testing-only"
+
+
+def _validate_secret_key(config: dict[str, Any]) -> None:
+    """A secret key is required, and must not be weak, except in the demo and in tests.
+
+    "The demo and tests" means ``DEMO`` (set by ``newsletter demo`` or NEWSLETTER_DEMO) or
+    Flask's ``TESTING`` (set by the test suite's configuration, or NEWSLETTER_TESTING).
+    """
+    key = config.get("SECRET_KEY")
+    lenient = bool(config.get("TESTING") or config["DEMO"])
+    make_one = (f"Make a good one with {GOOD_KEY_COMMAND} and put it in the environment or in "
+                "a .env file (or try `newsletter demo`, which needs none).")
+    if not key:
+        if lenient:
+            config["SECRET_KEY"] = _DEMO_AND_TESTING_KEY
+            return
+        raise ConfigError("SECRET_KEY", f"is not set. {make_one}")
+    if lenient:
+        return
+    key = str(key)
+    if key.strip().lower().startswith("change-me") or key == _DEMO_AND_TESTING_KEY:
+        raise ConfigError("SECRET_KEY", f"is still the placeholder from .env.example. {make_one}")
+    if len(key) < MIN_SECRET_KEY_LENGTH:
+        raise ConfigError("SECRET_KEY", f"is too short ({len(key)} characters; at least "
+                                        f"{MIN_SECRET_KEY_LENGTH} are needed, as anyone who "
+                                        f"guesses it can forge links). {make_one}")
+
+
 def validate_config(config: dict[str, Any]) -> None:
     """Normalise types and raise :class:`ConfigError` for the first bad setting."""
     for key in ("DEMO", "WELCOME_EMAIL", "OUTBOX_SEND_AFTER_REQUEST"):
         _as_bool(config, key)
-    if not config.get("SECRET_KEY"):
-        if config.get("TESTING") or config["DEMO"]:
-            config["SECRET_KEY"] = "not-a-secret-demo-and-testing-only"
-        else:
-            raise ConfigError(
-                "SECRET_KEY",
-                "is not set. Set it to a long random string, for example the output of "
-                "python -c 'import secrets; print(secrets.token_urlsafe(32))', "
-                "in the environment or in a .env file (or try `newsletter demo`).",
-            )
+    _validate_secret_key(config)
     _as_number(config, "SMTP_PORT", int, 1, 65535)
     _as_number(config, "SMTP_TIMEOUT", float, 0.1, 600)
     _as_number(config, "CONFIRM_TOKEN_MAX_AGE", int, 60, 10 * 365 * 24 * 3600)

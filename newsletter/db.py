@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,9 @@ def upgrade_schema(app: Flask) -> tuple[str | None, str]:
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
+    path = _sqlite_file(app.config["SQLALCHEMY_DATABASE_URI"])
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
     with app.app_context():
         engine = db.engine
         config = alembic_config(str(engine.url.render_as_string(hide_password=False)))
@@ -97,6 +101,52 @@ def upgrade_schema(app: Flask) -> tuple[str | None, str]:
             command.upgrade(config, "head")
         head = ScriptDirectory.from_config(config).get_current_head()
     return before, head or ""
+
+
+NO_TABLES = "the database has no tables: run `newsletter init-db`"
+
+
+@lru_cache(maxsize=1)
+def head_revision() -> str:
+    """The newest migration shipped with this version."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head() or ""
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names (None for an in-memory database or another database)."""
+    from sqlalchemy.engine import make_url
+
+    if not is_sqlite(url):
+        return None
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def schema_problem(app: Flask) -> str | None:
+    """Why the database is not ready for this version (no tables, or an older schema), or None.
+
+    Reads only: a SQLite file that does not exist is reported, not created (connecting would
+    leave an empty file behind). A database that cannot be reached raises SQLAlchemyError.
+    """
+    from alembic.runtime.migration import MigrationContext
+
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    path = _sqlite_file(url)
+    if path is not None and not path.exists():
+        return NO_TABLES
+    with app.app_context(), db.engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    head = head_revision()
+    if current is None:
+        return NO_TABLES
+    if current != head:
+        return (f"the database schema is at revision {current}, and this version needs {head}: "
+                "run `newsletter init-db` to upgrade it")
+    return None
 
 
 def utcnow() -> datetime:

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, abort, current_app, render_template
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from .mailcatcher import read_mailbox
 
@@ -35,9 +37,7 @@ def _find(name: str) -> Any:
 def mail_html(name: str) -> Response:
     """The HTML part as the reader's mail client would show it."""
     response = Response(_find(f"{name}.eml").body("html"), mimetype="text/html")
-    # Emails carry inline styles and remote images; let this one page show them.
-    response.headers["Content-Security-Policy"] = (
-        "default-src 'none'; style-src 'unsafe-inline'; img-src * data:; frame-ancestors 'none'")
+    response.headers["Content-Security-Policy"] = EMAIL_PAGE_POLICY
     return response
 
 
@@ -54,6 +54,85 @@ def mail_source(name: str) -> Response:
     if not path.is_file() or path.parent != mailbox_dir(current_app):
         abort(404)
     return Response(path.read_bytes(), mimetype="text/plain")
+
+
+# Emails carry inline styles and remote images; let the pages that show one display them.
+EMAIL_PAGE_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src * data:; "
+                     "frame-ancestors 'none'")
+
+
+@bp.get("/digest")
+def digest_preview() -> Any:
+    """The next digest as a sample reader would get it (what `preview-digest` writes)."""
+    from .db import db
+    from .digest import preview_digest
+    from .services import get_services
+
+    preview = preview_digest(db.session, get_services())
+    if preview is None:
+        return render_template(
+            "message.html", title="No digest waiting",
+            message="Every post has been mailed. Add a Markdown file to the demo's posts folder "
+                    "(its path is printed when the demo starts) and reload this page."), 200
+    response = Response(preview.html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = EMAIL_PAGE_POLICY
+    return response
+
+
+def _published_posts() -> list[Any]:
+    from .db import db
+    from .models import Post
+
+    newest = func.coalesce(Post.published_at, Post.first_seen_at)
+    return list(db.session.scalars(select(Post).where(Post.draft.is_(False))
+                                   .order_by(newest.desc(), Post.id.desc())))
+
+
+@bp.get("/blog")
+def blog() -> str:
+    """The demo's stand-in for the author's blog: the sample posts, where emails link to."""
+    return render_template("demo_blog.html", posts=_published_posts())
+
+
+@bp.get("/blog/<path:slug>")
+def blog_post(slug: str) -> str:
+    """One sample post, where the digest's and the welcome email's links lead."""
+    for post in _published_posts():
+        if (post.url or "").rstrip("/").endswith(f"/{slug.rstrip('/')}"):
+            return render_template("demo_blog.html", post=post, posts=[])
+    abort(404)
+
+
+@bp.get("/privacy")
+def privacy() -> str:
+    """The demo's privacy policy, linked under the form and in every email."""
+    return render_template(
+        "message.html", title="Privacy policy (demo)",
+        message="This demo keeps what a real installation keeps: your address, the name you "
+                "typed, and a record of each consent step (time, IP address, browser, the words "
+                "you agreed to). It all stays on this computer, in the demo's database; the "
+                "emails go to its local mail catcher, never to the internet. A real "
+                "installation links its own policy here (NEWSLETTER_PRIVACY_POLICY_URL).")
+
+
+def prepare_sample_digest(session: Session, services: Any, *, keep_unmailed: bool) -> int:
+    """Sync the demo's posts and, with ``keep_unmailed`` (the source is the sample folder),
+    keep them unmailed, so a digest is ready to preview and send; returns how many posts the
+    next digest carries.
+
+    A first sync records posts already published as sent before (a blog's back catalogue
+    must not be mailed); the demo's sample posts are there to be mailed, so none stays so.
+    """
+    from .digest import select_digest_posts
+    from .models import Post
+    from .posts import sync_posts
+
+    sync_posts(session, services)
+    if keep_unmailed:
+        session.execute(update(Post).where(Post.campaign_id.is_(None), Post.archived.is_(True))
+                        .values(archived=False))
+    session.commit()
+    return len(select_digest_posts(session, services))
 
 
 def init_app(app: Flask) -> None:

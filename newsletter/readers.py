@@ -263,22 +263,32 @@ def _validate(path: Path, now: datetime, report: ImportReport, require_confirmat
               spool: IO[str]) -> None:
     """First pass: check every row, write the good ones (normalised) to ``spool``."""
     writer = csv.writer(spool, lineterminator="\n")
-    line = 1
+    line = 1  # where the record being read starts
+    end = 1  # the last line read so far
     try:
+        delimiter = _detect_delimiter(path)
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle, restkey=_EXTRA)
+            # strict: a quote never closed is an error, not a field that swallows the file.
+            reader = csv.DictReader(handle, restkey=_EXTRA, delimiter=delimiter, strict=True)
             if not reader.fieldnames:
                 raise ImportFileError(f"{path.name} is empty: expected a header line with an "
                                       "'email' column")
             reader.fieldnames = [(name or "").strip().lower() for name in reader.fieldnames]
+            end = reader.line_num
             if "email" not in reader.fieldnames:
                 found = ", ".join(repr(name) for name in reader.fieldnames)
                 raise ImportFileError(
                     f"{path.name} has no 'email' column: its first line must name the columns, "
                     f"for example 'email,name,subscribed_at,source' (found {found})")
-            for record in reader:
-                # Where the record starts: a quoted field may span lines.
-                line = reader.line_num - _line_breaks(record)
+            while True:
+                line = end + 1
+                record = next(reader, None)
+                if record is None:
+                    break
+                # Where the record starts: a quoted field may span lines (blank lines between
+                # records are skipped by the reader).
+                line = max(line, reader.line_num - _line_breaks(record))
+                end = reader.line_num
                 report.rows += 1
                 try:
                     row, wanted = _check_row(record, line, now, require_confirmation)
@@ -291,10 +301,39 @@ def _validate(path: Path, now: datetime, report: ImportReport, require_confirmat
                 writer.writerow([row.line, row.email, row.name or "", iso(row.subscribed_at),
                                  row.source or ""])
     except UnicodeDecodeError as err:
-        raise ImportFileError(f"{path.name} is not UTF-8 text (after line {line}): save it as "
+        raise ImportFileError(f"{path.name} is not UTF-8 text (after line {end}): save it as "
                               "'CSV UTF-8' and try again") from err
     except csv.Error as err:
-        raise ImportFileError(f"{path.name}, line {line + 1}: not readable as CSV ({err})") from err
+        raise ImportFileError(_quote_problem(path, end, reader.line_num, err)) from err
+
+
+def _detect_delimiter(path: Path) -> str:
+    """The header line's separator: a comma, or the semicolon that spreadsheets in much of
+    Europe save (where the comma is the decimal mark), or a tab."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        header = handle.readline()
+    unquoted = "".join(header.split('"')[::2])  # separators inside quotes do not count
+    counts = {sep: unquoted.count(sep) for sep in (",", ";", "\t")}
+    best = max(counts, key=lambda sep: counts[sep])
+    return best if counts[best] else ","
+
+
+def _quote_problem(path: Path, end: int, reached: int, err: csv.Error) -> str:
+    """A CSV syntax error as the author can fix it: in practice always a stray quote, in the
+    record that starts on the first non-blank line after ``end`` (the last record read)."""
+    start = end + 1
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        for number, text in enumerate(handle, start=1):
+            if number > end and text.strip():
+                start = number
+                break
+    if "unexpected end of data" in str(err):
+        return (f"{path.name}, line {start}: a quote (\") opened on this line is never closed. "
+                "Close it, or write a quote that is part of a name as two quotes (\"\").")
+    lines = f"line {start}" if reached <= start else f"lines {start} to {reached}"
+    return (f"{path.name}, {lines}: not readable as CSV ({err}): a quote (\") opened on line "
+            f"{start} ends in the middle of a field. Check the quotes there; a quote that is "
+            "part of a name is written as two quotes (\"\").")
 
 
 def _line_breaks(record: dict[str, Any]) -> int:

@@ -388,7 +388,8 @@ def describe(session: Session, subscriber: Subscriber) -> dict[str, Any]:
                 "consent_text": e.consent_text, "privacy_policy_url": e.privacy_policy_url,
                 "note": e.note,
             }
-            for e in subscriber.events
+            # In time order: an import's event carries the consent's own (earlier) date.
+            for e in sorted(subscriber.events, key=lambda e: (e.occurred_at, e.id))
         ],
         "deliveries": [
             {"campaign_id": campaign_id, "kind": kind, "subject": subject,

@@ -20,7 +20,6 @@ from flask import (
     request,
     url_for,
 )
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -48,11 +47,15 @@ log = logging.getLogger(__name__)
 
 
 def _wants_json() -> bool:
+    """JSON for scripts, pages and redirects for browsers, decided as browsers send requests:
+    a JSON body, or an Accept header that names application/json itself (not through */*) at
+    least as high as text/html. A plain form post with ``Accept: */*`` (curl -d) is a form."""
     if request.is_json:
         return True
-    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
-    return best == "application/json" and request.accept_mimetypes["application/json"] >= \
-        request.accept_mimetypes["text/html"]
+    accept = request.accept_mimetypes
+    if "application/json" not in {value.lower() for value, _quality in accept}:
+        return False
+    return accept["application/json"] >= accept["text/html"]
 
 
 def _origin_of(url: str | None) -> str | None:
@@ -359,12 +362,18 @@ def unsubscribe(token: str) -> Any:
 
 @bp.get("/healthz")
 def healthz() -> Any:
-    """200 when the database answers, 503 when it does not."""
+    """200 when the database answers with this version's schema; 503, saying why, when it
+    cannot be reached, has no tables or has an older schema."""
+    from .db import schema_problem
+
     try:
-        db.session.execute(text("SELECT 1"))
+        problem = schema_problem(current_app)
     except SQLAlchemyError:
         db.session.rollback()
-        return jsonify(ok=False, database="unreachable"), 503
+        return jsonify(ok=False, database="unreachable",
+                       message="the database cannot be reached"), 503
+    if problem:
+        return jsonify(ok=False, database="schema", message=problem), 503
     return jsonify(ok=True, database="ok"), 200
 
 

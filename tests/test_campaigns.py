@@ -619,6 +619,7 @@ def campaign_process(config: dict[str, Any], tmp_path: Path, *args: str) -> subp
     environment.update({
         "NEWSLETTER_DATABASE_URL": config["DATABASE_URL"],
         "NEWSLETTER_SECRET_KEY": config["SECRET_KEY"],
+        "NEWSLETTER_TESTING": "true",  # the suite's short key is accepted only in tests
         "NEWSLETTER_PUBLIC_URL": config["PUBLIC_URL"],
         "NEWSLETTER_SITE_URL": config["SITE_URL"],
         "NEWSLETTER_MAIL_FROM": config["MAIL_FROM"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,12 @@ import pytest
 from newsletter import create_app
 from newsletter.config import ConfigError
 
+GOOD_KEY = "k" * 40
+FILE_KEY = "from-file-" + "f" * 30
+
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:
     import os
 
     for name in list(os.environ):
@@ -20,7 +24,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("NEWSLETTER_INSTANCE_PATH", str(tmp_path / "instance"))
     monkeypatch.setattr("sys.argv", ["newsletter", "run"])
-    return monkeypatch
+    yield monkeypatch
+    # A .env file is loaded into os.environ, behind monkeypatch's back: take it out again, so
+    # no later test runs with this one's settings (an SMTP port, say).
+    for name in list(os.environ):
+        if name.startswith("NEWSLETTER_"):
+            del os.environ[name]
 
 
 def test_missing_secret_key_stops_start_up_and_names_the_variable(
@@ -37,7 +46,7 @@ def test_demo_and_testing_need_no_secret_key(clean_env: pytest.MonkeyPatch) -> N
 
 
 def test_environment_variables_are_read_and_typed(clean_env: pytest.MonkeyPatch) -> None:
-    clean_env.setenv("NEWSLETTER_SECRET_KEY", "s3cret")
+    clean_env.setenv("NEWSLETTER_SECRET_KEY", GOOD_KEY)
     clean_env.setenv("NEWSLETTER_SMTP_PORT", "2525")
     clean_env.setenv("NEWSLETTER_SMTP_SECURITY", "STARTTLS")
     clean_env.setenv("NEWSLETTER_WELCOME_EMAIL", "false")
@@ -57,11 +66,11 @@ def test_dot_env_file_is_read_and_real_environment_wins(
     clean_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     (tmp_path / ".env").write_text(
-        "NEWSLETTER_SECRET_KEY=from-file\nNEWSLETTER_SITE_NAME=Calm Corner\n"
+        f"NEWSLETTER_SECRET_KEY={FILE_KEY}\nNEWSLETTER_SITE_NAME=Calm Corner\n"
         "NEWSLETTER_SMTP_HOST=file.example\n")
     clean_env.setenv("NEWSLETTER_SMTP_HOST", "env.example")
     app = create_app()
-    assert app.config["SECRET_KEY"] == "from-file"
+    assert app.config["SECRET_KEY"] == FILE_KEY
     assert app.config["SITE_NAME"] == "Calm Corner"
     assert app.config["SMTP_HOST"] == "env.example"
 
@@ -83,7 +92,7 @@ def test_dot_env_file_is_read_and_real_environment_wins(
 def test_invalid_values_stop_start_up_with_the_variable_named(
     clean_env: pytest.MonkeyPatch, variable: str, value: str
 ) -> None:
-    clean_env.setenv("NEWSLETTER_SECRET_KEY", "s3cret")
+    clean_env.setenv("NEWSLETTER_SECRET_KEY", GOOD_KEY)
     clean_env.setenv(variable, value)
     with pytest.raises(ConfigError) as caught:
         create_app()
@@ -99,10 +108,50 @@ def test_the_command_line_reports_a_config_error_without_a_traceback(
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     env["NEWSLETTER_SMTP_PORT"] = "seventy"
-    env["NEWSLETTER_SECRET_KEY"] = "x"
+    env["NEWSLETTER_SECRET_KEY"] = GOOD_KEY
     result = subprocess.run([sys.executable, "-c", "from newsletter.cli import main; main()",
                              "init-db"], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 1
     assert "NEWSLETTER_SMTP_PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("key", [
+    "change-me-to-a-long-random-string",  # the placeholder in .env.example
+    "x",
+    "s" * 31,
+])
+def test_weak_secret_keys_are_refused_with_the_command_that_makes_a_good_one(
+    clean_env: pytest.MonkeyPatch, key: str
+) -> None:
+    clean_env.setenv("NEWSLETTER_SECRET_KEY", key)
+    with pytest.raises(ConfigError) as caught:
+        create_app()
+    message = str(caught.value)
+    assert message.startswith("NEWSLETTER_SECRET_KEY:")
+    assert "import secrets; print(secrets.token_urlsafe(48))" in message
+
+
+def test_the_example_env_file_placeholder_is_refused(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    example = Path(__file__).resolve().parent.parent / ".env.example"
+    (tmp_path / ".env").write_text(example.read_text())
+    with pytest.raises(ConfigError, match="NEWSLETTER_SECRET_KEY: is still the placeholder"):
+        create_app()
+
+
+def test_a_long_random_key_is_accepted(clean_env: pytest.MonkeyPatch) -> None:
+    import secrets
+
+    key = secrets.token_urlsafe(48)
+    clean_env.setenv("NEWSLETTER_SECRET_KEY", key)
+    assert create_app().config["SECRET_KEY"] == key
+
+
+def test_tests_and_the_demo_may_use_weak_keys(clean_env: pytest.MonkeyPatch) -> None:
+    assert create_app({"TESTING": True, "SECRET_KEY": "test-secret"}).config["TESTING"]
+    clean_env.setenv("NEWSLETTER_SECRET_KEY", "x")
+    clean_env.setenv("NEWSLETTER_DEMO", "1")
+    assert create_app().config["DEMO"] is True

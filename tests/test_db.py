@@ -47,3 +47,27 @@ def test_flask_command_has_the_same_commands(runner: FlaskCliRunner) -> None:
     result = runner.invoke(args=["--help"])
     for command in ("init-db", "send-queued", "subscribers", "demo"):
         assert command in result.output
+
+
+def test_healthz_answers_503_saying_why_when_the_database_has_no_tables(
+    make_app: object, tmp_path: Path
+) -> None:
+    path = tmp_path / "not-made-yet.sqlite"
+    app = make_app(DATABASE_URL=f"sqlite:///{path}")  # type: ignore[operator]
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.json["ok"] is False
+    assert response.json["message"] == "the database has no tables: run `newsletter init-db`"
+    assert not path.exists()  # asking never leaves an empty database file behind
+
+
+def test_healthz_answers_503_when_the_schema_is_behind(app: Flask) -> None:
+    from sqlalchemy import text
+
+    with app.app_context():
+        db.session.execute(text("UPDATE alembic_version SET version_num = '0000_older'"))
+        db.session.commit()
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert "0000_older" in response.json["message"]
+    assert "newsletter init-db" in response.json["message"]

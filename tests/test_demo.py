@@ -68,6 +68,47 @@ def test_demo_runs_with_no_setup_and_shows_caught_emails(tmp_path: Path) -> None
             caught = sorted((tmp_path / "instance" / "demo-mail").glob("*.eml"))
         assert b"Subject: Welcome to" in caught[1].read_bytes()
         assert (tmp_path / "instance" / "demo-posts").is_dir()
+
+        # Every link in the welcome email answers: the blog, the privacy policy, unsubscribe.
+        mailbox = fetch(f"{base}/demo/mail")[1]
+        welcome_link = re.findall(r'href="(/demo/mail/[^"]+\.html)"', mailbox)[0]  # newest first
+        _, welcome = fetch(base + welcome_link)
+        links = set(re.findall(r'href="([^"]+)"', welcome))
+        assert f"{base}/demo/blog" in links and f"{base}/demo/privacy" in links
+        for link in links:
+            assert link.startswith(base), link
+            status, _ = fetch(link)
+            assert status == 200, link
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if process.stdout:
+            process.stdout.close()
+
+
+def test_the_demo_has_a_digest_ready_to_preview_in_the_browser(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from newsletter.cli import main; main()", "demo",
+         "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_server(f"{base}/healthz", process)
+        # Linked from the demo's own pages.
+        for page in ("/subscribe", "/demo/mail", "/demo/blog"):
+            assert 'href="/demo/digest"' in fetch(base + page)[1], page
+        status, digest = fetch(f"{base}/demo/digest")
+        assert status == 200
+        for title in ("Slow Mornings", "Walking Without a Goal", "The Kindest Voice in the Room"):
+            assert title in digest
+        # Its post links lead to the demo's sample blog, which answers.
+        post_links = set(re.findall(rf'href="({re.escape(base)}/demo/blog/[^"]+)"', digest))
+        assert len(post_links) == 3
+        for link in post_links:
+            status, post = fetch(link)
+            assert status == 200 and "<h1>" in post
     finally:
         process.terminate()
         process.wait(timeout=10)

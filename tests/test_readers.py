@@ -7,7 +7,7 @@ import io
 import json
 import shutil
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +302,7 @@ def test_list_and_count(runner: FlaskCliRunner, app: Flask, tmp_path: Path) -> N
     table = runner.invoke(args=["subscribers", "list"])
     assert table.exit_code == 0
     assert "ana@example.com" in table.output and "3 readers." in table.output
+    assert runner.invoke(args=["subscribers", "list", "--format", "text"]).output == table.output
     pending = runner.invoke(args=["subscribers", "list", "--status", "pending",
                                   "--format", "json"])
     assert [r["email"] for r in json.loads(pending.output)] == ["cat@example.com"]
@@ -347,6 +348,91 @@ def test_unsubscribe_from_the_command_line(runner: FlaskCliRunner, app: Flask,
     assert again.exit_code == 0 and "already unsubscribed" in again.output
     missing = runner.invoke(args=["subscribers", "unsubscribe", "nobody@example.com"])
     assert missing.exit_code == 1 and "No reader" in missing.output
+
+
+def test_a_semicolon_separated_file_is_read_like_a_comma_separated_one(
+        runner: FlaskCliRunner, app: Flask, tmp_path: Path) -> None:
+    # As spreadsheets save "CSV" where the comma is the decimal mark (much of Europe).
+    path = tmp_path / "europe.csv"
+    path.write_text("E-Mail;Name\nmaya@example.org;Maya\ntheo@example.net;\"Theo; Jr.\"\n"
+                    .replace("E-Mail", "email"), encoding="utf-8")
+    result = import_file(runner, path)
+    assert result.exit_code == 0, result.output
+    found = readers(app)
+    assert found["maya@example.org"].name == "Maya"
+    assert found["theo@example.net"].name == "Theo; Jr."
+
+
+def test_a_tab_separated_file_is_read_too(runner: FlaskCliRunner, app: Flask,
+                                          tmp_path: Path) -> None:
+    path = tmp_path / "tabs.csv"
+    path.write_text("email\tname\nmaya@example.org\tMaya\n", encoding="utf-8")
+    assert import_file(runner, path).exit_code == 0
+    assert readers(app)["maya@example.org"].name == "Maya"
+
+
+def test_an_unclosed_quote_is_reported_on_its_own_line(runner: FlaskCliRunner, app: Flask,
+                                                        tmp_path: Path) -> None:
+    path = tmp_path / "quote.csv"
+    path.write_text('email,name\nmaya@example.org,Maya\n\ntheo@example.net,"Theo\n'
+                    'rosa@example.com,Rosa\nlena@example.com,Lena\n', encoding="utf-8")
+    result = import_file(runner, path)
+    assert result.exit_code == 1
+    assert "line 4" in result.output and "quote" in result.output
+    assert readers(app) == {}
+
+
+def test_a_quote_closed_lines_later_is_reported_where_it_opened(
+        runner: FlaskCliRunner, app: Flask, tmp_path: Path) -> None:
+    path = tmp_path / "quote.csv"
+    path.write_text('email,name\nmaya@example.org,"Maya\nrosa@example.com,"Rosa"\n',
+                    encoding="utf-8")
+    result = import_file(runner, path)
+    assert result.exit_code == 1
+    assert "line 2" in result.output and "quote" in result.output
+    assert readers(app) == {}
+
+
+def test_the_summary_counts_every_row_once(runner: FlaskCliRunner, app: Flask,
+                                           tmp_path: Path) -> None:
+    sign_up(app, "waiting@example.com")
+    first = write_csv(tmp_path / "first.csv", ["email"], [["here@example.com"]])
+    assert import_file(runner, first).exit_code == 0
+    path = write_csv(tmp_path / "readers.csv", ["email", "name", "status"], [
+        ["new@example.com", "New", ""],
+        ["NEW@example.com", "", ""],
+        ["waiting@example.com", "", ""],
+        ["here@example.com", "", ""],
+        ["never@example.com", "", "pending"],
+        ["not an address", "", ""],
+        ["multi@example.com", "Two\nlines", ""],
+    ])
+    result = import_file(runner, path, "--skip-invalid")
+    assert result.exit_code == 0, result.output
+    summary = next(line for line in result.output.splitlines() if line.startswith("Read "))
+    assert summary == (
+        "Read 7 rows from readers.csv: 1 new reader confirmed, 1 waiting reader confirmed, "
+        "1 already here, 1 repeated in the file (merged), 0 unsubscribed and 0 erased refused, "
+        "1 skipped, 2 invalid.")
+
+
+def test_show_lists_events_in_time_order(runner: FlaskCliRunner, app: Flask) -> None:
+    sign_up(app, "reader@example.com")
+    clock = get_services(app).clock
+    with app.app_context():
+        subscriber = db.session.scalar(select(Subscriber))
+        assert subscriber is not None
+        # Recorded after the sign-up (a higher id) for a moment before it.
+        db.session.add(ConsentEvent(subscriber_id=subscriber.id, kind="confirmation_sent",
+                                    occurred_at=clock() - timedelta(minutes=5), method="form"))
+        db.session.add(ConsentEvent(subscriber_id=subscriber.id, kind="confirmed",
+                                    occurred_at=clock() + timedelta(minutes=5), method="form"))
+        db.session.commit()
+    shown = json.loads(runner.invoke(args=["subscribers", "show", "reader@example.com"]).output)
+    times = [event["at"] for event in shown["events"]]
+    assert times == sorted(times)
+    assert [event["kind"] for event in shown["events"]] == [
+        "confirmation_sent", "requested", "confirmed"]
 
 
 def test_show_includes_every_delivery_and_email(runner: FlaskCliRunner, app: Flask,
@@ -411,6 +497,6 @@ def test_an_import_racing_a_sign_up_stops_cleanly_and_resumes(
 
     resumed = import_file(runner, path)
     assert resumed.exit_code == 0, resumed.output
-    assert "1 new readers confirmed, 1 waiting readers confirmed" in resumed.output
+    assert "1 new reader confirmed, 1 waiting reader confirmed" in resumed.output
     assert {e: s.status for e, s in readers(app).items()} == {
         "first@example.com": "confirmed", "racer@example.com": "confirmed"}

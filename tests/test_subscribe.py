@@ -51,6 +51,25 @@ def test_accept_json_on_a_form_post_gets_json(client: FlaskClient) -> None:
     assert response.status_code == 202 and response.json["ok"] is True
 
 
+@pytest.mark.parametrize(("accept", "status"), [
+    ("*/*", 303),  # curl -d
+    ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", 303),  # a browser
+    ("application/json", 202),
+    ("application/json, text/plain, */*", 202),  # common script libraries
+    ("text/html, application/json;q=0.5", 303),
+])
+def test_a_form_post_is_answered_by_what_accept_names(
+    client: FlaskClient, accept: str, status: int
+) -> None:
+    response = client.post("/subscribe", data={"email": "curl@example.com"},
+                           headers={"Accept": accept})
+    assert response.status_code == status
+    if status == 303:
+        assert response.headers["Location"].endswith("/subscribe/thanks")
+    else:
+        assert response.json["ok"] is True
+
+
 @pytest.mark.parametrize("address", [
     "", "   ", "not-an-address", "a@", "@example.com", "a@b@example.com",
     "one@example.com, two@example.com", "one@example.com;two@example.com",
