@@ -1198,11 +1198,14 @@ def stats_command(fmt: str, weeks: int) -> None:
     from .db import db
     from .stats import format_stats, list_stats
 
+    live = _fold_interrupted_sends()
     stats = list_stats(db.session, _services().clock(), weeks=weeks)
     if fmt == "json":
         click.echo(json.dumps(stats.as_dict(), indent=2, ensure_ascii=False))
     else:
         click.echo(format_stats(stats))
+        if live:
+            click.echo(f"\n{live}")
 
 
 @register

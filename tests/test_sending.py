@@ -4,6 +4,7 @@ resuming after SIGKILL, one run at a time, and the `send-digest` / `campaigns` c
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -962,6 +963,18 @@ def test_campaigns_fold_in_what_a_killed_send_left_before_counting(
     session.commit()
     assert session.scalars(select(Delivery.claimed_by).where(Delivery.status == "queued")
                            ).all() == [None, None]
+
+
+def test_stats_fold_in_what_a_killed_send_left_before_counting(
+        app: Flask, session: Session, clock: FrozenClock, runner: FlaskCliRunner) -> None:
+    campaign_id, journal = killed_mid_run(app, session, clock, readers=5, delivered=3)
+
+    result = runner.invoke(args=["stats", "--format", "json"])
+
+    assert result.exit_code == 0, result.output
+    (figures,) = [c for c in json.loads(result.output)["campaigns"] if c["id"] == campaign_id]
+    assert (figures["deliveries"]["sent"], figures["deliveries"]["queued"]) == (3, 2), figures
+    assert not journal.exists()
 
 
 def test_campaigns_show_a_killed_send_that_had_delivered_everything_as_sent(
