@@ -11,6 +11,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 
+from .cli_worker import COMMANDS as WORKER_COMMANDS
 from .config import DEFAULTS, ConfigError
 
 EXIT_OK = 0
@@ -1071,6 +1072,9 @@ def embed_snippet_command(page_url: str | None, no_script: bool) -> None:
         click.echo("Note: NEWSLETTER_ALLOWED_ORIGINS is empty; set it to the blog's origin "
                    "(https://blog.example.com) so the form may post from there.", err=True)
     click.echo(render_snippet(config, page_url, with_script=not no_script), nl=False)
+
+
+COMMANDS.extend(WORKER_COMMANDS)  # newsletter worker, newsletter serve
 
 
 def init_app(app: Flask) -> None:

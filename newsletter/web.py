@@ -259,13 +259,18 @@ def unsubscribe(token: str) -> Any:
 
 @bp.get("/healthz")
 def healthz() -> Any:
-    """200 when the database answers, 503 when it does not."""
+    """200 when the database answers, 503 when it does not; ``worker`` says what the worker
+    last reported (its status does not change the code: a site may run without one)."""
+    from .worker import worker_status
+
     try:
         db.session.execute(text("SELECT 1"))
+        worker = worker_status(db.session, get_services().clock(),
+                               current_app.config["WORKER_POLL_SECONDS"])
     except SQLAlchemyError:
         db.session.rollback()
         return jsonify(ok=False, database="unreachable"), 503
-    return jsonify(ok=True, database="ok"), 200
+    return jsonify(ok=True, database="ok", worker=worker), 200
 
 
 @bp.get("/")
