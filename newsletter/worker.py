@@ -22,7 +22,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import IO, Any
@@ -145,6 +145,10 @@ class Worker:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stopping.set()
+        # os.write, not the buffered stream: the main thread may be in the middle of a write.
+        with suppress(OSError, ValueError, AttributeError):
+            os.write(self.out.fileno(), f"{self.now():%Y-%m-%dT%H:%M:%SZ} stopping: "
+                     f"{signal.Signals(signum).name}, finishing what is in hand\n".encode())
         if self._interruptible:
             self._interruptible = False
             raise WorkerStopping()
