@@ -413,7 +413,7 @@ class Worker:
 
     # --- status --------------------------------------------------------------------------------
 
-    def _heartbeat(self, session: Session) -> None:
+    def _heartbeat(self, session: Session, *, stopped: bool = False) -> None:
         row = session.get(WorkerHeartbeat, self.worker_id)
         now = self.now()
         if row is None:
@@ -425,7 +425,7 @@ class Worker:
         row.next_tick = self.next_tick
         row.last_error = self.last_error
         row.last_error_at = self.last_error_at
-        row.stopped_at = None
+        row.stopped_at = now if stopped else None
         session.commit()
 
     def _stopped(self) -> None:
@@ -433,10 +433,7 @@ class Worker:
 
         with self.app.app_context():
             try:
-                row = db.session.get(WorkerHeartbeat, self.worker_id)
-                if row is not None:
-                    row.stopped_at = self.now()
-                    db.session.commit()
+                self._heartbeat(db.session(), stopped=True)
             finally:
                 db.session.remove()
         self.log("worker stopped", id=self.worker_id)
