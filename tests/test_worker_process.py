@@ -5,6 +5,7 @@ service answering HTTP with the worker sending the confirmation email."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,12 +20,13 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from newsletter.db import db
 from newsletter.mailcatcher import free_port
 from newsletter.models import QUEUED, SENT, Campaign, Delivery
 from newsletter.worker_models import WorkerHeartbeat
+from tests.conftest import needs_postgres
 from tests.smtp_sink import Received, SmtpSink
 from tests.test_sending import write_post
 from tests.test_worker import ready
@@ -92,10 +94,11 @@ class Output:
         assert process.stdout is not None
         process.stdout.close()
 
-    def seen(self, text: str) -> bool:
+    def seen(self, *texts: str) -> bool:
+        """Wait for a line containing any of ``texts``."""
         with self._cond:
-            return self._cond.wait_for(lambda: any(text in line for line in self.lines),
-                                       GUARD)
+            return self._cond.wait_for(
+                lambda: any(text in line for line in self.lines for text in texts), GUARD)
 
 
 def start_worker(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[str], Output]:
@@ -217,3 +220,67 @@ def test_serve_answers_http_and_its_worker_sends_the_confirmation_email(
         process.stderr.close()  # type: ignore[union-attr]
     with pytest.raises(urllib.error.URLError):  # nothing of the tree is left listening
         _get(f"{base}/healthz")
+
+
+def distinct_claimers(app: Flask) -> int:
+    with app.app_context():
+        found = db.session.scalar(select(func.count(func.distinct(Delivery.claimed_by)))
+                                  .where(Delivery.claimed_by.is_not(None))) or 0
+        db.session.remove()
+    return int(found)
+
+
+@needs_postgres
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_two_worker_processes_on_postgres_make_one_digest_and_share_the_sending(
+        config: dict[str, Any], make_app: Any, holding_sink: HoldingSink,
+        tmp_path: Path) -> None:
+    folder = tmp_path / "posts"
+    folder.mkdir()
+    config.update(POSTS_DIR=str(folder), SMTP_PORT=holding_sink.port)
+    app = make_app()
+    emails = ready(app, readers=30)
+    write_post(folder, "rain", "Rain on the Roof", "2026-11-02")
+    # A rate of 2 messages a second per worker makes each claim 20 rows, so the digest is
+    # more than one worker's claim.
+    env = process_env(config, tmp_path, DIGEST_SCHEDULE="* * * * *", WORKER_POLL_SECONDS=0.2,
+                      SEND_CONNECTIONS=1, SEND_RATE=2)
+    workers = [start_worker(env, tmp_path) for _ in range(2)]
+    try:
+        # The first to claim the tick composes and starts sending; hold its third message
+        # until the other worker has claimed rows of the same digest too.
+        assert holding_sink.holding.wait(GUARD)
+        stop_waiting = threading.Event()
+        timer = threading.Timer(GUARD, stop_waiting.set)
+        timer.start()
+        try:
+            while distinct_claimers(app) < 2:
+                assert not stop_waiting.is_set(), "the second worker never joined in"
+                stop_waiting.wait(0.05)
+        finally:
+            timer.cancel()
+        holding_sink.release.set()
+        holding_sink.wait_for(len(emails), timeout=GUARD)
+        for process, output in workers:
+            # The tick's winner reports its send with the tick, the other as a helper.
+            assert output.seen("outcome='digest 1 sent to", "sent campaign=1"), \
+                "".join(output.lines)
+            process.send_signal(signal.SIGTERM)
+        for process, output in workers:
+            assert process.wait(GUARD) == 0, "".join(output.lines)
+    finally:
+        for process, output in workers:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            output.close(process)
+    copies = Counter(address for m in holding_sink.messages for address in m.recipients)
+    assert copies == {email: 1 for email in emails}
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Campaign)) == 1
+        db.session.remove()
+    sent_by = [sum(int(n) for n in re.findall(r"(?:sent campaign=1 sent=|digest 1 sent to )(\d+)",
+                                              "".join(output.lines)))
+               for _, output in workers]
+    assert sum(sent_by) == len(emails) and all(sent_by), sent_by
