@@ -11,7 +11,7 @@ from flask import Flask
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app: configuration, database, services, routes and commands."""
-    from . import cli, config, db, demo, services, web
+    from . import cli, config, db, demo, services, web, web_approval, worker_models  # noqa: F401
     from .outbox import OutboxSender
 
     instance = os.environ.get("NEWSLETTER_INSTANCE_PATH") or str(Path.cwd() / "instance")
@@ -29,6 +29,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     services.init_app(app)
     web.init_app(app)
+    web_approval.init_app(app)
     cli.init_app(app)
     demo.init_app(app)
     sender = OutboxSender(app, interval=app.config["OUTBOX_RETRY_INTERVAL"])

@@ -11,6 +11,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 
+from .cli_worker import COMMANDS as WORKER_COMMANDS
 from .config import DEFAULTS, ConfigError
 
 EXIT_OK = 0
@@ -1237,6 +1238,9 @@ def embed_snippet_command(page_url: str | None, no_script: bool) -> None:
     click.echo(render_snippet(config, page_url, with_script=not no_script), nl=False)
 
 
+COMMANDS.extend(WORKER_COMMANDS)  # newsletter worker, newsletter serve
+
+
 def init_app(app: Flask) -> None:
     """Register the commands on the app, so `flask --app app ...` has them too."""
     for command in COMMANDS:
@@ -1244,16 +1248,17 @@ def init_app(app: Flask) -> None:
 
 
 # Commands that may start on a database without tables: init-db makes them; the demo and the
-# development server migrate the embedded SQLite default themselves; shell and routes only look.
+# development server and `serve` migrate the embedded SQLite default themselves; shell and
+# routes only look.
 _NO_SCHEMA_NEEDED = {"init-db", "shell", "routes"}
-_MIGRATES_DEFAULT_DATABASE = {"demo", "run"}
+_MIGRATES_DEFAULT_DATABASE = {"demo", "run", "serve"}
 
 
 def _create_app() -> Flask:
     """The app for the command being run, with its database ready for it.
 
     A missing setting or a database without this version's schema ends the command with one
-    line saying what to do; the embedded SQLite default is migrated by `run` and `demo`.
+    line saying what to do; the embedded SQLite default is migrated by `run`, `serve` and `demo`.
     """
     from sqlalchemy.exc import SQLAlchemyError
 

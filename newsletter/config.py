@@ -89,6 +89,16 @@ DEFAULTS: dict[str, Any] = {
     "RATELIMIT_STORAGE_URI": None,  # default: the database; or redis://host:6379/0
     # `newsletter doctor` asks this DNS server (host:port) instead of the system's: split DNS.
     "DNS_SERVER": None,
+    # The worker (`newsletter worker`, `newsletter serve`): the digest's cron schedule in a time
+    # zone (empty: no scheduled digest), the author's approval first, how late a missed tick
+    # may still send, how often posts are polled, and how often the loop wakes.
+    "DIGEST_SCHEDULE": "",
+    "TIMEZONE": "UTC",
+    "DIGEST_APPROVAL": False,
+    "AUTHOR_EMAIL": None,
+    "DIGEST_CATCHUP_HOURS": 12.0,
+    "FEED_POLL_MINUTES": 60.0,
+    "WORKER_POLL_SECONDS": 5.0,
 }
 
 _SENDER_ADDRESS = re.compile(r"[^@\s<>,;\"]+@[A-Za-z0-9.-]+")
@@ -284,6 +294,7 @@ def validate_config(config: dict[str, Any]) -> None:
     config["POSTAL_ADDRESS"] = str(config["POSTAL_ADDRESS"] or "").strip()
     _validate_digest(config)
     _validate_sending(config)
+    _validate_worker(config)
     if not config["LIST_ID"]:
         host = urlsplit(config["SITE_URL"]).hostname or "localhost"
         config["LIST_ID"] = f"newsletter.{host}"
@@ -373,3 +384,36 @@ def running_demo(argv: list[str] | None = None) -> bool:
     args = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("-")]
     # `flask --app app demo` leaves the app's name before the command.
     return "demo" in args[:3]
+
+
+def _validate_worker(config: dict[str, Any]) -> None:
+    """The worker's settings: a cron schedule that parses, a known time zone, and an author
+    address when digests wait for her approval."""
+    from .schedule import ScheduleError, parse_schedule, zone_named
+
+    _as_bool(config, "DIGEST_APPROVAL")
+    _as_number(config, "DIGEST_CATCHUP_HOURS", float, 0, 24 * 31)
+    _as_number(config, "FEED_POLL_MINUTES", float, 0.1, 7 * 24 * 60)
+    _as_number(config, "WORKER_POLL_SECONDS", float, 0.05, 3600)
+    schedule = str(config.get("DIGEST_SCHEDULE") or "").strip()
+    try:
+        if schedule:
+            parse_schedule(schedule)
+    except ScheduleError as err:
+        raise ConfigError("DIGEST_SCHEDULE", f"{err} (for example '0 8 * * fri': Fridays at "
+                                             "8:00; empty: no scheduled digest)") from None
+    config["DIGEST_SCHEDULE"] = schedule
+    zone = str(config.get("TIMEZONE") or "UTC").strip()
+    try:
+        zone_named(zone)
+    except ScheduleError as err:
+        raise ConfigError("TIMEZONE", str(err)) from None
+    config["TIMEZONE"] = zone
+    author = str(config.get("AUTHOR_EMAIL") or "").strip() or None
+    if author and not _SENDER_ADDRESS.fullmatch(author):
+        raise ConfigError("AUTHOR_EMAIL", f"expected an address such as you@example.com, got "
+                                          f"{author!r}")
+    if config["DIGEST_APPROVAL"] and not author:
+        raise ConfigError("AUTHOR_EMAIL", "is required when NEWSLETTER_DIGEST_APPROVAL is on: "
+                                          "it is where the digest waits for your approval")
+    config["AUTHOR_EMAIL"] = author

@@ -363,8 +363,10 @@ def unsubscribe(token: str) -> Any:
 @bp.get("/healthz")
 def healthz() -> Any:
     """200 when the database answers with this version's schema; 503, saying why, when it
-    cannot be reached, has no tables or has an older schema."""
+    cannot be reached, has no tables or has an older schema. ``worker`` says what the worker
+    last reported (its status does not change the code: a site may run without one)."""
     from .db import schema_problem
+    from .worker import worker_status
 
     try:
         problem = schema_problem(current_app)
@@ -374,7 +376,9 @@ def healthz() -> Any:
                        message="the database cannot be reached"), 503
     if problem:
         return jsonify(ok=False, database="schema", message=problem), 503
-    return jsonify(ok=True, database="ok"), 200
+    worker = worker_status(db.session, get_services().clock(),
+                           current_app.config["WORKER_POLL_SECONDS"])
+    return jsonify(ok=True, database="ok", worker=worker), 200
 
 
 @bp.get("/")

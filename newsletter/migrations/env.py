@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from newsletter import models  # noqa: F401  (registers the tables)
+from newsletter import models, worker_models  # noqa: F401  (registers the tables)
 from newsletter.db import db
 
 config = context.config
