@@ -65,6 +65,8 @@ def process_env(config: dict[str, Any], tmp_path: Path, **extra: Any) -> dict[st
     env = {key: value for key, value in os.environ.items()
            if not key.startswith("NEWSLETTER_")}
     settings = {key: value for key, value in config.items() if key != "TESTING"}
+    # A child runs as in production, where a short key is refused.
+    settings["SECRET_KEY"] = "worker-process-test-key-" + "k" * 24
     settings.update(extra)
     env.update({f"NEWSLETTER_{key}": str(value) for key, value in settings.items()
                 if value is not None})
@@ -284,3 +286,38 @@ def test_two_worker_processes_on_postgres_make_one_digest_and_share_the_sending(
                                               "".join(output.lines)))
                for _, output in workers]
     assert sum(sent_by) == len(emails) and all(sent_by), sent_by
+
+
+def test_serve_migrates_the_embedded_default_database_itself(
+        config: dict[str, Any], tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = process_env(config, tmp_path, PUBLIC_URL=base)
+    del env["NEWSLETTER_DATABASE_URL"]  # the embedded default, instance/newsletter.sqlite
+    process = subprocess.Popen([NEWSLETTER, "serve", "--bind", f"127.0.0.1:{port}",
+                                "--workers", "1", "--no-worker"], env=env, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = threading.Event()
+        timer = threading.Timer(GUARD, deadline.set)
+        timer.start()
+        try:
+            while True:
+                try:
+                    # /healthz answers 503 on a database without this version's schema.
+                    assert _get(f"{base}/healthz") == 200
+                    break
+                except (urllib.error.URLError, ConnectionError):
+                    assert not deadline.is_set(), "serve never answered"
+                    assert process.poll() is None, process.stderr.read()  # type: ignore[union-attr]
+                    deadline.wait(0.1)
+        finally:
+            timer.cancel()
+        assert (tmp_path / "instance" / "newsletter.sqlite").exists()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(GUARD) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()  # type: ignore[union-attr]
