@@ -11,7 +11,7 @@ from flask import Flask
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app: configuration, database, services, routes and commands."""
-    from . import cli, config, db, demo, services, web
+    from . import cli, cli_bounces, config, db, demo, services, web, web_webhooks
     from .outbox import OutboxSender
 
     instance = os.environ.get("NEWSLETTER_INSTANCE_PATH") or str(Path.cwd() / "instance")
@@ -29,7 +29,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     services.init_app(app)
     web.init_app(app)
+    web_webhooks.init_app(app)
     cli.init_app(app)
+    cli_bounces.init_app(app)
     demo.init_app(app)
     sender = OutboxSender(app, interval=app.config["OUTBOX_RETRY_INTERVAL"])
     app.extensions["newsletter.outbox_sender"] = sender
