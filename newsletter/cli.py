@@ -768,7 +768,7 @@ def _address_or_fail(error: Exception) -> None:
     raise click.BadParameter(str(error), param_hint="EMAIL") from None
 
 
-_STATUS = click.Choice(["pending", "confirmed", "unsubscribed", "erased"])
+_STATUS = click.Choice(["pending", "confirmed", "unsubscribed", "erased", "bounced"])
 
 
 @subscribers_group.command("list")

@@ -120,7 +120,7 @@ def apply_outcome(session: Session, config: Mapping[str, Any], clock: Callable[[
                else outcome.diagnostic) or "bounced"
         if outcome.kind == SOFT:
             why = (f"{config['SOFT_BOUNCE_LIMIT']} soft bounces over "
-                   f"{config['SOFT_BOUNCE_DAYS']} days; last: {why}")
+                   f"{config['SOFT_BOUNCE_DAYS']:g} days; last: {why}")
         _event(subscriber, BOUNCED_EVENT, now, why)
         result = MARKED_BOUNCED
     elif outcome.kind == SOFT and active:

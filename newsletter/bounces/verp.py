@@ -89,6 +89,9 @@ def read_token(secret_key: str, token: str) -> VerpClaim:
         raw = base64.b32decode(text + "=" * (-len(text) % 8))
     except (ValueError, TypeError) as err:
         raise VerpInvalid("not a VERP token") from err
+    if base64.b32encode(raw).decode().rstrip("=") != text:
+        # Unused trailing bits set: the same bytes spelt another way; only one spelling is ours.
+        raise VerpInvalid("not a VERP token")
     payload, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
     expected = hmac.new(_key(secret_key), payload, hashlib.sha256).digest()[:MAC_BYTES]
     if len(payload) < 2 or not hmac.compare_digest(mac, expected):
