@@ -57,7 +57,7 @@ def test_three_soft_bounces_over_fifteen_days_mark_the_reader_bounced(
     sid = add_reader(session, "sam@reader.example", clock())
     config = services.config
     outcomes = []
-    for day in range(3):
+    for _ in range(3):
         outcomes.append(apply_outcome(session, config, clock,
                                       Outcome(sid, "soft", "mailbox", None, "4.2.2", "full")))
         clock.advance(days=7)

@@ -91,10 +91,16 @@ class ImapMailbox:
                     host, port or 993, ssl_context=context, timeout=timeout)
             else:
                 self._imap = imaplib.IMAP4(host, port or 143, timeout=timeout)
+        except (OSError, imaplib.IMAP4.error) as err:
+            raise MailboxError(f"IMAP {host}: {err}: check NEWSLETTER_BOUNCE_MAILBOX (host, "
+                               "port)") from err
+        try:
+            if not implicit_tls:
                 self._imap.starttls(ssl_context=context)
             self._imap.login(user, password)
             status, _ = self._imap.select(_quote(folder))
         except (OSError, imaplib.IMAP4.error) as err:
+            self._imap.shutdown()
             raise MailboxError(f"IMAP {host}: {err}: check NEWSLETTER_BOUNCE_MAILBOX (host, "
                                "port, user, password, folder)") from err
         if status != "OK":
@@ -141,9 +147,13 @@ class Pop3Mailbox:
         try:
             self._pop = poplib.POP3_SSL(host, port or 995, timeout=timeout,
                                         context=ssl_context or ssl.create_default_context())
+        except (OSError, poplib.error_proto) as err:
+            raise MailboxError(f"POP3 {host}: {err}: check NEWSLETTER_BOUNCE_MAILBOX") from err
+        try:
             self._pop.user(user)
             self._pop.pass_(password)
         except (OSError, poplib.error_proto) as err:
+            self._pop.close()
             raise MailboxError(f"POP3 {host}: {err}: check NEWSLETTER_BOUNCE_MAILBOX") from err
 
     def messages(self) -> Iterator[tuple[str, bytes]]:
