@@ -147,6 +147,7 @@ def _empty_mailbox(server: Dovecot) -> None:
     imap.logout()
 
 
+@pytest.mark.mailserver
 @pytest.mark.parametrize("scheme", ["imaps", "imap"])
 def test_process_bounces_over_imap(dovecot: Dovecot, bounce_app: Flask, clock: FrozenClock,
                                    scheme: str) -> None:
@@ -170,6 +171,7 @@ def test_process_bounces_over_imap(dovecot: Dovecot, bounce_app: Flask, clock: F
     imap.logout()
 
 
+@pytest.mark.mailserver
 def test_process_bounces_over_pop3s(dovecot: Dovecot, bounce_app: Flask,
                                     clock: FrozenClock) -> None:
     from tests.dovecot_server import PASSWORD, USER
@@ -194,6 +196,7 @@ def test_process_bounces_over_pop3s(dovecot: Dovecot, bounce_app: Flask,
     pop.quit()
 
 
+@pytest.mark.mailserver
 def test_wrong_imap_password_is_a_clear_error(dovecot: Dovecot) -> None:
     from newsletter.bounces.mailbox import MailboxError
 
