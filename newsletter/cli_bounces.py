@@ -15,20 +15,13 @@ from flask.cli import with_appcontext
 def process_bounces_command(delete: bool) -> None:
     """Read new bounces, complaints and auto-replies from NEWSLETTER_BOUNCE_MAILBOX, apply them
     to the readers, and move processed messages away; unrecognised ones stay."""
-    from .bounces.mailbox import MailboxError, open_mailbox, process_mailbox
+    from .bounces.mailbox import MailboxError, process_configured_mailbox
     from .db import db
     from .services import get_services
 
-    config = current_app.config
-    if not config["BOUNCE_MAILBOX"]:
-        raise click.ClickException(
-            "NEWSLETTER_BOUNCE_MAILBOX is not set: set it to imaps://user:password@host/INBOX, "
-            "imap://... (STARTTLS), pop3s://... or maildir:///path")
     try:
-        box = open_mailbox(config["BOUNCE_MAILBOX"],
-                           processed_folder=config["BOUNCE_PROCESSED_FOLDER"],
-                           timeout=config["SMTP_TIMEOUT"])
-        report = process_mailbox(db.session(), config, get_services().clock, box, delete=delete)
+        report = process_configured_mailbox(db.session(), current_app.config,
+                                            get_services().clock, delete=delete)
     except MailboxError as err:
         raise click.ClickException(str(err)) from None
     handled = sum(report.kinds.values()) - report.unrecognised

@@ -269,3 +269,17 @@ def process_mailbox(session: Session, config: Mapping[str, Any],
     finally:
         box.close()
     return report
+
+
+def process_configured_mailbox(session: Session, config: Mapping[str, Any],
+                               clock: Callable[[], datetime], *,
+                               delete: bool = False) -> ProcessReport:
+    """One run over NEWSLETTER_BOUNCE_MAILBOX: what ``newsletter process-bounces`` does, and
+    what a background worker calls every few minutes when the mailbox is set."""
+    if not config.get("BOUNCE_MAILBOX"):
+        raise MailboxError(
+            "NEWSLETTER_BOUNCE_MAILBOX is not set: set it to imaps://user:password@host/INBOX, "
+            "imap://... (STARTTLS), pop3s://... or maildir:///path")
+    box = open_mailbox(config["BOUNCE_MAILBOX"], processed_folder=config["BOUNCE_PROCESSED_FOLDER"],
+                       timeout=float(config["SMTP_TIMEOUT"]))
+    return process_mailbox(session, config, clock, box, delete=delete)
