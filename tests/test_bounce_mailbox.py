@@ -97,6 +97,7 @@ def test_process_bounces_from_a_maildir(bounce_app: Flask, clock: FrozenClock,
     assert result.exit_code == 0, result.output
     assert "Processed 9 message(s); 1 unrecognised (left in the mailbox)" in result.output
     assert "auto-reply: 1" in result.output and "complaint: 1" in result.output
+    assert "readers marked bounced: 6" in result.output
     scenario.check()
     # Only the junk is left; everything handled is in the Processed folder.
     assert [m["Subject"] for m in box] == ["You have won"]
