@@ -79,8 +79,9 @@ def _returned_headers(msg: Message) -> list[Message]:
             if isinstance(payload, list) and payload:
                 found.extend(p for p in payload if isinstance(p, Message))
         elif kind == "text/rfc822-headers":
-            text = part.get_payload(decode=True) or b""
-            found.append(message_from_string(text.decode("utf-8", "replace")))
+            text = part.get_payload(decode=True)
+            if isinstance(text, bytes):
+                found.append(message_from_string(text.decode("utf-8", "replace")))
     return found
 
 

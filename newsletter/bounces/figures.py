@@ -51,12 +51,14 @@ def campaign_bounce_figures(session: Session, campaign_ids: Iterable[int],
             select(Delivery.campaign_id, func.count()).where(
                 Delivery.campaign_id.in_(ids), Delivery.status == SENT)
             .group_by(Delivery.campaign_id)):
-        figures[cid].sent = sent
+        figures[cid].sent = int(sent or 0)
     for cid, kind, readers in session.execute(
             select(BounceRecord.campaign_id, BounceRecord.kind,
                    func.count(func.distinct(BounceRecord.subscriber_id)))
             .where(BounceRecord.campaign_id.in_(ids))
             .group_by(BounceRecord.campaign_id, BounceRecord.kind)):
+        if cid is None:
+            continue
         if kind == HARD:
             figures[cid].hard_bounces = readers
         elif kind == SOFT:

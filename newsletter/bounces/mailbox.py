@@ -114,10 +114,11 @@ class ImapMailbox:
         if status != "OK":
             raise MailboxError(f"IMAP SEARCH failed: {data!r}")
         for uid in (data[0] or b"").split():
-            status, parts = self._imap.uid("FETCH", uid, "(BODY.PEEK[])")
+            key = uid.decode()
+            status, parts = self._imap.uid("FETCH", key, "(BODY.PEEK[])")
             raw = next((p[1] for p in parts if isinstance(p, tuple)), None)
             if status == "OK" and raw is not None:
-                yield uid.decode(), raw
+                yield key, raw
 
     def done(self, key: str, delete: bool) -> None:
         if not delete:
