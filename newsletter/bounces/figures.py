@@ -52,19 +52,19 @@ def campaign_bounce_figures(session: Session, campaign_ids: Iterable[int],
                 Delivery.campaign_id.in_(ids), Delivery.status == SENT)
             .group_by(Delivery.campaign_id)):
         figures[cid].sent = int(sent or 0)
-    for cid, kind, readers in session.execute(
+    for campaign, kind, readers in session.execute(
             select(BounceRecord.campaign_id, BounceRecord.kind,
                    func.count(func.distinct(BounceRecord.subscriber_id)))
             .where(BounceRecord.campaign_id.in_(ids))
             .group_by(BounceRecord.campaign_id, BounceRecord.kind)):
-        if cid is None:
+        if campaign is None:
             continue
         if kind == HARD:
-            figures[cid].hard_bounces = readers
+            figures[campaign].hard_bounces = readers
         elif kind == SOFT:
-            figures[cid].soft_bounces = readers
+            figures[campaign].soft_bounces = readers
         elif kind == COMPLAINT:
-            figures[cid].complaints = readers
+            figures[campaign].complaints = readers
     settings = config or {}
     complaint_limit = settings.get("COMPLAINT_RATE_WARNING", DEFAULT_COMPLAINT_RATE_WARNING)
     bounce_limit = settings.get("HARD_BOUNCE_RATE_WARNING", DEFAULT_HARD_BOUNCE_RATE_WARNING)
