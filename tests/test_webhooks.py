@@ -312,3 +312,16 @@ def test_postmark_bad_credentials_stale_and_replay_are_refused(
 @pytest.mark.parametrize("path", ["/webhooks/ses", "/webhooks/mailgun", "/webhooks/postmark"])
 def test_webhooks_are_off_until_their_secret_is_set(client: FlaskClient, path: str) -> None:
     assert client.post(path, data="{}").status_code == 404
+
+
+def test_ses_certificate_fetch_failure_asks_sns_to_retry(
+        hook_app: Flask, reader: int, clock: FrozenClock,
+        signing_key: tuple[rsa.RSAPrivateKey, bytes]) -> None:
+    def unreachable(url: str) -> bytes:
+        raise OSError("network is unreachable")
+
+    hook_app.extensions[FETCHER_KEY] = unreachable
+    message = sns_message(signing_key[0], clock(), ses_bounce("sam@reader.example"))
+    response = hook_app.test_client().post("/webhooks/ses", data=json.dumps(message))
+    assert response.status_code == 502  # SNS retries 5xx answers
+    assert status_of(hook_app, reader) == CONFIRMED

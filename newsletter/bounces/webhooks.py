@@ -153,8 +153,13 @@ def verify_sns(message: Mapping[str, Any], config: Mapping[str, Any], now: datet
     key = cache.get(cert_url)
     if key is None:
         try:
-            certificate = x509.load_pem_x509_certificate(fetch(cert_url))
-        except (OSError, ValueError) as err:
+            pem = fetch(cert_url)
+        except OSError as err:
+            # Amazon unreachable for a moment: a 5xx makes SNS deliver the message again later.
+            raise WebhookRefused(502, f"cannot fetch the SNS signing certificate: {err}") from err
+        try:
+            certificate = x509.load_pem_x509_certificate(pem)
+        except ValueError as err:
             raise WebhookRefused(400, f"cannot load the SNS signing certificate: {err}") from err
         key = certificate.public_key()
         if not isinstance(key, rsa.RSAPublicKey):
