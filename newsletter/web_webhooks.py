@@ -42,12 +42,14 @@ def ses() -> Response:
             raise hooks.WebhookRefused(400, "expected an SNS message")
         now = services.clock()
         hooks.verify_sns(message, config, now, fetch, current_app.extensions[CERT_CACHE_KEY])
-        hooks.remember_once(session, f"sns:{message.get('MessageId')}", now,
-                            config["WEBHOOK_MAX_AGE"])
         if message["Type"] == "SubscriptionConfirmation":
+            # Confirming twice is harmless, and a retry after a failed fetch must not count as
+            # a replay: no replay record for these.
             hooks.check_sns_url(str(message.get("SubscribeURL", "")))
             fetch(message["SubscribeURL"])
             return _answer("subscription confirmed")
+        hooks.remember_once(session, f"sns:{message.get('MessageId')}", now,
+                            config["WEBHOOK_MAX_AGE"])
         if message["Type"] != "Notification":
             return _answer("ok")
         try:
