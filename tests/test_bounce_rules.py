@@ -146,3 +146,13 @@ def test_campaign_figures_and_warnings(session: Session, services: Services,
                                                           "COMPLAINT_RATE_WARNING": 0.05,
                                                           "HARD_BOUNCE_RATE_WARNING": 0.05})
     assert quiet[campaign].warnings == []
+
+
+def test_an_export_with_bounced_readers_imports_without_them(
+        session: Session, services: Services, clock: FrozenClock, tmp_path: Path) -> None:
+    csv = tmp_path / "export.csv"
+    csv.write_text("email,status\nok@reader.example,confirmed\ngone@reader.example,bounced\n")
+    report = import_readers(session, services, csv, consent_note="moved from another install")
+    assert report.skipped.count == 1
+    emails = set(session.scalars(select(Subscriber.email)))
+    assert emails == {"ok@reader.example"}
