@@ -156,3 +156,14 @@ def test_an_export_with_bounced_readers_imports_without_them(
     assert report.skipped.count == 1
     emails = set(session.scalars(select(Subscriber.email)))
     assert emails == {"ok@reader.example"}
+
+
+def test_import_leaves_a_bounced_reader_bounced(
+        session: Session, services: Services, clock: FrozenClock, tmp_path: Path) -> None:
+    sid = add_reader(session, "gone@reader.example", clock())
+    apply_outcome(session, services.config, clock, Outcome(sid, "hard", "mailbox"))
+    csv = tmp_path / "old.csv"
+    csv.write_text("email\ngone@reader.example\n")
+    import_readers(session, services, csv, consent_note="old list")
+    session.expire_all()
+    assert session.get(Subscriber, sid).status == BOUNCED
