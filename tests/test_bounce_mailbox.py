@@ -206,3 +206,22 @@ def test_wrong_imap_password_is_a_clear_error(dovecot: Dovecot) -> None:
         open_mailbox(url, ssl_context=dovecot.ssl_context, timeout=10)
 
 
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("imaps://reader:pw@127.0.0.1:{port}/INBOX", "check NEWSLETTER_BOUNCE_MAILBOX"),
+    ("pop3s://reader:pw@127.0.0.1:{port}", "check NEWSLETTER_BOUNCE_MAILBOX"),
+    ("ftp://reader:pw@127.0.0.1/INBOX", "unknown mailbox scheme"),
+    ("imaps://127.0.0.1/INBOX", "needs user:password@host"),
+    ("maildir:///nonexistent/Maildir", "no Maildir at"),
+])
+def test_unreachable_or_wrong_mailbox_is_a_clear_error(url: str, message: str) -> None:
+    import socket
+
+    from newsletter.bounces.mailbox import MailboxError
+
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(MailboxError, match=message):
+        open_mailbox(url.format(port=port), timeout=5)
