@@ -167,3 +167,33 @@ def test_import_leaves_a_bounced_reader_bounced(
     import_readers(session, services, csv, consent_note="old list")
     session.expire_all()
     assert session.get(Subscriber, sid).status == BOUNCED
+
+
+def test_erasure_removes_the_address_from_bounce_diagnostics(
+        session: Session, services: Services, clock: FrozenClock) -> None:
+    from newsletter.privacy import erase_reader
+
+    sid = add_reader(session, "sam@reader.example", clock())
+    apply_outcome(session, services.config, clock, Outcome(
+        sid, "hard", "mailbox", None, "5.1.1", "550 5.1.1 <sam@reader.example>: User unknown"))
+    erase_reader(session, services, "sam@reader.example")
+    session.expire_all()
+    notes = [note for _kind, note in _events(session, sid)]
+    diagnostics = list(session.scalars(select(BounceRecord.diagnostic)))
+    assert not any("sam@reader.example" in (text or "") for text in notes + diagnostics)
+    # The facts stay: a bounce happened, of this kind, on this day.
+    assert session.scalars(select(BounceRecord.kind)).all() == ["hard"]
+
+
+def test_purge_removes_a_stale_sign_up_with_its_bounce_records(
+        session: Session, services: Services, clock: FrozenClock) -> None:
+    from newsletter.privacy import purge_pending
+
+    sid = add_reader(session, "typo@reader.example", clock(), status=PENDING)
+    session.get(Subscriber, sid).confirmed_at = None
+    session.commit()
+    # The confirmation email's mailbox was full: one soft bounce, the sign-up stays pending.
+    apply_outcome(session, services.config, clock, Outcome(sid, "soft", "mailbox"))
+    clock.advance(days=services.config["PENDING_RETENTION_DAYS"] + 1)
+    assert purge_pending(session, services).removed == 1
+    assert session.scalars(select(BounceRecord)).all() == []
