@@ -7,6 +7,13 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
+_RESULT_LABELS = {
+    "marked bounced": "readers marked bounced",
+    "marked unsubscribed (complaint)": "readers unsubscribed after a complaint",
+    "counted": "soft bounces counted",
+    "recorded": "about readers who had already left (recorded only)",
+}
+
 
 @click.command("process-bounces")
 @click.option("--delete", is_flag=True,
@@ -29,8 +36,9 @@ def process_bounces_command(delete: bool) -> None:
                f"(left in the mailbox); {report.unmatched} about nobody on the list.")
     for kind, number in sorted(report.kinds.items()):
         click.echo(f"  {kind}: {number}")
-    for result, number in sorted(report.results.items()):
-        click.echo(f"  readers {result}: {number}")
+    for result, label in _RESULT_LABELS.items():
+        if report.results.get(result):
+            click.echo(f"  {label}: {report.results[result]}")
 
 
 def init_app(app: Flask) -> None:

@@ -97,7 +97,10 @@ def test_process_bounces_from_a_maildir(bounce_app: Flask, clock: FrozenClock,
     assert result.exit_code == 0, result.output
     assert "Processed 9 message(s); 1 unrecognised (left in the mailbox)" in result.output
     assert "auto-reply: 1" in result.output and "complaint: 1" in result.output
-    assert "readers marked bounced: 6" in result.output
+    assert result.output.splitlines()[1:] == [
+        "  auto-reply: 1", "  complaint: 1", "  hard: 6", "  soft: 1", "  unrecognised: 1",
+        "  readers marked bounced: 6", "  readers unsubscribed after a complaint: 1",
+        "  soft bounces counted: 1"]
     scenario.check()
     # Only the junk is left; everything handled is in the Processed folder.
     assert [m["Subject"] for m in box] == ["You have won"]
