@@ -16,6 +16,25 @@ from .classify import COMPLAINT, HARD, SOFT
 # Gmail and Yahoo require bulk senders to stay under 0.3% complaints; warn well before.
 DEFAULT_COMPLAINT_RATE_WARNING = 0.001
 DEFAULT_HARD_BOUNCE_RATE_WARNING = 0.02
+# Past these a sender is being (or about to be) blocked: `newsletter doctor` says PROBLEM.
+COMPLAINT_RATE_PROBLEM = 0.003
+HARD_BOUNCE_RATE_PROBLEM = 0.05
+
+
+def bounce_processing_enabled(config: Mapping[str, Any]) -> bool:
+    """Whether bounces reach the newsletter: a bounce mailbox or a provider webhook is set."""
+    return bool(config.get("BOUNCE_MAILBOX") or config.get("SES_TOPIC_ARNS")
+                or config.get("MAILGUN_SIGNING_KEY") or config.get("POSTMARK_WEBHOOK_USER"))
+
+
+def last_campaign_figures(session: Session, config: Mapping[str, Any]
+                          ) -> CampaignBounceFigures | None:
+    """The figures of the newest campaign that reached anyone; None before the first."""
+    newest = session.scalar(select(Delivery.campaign_id).where(Delivery.status == SENT)
+                            .order_by(Delivery.campaign_id.desc()).limit(1))
+    if newest is None:
+        return None
+    return campaign_bounce_figures(session, [newest], config)[newest]
 
 
 @dataclass
