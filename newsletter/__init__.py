@@ -11,7 +11,17 @@ from flask import Flask
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app: configuration, database, services, routes and commands."""
-    from . import cli, config, db, demo, services, web, web_approval, worker_models  # noqa: F401
+    from . import (  # noqa: F401
+        cli,
+        config,
+        db,
+        demo,
+        services,
+        web,
+        web_approval,
+        web_webhooks,
+        worker_models,
+    )
     from .outbox import OutboxSender
 
     instance = os.environ.get("NEWSLETTER_INSTANCE_PATH") or str(Path.cwd() / "instance")
@@ -30,6 +40,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     services.init_app(app)
     web.init_app(app)
     web_approval.init_app(app)
+    web_webhooks.init_app(app)
     cli.init_app(app)
     demo.init_app(app)
     sender = OutboxSender(app, interval=app.config["OUTBOX_RETRY_INTERVAL"])

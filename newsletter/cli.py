@@ -11,6 +11,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 
+from .cli_bounces import COMMANDS as BOUNCE_COMMANDS
 from .cli_worker import COMMANDS as WORKER_COMMANDS
 from .config import DEFAULTS, ConfigError
 
@@ -923,7 +924,7 @@ def _address_or_fail(error: Exception) -> None:
     raise click.BadParameter(str(error), param_hint="EMAIL") from None
 
 
-_STATUS = click.Choice(["pending", "confirmed", "unsubscribed", "erased"])
+_STATUS = click.Choice(["pending", "confirmed", "unsubscribed", "erased", "bounced"])
 
 
 @subscribers_group.command("list")
@@ -1239,6 +1240,7 @@ def embed_snippet_command(page_url: str | None, no_script: bool) -> None:
 
 
 COMMANDS.extend(WORKER_COMMANDS)  # newsletter worker, newsletter serve
+COMMANDS.extend(BOUNCE_COMMANDS)  # newsletter process-bounces
 
 
 def init_app(app: Flask) -> None:

@@ -99,6 +99,19 @@ DEFAULTS: dict[str, Any] = {
     "DIGEST_CATCHUP_HOURS": 12.0,
     "FEED_POLL_MINUTES": 60.0,
     "WORKER_POLL_SECONDS": 5.0,
+    # Bounces and complaints (README: "Bounces and complaints").
+    "BOUNCE_ADDRESS": None,  # bounces@example.com: each delivery's Return-Path is bounces+TOKEN@
+    "BOUNCE_MAILBOX": None,  # imaps://user:password@host/INBOX, imap://, pop3s://, maildir:///
+    "BOUNCE_PROCESSED_FOLDER": "Processed",
+    "SOFT_BOUNCE_LIMIT": 3,  # this many soft bounces ...
+    "SOFT_BOUNCE_DAYS": 15,  # ... spread over at least this many days make a reader bounced
+    "COMPLAINT_RATE_WARNING": 0.001,
+    "HARD_BOUNCE_RATE_WARNING": 0.02,
+    "SES_TOPIC_ARNS": "",  # comma-separated SNS topic ARNs; enables POST /webhooks/ses
+    "MAILGUN_SIGNING_KEY": None,  # enables POST /webhooks/mailgun
+    "POSTMARK_WEBHOOK_USER": None,  # with the password, enables POST /webhooks/postmark
+    "POSTMARK_WEBHOOK_PASSWORD": None,
+    "WEBHOOK_MAX_AGE": 900,  # seconds: older webhook requests are refused as stale
 }
 
 _SENDER_ADDRESS = re.compile(r"[^@\s<>,;\"]+@[A-Za-z0-9.-]+")
@@ -295,6 +308,7 @@ def validate_config(config: dict[str, Any]) -> None:
     _validate_digest(config)
     _validate_sending(config)
     _validate_worker(config)
+    _validate_bounces(config)
     if not config["LIST_ID"]:
         host = urlsplit(config["SITE_URL"]).hostname or "localhost"
         config["LIST_ID"] = f"newsletter.{host}"
@@ -368,6 +382,55 @@ def _validate_sending(config: dict[str, Any]) -> None:
         raise ConfigError("DKIM_ED25519_PRIVATE_KEY",
                           f"cannot read the key file {ed_path!r}: give the path of the Ed25519 "
                           "private key (PEM, or the base64 seed dknewkey writes)")
+
+
+BOUNCE_MAILBOX_SCHEMES = ("imaps", "imap", "pop3s", "maildir")
+
+
+def _validate_bounces(config: dict[str, Any]) -> None:
+    """Bounce handling: the VERP address, the mailbox URL, the rule thresholds, webhooks."""
+    for key in ("BOUNCE_ADDRESS", "BOUNCE_MAILBOX", "MAILGUN_SIGNING_KEY",
+                "POSTMARK_WEBHOOK_USER", "POSTMARK_WEBHOOK_PASSWORD"):
+        value = config[key]
+        config[key] = (str(value).strip() or None) if value is not None else None
+    address = config["BOUNCE_ADDRESS"]
+    if address:
+        local = address.rpartition("@")[0]
+        # The token (up to about 30 characters) must fit in RFC 5321's 64 for a local part.
+        if not _SENDER_ADDRESS.fullmatch(address) or "+" in local or len(local) > 30:
+            raise ConfigError("BOUNCE_ADDRESS", "expected an address such as bounces@example.com "
+                                                "(no '+', local part up to 30 characters), got "
+                                                f"{address!r}")
+    mailbox = config["BOUNCE_MAILBOX"]
+    if mailbox:
+        parts = urlsplit(mailbox)
+        if parts.scheme not in BOUNCE_MAILBOX_SCHEMES or (
+                parts.scheme != "maildir" and not (parts.hostname and parts.username)) or (
+                parts.scheme == "maildir" and not parts.path):
+            raise ConfigError("BOUNCE_MAILBOX", "expected imaps://user:password@host/INBOX, "
+                                                "imap://... (STARTTLS), pop3s://user:password@host"
+                                                " or maildir:///path; got "
+                                                f"{parts.scheme or mailbox!r}")
+    config["BOUNCE_PROCESSED_FOLDER"] = str(config["BOUNCE_PROCESSED_FOLDER"] or "").strip() \
+        or "Processed"
+    _as_number(config, "SOFT_BOUNCE_LIMIT", int, 1, 100)
+    _as_number(config, "SOFT_BOUNCE_DAYS", float, 0, 365)
+    _as_number(config, "COMPLAINT_RATE_WARNING", float, 0, 1)
+    _as_number(config, "HARD_BOUNCE_RATE_WARNING", float, 0, 1)
+    _as_number(config, "WEBHOOK_MAX_AGE", int, 60, 24 * 3600)
+    topics = config["SES_TOPIC_ARNS"] or ""
+    if isinstance(topics, str):
+        topics = [t.strip() for t in topics.split(",") if t.strip()]
+    for topic in topics:
+        if not topic.startswith("arn:aws"):
+            raise ConfigError("SES_TOPIC_ARNS", "expected comma-separated SNS topic ARNs such "
+                                                "as arn:aws:sns:eu-west-1:123456789012:bounces, "
+                                                f"got {topic!r}")
+    config["SES_TOPIC_ARNS"] = list(topics)
+    if bool(config["POSTMARK_WEBHOOK_USER"]) != bool(config["POSTMARK_WEBHOOK_PASSWORD"]):
+        raise ConfigError("POSTMARK_WEBHOOK_PASSWORD", "set NEWSLETTER_POSTMARK_WEBHOOK_USER and "
+                                                       "NEWSLETTER_POSTMARK_WEBHOOK_PASSWORD "
+                                                       "together, or neither")
 
 
 def env_var(setting: str) -> str:

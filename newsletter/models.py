@@ -24,7 +24,10 @@ PENDING = "pending"
 CONFIRMED = "confirmed"
 UNSUBSCRIBED = "unsubscribed"
 ERASED = "erased"
-SUBSCRIBER_STATUSES = (PENDING, CONFIRMED, UNSUBSCRIBED, ERASED)
+# Mail to the address bounced for good: suppressed from every later send until a fresh
+# subscribe and confirm (a new consent).
+BOUNCED = "bounced"
+SUBSCRIBER_STATUSES = (PENDING, CONFIRMED, UNSUBSCRIBED, ERASED, BOUNCED)
 
 # Consent event kinds.
 REQUESTED = "requested"
@@ -33,6 +36,8 @@ CONFIRMED_EVENT = "confirmed"
 WITHDRAWN = "withdrawn"
 IMPORTED = "imported"
 ERASED_EVENT = "erased"
+BOUNCED_EVENT = "bounced"  # a hard bounce, or too many soft ones: the note holds the diagnostic
+COMPLAINED = "complained"  # the reader marked an email as spam: unsubscribed for good
 
 # Delivery statuses (campaign deliveries) and outbox statuses (transactional emails).
 QUEUED = "queued"
@@ -220,3 +225,32 @@ class Delivery(db.Model):
     # Which sender holds the claim ("host:pid:token"): it renews only its own claims, and the
     # next sender on that host releases them at once if that process died.
     claimed_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class BounceRecord(db.Model):
+    """One bounce or complaint as it arrived (DSN, feedback report or provider event): the
+    evidence behind a reader's ``bounced`` or ``complained`` event, and what soft bounces and
+    per-campaign rates are counted from. ``kind`` is ``hard``, ``soft`` or ``complaint``."""
+
+    __tablename__ = "bounce_records"
+    __table_args__ = (Index("ix_bounce_records_subscriber_time", "subscriber_id", "occurred_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"))
+    # NULL for transactional emails (confirmation, welcome) and when nothing names a campaign.
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16))  # mailbox, ses, mailgun, postmark
+    status_code: Mapped[str | None] = mapped_column(String(16))
+    diagnostic: Mapped[str | None] = mapped_column(Text)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WebhookReplay(db.Model):
+    """An id (SNS MessageId, Mailgun token, Postmark event id) already accepted: a request that
+    repeats it within the freshness window is a replay and refused."""
+
+    __tablename__ = "webhook_replays"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

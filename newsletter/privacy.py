@@ -27,6 +27,8 @@ from sqlalchemy.orm import Session
 
 from .addresses import address_hash, normalise_address
 from .models import (
+    BOUNCED_EVENT,
+    COMPLAINED,
     DEFERRED,
     ERASED,
     ERASED_EVENT,
@@ -34,6 +36,7 @@ from .models import (
     QUEUED,
     SENDING,
     SKIPPED,
+    BounceRecord,
     ConsentEvent,
     Delivery,
     OutboxEmail,
@@ -143,7 +146,11 @@ def erase_reader(session: Session, services: Services, email: str,
         event.ip = None
         event.user_agent = None
         event.source_url = _page_only(event.source_url)
+        if event.kind in (BOUNCED_EVENT, COMPLAINED):
+            event.note = None  # a server's diagnostic usually quotes the address
         events += 1
+    session.execute(update(BounceRecord).where(BounceRecord.subscriber_id == subscriber.id)
+                    .values(diagnostic=None).execution_options(synchronize_session=False))
     deliveries = session.execute(
         update(Delivery).where(Delivery.subscriber_id == subscriber.id).values(
             smtp_reply=None,
@@ -189,7 +196,7 @@ def purge_pending(session: Session, services: Services, *,
         if not ids:
             session.rollback()
             break
-        for table in (OutboxEmail, ConsentEvent, Delivery):
+        for table in (OutboxEmail, ConsentEvent, Delivery, BounceRecord):
             session.execute(delete(table).where(table.subscriber_id.in_(ids))
                             .execution_options(synchronize_session=False))
         session.execute(delete(Subscriber).where(Subscriber.id.in_(ids))

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from .addresses import InvalidAddress, address_hash, normalise_address
 from .models import (
+    BOUNCED,
     CONFIRMED,
     ERASED,
     IMPORTED,
@@ -362,7 +363,7 @@ def _check_row(record: dict[str, Any], line: int, now: datetime,
             return row, None
         return row, (f"{email} is pending in the file (never confirmed): not imported; "
                      "use --require-confirmation to ask them")
-    if status in (UNSUBSCRIBED, ERASED):
+    if status in (UNSUBSCRIBED, ERASED, BOUNCED):
         return row, f"{email} is {status} in the file: not imported"
     raise ValueError(f"status {status!r} is not one of confirmed, pending, unsubscribed")
 

@@ -315,7 +315,7 @@ def test_list_and_count(runner: FlaskCliRunner, app: Flask, tmp_path: Path) -> N
     counted = runner.invoke(args=["subscribers", "count"])
     lines = dict(line.split() for line in counted.output.splitlines())
     assert lines == {"pending": "1", "confirmed": "2", "unsubscribed": "0", "erased": "0",
-                     "total": "3"}
+                     "bounced": "0", "total": "3"}
 
 
 def test_add_sends_the_double_opt_in_email(runner: FlaskCliRunner, app: Flask,

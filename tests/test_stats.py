@@ -115,7 +115,8 @@ def test_week_starts_are_mondays_in_utc() -> None:
 def test_stats_figures_on_a_known_list(known_list: Flask, clock: FrozenClock) -> None:
     with known_list.app_context():
         stats = list_stats(db.session, clock(), campaigns=2)
-    assert stats.readers == {"pending": 1, "confirmed": 4, "unsubscribed": 2, "erased": 1}
+    assert stats.readers == {"pending": 1, "confirmed": 4, "unsubscribed": 2, "erased": 1,
+                             "bounced": 0}
     weeks = {w.start.date().isoformat(): (w.sign_ups, w.confirmed, w.imported, w.withdrawn)
              for w in stats.weeks}
     assert len(weeks) == 12 and min(weeks) == "2026-08-17" and max(weeks) == "2026-11-02"

@@ -140,9 +140,24 @@ def check_imported(inputs: DoctorInputs) -> Check:
 
 
 def check_bounces(inputs: DoctorInputs) -> Check:
-    """The last campaign's bounce and complaint rates, when bounce processing is set up.
+    """The last campaign's bounce and complaint rates, when bounce processing is set up:
+    WARN past NEWSLETTER_HARD_BOUNCE_RATE_WARNING or NEWSLETTER_COMPLAINT_RATE_WARNING,
+    PROBLEM past 5% bounces or 0.3% complaints (Gmail's limit)."""
+    from ..bounces import figures as bounce_figures
 
-    Bounce processing does not exist yet: when it lands, this check reads the last campaign's
-    bounced and complained counts (WARN above 2% bounces or 0.1% complaints, PROBLEM above 5%
-    or 0.3%, Gmail's limit)."""
-    return ok(LIST_AREA, "bounces", "bounce processing is not set up: no rates to check")
+    if not bounce_figures.bounce_processing_enabled(inputs.config):
+        return ok(LIST_AREA, "bounces", "bounce processing is not set up: no rates to check")
+    last = bounce_figures.last_campaign_figures(inputs.session, inputs.config)
+    if last is None:
+        return ok(LIST_AREA, "bounces", "no campaign sent yet")
+    complaints = "complaint" if last.complaints == 1 else "complaints"
+    found = (f"campaign {last.campaign_id}: {last.hard_bounces} hard bounces "
+             f"({last.hard_bounce_rate:.1%}), {last.complaints} {complaints} "
+             f"({last.complaint_rate:.1%}) of {last.sent} sent")
+    if not last.warnings:
+        return ok(LIST_AREA, "bounces", found)
+    to_do = " ".join(last.warnings)
+    if (last.complaint_rate > bounce_figures.COMPLAINT_RATE_PROBLEM
+            or last.hard_bounce_rate > bounce_figures.HARD_BOUNCE_RATE_PROBLEM):
+        return problem(LIST_AREA, "bounces", found, to_do)
+    return warn(LIST_AREA, "bounces", found, to_do)
