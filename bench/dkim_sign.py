@@ -95,7 +95,8 @@ def main() -> None:
 
     from newsletter.db import db
     from newsletter.digest import render_digest, select_digest_posts
-    from newsletter.mail import DKIM_HEADERS, _stuff
+    from newsletter.dkim import DKIM_HEADERS
+    from newsletter.smtp import dot_stuff
     from newsletter.sending import ReaderFactory, campaign_template
     from newsletter.services import get_services
 
@@ -124,7 +125,7 @@ def main() -> None:
 
         def old(n: int) -> bytes:
             data = unsigned.personalise(readers[n])
-            return _stuff(dkimpy.sign(data, b"news2026", b"blog.example.com", private,
+            return dot_stuff(dkimpy.sign(data, b"news2026", b"blog.example.com", private,
                                       include_headers=names,
                                       canonicalize=(b"relaxed", b"relaxed")) + data,
                           at_line_start=True)

@@ -18,8 +18,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         demo,
         services,
         web,
-        web_approval,
-        web_webhooks,
         worker_models,
     )
     from .outbox import OutboxSender
@@ -39,8 +37,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     services.init_app(app)
     web.init_app(app)
-    web_approval.init_app(app)
-    web_webhooks.init_app(app)
     cli.init_app(app)
     demo.init_app(app)
     sender = OutboxSender(app, interval=app.config["OUTBOX_RETRY_INTERVAL"])

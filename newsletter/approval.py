@@ -20,6 +20,7 @@ from itsdangerous.url_safe import URLSafeSerializer
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from .errors import NewsletterError
 from .mail import build_message
 from .models import Post
 from .outbox import queue_email
@@ -38,7 +39,7 @@ APPROVAL_EMAIL = "digest_approval"  # the outbox kind
 APPROVE_PATH = "digest/approve"
 
 
-class ApprovalError(Exception):
+class ApprovalError(NewsletterError):
     """An approval link that cannot be used; the message is for the author."""
 
 

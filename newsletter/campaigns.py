@@ -47,10 +47,11 @@ from sqlalchemy.orm import Session
 
 from . import placeholders
 from .digest import SAMPLE_NAME, SAMPLE_RECIPIENT, SAMPLE_UNSUBSCRIBE_PATH, html_to_text
+from .errors import NewsletterError
 from .mail import ReaderParts, reader_greeting
 from .models import DEFERRED, QUEUED, SENDING, Campaign, Delivery, Subscriber
 from .posts import sanitise_html
-from .rendering import RenderedEmail, TemplateProblem, write_preview
+from .rendering import RenderedEmail, TemplateError, write_preview
 from .sending import (
     Progress,
     SendLock,
@@ -84,7 +85,7 @@ _deliveries = Delivery.__table__
 _subscribers = Subscriber.__table__
 
 
-class CampaignError(Exception):
+class CampaignError(NewsletterError):
     """An announcement cannot be sent as asked; the message says what to do next."""
 
 
@@ -92,7 +93,7 @@ class CampaignFileError(CampaignError):
     """The Markdown file is missing or unusable: front matter, subject, body or a button."""
 
 
-class AlreadySent(CampaignError):
+class AlreadySentError(CampaignError):
     """The same subject and body went out before; ``--again`` sends them anyway."""
 
     def __init__(self, campaign_id: int, created_at: datetime) -> None:
@@ -607,7 +608,7 @@ class RenderedCampaign:
 
 def render_campaign(announcement: Announcement, services: Services) -> RenderedCampaign:
     """Render ``announcement`` once into ``emails/campaign.html`` + ``campaign.txt`` (Jinja2
-    and premailer run here only). Raises CampaignFileError or TemplateProblem."""
+    and premailer run here only). Raises CampaignFileError or TemplateError."""
     config = services.config
     try:
         body = render_markdown(announcement.body, str(config["SITE_URL"]))
@@ -666,7 +667,7 @@ def create_campaign(session: Session, services: Services, announcement: Announce
 
     Holds the lock's composing part throughout, so two senders never create two copies: when
     another sender has just created this announcement, returns that campaign's id instead (this
-    run then joins in sending it). Raises AlreadySent for content sent before, unless ``again``.
+    run then joins in sending it). Raises AlreadySentError for content sent before, unless ``again``.
     """
     with lock.composing():
         try:
@@ -676,7 +677,7 @@ def create_campaign(session: Session, services: Services, announcement: Announce
                 session.rollback()
                 return unfinished[0]
             if copies and not again:
-                raise AlreadySent(copies[-1].id, copies[-1].created_at)
+                raise AlreadySentError(copies[-1].id, copies[-1].created_at)
             campaign = Campaign(
                 kind=ANNOUNCEMENT, subject=announcement.subject, preheader=rendered.preheader,
                 html=rendered.email.html, text=rendered.email.text,
@@ -723,10 +724,10 @@ def send_announcement(session: Session, services: Services, announcement: Announ
 
     In order: render (a bad file or template stops here), check SMTP, resume an interrupted
     copy of this content and stop there (even with ``again``: one run never mails anyone a
-    second copy), refuse content already sent (AlreadySent, unless ``again``), finish any
+    second copy), refuse content already sent (AlreadySentError, unless ``again``), finish any
     other interrupted announcement first (and stop there if it had anything to send), then
     plan one delivery per confirmed reader in the transaction that creates the campaign,
-    and send. Raises CampaignError, TemplateProblem or an SmtpProblem before anything is sent.
+    and send. Raises CampaignError, TemplateError or an SmtpError before anything is sent.
     """
     rendered = render_campaign(announcement, services)
     run = CampaignRun(subject=announcement.subject)
@@ -746,7 +747,7 @@ def send_announcement(session: Session, services: Services, announcement: Announ
                 break
         return run
     if copies and not again:
-        raise AlreadySent(copies[-1].id, copies[-1].created_at)
+        raise AlreadySentError(copies[-1].id, copies[-1].created_at)
     for campaign_id in unfinished_campaigns(session, ANNOUNCEMENT):
         report = send_campaign(session, services, campaign_id, lock=lock, options=options,
                                progress=progress)
@@ -812,8 +813,8 @@ def plan_campaign(session: Session, services: Services,
 def send_test_campaign(session: Session, services: Services, announcement: Announcement,
                        address: str) -> str:
     """Send the announcement to ``address`` only; returns its subject. Creates no campaign
-    and marks nothing. Raises InvalidAddress, CampaignError, TemplateProblem or an
-    SmtpProblem."""
+    and marks nothing. Raises InvalidAddressError, CampaignError, TemplateError or an
+    SmtpError."""
     from .addresses import normalise_address
 
     address = normalise_address(address)
@@ -846,7 +847,7 @@ class CampaignPreview:
 def preview_campaign(services: Services, announcement: Announcement) -> CampaignPreview:
     """Render the announcement and fill in a sample reader's parts, built exactly as the
     sender builds each reader's copy. Touches no database. Raises CampaignError or
-    TemplateProblem."""
+    TemplateError."""
     rendered = render_campaign(announcement, services).email
     reader = ReaderParts(
         recipient=SAMPLE_RECIPIENT,
@@ -865,5 +866,5 @@ def _part(message: EmailMessage, subtype: str) -> str:
     """One body part's text, with the platform's newlines rather than the wire's CRLF."""
     part = message.get_body(preferencelist=(subtype,))
     if part is None:
-        raise TemplateProblem(f"the rendered campaign has no text/{subtype} part")
+        raise TemplateError(f"the rendered campaign has no text/{subtype} part")
     return str(part.get_content()).replace("\r\n", "\n")

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 from flask import Flask
 
+from .errors import NewsletterError
+
 PREFIX = "NEWSLETTER"
 
 DEFAULTS: dict[str, Any] = {
@@ -120,7 +122,7 @@ _BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True,
                   "0": False, "false": False, "no": False, "off": False}
 
 
-class ConfigError(Exception):
+class ConfigError(NewsletterError):
     """A setting is missing or invalid; the message names the variable and the fix."""
 
     def __init__(self, setting: str, problem: str) -> None:

@@ -32,7 +32,7 @@ from . import placeholders
 from .mail import ReaderParts, reader_greeting
 from .models import SENDING, Campaign, Post
 from .posts import SUMMARY_WORDS, sanitise_html, summarise
-from .rendering import RenderedEmail, TemplateProblem, write_preview
+from .rendering import RenderedEmail, TemplateError, write_preview
 from .services import Services
 from .subscriptions import email_context
 
@@ -155,9 +155,9 @@ def _render_setting(key: str, posts: Sequence[DigestPost], config: Mapping[str, 
     try:
         text = env.from_string(str(config[key])).render(_template_values(posts, config))
     except jinja2.TemplateSyntaxError as err:
-        raise TemplateProblem(err.message or str(err), name, err.lineno) from err
+        raise TemplateError(err.message or str(err), name, err.lineno) from err
     except jinja2.TemplateError as err:
-        raise TemplateProblem(str(err), name, 1) from err
+        raise TemplateError(str(err), name, 1) from err
     return _squash(text)
 
 
@@ -168,7 +168,7 @@ def digest_subject(posts: Sequence[DigestPost], config: Mapping[str, Any]) -> st
         raise ValueError("a digest needs at least one post")
     subject = _render_setting("DIGEST_SUBJECT", posts, config)
     if not subject:
-        raise TemplateProblem("the subject template renders an empty subject",
+        raise TemplateError("the subject template renders an empty subject",
                               "NEWSLETTER_DIGEST_SUBJECT", 1)
     return subject
 
@@ -197,7 +197,7 @@ class RenderedDigest:
 def render(posts: Sequence[Post], services: Services) -> RenderedDigest:
     """Render the digest of ``posts`` once: Jinja2 and premailer run here and nowhere else.
 
-    Raises TemplateProblem (with file and line) for a broken template.
+    Raises TemplateError (with file and line) for a broken template.
     """
     config = services.config
     views = digest_posts(posts, config)
@@ -281,7 +281,7 @@ class DigestPreview:
 def preview_digest(session: Session, services: Services) -> DigestPreview | None:
     """Render the next digest and fill in a sample reader's parts; None when nothing is new.
 
-    Changes nothing in the database. Raises TemplateProblem for a broken template. The
+    Changes nothing in the database. Raises TemplateError for a broken template. The
     message is built exactly as the sender builds each reader's copy.
     """
     from .sending import campaign_template
@@ -312,7 +312,7 @@ def _part(message: EmailMessage, subtype: str) -> str:
     """One body part's text, with the platform's newlines rather than the wire's CRLF."""
     part = message.get_body(preferencelist=(subtype,))
     if part is None:
-        raise TemplateProblem(f"the rendered digest has no text/{subtype} part")
+        raise TemplateError(f"the rendered digest has no text/{subtype} part")
     return str(part.get_content()).replace("\r\n", "\n")
 
 

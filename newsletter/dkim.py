@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from .errors import NewsletterError
+
 # RFC 6376 recommends these; List-Unsubscribe-Post must be signed too (RFC 8058 section 4),
 # and dkimpy's default list leaves it out.
 DKIM_HEADERS = (
@@ -40,7 +42,7 @@ _SIGNED_NAMES = tuple(name.lower().encode() for name in DKIM_HEADERS)
 MIN_RSA_BITS = 1024
 
 
-class DkimProblem(Exception):
+class DkimError(NewsletterError):
     """The DKIM key cannot be read or used; the message names the setting to fix."""
 
 
@@ -186,16 +188,16 @@ class _Key:
 
 
 def load_rsa_key(data: bytes, setting: str) -> RSAPrivateKey:
-    """An RSA private key from PEM (PKCS#1 or PKCS#8); DkimProblem names ``setting``."""
+    """An RSA private key from PEM (PKCS#1 or PKCS#8); DkimError names ``setting``."""
     try:
         key = load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as err:
-        raise DkimProblem(f"{setting}: not an unencrypted private key in PEM form ({err}); "
+        raise DkimError(f"{setting}: not an unencrypted private key in PEM form ({err}); "
                           "make one with `openssl genrsa -out dkim.pem 2048`") from err
     if not isinstance(key, RSAPrivateKey):
-        raise DkimProblem(f"{setting}: the key is not an RSA key; give the RSA key here")
+        raise DkimError(f"{setting}: the key is not an RSA key; give the RSA key here")
     if key.key_size < MIN_RSA_BITS:
-        raise DkimProblem(f"{setting}: the RSA key has {key.key_size} bits; receivers ignore "
+        raise DkimError(f"{setting}: the RSA key has {key.key_size} bits; receivers ignore "
                           f"signatures by keys under {MIN_RSA_BITS} bits (2048 is usual)")
     return key
 
@@ -210,10 +212,10 @@ def load_ed25519_key(data: bytes, setting: str) -> Ed25519PrivateKey:
             key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(data.strip(),
                                                                         validate=True))
     except (ValueError, TypeError, UnsupportedAlgorithm) as err:
-        raise DkimProblem(f"{setting}: not an Ed25519 private key ({err}); make one with "
+        raise DkimError(f"{setting}: not an Ed25519 private key ({err}); make one with "
                           "`openssl genpkey -algorithm ed25519 -out dkim-ed25519.pem`") from err
     if not isinstance(key, Ed25519PrivateKey):
-        raise DkimProblem(f"{setting}: the key is not an Ed25519 key")
+        raise DkimError(f"{setting}: the key is not an Ed25519 key")
     return key
 
 
@@ -221,7 +223,7 @@ def _read(path: Any, setting: str) -> bytes:
     try:
         return Path(str(path)).read_bytes()
     except OSError as err:
-        raise DkimProblem(f"NEWSLETTER_{setting}: cannot read {path}: {err.strerror}") from err
+        raise DkimError(f"NEWSLETTER_{setting}: cannot read {path}: {err.strerror}") from err
 
 
 def _b64_folded(data: bytes) -> bytes:
@@ -249,7 +251,7 @@ class DkimSigner:
                                (self.selector, "NEWSLETTER_DKIM_SELECTOR"),
                                (self.ed25519_selector or "x", "NEWSLETTER_DKIM_ED25519_SELECTOR")):
             if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", value):
-                raise DkimProblem(f"{setting}: {value!r} is not a domain name or selector "
+                raise DkimError(f"{setting}: {value!r} is not a domain name or selector "
                                   "(letters, digits, dots and hyphens)")
 
         def prefix(algorithm: str, selector: str) -> bytes:

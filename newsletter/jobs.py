@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from .errors import NewsletterError
 from .services import Services
 from .worker_models import JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING, Job
 
@@ -28,7 +29,7 @@ JOB_LEASE = timedelta(minutes=10)
 MAX_ATTEMPTS = 3  # a job that kills its worker this often is marked failed
 
 
-class JobError(Exception):
+class JobError(NewsletterError):
     """A job cannot be queued or run as asked; the message says what to change."""
 
 

@@ -18,7 +18,6 @@ from flask import Flask
 from sqlalchemy import bindparam, case, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from .mail import SmtpConfigProblem, SmtpRejected, SmtpUnavailable, Transport
 from .models import (
     CONFIRMATION_SENT,
     FAILED,
@@ -28,6 +27,7 @@ from .models import (
     ConsentEvent,
     OutboxEmail,
 )
+from .smtp import SmtpConfigError, SmtpRejectedError, SmtpUnavailableError, Transport
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +140,11 @@ def deliver_queued(session: Session, transport: Transport, *, sender: str, now: 
         for position, row in enumerate(rows):
             try:
                 transport.send(sender, row.recipient, row.message)
-            except SmtpRejected as err:
+            except SmtpRejectedError as err:
                 _attempt_failed(session, row, now, max_attempts, str(err),
                                 permanent=not err.temporary, report=report)
                 continue
-            except (SmtpUnavailable, SmtpConfigProblem) as err:
+            except (SmtpUnavailableError, SmtpConfigError) as err:
                 _attempt_failed(session, row, now, max_attempts, str(err), permanent=False,
                                 report=report)
                 report.errors.append(str(err))

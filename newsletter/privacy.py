@@ -114,7 +114,7 @@ def _page_only(url: str | None) -> str | None:
 
 def erase_reader(session: Session, services: Services, email: str,
                  method: str = "cli") -> ErasureReport:
-    """Erase everything personal held about an address; idempotent. Raises InvalidAddress."""
+    """Erase everything personal held about an address; idempotent. Raises InvalidAddressError."""
     address = normalise_address(email)
     digest = address_hash(services.config["SECRET_KEY"], address)
     now = services.clock()

@@ -20,7 +20,8 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .addresses import InvalidAddress, address_hash, normalise_address
+from .addresses import InvalidAddressError, address_hash, normalise_address
+from .errors import NewsletterError
 from .models import (
     BOUNCED,
     CONFIRMED,
@@ -35,7 +36,7 @@ from .models import (
 )
 from .services import Services
 from .subscriptions import (
-    NotFound,
+    ReaderNotFoundError,
     RequestInfo,
     SubscribeOutcome,
     find_subscriber,
@@ -61,7 +62,7 @@ SUBSCRIBERS = Subscriber.__table__
 EVENTS = ConsentEvent.__table__
 
 
-class ReadersError(Exception):
+class ReadersError(NewsletterError):
     """A reader operation cannot go ahead; the message says what to do instead."""
 
 
@@ -69,12 +70,12 @@ class ImportFileError(ReadersError):
     """The import file as a whole cannot be read (not CSV, not UTF-8, no ``email`` column)."""
 
 
-class ImportInterrupted(ReadersError):
+class ImportInterruptedError(ReadersError):
     """The import stopped part way (the batches before were committed); running it again
     finishes it without duplicates."""
 
 
-class AddressSuppressed(ReadersError):
+class AddressSuppressedError(ReadersError):
     """The address was erased at the reader's request: only the reader may sign up again."""
 
 
@@ -168,10 +169,10 @@ def add_reader(session: Session, services: Services, email: str, *,
                name: str | None = None) -> SubscribeOutcome:
     """Sign a reader up on their behalf: pending, with the double-opt-in email queued.
 
-    Raises InvalidAddress, or AddressSuppressed for an address erased at the reader's request.
+    Raises InvalidAddressError, or AddressSuppressedError for an address erased at the reader's request.
     """
     if find_subscriber(session, email) is None and is_suppressed(session, services, email):
-        raise AddressSuppressed(
+        raise AddressSuppressedError(
             "This address was erased at the reader's request, so it cannot be added for them. "
             "They can subscribe again themselves through the form.")
     return subscribe(session, services, email, name=name, info=RequestInfo(method="cli"))
@@ -180,11 +181,11 @@ def add_reader(session: Session, services: Services, email: str, *,
 def unsubscribe_reader(session: Session, services: Services, email: str) -> tuple[Subscriber, bool]:
     """Withdraw a reader's consent (method ``cli``); returns the reader and whether it changed.
 
-    Raises InvalidAddress, or NotFound when no reader has the address.
+    Raises InvalidAddressError, or ReaderNotFoundError when no reader has the address.
     """
     subscriber = find_subscriber(session, email)
     if subscriber is None:
-        raise NotFound(f"No reader with the address {normalise_address(email)}.")
+        raise ReaderNotFoundError(f"No reader with the address {normalise_address(email)}.")
     already = subscriber.status == UNSUBSCRIBED
     unsubscribe(session, services, subscriber.id, RequestInfo(method="cli"))
     return subscriber, not already
@@ -293,7 +294,7 @@ def _validate(path: Path, now: datetime, report: ImportReport, require_confirmat
                 report.rows += 1
                 try:
                     row, wanted = _check_row(record, line, now, require_confirmation)
-                except (InvalidAddress, ValueError) as err:
+                except (InvalidAddressError, ValueError) as err:
                     report.invalid.add(line, str(err))
                     continue
                 if wanted is not None:
@@ -431,7 +432,7 @@ def _merge_safely(session: Session, context: _ImportContext, batch: list[_Row],
     except IntegrityError as err:
         # Someone signed up with one of these addresses between our look-up and our insert.
         session.rollback()
-        raise ImportInterrupted(
+        raise ImportInterruptedError(
             f"another process added one of the addresses on lines {batch[0].line} to "
             f"{batch[-1].line} while this import ran. The rows before line {batch[0].line} are "
             "imported; run the same command again to finish (nothing is duplicated).") from err

@@ -15,6 +15,7 @@ import jinja2
 from premailer import Premailer
 
 from . import placeholders
+from .errors import NewsletterError
 
 PACKAGE_DIR = Path(__file__).parent
 
@@ -27,7 +28,7 @@ def default_templates_dir() -> Path:
     raise FileNotFoundError("the email templates (emails/layout.html) are missing from the install")
 
 
-class TemplateProblem(Exception):
+class TemplateError(NewsletterError):
     """An email template could not be rendered; says which file and line."""
 
     def __init__(self, message: str, filename: str | None = None, lineno: int | None = None):
@@ -74,15 +75,15 @@ class EmailRenderer:
         try:
             return env.get_template(template).render(context)
         except jinja2.TemplateSyntaxError as err:
-            raise TemplateProblem(err.message or str(err), err.filename or err.name,
+            raise TemplateError(err.message or str(err), err.filename or err.name,
                                   err.lineno) from err
         except jinja2.TemplateNotFound as err:
-            raise TemplateProblem(f"template {err.name!r} not found") from err
+            raise TemplateError(f"template {err.name!r} not found") from err
         except Exception as err:  # an author's template can fail in any way while rendering
             filename, lineno = _template_position(err, env)
             message = str(err) if isinstance(err, jinja2.TemplateError) else (
                 f"{type(err).__name__}: {err}")
-            raise TemplateProblem(message, filename or template, lineno) from err
+            raise TemplateError(message, filename or template, lineno) from err
 
 
 def _template_position(err: Exception, env: jinja2.Environment) -> tuple[str | None, int | None]:

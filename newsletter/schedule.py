@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .errors import NewsletterError
+
 MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov",
                "dec")
 DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -25,7 +27,7 @@ DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 SEARCH_DAYS = 8 * 366
 
 
-class ScheduleError(ValueError):
+class ScheduleError(NewsletterError, ValueError):
     """A cron expression or time zone that cannot be used; the message says what to fix."""
 
 

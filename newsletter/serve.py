@@ -17,12 +17,14 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .errors import NewsletterError
+
 # The app as both servers load it: a factory call, so no app.py is needed.
 APP_FACTORY = "newsletter:create_app"
 STOP_TIMEOUT = 10.0  # seconds the children get to finish before they are killed
 
 
-class ServeError(Exception):
+class ServeError(NewsletterError):
     """``serve`` cannot start; the message says what to install or change."""
 
 

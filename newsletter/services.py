@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 from flask import Flask, current_app
 
 from .db import utcnow
-from .mail import SmtpSettings, SmtpTransport, Transport
 from .ratelimit import RateLimiter, limiter_from_config
 from .rendering import EmailRenderer
+from .smtp import SmtpSettings, SmtpTransport, Transport
 from .tokens import Tokens
 
 EXTENSION_KEY = "newsletter"

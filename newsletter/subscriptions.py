@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from . import outbox, placeholders
 from .addresses import address_hash, normalise_address
+from .errors import NewsletterError
 from .mail import MessageTemplate, ReaderParts
 from .models import (
     CONFIRMED,
@@ -28,7 +29,7 @@ from .models import (
     new_link_key,
 )
 from .services import Services
-from .tokens import ConfirmClaim, TokenExpired, TokenInvalid
+from .tokens import ConfirmClaim, ExpiredTokenError, InvalidTokenError
 
 METHODS = ("form", "api", "one-click", "cli", "import", "system")
 
@@ -58,7 +59,7 @@ class SubscribeOutcome:
     outbox_ids: tuple[int, ...] = ()
 
 
-class NotFound(Exception):
+class ReaderNotFoundError(NewsletterError):
     """No such reader (or the link points at a reader that was erased)."""
 
 
@@ -88,7 +89,7 @@ def subscribe(session: Session, services: Services, email: str, *, name: str | N
               info: RequestInfo) -> SubscribeOutcome:
     """Record a subscribe request and queue a confirmation email, in one transaction.
 
-    Raises InvalidAddress for a bad address. A confirmed reader stays confirmed; an
+    Raises InvalidAddressError for a bad address. A confirmed reader stays confirmed; an
     unsubscribed one starts double opt-in again. Per-address limits hold back the email. A
     request never voids a confirm link already sent (with or without an email of its own):
     otherwise anyone could keep a reader from confirming by signing them up again and again.
@@ -201,7 +202,7 @@ def _parts(services: Services, address: str, now: datetime, *, confirm_url: str 
                        date=format_datetime(now))
 
 
-def resend_confirmation(session: Session, services: Services, expired: TokenExpired,
+def resend_confirmation(session: Session, services: Services, expired: ExpiredTokenError,
                         info: RequestInfo) -> bool:
     """Send a fresh confirm link for an expired one, if the reader is still pending and the
     per-address limits allow. Returns whether an email was queued."""
@@ -238,23 +239,23 @@ def _names(claim: ConfirmClaim, subscriber: Subscriber) -> bool:
 def check_confirm_link(session: Session, services: Services, token: str) -> Subscriber:
     """The reader a confirm link would confirm (or has confirmed), changing nothing.
 
-    Raises TokenInvalid (tampered, made for a reader who left, was erased or purged) or
-    TokenExpired, as :func:`confirm` would.
+    Raises InvalidTokenError (tampered, made for a reader who left, was erased or purged) or
+    ExpiredTokenError, as :func:`confirm` would.
     """
     claim = services.tokens.read_confirm_token(token)
     subscriber = session.get(Subscriber, claim.subscriber_id)
     if subscriber is None or subscriber.status == ERASED or not _names(claim, subscriber):
-        raise TokenInvalid("This link is not valid any more.")
+        raise InvalidTokenError("This link is not valid any more.")
     if subscriber.status != CONFIRMED and (subscriber.status != PENDING
                                            or subscriber.token_generation != claim.generation):
-        raise TokenInvalid("This link has been replaced by a newer one.")
+        raise InvalidTokenError("This link has been replaced by a newer one.")
     return subscriber
 
 
 def confirm(session: Session, services: Services, token: str, info: RequestInfo) -> Subscriber:
     """Confirm the subscription a confirm token names; idempotent for a confirmed reader.
 
-    Raises TokenInvalid (tampered, or superseded by a newer request) or TokenExpired.
+    Raises InvalidTokenError (tampered, or superseded by a newer request) or ExpiredTokenError.
     """
     claim = services.tokens.read_confirm_token(token)
     now = services.clock()
@@ -270,13 +271,13 @@ def confirm(session: Session, services: Services, token: str, info: RequestInfo)
     subscriber = session.get(Subscriber, claim.subscriber_id, populate_existing=True)
     if subscriber is None or subscriber.status == ERASED or not _names(claim, subscriber):
         session.rollback()  # the id now belongs to someone else (or to nobody)
-        raise TokenInvalid("This link is not valid any more.")
+        raise InvalidTokenError("This link is not valid any more.")
     if not changed:
         if subscriber.status == CONFIRMED:
             session.commit()  # nothing changed; ends the transaction the UPDATE began
             return subscriber  # a double click, or an older link of a confirmed reader
         session.rollback()
-        raise TokenInvalid("This link has been replaced by a newer one.")
+        raise InvalidTokenError("This link has been replaced by a newer one.")
     _event(subscriber, CONFIRMED_EVENT, info, now)
     if services.config["WELCOME_EMAIL"]:
         _queue_welcome(session, services, subscriber, now)
@@ -301,11 +302,11 @@ def _queue_welcome(session: Session, services: Services, subscriber: Subscriber,
 
 def unsubscribe(session: Session, services: Services, subscriber_id: int,
                 info: RequestInfo) -> Subscriber:
-    """Withdraw consent; idempotent, and a no-op for an erased reader. Raises NotFound for an
+    """Withdraw consent; idempotent, and a no-op for an erased reader. Raises ReaderNotFoundError for an
     unknown reader."""
     subscriber = session.get(Subscriber, subscriber_id)
     if subscriber is None:
-        raise NotFound("No subscription matches this link.")
+        raise ReaderNotFoundError("No subscription matches this link.")
     if subscriber.status in (UNSUBSCRIBED, ERASED):
         # An erased reader gets nothing any more: the link in an old email still says so,
         # and records nothing (an event would hold personal data again).

@@ -18,6 +18,8 @@ from typing import Any
 from itsdangerous import BadData, BadSignature, SignatureExpired, TimestampSigner
 from itsdangerous.url_safe import URLSafeSerializer, URLSafeTimedSerializer
 
+from .errors import NewsletterError
+
 CONFIRM_SALT = "newsletter.confirm.v1"
 UNSUBSCRIBE_SALT = "newsletter.unsubscribe.v1"
 # `newsletter doctor` posts a one-click unsubscribe on this id to see the route answer; ids
@@ -25,15 +27,15 @@ UNSUBSCRIBE_SALT = "newsletter.unsubscribe.v1"
 PROBE_SUBSCRIBER_ID = 0
 
 
-class TokenError(Exception):
+class TokenError(NewsletterError):
     """A link's token cannot be used."""
 
 
-class TokenInvalid(TokenError):
+class InvalidTokenError(TokenError):
     """Tampered, truncated or made for another purpose."""
 
 
-class TokenExpired(TokenError):
+class ExpiredTokenError(TokenError):
     """Genuine but too old; carries who it was for so a new link can be offered."""
 
     def __init__(self, subscriber_id: int, generation: int, key: str | None = None,
@@ -81,17 +83,17 @@ class Tokens:
         return self._confirm.dumps([subscriber_id, generation, key])
 
     def read_confirm_token(self, token: str) -> ConfirmClaim:
-        """The claim in a confirm token, or TokenInvalid / TokenExpired."""
+        """The claim in a confirm token, or InvalidTokenError / ExpiredTokenError."""
         try:
             payload, timestamp = self._confirm.loads(token, max_age=self._max_age,
                                                      return_timestamp=True)
         except SignatureExpired as err:
             claim = self._claim(self._confirm.load_payload(err.payload) if err.payload else None,
                                 err.date_signed)
-            raise TokenExpired(claim.subscriber_id, claim.generation, claim.key,
+            raise ExpiredTokenError(claim.subscriber_id, claim.generation, claim.key,
                                claim.issued_at) from err
         except (BadSignature, BadData) as err:
-            raise TokenInvalid("This link is not valid.") from err
+            raise InvalidTokenError("This link is not valid.") from err
         return self._claim(payload, timestamp)
 
     def unsubscribe_token(self, subscriber_id: int) -> str:
@@ -99,13 +101,13 @@ class Tokens:
         return self._unsubscribe.dumps(subscriber_id)
 
     def read_unsubscribe_token(self, token: str) -> int:
-        """The subscriber id in an unsubscribe token, or TokenInvalid."""
+        """The subscriber id in an unsubscribe token, or InvalidTokenError."""
         try:
             payload = self._unsubscribe.loads(token)
         except (BadSignature, BadData) as err:
-            raise TokenInvalid("This link is not valid.") from err
+            raise InvalidTokenError("This link is not valid.") from err
         if not isinstance(payload, int) or isinstance(payload, bool):
-            raise TokenInvalid("This link is not valid.")
+            raise InvalidTokenError("This link is not valid.")
         return payload
 
     @staticmethod
@@ -117,7 +119,7 @@ class Tokens:
             or not all(isinstance(p, int) and not isinstance(p, bool) for p in payload[:2])
             or (len(payload) == 3 and not isinstance(payload[2], str))
         ):
-            raise TokenInvalid("This link is not valid.")
+            raise InvalidTokenError("This link is not valid.")
         return ConfirmClaim(subscriber_id=payload[0], generation=payload[1],
                             key=payload[2] if len(payload) == 3 else None,
                             issued_at=issued_at.astimezone(UTC) if issued_at else None)

@@ -198,13 +198,13 @@ class Worker:
         """A fresh send lock for this database, taken without waiting; None when another
         process holds it (SQLite: one sender at a time), so this round skips sending."""
         from .db import db
-        from .sending import SendInProgress, SendLock, sending_state_dir
+        from .sending import SendInProgressError, SendLock, sending_state_dir
 
         lock = SendLock(sending_state_dir(self.app.config["SQLALCHEMY_DATABASE_URI"],
                                           self.app.instance_path), db.engine)
         try:
             lock.acquire()
-        except SendInProgress:
+        except SendInProgressError:
             return None
         return lock
 
@@ -228,7 +228,7 @@ class Worker:
 
     def _poll_posts(self, session: Session) -> None:
         """Sync the post source every NEWSLETTER_FEED_POLL_MINUTES."""
-        from .posts import NoPostSource, post_source, sync_posts
+        from .posts import NoPostSourceError, post_source, sync_posts
 
         now = self.now()
         if self._last_poll is not None and now - self._last_poll < self.settings.feed_poll:
@@ -236,7 +236,7 @@ class Worker:
         self._last_poll = now
         try:
             post_source(self.services.config)
-        except NoPostSource:
+        except NoPostSourceError:
             return
         report = sync_posts(session, self.services)
         self.log("posts synced", new=len(report.new), updated=report.updated,
@@ -291,13 +291,13 @@ class Worker:
 
     def _ask_for_approval(self, session: Session, tick: datetime) -> str:
         from .approval import lapse_expired, prepare_approval
-        from .posts import NoPostSource, post_source, sync_posts
+        from .posts import NoPostSourceError, post_source, sync_posts
 
         lapse_expired(session, self.now())
         try:
             post_source(self.services.config)
             sync_posts(session, self.services)
-        except NoPostSource:
+        except NoPostSourceError:
             pass
         author = self.settings.author_email
         if not author:

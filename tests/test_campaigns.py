@@ -701,9 +701,9 @@ def test_a_terminal_is_asked_before_mailing_the_readers(
         app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
         runner: FlaskCliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         answer: str, sent: int) -> None:
-    import newsletter.cli
+    import newsletter.cli.sending
 
-    monkeypatch.setattr(newsletter.cli, "_interactive", lambda: True)
+    monkeypatch.setattr(newsletter.cli.sending, "_interactive", lambda: True)
     add_readers(session, clock, 3)
     result = runner.invoke(args=["send-campaign", str(write_file(tmp_path))], input=answer)
     assert result.exit_code == 0, result.output

@@ -25,7 +25,7 @@ from newsletter.config import ConfigError
 from newsletter.db import db
 from newsletter.mail import ReaderParts, reader_greeting
 from newsletter.models import Campaign, Post
-from newsletter.rendering import RenderedEmail, TemplateProblem
+from newsletter.rendering import RenderedEmail, TemplateError
 from newsletter.sending import campaign_template
 from newsletter.services import Services, get_services
 from tests.conftest import BLOG_ORIGIN, PUBLIC_URL, FrozenClock
@@ -187,7 +187,7 @@ def test_subject_follows_a_custom_template(session: Session, services: Services,
 def test_subject_template_error_names_the_setting(session: Session, services: Services,
                                                   clock: FrozenClock) -> None:
     services.config["DIGEST_SUBJECT"] = "{{ first.no_such_field }}"
-    with pytest.raises(TemplateProblem, match="NEWSLETTER_DIGEST_SUBJECT"):
+    with pytest.raises(TemplateError, match="NEWSLETTER_DIGEST_SUBJECT"):
         rendered_samples(session, services, clock)
 
 
@@ -635,7 +635,7 @@ def test_broken_author_template_is_reported_with_file_and_line(
     services = get_services(app)
     services.config["EMAIL_TEMPLATES"] = str(folder)
     services._renderer = None  # pick up the changed folder
-    with pytest.raises(TemplateProblem) as caught:
+    with pytest.raises(TemplateError) as caught:
         rendered_samples(session, services, clock)
     problem = caught.value
     assert problem.filename is not None and problem.filename.endswith("digest.html")

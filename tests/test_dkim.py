@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from newsletter import dkim as ourdkim
 from newsletter import placeholders as ph
 from newsletter.db import db
-from newsletter.dkim import BodyHasher, DkimProblem, DkimSigner, relaxed_body
+from newsletter.dkim import BodyHasher, DkimError, DkimSigner, relaxed_body
 from newsletter.mail import MessageTemplate, ReaderParts, reader_greeting
 from newsletter.rendering import RenderedEmail
 from tests.conftest import PUBLIC_URL
@@ -320,6 +320,6 @@ def test_a_key_that_is_not_an_rsa_key_is_named(
         tmp_path: Path, ed_pem: tuple[bytes, bytes], rsa_file: Any, message: str) -> None:
     path = tmp_path / "dkim.pem"
     path.write_bytes(ed_pem[0] if rsa_file == "ed25519" else rsa_file)
-    with pytest.raises(DkimProblem, match=f"^{re.escape(message)}"):
+    with pytest.raises(DkimError, match=f"^{re.escape(message)}"):
         DkimSigner.from_config({"DKIM_DOMAIN": DOMAIN, "DKIM_SELECTOR": "s1",
                                 "DKIM_PRIVATE_KEY": str(path)})

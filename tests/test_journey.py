@@ -67,13 +67,13 @@ def test_a_template_error_names_the_file_and_line(tmp_path: object) -> None:
 
     import pytest
 
-    from newsletter.rendering import EmailRenderer, TemplateProblem
+    from newsletter.rendering import EmailRenderer, TemplateError
 
     folder = Path(str(tmp_path)) / "mine"
     folder.mkdir()
     (folder / "welcome.html").write_text(
         '{% extends "layout.html" %}\n{% block content %}\n<p>{{ 1 / 0 }}</p>\n{% endblock %}\n')
-    with pytest.raises(TemplateProblem) as caught:
+    with pytest.raises(TemplateError) as caught:
         EmailRenderer(folder).render("welcome", "Hi", {
             "site_name": "S", "site_url": "https://s.example", "privacy_policy_url": None,
             "postal_address": "", "public_url": "https://n.example", "unsubscribe_url": "u"})

@@ -21,17 +21,10 @@ from sqlalchemy.orm import Session
 
 from newsletter import placeholders as ph
 from newsletter.db import db
-from newsletter.mail import (
-    DKIM_HEADERS,
-    MessageTemplate,
-    ReaderParts,
-    SmtpSettings,
-    SmtpTransport,
-    qp_value,
-    reader_greeting,
-    to_header_value,
-)
+from newsletter.dkim import DKIM_HEADERS
+from newsletter.mail import MessageTemplate, ReaderParts, qp_value, reader_greeting, to_header_value
 from newsletter.rendering import RenderedEmail
+from newsletter.smtp import SmtpSettings, SmtpTransport
 from tests.conftest import PUBLIC_URL, FrozenClock
 from tests.smtp_sink import Received, SmtpSink
 from tests.test_sending import add_readers, make_campaign, send

@@ -23,8 +23,8 @@ from sqlalchemy import select
 
 from newsletter.bounces.verp import envelope_sender_for
 from newsletter.db import db
-from newsletter.mail import SmtpSettings, SmtpTransport
 from newsletter.models import BOUNCED, CONFIRMED, BounceRecord, ConsentEvent, Subscriber
+from newsletter.smtp import SmtpSettings, SmtpTransport
 from tests.bounce_helpers import add_campaign, add_reader
 from tests.conftest import FrozenClock
 from tests.postfix_server import Postfix, require_postfix

@@ -29,7 +29,7 @@ from newsletter.digest import select_digest_posts
 from newsletter.models import CONFIRMED, Campaign, Post, SourceState, Subscriber
 from newsletter.posts import (
     IMAGE_STYLE,
-    NoPostSource,
+    NoPostSourceError,
     PostSourceError,
     SyncReport,
     sanitise_html,
@@ -715,7 +715,7 @@ def test_unreadable_sources_raise_one_line_and_change_nothing(
 
 
 def test_no_source_configured_is_an_error(app: Flask) -> None:
-    with pytest.raises(NoPostSource, match="NEWSLETTER_FEED_URL.*NEWSLETTER_POSTS_DIR"):
+    with pytest.raises(NoPostSourceError, match="NEWSLETTER_FEED_URL.*NEWSLETTER_POSTS_DIR"):
         sync(app)
 
 

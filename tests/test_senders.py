@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from newsletter.db import db
 from newsletter.models import Campaign, Delivery
-from newsletter.sending import SendInProgress, SendLock, SendOptions, _DatabaseMarks
+from newsletter.sending import SendInProgressError, SendLock, SendOptions, _DatabaseMarks
 from tests.conftest import ON_POSTGRES, FrozenClock, needs_postgres
 from tests.smtp_sink import SmtpSink
 from tests.test_sending import (
@@ -61,7 +61,7 @@ def test_senders_share_the_lock_but_compose_one_at_a_time(app: Flask) -> None:
         first, second = SendLock(state_dir(app), db.engine), SendLock(state_dir(app), db.engine)
         with first, second:
             assert first.held and second.held and first.shared
-            busy = pytest.raises(SendInProgress,
+            busy = pytest.raises(SendInProgressError,
                                  match="another process has been composing a campaign")
             with first.composing(), busy, second.composing(wait=0.3):
                 pass  # pragma: no cover

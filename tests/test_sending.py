@@ -29,7 +29,7 @@ from newsletter.db import db
 from newsletter.models import CONFIRMED, Campaign, Delivery, Post, Subscriber
 from newsletter.sending import (
     Journal,
-    SendInProgress,
+    SendInProgressError,
     SendLock,
     SendOptions,
     SendReport,
@@ -658,7 +658,7 @@ def test_a_live_runs_journal_is_left_alone(
 @exclusive_lock
 def test_a_second_lock_holder_is_told_who_holds_it(app: Flask) -> None:
     with (app.app_context(), SendLock(state_dir(app), db.engine),
-          pytest.raises(SendInProgress, match=f"another send is running.*pid {os.getpid()}")):
+          pytest.raises(SendInProgressError, match=f"another send is running.*pid {os.getpid()}")):
         SendLock(state_dir(app), db.engine).acquire()
     with app.app_context(), SendLock(state_dir(app), db.engine) as again:
         assert again.held  # released when the first holder let go
@@ -771,9 +771,9 @@ def test_two_runs_at_once_never_both_send(
 def test_send_digest_mails_the_new_posts_and_prints_a_summary(
         app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
         runner: FlaskCliRunner, posts_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import newsletter.cli
+    import newsletter.cli.sending
 
-    monkeypatch.setattr(newsletter.cli, "PROGRESS_LOG_INTERVAL", 0.0)
+    monkeypatch.setattr(newsletter.cli.sending, "PROGRESS_LOG_INTERVAL", 0.0)
     readers = add_readers(session, clock, 3)
     digest_ready(runner, posts_folder)
 
@@ -882,9 +882,9 @@ def test_a_terminal_is_asked_before_mailing_the_readers(
         app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
         runner: FlaskCliRunner, posts_folder: Path, monkeypatch: pytest.MonkeyPatch,
         answer: str, sent: int) -> None:
-    import newsletter.cli
+    import newsletter.cli.sending
 
-    monkeypatch.setattr(newsletter.cli, "_interactive", lambda: True)
+    monkeypatch.setattr(newsletter.cli.sending, "_interactive", lambda: True)
     add_readers(session, clock, 3)
     digest_ready(runner, posts_folder)
     result = runner.invoke(args=["send-digest"], input=answer)
@@ -909,10 +909,10 @@ def test_send_digest_stops_with_a_clear_message_while_another_run_sends(
 
 def test_progress_off_a_terminal_is_a_plain_line_every_few_seconds(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    import newsletter.cli
+    import newsletter.cli.sending
 
-    monkeypatch.setattr(newsletter.cli, "PROGRESS_LOG_INTERVAL", 0.0)
-    progress = newsletter.cli._SendProgress(quiet=False, terminal=False)
+    monkeypatch.setattr(newsletter.cli.sending, "PROGRESS_LOG_INTERVAL", 0.0)
+    progress = newsletter.cli.sending._SendProgress(quiet=False, terminal=False)
     report = SendReport(campaign_id=4, subject="Slow mornings", total=2000)
     progress.start(report)
     progress.update(500)
@@ -923,7 +923,7 @@ def test_progress_off_a_terminal_is_a_plain_line_every_few_seconds(
     assert lines[1].startswith("  500 of 2,000 done, ") and "messages/s, about" in lines[1]
     assert len(lines) == 2  # nothing once all are done
 
-    quiet = newsletter.cli._SendProgress(quiet=True, terminal=False)
+    quiet = newsletter.cli.sending._SendProgress(quiet=True, terminal=False)
     quiet.start(report)
     quiet.update(500)
     assert capsys.readouterr().out == ""

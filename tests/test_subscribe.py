@@ -413,9 +413,9 @@ def test_a_refused_origin_is_logged_once_an_hour_naming_origin_and_setting(
 
     def warnings() -> list[str]:
         return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
-                and r.name == "newsletter.web"]
+                and r.name == "newsletter.web.public"]
 
-    with caplog.at_level(logging.WARNING, logger="newsletter.web"):
+    with caplog.at_level(logging.WARNING, logger="newsletter.web.public"):
         attempt(www)
         [first] = warnings()
         assert www in first and "NEWSLETTER_ALLOWED_ORIGINS" in first and BLOG_ORIGIN in first

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from newsletter.bounces.verp import (
+    InvalidVerpError,
     VerpClaim,
-    VerpInvalid,
     claim_from_address,
     envelope_sender_for,
     make_token,
@@ -40,18 +40,18 @@ def test_tampered_token_is_rejected() -> None:
     token = make_token("test-secret", 5, 42)
     for position in range(len(token)):
         changed = token[:position] + ("a" if token[position] != "a" else "b") + token[position + 1:]
-        with pytest.raises(VerpInvalid):
+        with pytest.raises(InvalidVerpError):
             read_token("test-secret", changed)
 
 
 def test_token_made_with_another_secret_is_rejected() -> None:
-    with pytest.raises(VerpInvalid):
+    with pytest.raises(InvalidVerpError):
         read_token("test-secret", make_token("other-secret", 5, 42))
 
 
 @pytest.mark.parametrize("junk", ["", "a", "!!!!", "aaaaaaaaaaaaaaaaaaaaaaaa", "x" * 80])
 def test_junk_is_rejected(junk: str) -> None:
-    with pytest.raises(VerpInvalid):
+    with pytest.raises(InvalidVerpError):
         read_token("test-secret", junk)
 
 

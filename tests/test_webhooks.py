@@ -23,7 +23,7 @@ from flask.testing import FlaskClient
 from newsletter.bounces.webhooks import sns_string_to_sign
 from newsletter.db import db
 from newsletter.models import BOUNCED, CONFIRMED, UNSUBSCRIBED, Subscriber
-from newsletter.web_webhooks import FETCHER_KEY
+from newsletter.web.webhooks import FETCHER_KEY
 from tests.bounce_helpers import add_reader
 from tests.conftest import FrozenClock
 

@@ -25,16 +25,17 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..addresses import InvalidAddress, normalise_address
+from ..addresses import InvalidAddressError, normalise_address
+from ..errors import NewsletterError
 from ..models import Subscriber
 from .classify import AUTO_REPLY, UNRECOGNISED, Classification, classify
 from .rules import Outcome, apply_outcome
-from .verp import VerpClaim, VerpInvalid, claim_from_address
+from .verp import InvalidVerpError, VerpClaim, claim_from_address
 
 SCHEMES = ("imaps", "imap", "pop3s", "maildir")
 
 
-class MailboxError(Exception):
+class MailboxError(NewsletterError):
     """The bounce mailbox cannot be opened or read; the message says what to check."""
 
 
@@ -217,7 +218,7 @@ def match_reader(session: Session, config: Mapping[str, Any],
     for address in found.addresses:
         try:
             claim = claim_from_address(config, address)
-        except VerpInvalid:
+        except InvalidVerpError:
             continue  # forged or damaged: do not trust it; the recipient may still match
         if claim is not None:
             break
@@ -226,7 +227,7 @@ def match_reader(session: Session, config: Mapping[str, Any],
     for recipient in found.recipients:
         try:
             address = normalise_address(recipient)
-        except InvalidAddress:
+        except InvalidAddressError:
             continue
         sid = session.scalar(select(Subscriber.id).where(Subscriber.email == address))
         if sid is not None:

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import NewsletterError
+
 # Separates the bounce address's local part from the token (the Postfix/qmail convention:
 # Postfix's recipient_delimiter = + delivers every bounces+TOKEN to the bounces mailbox).
 DELIMITER = "+"
@@ -25,7 +27,7 @@ _PURPOSE = b"newsletter.verp.v1"
 _MAX_LOCAL_PART = 64
 
 
-class VerpInvalid(ValueError):
+class InvalidVerpError(NewsletterError, ValueError):
     """A token that was not made here, or was changed on the way: nobody can be matched."""
 
 
@@ -64,12 +66,12 @@ def _read_varints(data: bytes) -> list[int]:
         value |= (byte & 0x7F) << shift
         shift += 7
         if shift > 63:
-            raise VerpInvalid("id too long")
+            raise InvalidVerpError("id too long")
         if not byte & 0x80:
             numbers.append(value)
             value, shift = 0, 0
     if shift:
-        raise VerpInvalid("truncated id")
+        raise InvalidVerpError("truncated id")
     return numbers
 
 
@@ -81,24 +83,24 @@ def make_token(secret_key: str, campaign_id: int, subscriber_id: int) -> str:
 
 
 def read_token(secret_key: str, token: str) -> VerpClaim:
-    """The campaign and reader a token names; :class:`VerpInvalid` if it is not genuine."""
+    """The campaign and reader a token names; :class:`InvalidVerpError` if it is not genuine."""
     text = token.strip().upper()
     if not text or len(text) > _MAX_LOCAL_PART:
-        raise VerpInvalid("not a VERP token")
+        raise InvalidVerpError("not a VERP token")
     try:
         raw = base64.b32decode(text + "=" * (-len(text) % 8))
     except (ValueError, TypeError) as err:
-        raise VerpInvalid("not a VERP token") from err
+        raise InvalidVerpError("not a VERP token") from err
     if base64.b32encode(raw).decode().rstrip("=") != text:
         # Unused trailing bits set: the same bytes spelt another way; only one spelling is ours.
-        raise VerpInvalid("not a VERP token")
+        raise InvalidVerpError("not a VERP token")
     payload, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
     expected = hmac.new(_key(secret_key), payload, hashlib.sha256).digest()[:MAC_BYTES]
     if len(payload) < 2 or not hmac.compare_digest(mac, expected):
-        raise VerpInvalid("the token's signature does not match")
+        raise InvalidVerpError("the token's signature does not match")
     numbers = _read_varints(payload)
     if len(numbers) != 2:
-        raise VerpInvalid("not a VERP token")
+        raise InvalidVerpError("not a VERP token")
     return VerpClaim(campaign_id=numbers[0], subscriber_id=numbers[1])
 
 
@@ -129,7 +131,7 @@ def envelope_sender_for(config: Mapping[str, Any], campaign_id: int | None,
 
 def claim_from_address(config: Mapping[str, Any], address: str) -> VerpClaim | None:
     """The claim in ``address`` if it is a VERP address of this list's bounce address with a
-    genuine token; None if it is not one of ours. A forged token raises :class:`VerpInvalid`."""
+    genuine token; None if it is not one of ours. A forged token raises :class:`InvalidVerpError`."""
     bounce_address = config.get("BOUNCE_ADDRESS")
     if not bounce_address:
         return None

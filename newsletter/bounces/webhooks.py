@@ -27,17 +27,18 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..addresses import InvalidAddress, normalise_address
+from ..addresses import InvalidAddressError, normalise_address
+from ..errors import NewsletterError
 from ..models import Subscriber, WebhookReplay
 from .classify import COMPLAINT, HARD, SOFT
 from .rules import Outcome, apply_outcome
-from .verp import VerpInvalid, claim_from_address
+from .verp import InvalidVerpError, claim_from_address
 
 SNS_HOST = re.compile(r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
 CertificateFetcher = Callable[[str], bytes]
 
 
-class WebhookRefused(Exception):
+class WebhookRefusedError(NewsletterError):
     """A request that is not authentic, fresh and new; ``status`` is the HTTP answer."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -68,7 +69,7 @@ def check_sns_url(url: str) -> None:
     """Refuse any URL but https on an SNS host, before anything is fetched."""
     parts = urlsplit(url)
     if parts.scheme != "https" or not SNS_HOST.match(parts.hostname or "") or parts.port:
-        raise WebhookRefused(403, "signing certificate or subscribe URL is not on an "
+        raise WebhookRefusedError(403, "signing certificate or subscribe URL is not on an "
                                   "sns.<region>.amazonaws.com host")
 
 
@@ -85,13 +86,13 @@ def sns_string_to_sign(message: Mapping[str, Any]) -> bytes:
     """The canonical string SNS signs: each present field's name and value, one a line."""
     fields = _SNS_FIELDS.get(str(message.get("Type")))
     if fields is None:
-        raise WebhookRefused(400, "unknown SNS message type")
+        raise WebhookRefusedError(400, "unknown SNS message type")
     out = []
     for name in fields:
         if name == "Subject" and message.get(name) is None:
             continue
         if not isinstance(message.get(name), str):
-            raise WebhookRefused(400, f"SNS message without {name}")
+            raise WebhookRefusedError(400, f"SNS message without {name}")
         out.append(f"{name}\n{message[name]}\n")
     return "".join(out).encode()
 
@@ -100,16 +101,16 @@ def _parse_time(value: Any) -> datetime:
     try:
         when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
-        raise WebhookRefused(400, "unreadable timestamp") from None
+        raise WebhookRefusedError(400, "unreadable timestamp") from None
     if when.tzinfo is None:
-        raise WebhookRefused(400, "timestamp without a time zone")
+        raise WebhookRefusedError(400, "timestamp without a time zone")
     return when
 
 
 def check_fresh(when: datetime, now: datetime, max_age: float) -> None:
     """Refuse a request signed too long ago (or too far in the future)."""
     if abs((now - when).total_seconds()) > max_age:
-        raise WebhookRefused(403, "stale timestamp: refused")
+        raise WebhookRefusedError(403, "stale timestamp: refused")
 
 
 def remember_once(session: Session, key: str, now: datetime, max_age: float) -> None:
@@ -119,29 +120,29 @@ def remember_once(session: Session, key: str, now: datetime, max_age: float) -> 
         WebhookReplay.seen_at < now - timedelta(seconds=2 * max_age)))
     if session.get(WebhookReplay, key[:200]) is not None:
         session.rollback()
-        raise WebhookRefused(403, "replayed request: refused")
+        raise WebhookRefusedError(403, "replayed request: refused")
     session.add(WebhookReplay(key=key[:200], seen_at=now))
     try:
         session.commit()
     except IntegrityError:  # the same request twice at once: the other one won
         session.rollback()
-        raise WebhookRefused(403, "replayed request: refused") from None
+        raise WebhookRefusedError(403, "replayed request: refused") from None
 
 
 def verify_sns(message: Mapping[str, Any], config: Mapping[str, Any], now: datetime,
                fetch: CertificateFetcher, cache: dict[str, Any]) -> None:
-    """Check an SNS message's topic, freshness and signature; :class:`WebhookRefused` if not."""
+    """Check an SNS message's topic, freshness and signature; :class:`WebhookRefusedError` if not."""
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
     if message.get("TopicArn") not in config["SES_TOPIC_ARNS"]:
-        raise WebhookRefused(403, "topic not in NEWSLETTER_SES_TOPIC_ARNS: refused")
+        raise WebhookRefusedError(403, "topic not in NEWSLETTER_SES_TOPIC_ARNS: refused")
     version = str(message.get("SignatureVersion"))
     algorithm = {"1": hashes.SHA1, "2": hashes.SHA256}.get(version)
     if algorithm is None:
-        raise WebhookRefused(400, "unknown SNS SignatureVersion")
+        raise WebhookRefusedError(400, "unknown SNS SignatureVersion")
     cert_url = str(message.get("SigningCertURL") or message.get("SigningCertUrl") or "")
     check_sns_url(cert_url)
     string_to_sign = sns_string_to_sign(message)
@@ -149,26 +150,26 @@ def verify_sns(message: Mapping[str, Any], config: Mapping[str, Any], now: datet
     try:
         signature = base64.b64decode(str(message.get("Signature", "")), validate=True)
     except ValueError:
-        raise WebhookRefused(403, "bad signature") from None
+        raise WebhookRefusedError(403, "bad signature") from None
     key = cache.get(cert_url)
     if key is None:
         try:
             pem = fetch(cert_url)
         except OSError as err:
             # Amazon unreachable for a moment: a 5xx makes SNS deliver the message again later.
-            raise WebhookRefused(502, f"cannot fetch the SNS signing certificate: {err}") from err
+            raise WebhookRefusedError(502, f"cannot fetch the SNS signing certificate: {err}") from err
         try:
             certificate = x509.load_pem_x509_certificate(pem)
         except ValueError as err:
-            raise WebhookRefused(400, f"cannot load the SNS signing certificate: {err}") from err
+            raise WebhookRefusedError(400, f"cannot load the SNS signing certificate: {err}") from err
         key = certificate.public_key()
         if not isinstance(key, rsa.RSAPublicKey):
-            raise WebhookRefused(400, "the SNS signing certificate has no RSA key")
+            raise WebhookRefusedError(400, "the SNS signing certificate has no RSA key")
         cache[cert_url] = key
     try:
         key.verify(signature, string_to_sign, padding.PKCS1v15(), algorithm())
     except InvalidSignature:
-        raise WebhookRefused(403, "bad signature") from None
+        raise WebhookRefusedError(403, "bad signature") from None
 
 
 def ses_events(notification: Mapping[str, Any]) -> list[Event]:
@@ -199,11 +200,11 @@ def verify_mailgun(signature: Mapping[str, Any], config: Mapping[str, Any],
     timestamp, token = str(signature.get("timestamp", "")), str(signature.get("token", ""))
     given = str(signature.get("signature", ""))
     if not timestamp.isdigit() or not token or not given:
-        raise WebhookRefused(403, "unsigned request: refused")
+        raise WebhookRefusedError(403, "unsigned request: refused")
     expected = hmac.new(str(config["MAILGUN_SIGNING_KEY"]).encode(),
                         (timestamp + token).encode(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, given.lower()):
-        raise WebhookRefused(403, "bad signature")
+        raise WebhookRefusedError(403, "bad signature")
     check_fresh(datetime.fromtimestamp(int(timestamp), now.tzinfo), now,
                 config["WEBHOOK_MAX_AGE"])
     return token
@@ -229,13 +230,13 @@ def mailgun_events(data: Mapping[str, Any]) -> list[Event]:
 def verify_postmark(authorization: tuple[str, str] | None, config: Mapping[str, Any]) -> None:
     """Check HTTP basic auth against NEWSLETTER_POSTMARK_WEBHOOK_USER/PASSWORD."""
     if authorization is None:
-        raise WebhookRefused(403, "unsigned request: refused")
+        raise WebhookRefusedError(403, "unsigned request: refused")
     user, password = authorization
     good_user = hmac.compare_digest(user.encode(), str(config["POSTMARK_WEBHOOK_USER"]).encode())
     good_password = hmac.compare_digest(password.encode(),
                                         str(config["POSTMARK_WEBHOOK_PASSWORD"]).encode())
     if not (good_user and good_password):
-        raise WebhookRefused(403, "bad credentials")
+        raise WebhookRefusedError(403, "bad credentials")
 
 
 # Postmark bounce types that mean the address is gone; the rest are temporary or not bounces.
@@ -258,7 +259,7 @@ def postmark_event(body: Mapping[str, Any]) -> tuple[list[Event], str, datetime]
         kind = None
     event_id = str(body.get("ID") or "")
     if not event_id:
-        raise WebhookRefused(400, "Postmark event without an ID")
+        raise WebhookRefusedError(400, "Postmark event without an ID")
     when = _parse_time(body.get("BouncedAt") or body.get("ReceivedAt") or "")
     if kind is None:
         return [], event_id, when
@@ -277,14 +278,14 @@ def apply_events(session: Session, config: Mapping[str, Any], clock: Callable[[]
         if event.envelope_sender:
             try:
                 claim = claim_from_address(config, event.envelope_sender)
-            except VerpInvalid:
+            except InvalidVerpError:
                 claim = None
             if claim is not None and session.get(Subscriber, claim.subscriber_id) is not None:
                 subscriber_id, campaign_id = claim.subscriber_id, claim.campaign_id or None
         if subscriber_id is None:
             try:
                 address = normalise_address(event.address)
-            except InvalidAddress:
+            except InvalidAddressError:
                 continue
             subscriber_id = session.scalar(select(Subscriber.id).where(
                 Subscriber.email == address))
@@ -302,4 +303,4 @@ def parse_json(body: bytes) -> Any:
     try:
         return json.loads(body)
     except ValueError:
-        raise WebhookRefused(400, "the body is not JSON") from None
+        raise WebhookRefusedError(400, "the body is not JSON") from None

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_der_public_key,
 )
 
+from ..errors import NewsletterError
 from . import Check, ok, problem, warn
 from .settings_checks import envelope_domain
 
@@ -30,7 +31,7 @@ _SPF_MECHANISMS = _LOOKUP_MECHANISMS | {"all", "ip4", "ip6"}
 _QUALIFIERS = "+-~?"
 
 
-class DnsUnavailable(Exception):
+class DnsUnavailableError(NewsletterError):
     """The DNS server did not answer (as opposed to answering "no such record")."""
 
 
@@ -60,14 +61,14 @@ def make_resolver(config: Mapping[str, Any]) -> dns.resolver.Resolver:
 
 
 def _lookup(resolver: dns.resolver.Resolver, name: str, kind: str) -> list[Any]:
-    """The records of ``kind`` at ``name``; [] when there are none; DnsUnavailable when the
+    """The records of ``kind`` at ``name``; [] when there are none; DnsUnavailableError when the
     server does not answer."""
     try:
         return list(resolver.resolve(name, kind, search=False))
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
     except (dns.resolver.NoNameservers, dns.exception.Timeout) as err:
-        raise DnsUnavailable(f"no answer to {name} {kind} within {resolver.lifetime:g} s"
+        raise DnsUnavailableError(f"no answer to {name} {kind} within {resolver.lifetime:g} s"
                              if isinstance(err, dns.exception.Timeout)
                              else f"no usable answer to {name} {kind}") from err
 
@@ -104,7 +105,7 @@ def check_dns(config: Mapping[str, Any]) -> list[Check]:
                         ("mx", lambda: check_mx(resolver, bounce))):
         try:
             checks.append(check())
-        except DnsUnavailable as err:
+        except DnsUnavailableError as err:
             # One silent server makes every later lookup wait as long: say it once and stop.
             where = config.get("DNS_SERVER") or "the system's DNS resolvers"
             checks.append(problem(AREA, name, f"DNS did not answer: {err}",
@@ -116,7 +117,7 @@ def check_dns(config: Mapping[str, Any]) -> list[Check]:
 
 # --- SPF -------------------------------------------------------------------------------------
 
-class SpfError(Exception):
+class SpfError(NewsletterError):
     """The SPF record cannot be evaluated (a permerror)."""
 
 
@@ -228,7 +229,7 @@ def _tags(record: str) -> dict[str, str]:
 
 def check_dkim(resolver: dns.resolver.Resolver, config: Mapping[str, Any]) -> Check:
     """The selector's TXT record exists and holds the public half of the configured key."""
-    from ..dkim import DkimProblem
+    from ..dkim import DkimError
 
     domain, selector = config.get("DKIM_DOMAIN"), config.get("DKIM_SELECTOR")
     if not domain or not selector:
@@ -237,7 +238,7 @@ def check_dkim(resolver: dns.resolver.Resolver, config: Mapping[str, Any]) -> Ch
     name = f"{selector}._domainkey.{domain}"
     try:
         p_value, public = dkim_public_key(Path(str(config["DKIM_PRIVATE_KEY"])).read_bytes())
-    except (OSError, DkimProblem) as err:
+    except (OSError, DkimError) as err:
         return problem(AREA, "dkim", f"cannot read the key in NEWSLETTER_DKIM_PRIVATE_KEY: {err}",
                        "point NEWSLETTER_DKIM_PRIVATE_KEY at a PEM file holding an RSA private "
                        "key")

@@ -124,7 +124,7 @@ def _answers_itself(origin: str, config: Mapping[str, Any]) -> str | None:
 
     The name is looked up through the doctor's DNS server (NEWSLETTER_DNS_SERVER) like every
     other name it checks, so split DNS and the tests see the same answers."""
-    from .dns_checks import DnsUnavailable, addresses_of
+    from .dns_checks import DnsUnavailableError, addresses_of
 
     parts = urlsplit(origin)
     host = parts.hostname or ""
@@ -132,7 +132,7 @@ def _answers_itself(origin: str, config: Mapping[str, Any]) -> str | None:
     port = parts.port or (443 if https else 80)
     try:
         addresses = addresses_of(host, config)
-    except DnsUnavailable:
+    except DnsUnavailableError:
         return None
     for address in addresses:
         try:

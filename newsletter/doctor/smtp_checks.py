@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from ..mail import SmtpSettings
+from ..smtp import SmtpSettings
 from . import Check, Status, ok, problem, warn
 
 AREA = "smtp"
@@ -195,7 +195,8 @@ def _send_test(smtp: smtplib.SMTP, config: Mapping[str, Any], recipient: str) ->
     from email.policy import SMTP as SMTP_POLICY
     from email.utils import format_datetime, make_msgid
 
-    from ..mail import DkimProblem, DkimSigner, format_address
+    from ..dkim import DkimError, DkimSigner
+    from ..mail import format_address
 
     sender = str(config["MAIL_FROM"])
     message = EmailMessage(policy=SMTP_POLICY)
@@ -211,7 +212,7 @@ def _send_test(smtp: smtplib.SMTP, config: Mapping[str, Any], recipient: str) ->
         signer = DkimSigner.from_config(config)
         if signer is not None:
             data = signer.sign(data)
-    except DkimProblem as err:
+    except DkimError as err:
         return problem(AREA, "send-test", f"could not sign the test message: {err}",
                        "fix NEWSLETTER_DKIM_PRIVATE_KEY")
     try:

@@ -1,11 +1,13 @@
 """``newsletter process-bounces``: read the bounce mailbox and apply what it holds.
-(A module of its own for now; it joins the ``newsletter.cli`` package later.)"""
+"""
 
 from __future__ import annotations
 
 import click
 from flask import current_app
 from flask.cli import with_appcontext
+
+from .base import register
 
 _RESULT_LABELS = {
     "marked bounced": "readers marked bounced",
@@ -15,6 +17,7 @@ _RESULT_LABELS = {
 }
 
 
+@register
 @click.command("process-bounces")
 @click.option("--delete", is_flag=True,
               help="Delete processed messages instead of moving them to the processed folder.")
@@ -22,9 +25,9 @@ _RESULT_LABELS = {
 def process_bounces_command(delete: bool) -> None:
     """Read new bounces, complaints and auto-replies from NEWSLETTER_BOUNCE_MAILBOX, apply them
     to the readers, and move processed messages away; unrecognised ones stay."""
-    from .bounces.mailbox import MailboxError, process_configured_mailbox
-    from .db import db
-    from .services import get_services
+    from ..bounces.mailbox import MailboxError, process_configured_mailbox
+    from ..db import db
+    from ..services import get_services
 
     try:
         report = process_configured_mailbox(db.session(), current_app.config,
@@ -40,5 +43,3 @@ def process_bounces_command(delete: bool) -> None:
         if report.results.get(result):
             click.echo(f"  {label}: {report.results[result]}")
 
-
-COMMANDS = [process_bounces_command]

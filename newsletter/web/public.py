@@ -23,13 +23,13 @@ from flask import (
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import subscriptions
-from .addresses import InvalidAddress
-from .db import db
-from .embed import consent_html
-from .services import get_services
-from .subscriptions import RequestInfo
-from .tokens import PROBE_SUBSCRIBER_ID, TokenExpired, TokenInvalid
+from .. import subscriptions
+from ..addresses import InvalidAddressError
+from ..db import db
+from ..embed import consent_html
+from ..services import get_services
+from ..subscriptions import RequestInfo
+from ..tokens import PROBE_SUBSCRIBER_ID, ExpiredTokenError, InvalidTokenError
 
 bp = Blueprint("web", __name__)
 
@@ -224,7 +224,7 @@ def subscribe() -> Any:
             name=str(fields.get("name") or "") or None,
             info=_request_info(method, source[:2048] if source else None),
         )
-    except InvalidAddress as err:
+    except InvalidAddressError as err:
         db.session.commit()  # nothing but the rate-limit count was written
         return _answer(False, str(err), 400, form=form)
     _wake_outbox()
@@ -281,9 +281,9 @@ def confirm_page(token: str) -> Any:
     """One button, so link scanners that only GET confirm nothing."""
     try:
         subscriptions.check_confirm_link(db.session, get_services(), token)
-    except TokenExpired:
+    except ExpiredTokenError:
         return render_template("expired.html", token=token), 410
-    except TokenInvalid:
+    except InvalidTokenError:
         return _bad_link()
     finally:
         db.session.rollback()  # only read
@@ -295,10 +295,10 @@ def confirm(token: str) -> Any:
     """Confirm the subscription."""
     try:
         subscriptions.confirm(db.session, get_services(), token, _request_info("form"))
-    except TokenExpired:
+    except ExpiredTokenError:
         db.session.rollback()
         return render_template("expired.html", token=token), 410
-    except TokenInvalid:
+    except InvalidTokenError:
         db.session.rollback()
         return _bad_link()
     _wake_outbox()
@@ -312,14 +312,14 @@ def resend(token: str) -> Any:
     services = get_services()
     try:
         services.tokens.read_confirm_token(token)
-    except TokenExpired as expired:
+    except ExpiredTokenError as expired:
         subscriptions.resend_confirmation(db.session, services, expired, _request_info("form"))
         _wake_outbox()
         # The same answer whatever happened, like the subscribe form.
         return render_template("message.html", title="Check your inbox",
                                message="If your subscription is still waiting for confirmation, "
                                        "a new link is on its way.")
-    except TokenInvalid:
+    except InvalidTokenError:
         return _bad_link()
     return redirect(url_for("web.confirm_page", token=token), code=303)
 
@@ -329,7 +329,7 @@ def unsubscribe_page(token: str) -> Any:
     """One button; a GET never unsubscribes (link scanners follow links)."""
     try:
         get_services().tokens.read_unsubscribe_token(token)
-    except TokenInvalid:
+    except InvalidTokenError:
         return _bad_link()
     return render_template("unsubscribe.html", token=token)
 
@@ -346,7 +346,7 @@ def unsubscribe(token: str) -> Any:
                             mimetype="text/plain")
         subscriptions.unsubscribe(db.session, services, subscriber_id,
                                   _request_info("one-click" if one_click else "form"))
-    except (TokenInvalid, subscriptions.NotFound):
+    except (InvalidTokenError, subscriptions.ReaderNotFoundError):
         db.session.rollback()
         if one_click:
             return Response("This unsubscribe link is not valid.\n", status=400,
@@ -365,8 +365,8 @@ def healthz() -> Any:
     """200 when the database answers with this version's schema; 503, saying why, when it
     cannot be reached, has no tables or has an older schema. ``worker`` says what the worker
     last reported (its status does not change the code: a site may run without one)."""
-    from .db import schema_problem
-    from .worker import worker_status
+    from ..db import schema_problem
+    from ..worker import worker_status
 
     try:
         problem = schema_problem(current_app)

@@ -10,9 +10,9 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, abort, current_app, request
 
-from .bounces import webhooks as hooks
-from .db import db
-from .services import get_services
+from ..bounces import webhooks as hooks
+from ..db import db
+from ..services import get_services
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 FETCHER_KEY = "newsletter.sns_fetch"
@@ -23,7 +23,7 @@ def _answer(message: str, status: int = 200) -> Response:
     return Response(message + "\n", status=status, mimetype="text/plain")
 
 
-def _refused(err: hooks.WebhookRefused) -> Response:
+def _refused(err: hooks.WebhookRefusedError) -> Response:
     return _answer(str(err), err.status)
 
 
@@ -39,7 +39,7 @@ def ses() -> Response:
     try:
         message = hooks.parse_json(request.get_data())
         if not isinstance(message, dict):
-            raise hooks.WebhookRefused(400, "expected an SNS message")
+            raise hooks.WebhookRefusedError(400, "expected an SNS message")
         now = services.clock()
         hooks.verify_sns(message, config, now, fetch, current_app.extensions[CERT_CACHE_KEY])
         if message["Type"] == "SubscriptionConfirmation":
@@ -58,7 +58,7 @@ def ses() -> Response:
             return _answer("not an SES notification: ignored")
         events = hooks.ses_events(notification if isinstance(notification, dict) else {})
         hooks.apply_events(session, config, services.clock, events, "ses")
-    except hooks.WebhookRefused as err:
+    except hooks.WebhookRefusedError as err:
         return _refused(err)
     except OSError as err:
         return _answer(f"cannot reach SNS: {err}", 502)
@@ -76,13 +76,13 @@ def mailgun() -> Response:
     try:
         body = hooks.parse_json(request.get_data())
         if not isinstance(body, dict):
-            raise hooks.WebhookRefused(400, "expected a Mailgun webhook")
+            raise hooks.WebhookRefusedError(400, "expected a Mailgun webhook")
         now = services.clock()
         token = hooks.verify_mailgun(body.get("signature") or {}, config, now)
         hooks.remember_once(session, f"mailgun:{token}", now, config["WEBHOOK_MAX_AGE"])
         events = hooks.mailgun_events(body.get("event-data") or {})
         hooks.apply_events(session, config, services.clock, events, "mailgun")
-    except hooks.WebhookRefused as err:
+    except hooks.WebhookRefusedError as err:
         return _refused(err)
     return _answer("ok")
 
@@ -102,14 +102,14 @@ def postmark() -> Response:
         hooks.verify_postmark(credentials, config)
         body = hooks.parse_json(request.get_data())
         if not isinstance(body, dict):
-            raise hooks.WebhookRefused(400, "expected a Postmark webhook")
+            raise hooks.WebhookRefusedError(400, "expected a Postmark webhook")
         now = services.clock()
         events, event_id, when = hooks.postmark_event(body)
         hooks.check_fresh(when, now, config["WEBHOOK_MAX_AGE"])
         hooks.remember_once(session, f"postmark:{body.get('RecordType')}:{event_id}", now,
                             config["WEBHOOK_MAX_AGE"])
         hooks.apply_events(session, config, services.clock, events, "postmark")
-    except hooks.WebhookRefused as err:
+    except hooks.WebhookRefusedError as err:
         return _refused(err)
     return _answer("ok")
 

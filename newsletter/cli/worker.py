@@ -10,7 +10,10 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
+from .base import register
 
+
+@register
 @click.command("worker")
 @click.option("--status", is_flag=True,
               help="Print what the workers last reported (last tick, next tick, last error) "
@@ -20,9 +23,9 @@ from flask.cli import with_appcontext
 def worker_command(status: bool, as_json: bool) -> None:
     """Run the worker: the scheduled digest (NEWSLETTER_DIGEST_SCHEDULE), post polling, the
     outbox, daily purge and queued jobs. Stops cleanly on SIGTERM or Ctrl-C."""
-    from .db import db
-    from .services import get_services
-    from .worker import Worker, worker_status
+    from ..db import db
+    from ..services import get_services
+    from ..worker import Worker, worker_status
 
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     if status:
@@ -41,6 +44,7 @@ def worker_command(status: bool, as_json: bool) -> None:
     Worker(app).run()
 
 
+@register
 @click.command("serve")
 @click.option("--bind", default="127.0.0.1:8000", show_default=True, metavar="HOST:PORT",
               help="Where the web server listens (behind a TLS proxy).")
@@ -52,7 +56,7 @@ def worker_command(status: bool, as_json: bool) -> None:
 def serve_command(bind: str, workers: int, no_worker: bool) -> None:
     """Run the whole service: a production web server plus one worker, stopped together by
     SIGTERM or Ctrl-C. Run `newsletter init-db` first."""
-    from .serve import ServeError, serve
+    from ..serve import ServeError, serve
 
     try:
         code = serve(bind, workers, with_worker=not no_worker)
@@ -60,5 +64,3 @@ def serve_command(bind: str, workers: int, no_worker: bool) -> None:
         raise click.ClickException(str(err)) from None
     sys.exit(code)
 
-
-COMMANDS = [worker_command, serve_command]
