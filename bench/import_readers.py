@@ -44,8 +44,14 @@ def write_csv(path: Path, rows: int) -> None:
             else:
                 email = f"Reader.{i}@Example{i % 97}.com"
             when = start + timedelta(minutes=(37 * i) % (6 * 365 * 24 * 60))
-            writer.writerow([email, f"Reader {i}" if i % 3 else "", when.date().isoformat(),
-                             f"https://blog.example.com/posts/{i % 250}"])
+            writer.writerow(
+                [
+                    email,
+                    f"Reader {i}" if i % 3 else "",
+                    when.date().isoformat(),
+                    f"https://blog.example.com/posts/{i % 250}",
+                ]
+            )
 
 
 def run_one(rows: int) -> None:
@@ -62,32 +68,48 @@ def run_one(rows: int) -> None:
         from newsletter.readers import import_readers
         from newsletter.services import get_services
 
-        app = create_app({"TESTING": True, "SECRET_KEY": "bench",
-                          "DATABASE_URL": f"sqlite:///{work / 'bench.sqlite'}",
-                          "OUTBOX_SEND_AFTER_REQUEST": False})
+        app = create_app(
+            {
+                "TESTING": True,
+                "SECRET_KEY": "bench",
+                "DATABASE_URL": f"sqlite:///{work / 'bench.sqlite'}",
+                "OUTBOX_SEND_AFTER_REQUEST": False,
+            }
+        )
         upgrade_schema(app)
         with app.app_context():
             before = peak_rss_mib()
             started = time.perf_counter()
-            report = import_readers(db.session, get_services(app), csv_path,
-                                    consent_note="benchmark list", skip_invalid=True)
+            report = import_readers(
+                db.session,
+                get_services(app),
+                csv_path,
+                consent_note="benchmark list",
+                skip_invalid=True,
+            )
             elapsed = time.perf_counter() - started
             after = peak_rss_mib()
             db.session.remove()
             db.engine.dispose()
         size = csv_path.stat().st_size / 2**20
-        print(f"{rows:>9,} rows ({size:5.1f} MiB CSV): {elapsed:6.2f} s, "
-              f"{rows / elapsed:9,.0f} rows/s; peak RSS {before:6.1f} MiB before, "
-              f"{after:6.1f} MiB after (+{after - before:.1f}); added {report.added:,}, "
-              f"duplicates {report.duplicates.count:,}, invalid {report.invalid.count:,}",
-              flush=True)
+        print(
+            f"{rows:>9,} rows ({size:5.1f} MiB CSV): {elapsed:6.2f} s, "
+            f"{rows / elapsed:9,.0f} rows/s; peak RSS {before:6.1f} MiB before, "
+            f"{after:6.1f} MiB after (+{after - before:.1f}); added {report.added:,}, "
+            f"duplicates {report.duplicates.count:,}, invalid {report.invalid.count:,}",
+            flush=True,
+        )
 
 
 def main() -> None:
     """Run each size in a child process of its own."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, action="append",
-                        help="rows to import (repeatable; default 10,000 and 100,000)")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        action="append",
+        help="rows to import (repeatable; default 10,000 and 100,000)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

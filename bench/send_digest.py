@@ -64,8 +64,11 @@ def free_port() -> int:
 
 
 def find_smtp_sink() -> str:
-    for candidate in (shutil.which("smtp-sink"), "/usr/sbin/smtp-sink",
-                      "/usr/lib/postfix/sbin/smtp-sink"):
+    for candidate in (
+        shutil.which("smtp-sink"),
+        "/usr/sbin/smtp-sink",
+        "/usr/lib/postfix/sbin/smtp-sink",
+    ):
         if candidate and Path(candidate).exists():
             return candidate
     sys.exit("smtp-sink not found: install it with `apt-get install postfix` (Debian/Ubuntu)")
@@ -75,8 +78,11 @@ def start_smtp_sink() -> tuple[subprocess.Popen[bytes], int]:
     """Postfix's smtp-sink on 127.0.0.1: accepts every message and throws it away."""
     port = free_port()
     user = ["-u", "nobody"] if os.geteuid() == 0 else []  # it refuses to run as root without
-    process = subprocess.Popen([find_smtp_sink(), *user, f"127.0.0.1:{port}", "256"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [find_smtp_sink(), *user, f"127.0.0.1:{port}", "256"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with socket.socket() as probe:
@@ -115,14 +121,17 @@ def make_app(env: dict[str, str]) -> Any:
     return create_app()
 
 
-PARAGRAPH = ("Rest is not a reward for finishing the list; it is part of the work. Today we "
-             "look at what happens in the body when rest becomes a daily practice, and at "
-             "three small ways to begin: a slower morning, a walk without the phone, and "
-             "five breaths at the kitchen table before the evening starts. ")
+PARAGRAPH = (
+    "Rest is not a reward for finishing the list; it is part of the work. Today we "
+    "look at what happens in the body when rest becomes a daily practice, and at "
+    "three small ways to begin: a slower morning, a walk without the phone, and "
+    "five breaths at the kitchen table before the evening starts. "
+)
 
 
-def prepare(workdir: Path, port: int, readers: int,
-            database_url: str | None = None) -> dict[str, str]:
+def prepare(
+    workdir: Path, port: int, readers: int, database_url: str | None = None
+) -> dict[str, str]:
     """A database with ``readers`` confirmed readers and five new posts, ready for a digest."""
     from sqlalchemy import insert
 
@@ -139,17 +148,30 @@ def prepare(workdir: Path, port: int, readers: int,
             f"---\ntitle: A calm post number {n + 1}\ndate: 2024-0{n + 1}-01\n"
             f"subtitle: Small steps towards a slower week\n"
             f"image: https://blog.example.com/images/{n}.jpg\n---\n\n"
-            + "\n\n".join([PARAGRAPH] * 4) + "\n", encoding="utf-8")
+            + "\n\n".join([PARAGRAPH] * 4)
+            + "\n",
+            encoding="utf-8",
+        )
     env = settings(workdir, port, database_url)
     app = make_app(env)
     upgrade_schema(app)
     with app.app_context():
         now = datetime.now(UTC)
         for start in range(0, readers, 10_000):
-            db.session.execute(insert(Subscriber), [
-                {"email": f"reader{n}@example.com", "name": f"Reader {n}" if n % 3 else None,
-                 "status": "confirmed", "token_generation": 0, "created_at": now,
-                 "updated_at": now} for n in range(start, min(readers, start + 10_000))])
+            db.session.execute(
+                insert(Subscriber),
+                [
+                    {
+                        "email": f"reader{n}@example.com",
+                        "name": f"Reader {n}" if n % 3 else None,
+                        "status": "confirmed",
+                        "token_generation": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for n in range(start, min(readers, start + 10_000))
+                ],
+            )
         db.session.commit()
         sync_posts(db.session, get_services(app), backfill=POSTS)  # all five are new
         db.session.remove()
@@ -171,10 +193,22 @@ def run_send_digest(env: dict[str, str], connections: int, *extra: str) -> Comma
     environment.update(env)
     started = time.monotonic()
     child = subprocess.Popen(
-        [sys.executable, "-c", "from newsletter.cli import main; main()", "send-digest",
-         "--yes", "--connections", str(connections), *extra],
-        env=environment, cwd=Path(env["NEWSLETTER_INSTANCE_PATH"]).parent,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "from newsletter.cli import main; main()",
+            "send-digest",
+            "--yes",
+            "--connections",
+            str(connections),
+            *extra,
+        ],
+        env=environment,
+        cwd=Path(env["NEWSLETTER_INSTANCE_PATH"]).parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out = child.stdout.read() if child.stdout else ""
     err = child.stderr.read() if child.stderr else ""
     _, status, usage = os.wait4(child.pid, 0)
@@ -185,8 +219,9 @@ def run_send_digest(env: dict[str, str], connections: int, *extra: str) -> Comma
     match = re.search(r"sent ([\d,]+), .* in ([\d.]+)s", out)
     if not match:
         sys.exit(f"unexpected send-digest output:\n{out}")
-    return CommandRun(int(match.group(1).replace(",", "")), float(match.group(2)), wall,
-                      usage.ru_maxrss / 1024)  # kilobytes on Linux
+    return CommandRun(
+        int(match.group(1).replace(",", "")), float(match.group(2)), wall, usage.ru_maxrss / 1024
+    )  # kilobytes on Linux
 
 
 def sample_message(env: dict[str, str]) -> bytes:
@@ -251,26 +286,36 @@ def naive_loop(env: dict[str, str], port: int, count: int) -> float:
         posts = list(db.session.scalars(select(Post).where(Post.campaign_id == campaign_id)))
         rows = db.session.execute(
             select(Delivery.id, Subscriber.id, Subscriber.email, Subscriber.name)
-            .join(Subscriber).where(Delivery.campaign_id == campaign_id)
-            .order_by(Delivery.id).limit(count)).all()
+            .join(Subscriber)
+            .where(Delivery.campaign_id == campaign_id)
+            .order_by(Delivery.id)
+            .limit(count)
+        ).all()
         started = time.monotonic()
         for delivery_id, subscriber_id, email, name in rows:
             unsubscribe = services.public_url(
-                f"unsubscribe/{services.tokens.unsubscribe_token(subscriber_id)}")
+                f"unsubscribe/{services.tokens.unsubscribe_token(subscriber_id)}"
+            )
             rendered = digest.render_digest(posts, services)  # Jinja2 + premailer, per reader
-            html = rendered.html.replace(placeholders.GREETING, reader_greeting(name)) \
-                .replace(placeholders.UNSUBSCRIBE_URL, unsubscribe)
-            text = rendered.text.replace(placeholders.GREETING, reader_greeting(name)) \
-                .replace(placeholders.UNSUBSCRIBE_URL, unsubscribe)
+            html = rendered.html.replace(placeholders.GREETING, reader_greeting(name)).replace(
+                placeholders.UNSUBSCRIBE_URL, unsubscribe
+            )
+            text = rendered.text.replace(placeholders.GREETING, reader_greeting(name)).replace(
+                placeholders.UNSUBSCRIBE_URL, unsubscribe
+            )
             message = build_message(
-                type(rendered)(rendered.subject, html, text), sender=SENDER,
-                sender_name=config["MAIL_FROM_NAME"], recipient=email,
-                headers=list_headers(config, unsubscribe))
+                type(rendered)(rendered.subject, html, text),
+                sender=SENDER,
+                sender_name=config["MAIL_FROM_NAME"],
+                recipient=email,
+                headers=list_headers(config, unsubscribe),
+            )
             smtp = smtplib.SMTP("127.0.0.1", port)
             smtp.sendmail(SENDER, [str(email)], bytes(message))
             smtp.quit()
-            db.session.execute(update(Delivery).where(Delivery.id == delivery_id)
-                               .values(status="sent"))
+            db.session.execute(
+                update(Delivery).where(Delivery.id == delivery_id).values(status="sent")
+            )
             db.session.commit()
         rate = len(rows) / (time.monotonic() - started)
         db.engine.dispose()
@@ -289,9 +334,16 @@ def status_writes(env: dict[str, str], readers: int) -> tuple[float, float]:
     app = make_app(env)
     with app.app_context():
         now = datetime.now(UTC)
-        campaign = Campaign(kind="digest", subject="status writes", preheader=None,
-                            content_hash="0" * 64, status="sending", created_at=now,
-                            html="", text="")
+        campaign = Campaign(
+            kind="digest",
+            subject="status writes",
+            preheader=None,
+            content_hash="0" * 64,
+            status="sending",
+            created_at=now,
+            html="",
+            text="",
+        )
         db.session.add(campaign)
         db.session.flush()
         started = time.monotonic()
@@ -299,12 +351,15 @@ def status_writes(env: dict[str, str], readers: int) -> tuple[float, float]:
         db.session.commit()
         plan_seconds = time.monotonic() - started
         assert planned == readers, planned
-        ids = list(db.session.scalars(select(Delivery.id).where(
-            Delivery.campaign_id == campaign.id).order_by(Delivery.id)))
+        ids = list(
+            db.session.scalars(
+                select(Delivery.id).where(Delivery.campaign_id == campaign.id).order_by(Delivery.id)
+            )
+        )
         db.session.commit()
         started = time.monotonic()
         for start in range(0, len(ids), ID_CHUNK):
-            mark_sent(db.session, ids[start:start + ID_CHUNK], now)
+            mark_sent(db.session, ids[start : start + ID_CHUNK], now)
             db.session.commit()
         write_seconds = time.monotonic() - started
         db.engine.dispose()
@@ -322,8 +377,11 @@ def postgres_schema(url: str, name: str, *, drop: bool = False) -> str:
         if not drop:
             connection.execute(text(f'CREATE SCHEMA "{name}"'))
     admin.dispose()
-    return make_url(url).update_query_dict({"options": f"-csearch_path={name}"}) \
+    return (
+        make_url(url)
+        .update_query_dict({"options": f"-csearch_path={name}"})
         .render_as_string(hide_password=False)
+    )
 
 
 def postgres_marks(env: dict[str, str], count: int) -> float:
@@ -350,24 +408,38 @@ def postgres_marks(env: dict[str, str], count: int) -> float:
     return seconds * count / len(ids)
 
 
-def postgres_rows(url: str, workdir: Path, port: int, readers: int,
-                  connections: int) -> list[tuple[str, str, str, Any]]:
+def postgres_rows(
+    url: str, workdir: Path, port: int, readers: int, connections: int
+) -> list[tuple[str, str, str, Any]]:
     """send-digest on PostgreSQL: one process, then --workers 2; the 250 marks' cost."""
     rows: list[tuple[str, str, str, Any]] = []
     runs = [("one sender process", ()), ("--workers 2", ("--workers", "2"))]
     try:
         for n, (label, extra) in enumerate(runs):
-            env = prepare(workdir / f"pg{n}", port, readers,
-                          postgres_schema(url, "newsletter_bench"))
+            env = prepare(
+                workdir / f"pg{n}", port, readers, postgres_schema(url, "newsletter_bench")
+            )
             run = run_send_digest(env, connections, *extra)
-            rows.append((f"PostgreSQL: send-digest, {readers:,} readers, {label}, "
-                         f"{connections} connections each (whole command "
-                         f"{run.wall_seconds:.1f}s)", f"{run.sent / run.send_seconds:,.0f} msg/s",
-                         "", ""))
+            rows.append(
+                (
+                    f"PostgreSQL: send-digest, {readers:,} readers, {label}, "
+                    f"{connections} connections each (whole command "
+                    f"{run.wall_seconds:.1f}s)",
+                    f"{run.sent / run.send_seconds:,.0f} msg/s",
+                    "",
+                    "",
+                )
+            )
         marks = postgres_marks(env, min(readers, 10_000))
-        rows.append(("PostgreSQL: 250 marks per 100,000, one autocommit UPDATE each "
-                     "(synchronous_commit off), one connection",
-                     f"{marks * 100_000 / min(readers, 10_000):.1f} s", "", ""))
+        rows.append(
+            (
+                "PostgreSQL: 250 marks per 100,000, one autocommit UPDATE each "
+                "(synchronous_commit off), one connection",
+                f"{marks * 100_000 / min(readers, 10_000):.1f} s",
+                "",
+                "",
+            )
+        )
     finally:
         postgres_schema(url, "newsletter_bench", drop=True)
     return rows
@@ -381,9 +453,11 @@ def machine() -> str:
                 model = line.split(":", 1)[1].strip()
                 break
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{os.cpu_count()} cores ({model}), {memory:.0f} GB RAM, {platform.system()} "
-            f"{platform.release()}, Python {platform.python_version()}, "
-            f"SQLite {sqlite3.sqlite_version}")
+    return (
+        f"{os.cpu_count()} cores ({model}), {memory:.0f} GB RAM, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}, "
+        f"SQLite {sqlite3.sqlite_version}"
+    )
 
 
 def main() -> None:
@@ -392,8 +466,11 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=100_000, help="readers for the memory run")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--naive", type=int, default=300, help="readers in the naive sample")
-    parser.add_argument("--postgres", metavar="URL",
-                        help="also measure on this PostgreSQL database (in a schema of its own)")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="also measure on this PostgreSQL database (in a schema of its own)",
+    )
     args = parser.parse_args()
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
 
@@ -411,8 +488,11 @@ def main() -> None:
         bare = max(bare, bare_smtplib_loop(port, message, args.readers, args.connections))
         naive = naive_loop(small, port, args.naive)
         plan_seconds, write_seconds = status_writes(big, args.big)
-        postgres = (postgres_rows(args.postgres, workdir, port, args.readers, args.connections)
-                    if args.postgres else [])
+        postgres = (
+            postgres_rows(args.postgres, workdir, port, args.readers, args.connections)
+            if args.postgres
+            else []
+        )
     finally:
         sink.send_signal(signal.SIGTERM)
         sink.wait()
@@ -421,27 +501,59 @@ def main() -> None:
     rate = engine.sent / engine.send_seconds
     per_100k = 100_000 / args.big
     rows = [
-        (f"send-digest, {args.readers:,} readers, {args.connections} connections "
-         f"(sending phase; whole command {engine.wall_seconds:.1f}s)",
-         f"{rate:,.0f} msg/s", "", ""),
-        (f"bare smtplib loop, same {len(message) / 1024:.0f} KB message, "
-         f"{args.connections} reused connections", f"{bare:,.0f} msg/s", "", ""),
+        (
+            f"send-digest, {args.readers:,} readers, {args.connections} connections "
+            f"(sending phase; whole command {engine.wall_seconds:.1f}s)",
+            f"{rate:,.0f} msg/s",
+            "",
+            "",
+        ),
+        (
+            f"bare smtplib loop, same {len(message) / 1024:.0f} KB message, "
+            f"{args.connections} reused connections",
+            f"{bare:,.0f} msg/s",
+            "",
+            "",
+        ),
         ("send-digest / bare loop", f"{rate / bare:.2f}", ">= 0.90", rate / bare >= 0.9),
-        (f"naive loop (render+inline, connection and commit per reader), {args.naive} readers",
-         f"{naive:,.1f} msg/s", "", ""),
+        (
+            f"naive loop (render+inline, connection and commit per reader), {args.naive} readers",
+            f"{naive:,.1f} msg/s",
+            "",
+            "",
+        ),
         ("send-digest / naive loop", f"{rate / naive:,.0f}x", ">= 50x", rate / naive >= 50),
-        (f"peak RSS of send-digest, {args.readers:,} readers", f"{engine.peak_rss_mb:.0f} MB",
-         "", ""),
-        (f"peak RSS of send-digest, {args.big:,} readers "
-         f"({engine_big.sent / engine_big.send_seconds:,.0f} msg/s)",
-         f"{engine_big.peak_rss_mb:.0f} MB", "<= 150 MB", engine_big.peak_rss_mb <= 150),
-        (f"peak RSS ratio, {args.big:,} / {args.readers:,}",
-         f"{engine_big.peak_rss_mb / engine.peak_rss_mb:.2f}",
-         "<= 1.20", engine_big.peak_rss_mb / engine.peak_rss_mb <= 1.2),
-        ("status writes per 100,000 (UPDATE ... WHERE id IN (500 ids), commit each)",
-         f"{write_seconds * per_100k:.2f} s", "a few s", write_seconds * per_100k <= 5),
-        ("planning per 100,000 (one INSERT ... SELECT)", f"{plan_seconds * per_100k:.2f} s",
-         "", ""),
+        (
+            f"peak RSS of send-digest, {args.readers:,} readers",
+            f"{engine.peak_rss_mb:.0f} MB",
+            "",
+            "",
+        ),
+        (
+            f"peak RSS of send-digest, {args.big:,} readers "
+            f"({engine_big.sent / engine_big.send_seconds:,.0f} msg/s)",
+            f"{engine_big.peak_rss_mb:.0f} MB",
+            "<= 150 MB",
+            engine_big.peak_rss_mb <= 150,
+        ),
+        (
+            f"peak RSS ratio, {args.big:,} / {args.readers:,}",
+            f"{engine_big.peak_rss_mb / engine.peak_rss_mb:.2f}",
+            "<= 1.20",
+            engine_big.peak_rss_mb / engine.peak_rss_mb <= 1.2,
+        ),
+        (
+            "status writes per 100,000 (UPDATE ... WHERE id IN (500 ids), commit each)",
+            f"{write_seconds * per_100k:.2f} s",
+            "a few s",
+            write_seconds * per_100k <= 5,
+        ),
+        (
+            "planning per 100,000 (one INSERT ... SELECT)",
+            f"{plan_seconds * per_100k:.2f} s",
+            "",
+            "",
+        ),
         *postgres,
     ]
     print()

@@ -28,8 +28,9 @@ from sqlalchemy import create_engine, text
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-POSTGRES_URL = os.environ.get("NEWSLETTER_BENCH_POSTGRES_URL",
-                              "postgresql+psycopg://root@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "NEWSLETTER_BENCH_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
+)
 
 
 def free_port() -> int:
@@ -44,13 +45,18 @@ def start_mail_sink(workdir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
     sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
     if Path(sink).exists():
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
-        process = subprocess.Popen([sink, *user, "-8", f"127.0.0.1:{port}", "512"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sink, *user, "-8", f"127.0.0.1:{port}", "512"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         kind = "smtp-sink"
     else:
-        code = ("import sys,time; from pathlib import Path; from newsletter.mailcatcher import "
-                "MailCatcher; MailCatcher(Path(sys.argv[1]), port=int(sys.argv[2])).start(); "
-                "time.sleep(10**6)")
+        code = (
+            "import sys,time; from pathlib import Path; from newsletter.mailcatcher import "
+            "MailCatcher; MailCatcher(Path(sys.argv[1]), port=int(sys.argv[2])).start(); "
+            "time.sleep(10**6)"
+        )
         process = subprocess.Popen([sys.executable, "-c", code, str(workdir / "mail"), str(port)])
         kind = "aiosmtpd catcher"
     wait_for_port(port)
@@ -86,16 +92,25 @@ def count_rows(url: str) -> dict[str, int]:
     with engine.connect() as connection:
         counts = {
             "readers": connection.scalar(text("SELECT count(*) FROM subscribers")),
-            "requested events": connection.scalar(text(
-                "SELECT count(*) FROM consent_events WHERE kind = 'requested'")),
-            "confirmation emails": connection.scalar(text(
-                "SELECT count(*) FROM outbox WHERE kind = 'confirmation'")),
-            "readers without exactly one event": connection.scalar(text(
-                "SELECT count(*) FROM subscribers s WHERE (SELECT count(*) FROM consent_events e"
-                " WHERE e.subscriber_id = s.id AND e.kind = 'requested') <> 1")),
-            "readers without exactly one email": connection.scalar(text(
-                "SELECT count(*) FROM subscribers s WHERE (SELECT count(*) FROM outbox o"
-                " WHERE o.subscriber_id = s.id AND o.kind = 'confirmation') <> 1")),
+            "requested events": connection.scalar(
+                text("SELECT count(*) FROM consent_events WHERE kind = 'requested'")
+            ),
+            "confirmation emails": connection.scalar(
+                text("SELECT count(*) FROM outbox WHERE kind = 'confirmation'")
+            ),
+            "readers without exactly one event": connection.scalar(
+                text(
+                    "SELECT count(*) FROM subscribers s WHERE "
+                    "(SELECT count(*) FROM consent_events e"
+                    " WHERE e.subscriber_id = s.id AND e.kind = 'requested') <> 1"
+                )
+            ),
+            "readers without exactly one email": connection.scalar(
+                text(
+                    "SELECT count(*) FROM subscribers s WHERE (SELECT count(*) FROM outbox o"
+                    " WHERE o.subscriber_id = s.id AND o.kind = 'confirmation') <> 1"
+                )
+            ),
         }
     engine.dispose()
     return {k: int(v or 0) for k, v in counts.items()}
@@ -112,12 +127,14 @@ def parse_wrk(output: str) -> dict[str, float]:
     requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
     errors = sum(int(x) for x in socket_errors.groups()) if socket_errors else 0
     return {
         "requests": requests,
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
-        "p50": latency("50"), "p99": latency("99"),
+        "p50": latency("50"),
+        "p99": latency("99"),
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
         "socket_errors": errors,
     }
@@ -128,30 +145,63 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, object]:
     sink, sink_port, sink_kind = start_mail_sink(workdir)
     url = prepare_database(kind, workdir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    env.update({
-        "NEWSLETTER_SECRET_KEY": "benchmark-secret-not-for-production-use", "NEWSLETTER_DATABASE_URL": url,
-        "NEWSLETTER_INSTANCE_PATH": str(workdir / "instance"),
-        "NEWSLETTER_SMTP_HOST": "127.0.0.1", "NEWSLETTER_SMTP_PORT": str(sink_port),
-        "NEWSLETTER_PROXY_COUNT": "1", "NEWSLETTER_PUBLIC_URL": "http://127.0.0.1",
-        "NEWSLETTER_SITE_NAME": "Calm Corner", "NEWSLETTER_MAIL_FROM": "hello@example.com",
-    })
+    env.update(
+        {
+            "NEWSLETTER_SECRET_KEY": "benchmark-secret-not-for-production-use",
+            "NEWSLETTER_DATABASE_URL": url,
+            "NEWSLETTER_INSTANCE_PATH": str(workdir / "instance"),
+            "NEWSLETTER_SMTP_HOST": "127.0.0.1",
+            "NEWSLETTER_SMTP_PORT": str(sink_port),
+            "NEWSLETTER_PROXY_COUNT": "1",
+            "NEWSLETTER_PUBLIC_URL": "http://127.0.0.1",
+            "NEWSLETTER_SITE_NAME": "Calm Corner",
+            "NEWSLETTER_MAIL_FROM": "hello@example.com",
+        }
+    )
     env.update(dict(item.split("=", 1) for item in args.env))
     newsletter = [sys.executable, "-c", "from newsletter.cli import main; main()"]
-    subprocess.run([*newsletter, "init-db"], env=env, cwd=workdir, check=True,
-                   capture_output=True)
+    subprocess.run([*newsletter, "init-db"], env=env, cwd=workdir, check=True, capture_output=True)
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--workers", str(args.workers),
-         "--worker-class", args.worker_class, "--threads", str(args.threads), "--bind",
-         f"127.0.0.1:{port}", "--chdir", str(ROOT), "--log-level", "warning", "app:app"],
-        env=env, cwd=workdir)
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--workers",
+            str(args.workers),
+            "--worker-class",
+            args.worker_class,
+            "--threads",
+            str(args.threads),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--chdir",
+            str(ROOT),
+            "--log-level",
+            "warning",
+            "app:app",
+        ],
+        env=env,
+        cwd=workdir,
+    )
     try:
         wait_for_port(port)
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10).read()
         result = subprocess.run(
-            ["wrk", "-t2", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
-             "-s", str(HERE / "subscribe.lua"), f"http://127.0.0.1:{port}/subscribe"],
-            capture_output=True, text=True, check=True)
+            [
+                "wrk",
+                "-t2",
+                f"-c{args.connections}",
+                f"-d{args.duration}s",
+                "--latency",
+                "-s",
+                str(HERE / "subscribe.lua"),
+                f"http://127.0.0.1:{port}/subscribe",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -182,12 +232,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=20, help="seconds of load per database")
     parser.add_argument("--connections", type=int, default=6)
-    parser.add_argument("--workers", type=int, default=2,
-                        help="gunicorn worker processes (one per core here)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="gunicorn worker processes (one per core here)"
+    )
     parser.add_argument("--only", choices=["sqlite", "postgresql"])
     parser.add_argument("--verbose", action="store_true")
-    parser.add_argument("--env", action="append", default=[], metavar="NEWSLETTER_X=VALUE",
-                        help="an extra setting for the server (repeatable)")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NEWSLETTER_X=VALUE",
+        help="an extra setting for the server (repeatable)",
+    )
     parser.add_argument("--worker-class", default="sync", help="gunicorn worker class")
     parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker")
     args = parser.parse_args()
@@ -201,10 +257,14 @@ def main() -> None:
             continue
         figures = run(kind, args)
         rows.append((kind, figures))
-    print(f"\nPOST /subscribe, gunicorn --workers {args.workers}, wrk -t2 -c{args.connections} "
-          f"-d{args.duration}s, {os.cpu_count()} cores")
-    print("| database | requests/s | median ms | p99 ms | errors | accepted | readers | "
-          "events | emails | rows check |")
+    print(
+        f"\nPOST /subscribe, gunicorn --workers {args.workers}, wrk -t2 -c{args.connections} "
+        f"-d{args.duration}s, {os.cpu_count()} cores"
+    )
+    print(
+        "| database | requests/s | median ms | p99 ms | errors | accepted | readers | "
+        "events | emails | rows check |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     failed = False
     for kind, f in rows:
@@ -213,14 +273,18 @@ def main() -> None:
         # wrk stops counting at the deadline; requests still in flight then (at most one per
         # connection) are served and stored but not counted as accepted.
         in_flight = counts["readers"] - int(f["accepted"])  # type: ignore[index, call-overload]
-        ok = (counts["readers"] == counts["requested events"] == counts["confirmation emails"]  # type: ignore[index]
-              and 0 <= in_flight <= args.connections
-              and counts["readers without exactly one event"] == 0  # type: ignore[index]
-              and counts["readers without exactly one email"] == 0)  # type: ignore[index]
+        ok = (
+            counts["readers"] == counts["requested events"] == counts["confirmation emails"]  # type: ignore[index]
+            and 0 <= in_flight <= args.connections
+            and counts["readers without exactly one event"] == 0  # type: ignore[index]
+            and counts["readers without exactly one email"] == 0
+        )  # type: ignore[index]
         failed |= not ok
-        print(f"| {kind} | {f['rps']:.0f} | {f['p50']:.1f} | {f['p99']:.1f} | {errors} | "
-              f"{f['accepted']} | {counts['readers']} | {counts['requested events']} | "  # type: ignore[index]
-              f"{counts['confirmation emails']} | {'ok' if ok else 'MISMATCH'} |")  # type: ignore[index]
+        print(
+            f"| {kind} | {f['rps']:.0f} | {f['p50']:.1f} | {f['p99']:.1f} | {errors} | "
+            f"{f['accepted']} | {counts['readers']} | {counts['requested events']} | "  # type: ignore[index]
+            f"{counts['confirmation emails']} | {'ok' if ok else 'MISMATCH'} |"
+        )  # type: ignore[index]
     print(f"(mail went to {rows[0][1]['sink'] if rows else '-'})")
     sys.exit(1 if failed else 0)
 

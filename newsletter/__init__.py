@@ -11,20 +11,13 @@ from flask import Flask
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app: configuration, database, services, routes and commands."""
-    from . import (  # noqa: F401
-        cli,
-        config,
-        db,
-        demo,
-        services,
-        web,
-        worker_models,
-    )
+    from . import cli, config, db, demo, services, web, worker_models  # noqa: F401
     from .outbox import OutboxSender
 
     instance = os.environ.get("NEWSLETTER_INSTANCE_PATH") or str(Path.cwd() / "instance")
-    app = Flask(__name__, instance_path=str(Path(instance).resolve()),
-                instance_relative_config=True)
+    app = Flask(
+        __name__, instance_path=str(Path(instance).resolve()), instance_relative_config=True
+    )
     overrides = dict(test_config or {})
     if config.running_demo() and "DEMO" not in overrides:
         overrides["DEMO"] = True

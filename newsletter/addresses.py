@@ -17,7 +17,8 @@ class InvalidAddressError(NewsletterError, ValueError):
 
 
 def normalise_address(raw: object) -> str:
-    """Return the canonical form of one address (domain lower-cased, IDNA) or raise InvalidAddressError.
+    """Return the canonical form of one address (domain lower-cased, IDNA), or raise
+    InvalidAddressError.
 
     The local part is lower-cased too: nearly every mail system treats it case-insensitively,
     and two readers differing only in case would be a surprise to the author.
@@ -33,8 +34,12 @@ def normalise_address(raw: object) -> str:
         raise InvalidAddressError("That email address is too long.")
     try:
         result = validate_email(
-            text, check_deliverability=False, allow_smtputf8=False, allow_quoted_local=False,
-            allow_domain_literal=False, allow_display_name=False,
+            text,
+            check_deliverability=False,
+            allow_smtputf8=False,
+            allow_quoted_local=False,
+            allow_domain_literal=False,
+            allow_display_name=False,
         )
     except EmailNotValidError as err:
         raise InvalidAddressError(f"That doesn't look like an email address: {err}") from None

@@ -100,15 +100,17 @@ class AlreadySentError(CampaignError):
         super().__init__(
             f"this announcement (the same subject and body) was already sent as campaign "
             f"{campaign_id} on {created_at:%Y-%m-%d %H:%M} UTC; to send it to everyone once "
-            "more, add --again")
+            "more, add --again"
+        )
         self.campaign_id = campaign_id
 
 
 # --- the file ---------------------------------------------------------------------------------
 
 _FRONT_MATTER_START = re.compile(r"---[ \t]*\r?\n")
-_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*\r?$\n?",
-                           re.DOTALL | re.MULTILINE)
+_FRONT_MATTER = re.compile(
+    r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*\r?$\n?", re.DOTALL | re.MULTILINE
+)
 
 
 @dataclass(frozen=True)
@@ -150,44 +152,60 @@ def read_announcement(path: str | Path) -> Announcement:
         raise CampaignFileError(
             f"{path}: unknown front matter key{'s' if len(unknown) > 1 else ''} "
             f"{', '.join(repr(k) for k in unknown)}; an announcement takes subject and "
-            "preheader")
+            "preheader"
+        )
     subject = _one_line(meta.get("subject"), "subject", path)
     if not subject:
-        raise CampaignFileError(f"{path}: the front matter has no subject; add a line like "
-                                "`subject: The new book is here`")
+        raise CampaignFileError(
+            f"{path}: the front matter has no subject; add a line like "
+            "`subject: The new book is here`"
+        )
     if len(subject) > SUBJECT_LIMIT:
-        raise CampaignFileError(f"{path}: the subject is {len(subject)} characters long, over "
-                                f"the limit of {SUBJECT_LIMIT}; shorten it (under 80 reads best)")
+        raise CampaignFileError(
+            f"{path}: the subject is {len(subject)} characters long, over "
+            f"the limit of {SUBJECT_LIMIT}; shorten it (under 80 reads best)"
+        )
     if not body.strip():
-        raise CampaignFileError(f"{path}: there is no text after the front matter; write the "
-                                "announcement below the closing --- line")
-    return Announcement(path=path, subject=subject,
-                        preheader=_one_line(meta.get("preheader"), "preheader", path) or None,
-                        body=body)
+        raise CampaignFileError(
+            f"{path}: there is no text after the front matter; write the "
+            "announcement below the closing --- line"
+        )
+    return Announcement(
+        path=path,
+        subject=subject,
+        preheader=_one_line(meta.get("preheader"), "preheader", path) or None,
+        body=body,
+    )
 
 
 def _front_matter(content: str, path: Path) -> tuple[dict[Any, Any], str]:
     if not _FRONT_MATTER_START.match(content):
-        raise CampaignFileError(f"{path}: no front matter; start the file with a --- line, "
-                                "then `subject: ...`, then another --- line")
+        raise CampaignFileError(
+            f"{path}: no front matter; start the file with a --- line, "
+            "then `subject: ...`, then another --- line"
+        )
     match = _FRONT_MATTER.match(content)
     if match is None:
-        raise CampaignFileError(f"{path}: the front matter has no closing --- line; add one "
-                                "after the subject")
+        raise CampaignFileError(
+            f"{path}: the front matter has no closing --- line; add one after the subject"
+        )
     try:
         meta = yaml.safe_load(match.group(1))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f"line {mark.line + 2}: " if mark is not None else ""
         problem = " ".join(str(getattr(err, "problem", None) or err).split())
-        raise CampaignFileError(f"{path}: the front matter is not valid YAML ({line}{problem});"
-                                " put a value that holds a colon in quotes") from None
+        raise CampaignFileError(
+            f"{path}: the front matter is not valid YAML ({line}{problem});"
+            " put a value that holds a colon in quotes"
+        ) from None
     if meta is None:
         meta = {}
     if not isinstance(meta, dict):
-        raise CampaignFileError(f"{path}: the front matter must be `key: value` lines "
-                                "(subject, preheader)")
-    return meta, content[match.end():]
+        raise CampaignFileError(
+            f"{path}: the front matter must be `key: value` lines (subject, preheader)"
+        )
+    return meta, content[match.end() :]
 
 
 def _one_line(value: object, key: str, path: Path) -> str:
@@ -256,8 +274,14 @@ class _ButtonFinder(Treeprocessor):
         self.buttons: list[tuple[str, str | None]] = []  # label, href as written
 
     def run(self, root: etree.Element) -> None:
-        alone = [p for p in root.iter("p") if len(p) == 1 and not (p.text or "").strip()
-                 and not (p[0].tail or "").strip() and _is_button_link(p[0])]
+        alone = [
+            p
+            for p in root.iter("p")
+            if len(p) == 1
+            and not (p.text or "").strip()
+            and not (p[0].tail or "").strip()
+            and _is_button_link(p[0])
+        ]
         for paragraph in alone:
             link = paragraph[0]
             label = " ".join("".join(link.itertext()).split())[1:-1].strip()
@@ -310,7 +334,8 @@ def render_markdown(source: str, site_url: str) -> CampaignBody:
         if url is None or not label:
             raise CampaignFileError(
                 f"the button [[{label}]]({href or ''}) needs a label and a web (https://...) "
-                "or mailto: address")
+                "or mailto: address"
+            )
         buttons.append(Button(label=label, url=url))
     content: list[Markup | Button] = []
     pieces = re.split(rf"<p>\s*{token}(\d+)x\s*</p>", html)
@@ -320,12 +345,15 @@ def render_markdown(source: str, site_url: str) -> CampaignBody:
         elif piece.strip():
             content.append(Markup(piece))  # sanitised above
     if not any(isinstance(part, Button) or _has_substance(part) for part in content):
-        raise CampaignFileError("nothing is left of the body once unsafe HTML is removed; "
-                                "write the announcement in Markdown")
+        raise CampaignFileError(
+            "nothing is left of the body once unsafe HTML is removed; "
+            "write the announcement in Markdown"
+        )
     writer = _TextWriter(md.htmlStash.rawHtmlBlocks, base, token, buttons)
     text = writer.document(keeper.tree)
-    return CampaignBody(content=tuple(content), text=text,
-                        first_paragraph=writer.first_paragraph(keeper.tree))
+    return CampaignBody(
+        content=tuple(content), text=text, first_paragraph=writer.first_paragraph(keeper.tree)
+    )
 
 
 def _has_substance(html: str) -> bool:
@@ -335,11 +363,43 @@ def _has_substance(html: str) -> bool:
 
 # The plain-text part is written from the parsed Markdown. Emphasis keeps a plain-text
 # convention (*strong*, _emphasis_); links read "text (url)", as in the digest's text part.
-_BLOCK_TAGS = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "blockquote", "pre", "hr",
-               "table", "div", "dl", "li"}
+_BLOCK_TAGS = {
+    "p",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "ul",
+    "ol",
+    "blockquote",
+    "pre",
+    "hr",
+    "table",
+    "div",
+    "dl",
+    "li",
+}
 # Raw inline HTML whose content is never shown (the sanitiser removes it with its content).
-_HIDDEN_TAGS = {"script", "style", "iframe", "object", "embed", "form", "template", "noscript",
-                "svg", "math", "audio", "video", "canvas", "select", "textarea", "button"}
+_HIDDEN_TAGS = {
+    "script",
+    "style",
+    "iframe",
+    "object",
+    "embed",
+    "form",
+    "template",
+    "noscript",
+    "svg",
+    "math",
+    "audio",
+    "video",
+    "canvas",
+    "select",
+    "textarea",
+    "button",
+}
 _TRAILING_ARROWS = " \t:→⟶➔➜➝➞»›>"
 # A line break the author asked for (<br>, or two spaces at a line's end); other newlines in
 # a paragraph are Markdown's soft breaks and are re-wrapped.
@@ -394,8 +454,9 @@ class _TextWriter:
     """Plain text from the Markdown element tree: underlined headings, wrapped paragraphs,
     "- " and "1. " lists, "> " quotes, indented code, [alt text], "Label: URL" buttons."""
 
-    def __init__(self, stash: Sequence[str], base: str, token: str,
-                 buttons: Sequence[Button]) -> None:
+    def __init__(
+        self, stash: Sequence[str], base: str, token: str, buttons: Sequence[Button]
+    ) -> None:
         self.stash = stash
         self.base = base
         self.button_text = re.compile(rf"^\s*{token}(\d+)x\s*$")
@@ -547,7 +608,7 @@ class _TextWriter:
         position = 0
         for match in HTML_PLACEHOLDER_RE.finditer(words):
             if not self.inline_html.hidden:
-                self.out.append(_plain(words[position:match.start()]))
+                self.out.append(_plain(words[position : match.start()]))
             position = match.end()
             raw = self.stash[int(match.group(1))].strip()
             if raw.startswith("<!--"):
@@ -579,8 +640,11 @@ class _TextWriter:
         lines = []
         for line in words.strip().split(_HARD_BREAK):
             squashed = " ".join(line.split())
-            lines.append(textwrap.fill(squashed, TEXT_WIDTH, break_long_words=False,
-                                       break_on_hyphens=False) if squashed else "")
+            lines.append(
+                textwrap.fill(squashed, TEXT_WIDTH, break_long_words=False, break_on_hyphens=False)
+                if squashed
+                else ""
+            )
         return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
 
 
@@ -650,24 +714,36 @@ class EarlierCopy:
 def earlier_copies(session: Session, content_hash: str) -> list[EarlierCopy]:
     """Announcements with this content hash, oldest first, with what each has left to send."""
     c, d = _campaigns, _deliveries
-    left = (select(func.count()).select_from(d)
-            .where(d.c.campaign_id == c.c.id, d.c.status.in_((QUEUED, DEFERRED)))
-            .scalar_subquery())
+    left = (
+        select(func.count())
+        .select_from(d)
+        .where(d.c.campaign_id == c.c.id, d.c.status.in_((QUEUED, DEFERRED)))
+        .scalar_subquery()
+    )
     rows = session.execute(
         select(c.c.id, c.c.status, c.c.created_at, left)
         .where(c.c.kind == ANNOUNCEMENT, c.c.content_hash == content_hash)
-        .order_by(c.c.id)).all()
+        .order_by(c.c.id)
+    ).all()
     return [EarlierCopy(*row) for row in rows]
 
 
-def create_campaign(session: Session, services: Services, announcement: Announcement,
-                    rendered: RenderedCampaign, *, lock: SendLock, again: bool = False) -> int:
+def create_campaign(
+    session: Session,
+    services: Services,
+    announcement: Announcement,
+    rendered: RenderedCampaign,
+    *,
+    lock: SendLock,
+    again: bool = False,
+) -> int:
     """Add the announcement's campaign and plan one delivery per confirmed reader in one
     transaction, and commit; returns its id.
 
     Holds the lock's composing part throughout, so two senders never create two copies: when
     another sender has just created this announcement, returns that campaign's id instead (this
-    run then joins in sending it). Raises AlreadySentError for content sent before, unless ``again``.
+    run then joins in sending it). Raises AlreadySentError for content sent before, unless
+    ``again``.
     """
     with lock.composing():
         try:
@@ -679,10 +755,15 @@ def create_campaign(session: Session, services: Services, announcement: Announce
             if copies and not again:
                 raise AlreadySentError(copies[-1].id, copies[-1].created_at)
             campaign = Campaign(
-                kind=ANNOUNCEMENT, subject=announcement.subject, preheader=rendered.preheader,
-                html=rendered.email.html, text=rendered.email.text,
-                content_hash=announcement.content_hash, status=SENDING,
-                created_at=services.clock())
+                kind=ANNOUNCEMENT,
+                subject=announcement.subject,
+                preheader=rendered.preheader,
+                html=rendered.email.html,
+                text=rendered.email.text,
+                content_hash=announcement.content_hash,
+                status=SENDING,
+                created_at=services.clock(),
+            )
             session.add(campaign)
             session.flush()
             plan_deliveries(session, campaign.id, services.clock())
@@ -716,10 +797,17 @@ class CampaignRun:
         return [*self.resumed, *([self.report] if self.report else [])]
 
 
-def send_announcement(session: Session, services: Services, announcement: Announcement, *,
-                      lock: SendLock, options: SendOptions | None = None,
-                      progress: Progress | None = None, confirm: Confirm | None = None,
-                      again: bool = False) -> CampaignRun:
+def send_announcement(
+    session: Session,
+    services: Services,
+    announcement: Announcement,
+    *,
+    lock: SendLock,
+    options: SendOptions | None = None,
+    progress: Progress | None = None,
+    confirm: Confirm | None = None,
+    again: bool = False,
+) -> CampaignRun:
     """Send an announcement to every confirmed reader, or resume it if it was interrupted.
 
     In order: render (a bad file or template stops here), check SMTP, resume an interrupted
@@ -740,8 +828,9 @@ def send_announcement(session: Session, services: Services, announcement: Announ
     if unfinished:
         run.resumed_this = True
         for campaign_id in unfinished:
-            report = send_campaign(session, services, campaign_id, lock=lock, options=options,
-                                   progress=progress)
+            report = send_campaign(
+                session, services, campaign_id, lock=lock, options=options, progress=progress
+            )
             run.resumed.append(report)
             if report.error:
                 break
@@ -749,8 +838,9 @@ def send_announcement(session: Session, services: Services, announcement: Announ
     if copies and not again:
         raise AlreadySentError(copies[-1].id, copies[-1].created_at)
     for campaign_id in unfinished_campaigns(session, ANNOUNCEMENT):
-        report = send_campaign(session, services, campaign_id, lock=lock, options=options,
-                               progress=progress)
+        report = send_campaign(
+            session, services, campaign_id, lock=lock, options=options, progress=progress
+        )
         run.resumed.append(report)
         if report.error:
             return run
@@ -765,11 +855,11 @@ def send_announcement(session: Session, services: Services, announcement: Announ
     if confirm is not None and not confirm(announcement.subject, readers):
         run.declined = True
         return run
-    campaign_id = create_campaign(session, services, announcement, rendered, lock=lock,
-                                  again=again)
+    campaign_id = create_campaign(session, services, announcement, rendered, lock=lock, again=again)
     session.expunge_all()  # nothing from the ORM is kept while sending
-    run.report = send_campaign(session, services, campaign_id, lock=lock, options=options,
-                               progress=progress)
+    run.report = send_campaign(
+        session, services, campaign_id, lock=lock, options=options, progress=progress
+    )
     return run
 
 
@@ -789,8 +879,7 @@ class CampaignPlan:
         return next((copy for copy in self.copies if copy.status == SENDING), None)
 
 
-def plan_campaign(session: Session, services: Services,
-                  announcement: Announcement) -> CampaignPlan:
+def plan_campaign(session: Session, services: Services, announcement: Announcement) -> CampaignPlan:
     """What a run would do now; renders (so a bad file shows up) and changes nothing."""
     rendered = render_campaign(announcement, services)
     copies = earlier_copies(session, announcement.content_hash)
@@ -800,18 +889,29 @@ def plan_campaign(session: Session, services: Services,
         if any(copy.id == campaign_id for copy in copies):
             continue
         subject = session.scalar(select(c.c.subject).where(c.c.id == campaign_id)) or ""
-        left = session.scalar(select(func.count()).select_from(d).where(
-            d.c.campaign_id == campaign_id, d.c.status.in_((QUEUED, DEFERRED)))) or 0
+        left = (
+            session.scalar(
+                select(func.count())
+                .select_from(d)
+                .where(d.c.campaign_id == campaign_id, d.c.status.in_((QUEUED, DEFERRED)))
+            )
+            or 0
+        )
         others.append((campaign_id, subject, left))
-    plan = CampaignPlan(subject=announcement.subject, preheader=rendered.preheader,
-                        readers=confirmed_readers(session), copies=copies,
-                        other_unfinished=others)
+    plan = CampaignPlan(
+        subject=announcement.subject,
+        preheader=rendered.preheader,
+        readers=confirmed_readers(session),
+        copies=copies,
+        other_unfinished=others,
+    )
     session.rollback()
     return plan
 
 
-def send_test_campaign(session: Session, services: Services, announcement: Announcement,
-                       address: str) -> str:
+def send_test_campaign(
+    session: Session, services: Services, announcement: Announcement, address: str
+) -> str:
     """Send the announcement to ``address`` only; returns its subject. Creates no campaign
     and marks nothing. Raises InvalidAddressError, CampaignError, TemplateError or an
     SmtpError."""
@@ -858,8 +958,12 @@ def preview_campaign(services: Services, announcement: Announcement) -> Campaign
     )
     data = campaign_template(services, rendered, services.clock()).personalise(reader)
     message = cast(EmailMessage, BytesParser(policy=email_policy.default).parsebytes(data))
-    return CampaignPreview(subject=rendered.subject, html=_part(message, "html"),
-                           text=_part(message, "plain"), message=data)
+    return CampaignPreview(
+        subject=rendered.subject,
+        html=_part(message, "html"),
+        text=_part(message, "plain"),
+        message=data,
+    )
 
 
 def _part(message: EmailMessage, subtype: str) -> str:

@@ -118,8 +118,16 @@ DEFAULTS: dict[str, Any] = {
 
 _SENDER_ADDRESS = re.compile(r"[^@\s<>,;\"]+@[A-Za-z0-9.-]+")
 SMTP_SECURITY_CHOICES = ("none", "starttls", "ssl")
-_BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True,
-                  "0": False, "false": False, "no": False, "off": False}
+_BOOLEAN_WORDS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
 
 
 class ConfigError(NewsletterError):
@@ -168,8 +176,9 @@ def _as_bool(config: dict[str, Any], key: str) -> None:
     config[key] = _BOOLEAN_WORDS[word]
 
 
-def _as_number(config: dict[str, Any], key: str, kind: type, minimum: float,
-               maximum: float) -> None:
+def _as_number(
+    config: dict[str, Any], key: str, kind: type, minimum: float, maximum: float
+) -> None:
     value = config[key]
     try:
         number = kind(value)
@@ -189,8 +198,9 @@ def _as_url(config: dict[str, Any], key: str, *, required: bool = True) -> None:
         return
     parts = urlsplit(str(value))
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(key,
-                          f"expected an http(s) URL such as https://example.com, got {value!r}")
+        raise ConfigError(
+            key, f"expected an http(s) URL such as https://example.com, got {value!r}"
+        )
     config[key] = str(value).rstrip("/")
 
 
@@ -204,15 +214,22 @@ def _validate_post_source(config: dict[str, Any]) -> None:
     feed = config["FEED_URL"]
     if feed and config["POSTS_DIR"]:
         # Two sources would make "what is new" ambiguous; the author picks one.
-        raise ConfigError("FEED_URL", "is set, and so is NEWSLETTER_POSTS_DIR; set only one: "
-                                      "the feed or the folder of Markdown posts")
+        raise ConfigError(
+            "FEED_URL",
+            "is set, and so is NEWSLETTER_POSTS_DIR; set only one: "
+            "the feed or the folder of Markdown posts",
+        )
     if feed and "://" in feed:
         parts = urlsplit(feed)
         if parts.scheme not in ("http", "https", "file") or (
-                parts.scheme != "file" and not parts.netloc):
-            raise ConfigError("FEED_URL", "expected an http(s) URL such as "
-                                          f"https://blog.example.com/feed.xml or a file path, "
-                                          f"got {feed!r}")
+            parts.scheme != "file" and not parts.netloc
+        ):
+            raise ConfigError(
+                "FEED_URL",
+                "expected an http(s) URL such as "
+                f"https://blog.example.com/feed.xml or a file path, "
+                f"got {feed!r}",
+            )
 
 
 # The key signs every confirm and unsubscribe link: a guessable one lets anyone forge them.
@@ -230,8 +247,10 @@ def _validate_secret_key(config: dict[str, Any]) -> None:
     """
     key = config.get("SECRET_KEY")
     lenient = bool(config.get("TESTING") or config["DEMO"])
-    make_one = (f"Make a good one with {GOOD_KEY_COMMAND} and put it in the environment or in "
-                "a .env file (or try `newsletter demo`, which needs none).")
+    make_one = (
+        f"Make a good one with {GOOD_KEY_COMMAND} and put it in the environment or in "
+        "a .env file (or try `newsletter demo`, which needs none)."
+    )
     if not key:
         if lenient:
             config["SECRET_KEY"] = _DEMO_AND_TESTING_KEY
@@ -243,9 +262,12 @@ def _validate_secret_key(config: dict[str, Any]) -> None:
     if key.strip().lower().startswith("change-me") or key == _DEMO_AND_TESTING_KEY:
         raise ConfigError("SECRET_KEY", f"is still the placeholder from .env.example. {make_one}")
     if len(key) < MIN_SECRET_KEY_LENGTH:
-        raise ConfigError("SECRET_KEY", f"is too short ({len(key)} characters; at least "
-                                        f"{MIN_SECRET_KEY_LENGTH} are needed, as anyone who "
-                                        f"guesses it can forge links). {make_one}")
+        raise ConfigError(
+            "SECRET_KEY",
+            f"is too short ({len(key)} characters; at least "
+            f"{MIN_SECRET_KEY_LENGTH} are needed, as anyone who "
+            f"guesses it can forge links). {make_one}",
+        )
 
 
 def validate_config(config: dict[str, Any]) -> None:
@@ -271,8 +293,10 @@ def validate_config(config: dict[str, Any]) -> None:
     _as_url(config, "PUBLIC_URL")
     storage = config.get("RATELIMIT_STORAGE_URI")
     if storage and urlsplit(str(storage)).scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError("RATELIMIT_STORAGE_URI",
-                          f"expected a Redis URL such as redis://127.0.0.1:6379/0, got {storage!r}")
+        raise ConfigError(
+            "RATELIMIT_STORAGE_URI",
+            f"expected a Redis URL such as redis://127.0.0.1:6379/0, got {storage!r}",
+        )
     _as_url(config, "SITE_URL")
     _as_url(config, "PRIVACY_POLICY_URL", required=False)
     _validate_post_source(config)
@@ -337,8 +361,9 @@ def _validate_digest(config: dict[str, Any]) -> None:
             SandboxedEnvironment().parse(template)
         except TemplateSyntaxError as err:
             raise ConfigError(
-                key, f"is not a valid Jinja template ({err.message}, line {err.lineno}): "
-                     f"{template!r}") from None
+                key,
+                f"is not a valid Jinja template ({err.message}, line {err.lineno}): {template!r}",
+            ) from None
         config[key] = template or None
 
 
@@ -353,37 +378,54 @@ def _validate_sending(config: dict[str, Any]) -> None:
     _as_number(config, "DEFER_RETRY_SECONDS", float, 0.01, 24 * 3600)
     _as_number(config, "DEFER_GIVE_UP_HOURS", float, 0.01, 30 * 24)
     _as_number(config, "SEND_LEASE_SECONDS", float, 2, 24 * 3600)
-    dkim = {key: (str(config[key]).strip() or None) if config[key] is not None else None
-            for key in ("DKIM_DOMAIN", "DKIM_SELECTOR", "DKIM_PRIVATE_KEY")}
+    dkim = {
+        key: (str(config[key]).strip() or None) if config[key] is not None else None
+        for key in ("DKIM_DOMAIN", "DKIM_SELECTOR", "DKIM_PRIVATE_KEY")
+    }
     config.update(dkim)
     missing = [key for key, value in dkim.items() if not value]
     if missing and len(missing) < len(dkim):
-        raise ConfigError(missing[0], "is needed for DKIM signing: set NEWSLETTER_DKIM_DOMAIN, "
-                                      "NEWSLETTER_DKIM_SELECTOR and NEWSLETTER_DKIM_PRIVATE_KEY "
-                                      "together, or none of them")
+        raise ConfigError(
+            missing[0],
+            "is needed for DKIM signing: set NEWSLETTER_DKIM_DOMAIN, "
+            "NEWSLETTER_DKIM_SELECTOR and NEWSLETTER_DKIM_PRIVATE_KEY "
+            "together, or none of them",
+        )
     key_path = dkim["DKIM_PRIVATE_KEY"]
     if key_path and not os.access(key_path, os.R_OK):
-        raise ConfigError("DKIM_PRIVATE_KEY", f"cannot read the key file {key_path!r}: give the "
-                                              "path of a PEM file holding the RSA private key")
-    ed25519 = {key: (str(config[key]).strip() or None) if config.get(key) is not None else None
-               for key in ("DKIM_ED25519_SELECTOR", "DKIM_ED25519_PRIVATE_KEY")}
+        raise ConfigError(
+            "DKIM_PRIVATE_KEY",
+            f"cannot read the key file {key_path!r}: give the "
+            "path of a PEM file holding the RSA private key",
+        )
+    ed25519 = {
+        key: (str(config[key]).strip() or None) if config.get(key) is not None else None
+        for key in ("DKIM_ED25519_SELECTOR", "DKIM_ED25519_PRIVATE_KEY")
+    }
     config.update(ed25519)
     given = [key for key, value in ed25519.items() if value]
     if given and len(given) < len(ed25519):
         missing_key = next(key for key in ed25519 if key not in given)
-        raise ConfigError(missing_key, "is needed for the Ed25519 signature: set "
-                                       "NEWSLETTER_DKIM_ED25519_SELECTOR and "
-                                       "NEWSLETTER_DKIM_ED25519_PRIVATE_KEY together, or neither")
+        raise ConfigError(
+            missing_key,
+            "is needed for the Ed25519 signature: set "
+            "NEWSLETTER_DKIM_ED25519_SELECTOR and "
+            "NEWSLETTER_DKIM_ED25519_PRIVATE_KEY together, or neither",
+        )
     if given and not key_path:
-        raise ConfigError("DKIM_ED25519_PRIVATE_KEY",
-                          "is an additional signature, never the only one: set "
-                          "NEWSLETTER_DKIM_DOMAIN, NEWSLETTER_DKIM_SELECTOR and "
-                          "NEWSLETTER_DKIM_PRIVATE_KEY (RSA) as well")
+        raise ConfigError(
+            "DKIM_ED25519_PRIVATE_KEY",
+            "is an additional signature, never the only one: set "
+            "NEWSLETTER_DKIM_DOMAIN, NEWSLETTER_DKIM_SELECTOR and "
+            "NEWSLETTER_DKIM_PRIVATE_KEY (RSA) as well",
+        )
     ed_path = ed25519["DKIM_ED25519_PRIVATE_KEY"]
     if ed_path and not os.access(ed_path, os.R_OK):
-        raise ConfigError("DKIM_ED25519_PRIVATE_KEY",
-                          f"cannot read the key file {ed_path!r}: give the path of the Ed25519 "
-                          "private key (PEM, or the base64 seed dknewkey writes)")
+        raise ConfigError(
+            "DKIM_ED25519_PRIVATE_KEY",
+            f"cannot read the key file {ed_path!r}: give the path of the Ed25519 "
+            "private key (PEM, or the base64 seed dknewkey writes)",
+        )
 
 
 BOUNCE_MAILBOX_SCHEMES = ("imaps", "imap", "pop3s", "maildir")
@@ -391,8 +433,13 @@ BOUNCE_MAILBOX_SCHEMES = ("imaps", "imap", "pop3s", "maildir")
 
 def _validate_bounces(config: dict[str, Any]) -> None:
     """Bounce handling: the VERP address, the mailbox URL, the rule thresholds, webhooks."""
-    for key in ("BOUNCE_ADDRESS", "BOUNCE_MAILBOX", "MAILGUN_SIGNING_KEY",
-                "POSTMARK_WEBHOOK_USER", "POSTMARK_WEBHOOK_PASSWORD"):
+    for key in (
+        "BOUNCE_ADDRESS",
+        "BOUNCE_MAILBOX",
+        "MAILGUN_SIGNING_KEY",
+        "POSTMARK_WEBHOOK_USER",
+        "POSTMARK_WEBHOOK_PASSWORD",
+    ):
         value = config[key]
         config[key] = (str(value).strip() or None) if value is not None else None
     address = config["BOUNCE_ADDRESS"]
@@ -400,21 +447,30 @@ def _validate_bounces(config: dict[str, Any]) -> None:
         local = address.rpartition("@")[0]
         # The token (up to about 30 characters) must fit in RFC 5321's 64 for a local part.
         if not _SENDER_ADDRESS.fullmatch(address) or "+" in local or len(local) > 30:
-            raise ConfigError("BOUNCE_ADDRESS", "expected an address such as bounces@example.com "
-                                                "(no '+', local part up to 30 characters), got "
-                                                f"{address!r}")
+            raise ConfigError(
+                "BOUNCE_ADDRESS",
+                "expected an address such as bounces@example.com "
+                "(no '+', local part up to 30 characters), got "
+                f"{address!r}",
+            )
     mailbox = config["BOUNCE_MAILBOX"]
     if mailbox:
         parts = urlsplit(mailbox)
-        if parts.scheme not in BOUNCE_MAILBOX_SCHEMES or (
-                parts.scheme != "maildir" and not (parts.hostname and parts.username)) or (
-                parts.scheme == "maildir" and not parts.path):
-            raise ConfigError("BOUNCE_MAILBOX", "expected imaps://user:password@host/INBOX, "
-                                                "imap://... (STARTTLS), pop3s://user:password@host"
-                                                " or maildir:///path; got "
-                                                f"{parts.scheme or mailbox!r}")
-    config["BOUNCE_PROCESSED_FOLDER"] = str(config["BOUNCE_PROCESSED_FOLDER"] or "").strip() \
-        or "Processed"
+        if (
+            parts.scheme not in BOUNCE_MAILBOX_SCHEMES
+            or (parts.scheme != "maildir" and not (parts.hostname and parts.username))
+            or (parts.scheme == "maildir" and not parts.path)
+        ):
+            raise ConfigError(
+                "BOUNCE_MAILBOX",
+                "expected imaps://user:password@host/INBOX, "
+                "imap://... (STARTTLS), pop3s://user:password@host"
+                " or maildir:///path; got "
+                f"{parts.scheme or mailbox!r}",
+            )
+    config["BOUNCE_PROCESSED_FOLDER"] = (
+        str(config["BOUNCE_PROCESSED_FOLDER"] or "").strip() or "Processed"
+    )
     _as_number(config, "SOFT_BOUNCE_LIMIT", int, 1, 100)
     _as_number(config, "SOFT_BOUNCE_DAYS", float, 0, 365)
     _as_number(config, "COMPLAINT_RATE_WARNING", float, 0, 1)
@@ -425,14 +481,20 @@ def _validate_bounces(config: dict[str, Any]) -> None:
         topics = [t.strip() for t in topics.split(",") if t.strip()]
     for topic in topics:
         if not topic.startswith("arn:aws"):
-            raise ConfigError("SES_TOPIC_ARNS", "expected comma-separated SNS topic ARNs such "
-                                                "as arn:aws:sns:eu-west-1:123456789012:bounces, "
-                                                f"got {topic!r}")
+            raise ConfigError(
+                "SES_TOPIC_ARNS",
+                "expected comma-separated SNS topic ARNs such "
+                "as arn:aws:sns:eu-west-1:123456789012:bounces, "
+                f"got {topic!r}",
+            )
     config["SES_TOPIC_ARNS"] = list(topics)
     if bool(config["POSTMARK_WEBHOOK_USER"]) != bool(config["POSTMARK_WEBHOOK_PASSWORD"]):
-        raise ConfigError("POSTMARK_WEBHOOK_PASSWORD", "set NEWSLETTER_POSTMARK_WEBHOOK_USER and "
-                                                       "NEWSLETTER_POSTMARK_WEBHOOK_PASSWORD "
-                                                       "together, or neither")
+        raise ConfigError(
+            "POSTMARK_WEBHOOK_PASSWORD",
+            "set NEWSLETTER_POSTMARK_WEBHOOK_USER and "
+            "NEWSLETTER_POSTMARK_WEBHOOK_PASSWORD "
+            "together, or neither",
+        )
 
 
 def env_var(setting: str) -> str:
@@ -465,8 +527,10 @@ def _validate_worker(config: dict[str, Any]) -> None:
         if schedule:
             parse_schedule(schedule)
     except ScheduleError as err:
-        raise ConfigError("DIGEST_SCHEDULE", f"{err} (for example '0 8 * * fri': Fridays at "
-                                             "8:00; empty: no scheduled digest)") from None
+        raise ConfigError(
+            "DIGEST_SCHEDULE",
+            f"{err} (for example '0 8 * * fri': Fridays at 8:00; empty: no scheduled digest)",
+        ) from None
     config["DIGEST_SCHEDULE"] = schedule
     zone = str(config.get("TIMEZONE") or "UTC").strip()
     try:
@@ -476,9 +540,13 @@ def _validate_worker(config: dict[str, Any]) -> None:
     config["TIMEZONE"] = zone
     author = str(config.get("AUTHOR_EMAIL") or "").strip() or None
     if author and not _SENDER_ADDRESS.fullmatch(author):
-        raise ConfigError("AUTHOR_EMAIL", f"expected an address such as you@example.com, got "
-                                          f"{author!r}")
+        raise ConfigError(
+            "AUTHOR_EMAIL", f"expected an address such as you@example.com, got {author!r}"
+        )
     if config["DIGEST_APPROVAL"] and not author:
-        raise ConfigError("AUTHOR_EMAIL", "is required when NEWSLETTER_DIGEST_APPROVAL is on: "
-                                          "it is where the digest waits for your approval")
+        raise ConfigError(
+            "AUTHOR_EMAIL",
+            "is required when NEWSLETTER_DIGEST_APPROVAL is on: "
+            "it is where the digest waits for your approval",
+        )
     config["AUTHOR_EMAIL"] = author

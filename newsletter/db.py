@@ -144,8 +144,10 @@ def schema_problem(app: Flask) -> str | None:
     if current is None:
         return NO_TABLES
     if current != head:
-        return (f"the database schema is at revision {current}, and this version needs {head}: "
-                "run `newsletter init-db` to upgrade it")
+        return (
+            f"the database schema is at revision {current}, and this version needs {head}: "
+            "run `newsletter init-db` to upgrade it"
+        )
     return None
 
 

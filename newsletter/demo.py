@@ -57,8 +57,9 @@ def mail_source(name: str) -> Response:
 
 
 # Emails carry inline styles and remote images; let the pages that show one display them.
-EMAIL_PAGE_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src * data:; "
-                     "frame-ancestors 'none'")
+EMAIL_PAGE_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src * data:; frame-ancestors 'none'"
+)
 
 
 @bp.get("/digest")
@@ -71,9 +72,11 @@ def digest_preview() -> Any:
     preview = preview_digest(db.session, get_services())
     if preview is None:
         return render_template(
-            "message.html", title="No digest waiting",
+            "message.html",
+            title="No digest waiting",
             message="Every post has been mailed. Add a Markdown file to the demo's posts folder "
-                    "(its path is printed when the demo starts) and reload this page."), 200
+            "(its path is printed when the demo starts) and reload this page.",
+        ), 200
     response = Response(preview.html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = EMAIL_PAGE_POLICY
     return response
@@ -84,8 +87,11 @@ def _published_posts() -> list[Any]:
     from .models import Post
 
     newest = func.coalesce(Post.published_at, Post.first_seen_at)
-    return list(db.session.scalars(select(Post).where(Post.draft.is_(False))
-                                   .order_by(newest.desc(), Post.id.desc())))
+    return list(
+        db.session.scalars(
+            select(Post).where(Post.draft.is_(False)).order_by(newest.desc(), Post.id.desc())
+        )
+    )
 
 
 @bp.get("/blog")
@@ -107,12 +113,14 @@ def blog_post(slug: str) -> str:
 def privacy() -> str:
     """The demo's privacy policy, linked under the form and in every email."""
     return render_template(
-        "message.html", title="Privacy policy (demo)",
+        "message.html",
+        title="Privacy policy (demo)",
         message="This demo keeps what a real installation keeps: your address, the name you "
-                "typed, and a record of each consent step (time, IP address, browser, the words "
-                "you agreed to). It all stays on this computer, in the demo's database; the "
-                "emails go to its local mail catcher, never to the internet. A real "
-                "installation links its own policy here (NEWSLETTER_PRIVACY_POLICY_URL).")
+        "typed, and a record of each consent step (time, IP address, browser, the words "
+        "you agreed to). It all stays on this computer, in the demo's database; the "
+        "emails go to its local mail catcher, never to the internet. A real "
+        "installation links its own policy here (NEWSLETTER_PRIVACY_POLICY_URL).",
+    )
 
 
 def prepare_sample_digest(session: Session, services: Any, *, keep_unmailed: bool) -> int:
@@ -129,8 +137,11 @@ def prepare_sample_digest(session: Session, services: Any, *, keep_unmailed: boo
 
     sync_posts(session, services)
     if keep_unmailed:
-        session.execute(update(Post).where(Post.campaign_id.is_(None), Post.archived.is_(True))
-                        .values(archived=False))
+        session.execute(
+            update(Post)
+            .where(Post.campaign_id.is_(None), Post.archived.is_(True))
+            .values(archived=False)
+        )
     session.commit()
     return len(select_digest_posts(session, services))
 

@@ -144,8 +144,13 @@ def _shorten(text: str, limit: int) -> str:
 
 
 def _template_values(posts: Sequence[DigestPost], config: Mapping[str, Any]) -> dict[str, Any]:
-    return {"posts": list(posts), "first": posts[0], "count": len(posts),
-            "more": len(posts) - 1, "site_name": config["SITE_NAME"]}
+    return {
+        "posts": list(posts),
+        "first": posts[0],
+        "count": len(posts),
+        "more": len(posts) - 1,
+        "site_name": config["SITE_NAME"],
+    }
 
 
 def _render_setting(key: str, posts: Sequence[DigestPost], config: Mapping[str, Any]) -> str:
@@ -168,8 +173,9 @@ def digest_subject(posts: Sequence[DigestPost], config: Mapping[str, Any]) -> st
         raise ValueError("a digest needs at least one post")
     subject = _render_setting("DIGEST_SUBJECT", posts, config)
     if not subject:
-        raise TemplateError("the subject template renders an empty subject",
-                              "NEWSLETTER_DIGEST_SUBJECT", 1)
+        raise TemplateError(
+            "the subject template renders an empty subject", "NEWSLETTER_DIGEST_SUBJECT", 1
+        )
     return subject
 
 
@@ -234,8 +240,7 @@ def posts_key(posts: Sequence[Post]) -> str:
     return digest.hexdigest()
 
 
-def create_digest_campaign(session: Session, services: Services,
-                           posts: Sequence[Post]) -> Campaign:
+def create_digest_campaign(session: Session, services: Services, posts: Sequence[Post]) -> Campaign:
     """Add a ``sending`` digest campaign for ``posts`` and mark them as in it; flushes, does
     not commit, so the caller can plan deliveries in the same transaction."""
     if not posts:
@@ -245,9 +250,14 @@ def create_digest_campaign(session: Session, services: Services,
         raise ValueError(f"already in a digest: {', '.join(taken)}")
     rendered = render(posts, services)
     campaign = Campaign(
-        kind=DIGEST, subject=rendered.email.subject, preheader=rendered.preheader,
-        html=rendered.email.html, text=rendered.email.text, content_hash=posts_key(posts),
-        status=SENDING, created_at=services.clock(),
+        kind=DIGEST,
+        subject=rendered.email.subject,
+        preheader=rendered.preheader,
+        html=rendered.email.html,
+        text=rendered.email.text,
+        content_hash=posts_key(posts),
+        status=SENDING,
+        created_at=services.clock(),
     )
     session.add(campaign)
     session.flush()
@@ -303,9 +313,13 @@ def preview_digest(session: Session, services: Services) -> DigestPreview | None
     # The .html and .txt files are the reader's parts read back out of that very message.
     # With the default policy the parser makes EmailMessage objects.
     message = cast(EmailMessage, BytesParser(policy=email_policy.default).parsebytes(data))
-    return DigestPreview(subject=rendered.subject, titles=tuple(p.title for p in posts),
-                         html=_part(message, "html"), text=_part(message, "plain"),
-                         message=data)
+    return DigestPreview(
+        subject=rendered.subject,
+        titles=tuple(p.title for p in posts),
+        html=_part(message, "html"),
+        text=_part(message, "plain"),
+        message=data,
+    )
 
 
 def _part(message: EmailMessage, subtype: str) -> str:
@@ -318,8 +332,30 @@ def _part(message: EmailMessage, subtype: str) -> str:
 
 # --- a plain-text reading of sanitised post HTML, for the text part of a full digest -------
 
-_BLOCKS = {"p", "div", "section", "article", "blockquote", "figure", "figcaption", "pre",
-           "table", "tr", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "dl", "dt", "dd"}
+_BLOCKS = {
+    "p",
+    "div",
+    "section",
+    "article",
+    "blockquote",
+    "figure",
+    "figcaption",
+    "pre",
+    "table",
+    "tr",
+    "ul",
+    "ol",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "hr",
+    "dl",
+    "dt",
+    "dd",
+}
 
 
 class _TextReader(HTMLParser):

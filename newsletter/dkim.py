@@ -34,8 +34,17 @@ from .errors import NewsletterError
 # RFC 6376 recommends these; List-Unsubscribe-Post must be signed too (RFC 8058 section 4),
 # and dkimpy's default list leaves it out.
 DKIM_HEADERS = (
-    "From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type", "Reply-To",
-    "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post",
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "MIME-Version",
+    "Content-Type",
+    "Reply-To",
+    "List-Id",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
 )
 _SIGNED_NAMES = tuple(name.lower().encode() for name in DKIM_HEADERS)
 # RFC 8301: verifiers ignore signatures by RSA keys shorter than this.
@@ -135,8 +144,7 @@ class BodyHasher:
         self.piecewise = all(self.literals) and any(c not in _BLANK for c in last)
         # For each slot: may the literal before it / after it interact with a value?
         self._left_risky = [lit[-1] in _RISKY_END if lit else True for lit in self.literals[:-1]]
-        self._right_risky = [lit[0] in _RISKY_START if lit else True
-                             for lit in self.literals[1:]]
+        self._right_risky = [lit[0] in _RISKY_START if lit else True for lit in self.literals[1:]]
         canonical = [_relaxed_lines(lit) for lit in self.literals]
         if canonical:
             canonical[-1] = _relaxed_end(canonical[-1])
@@ -149,10 +157,12 @@ class BodyHasher:
         """Whether the body with these ``values`` can be canonicalised piece by piece."""
         if not self.piecewise:
             return False
-        for value, left, right in zip(values, self._left_risky, self._right_risky,
-                                      strict=True):
-            if not value or (left and value[0] in _RISKY_START) or (
-                    right and value[-1] in _RISKY_END):
+        for value, left, right in zip(values, self._left_risky, self._right_risky, strict=True):
+            if (
+                not value
+                or (left and value[0] in _RISKY_START)
+                or (right and value[-1] in _RISKY_END)
+            ):
                 return False
         return True
 
@@ -192,13 +202,17 @@ def load_rsa_key(data: bytes, setting: str) -> RSAPrivateKey:
     try:
         key = load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as err:
-        raise DkimError(f"{setting}: not an unencrypted private key in PEM form ({err}); "
-                          "make one with `openssl genrsa -out dkim.pem 2048`") from err
+        raise DkimError(
+            f"{setting}: not an unencrypted private key in PEM form ({err}); "
+            "make one with `openssl genrsa -out dkim.pem 2048`"
+        ) from err
     if not isinstance(key, RSAPrivateKey):
         raise DkimError(f"{setting}: the key is not an RSA key; give the RSA key here")
     if key.key_size < MIN_RSA_BITS:
-        raise DkimError(f"{setting}: the RSA key has {key.key_size} bits; receivers ignore "
-                          f"signatures by keys under {MIN_RSA_BITS} bits (2048 is usual)")
+        raise DkimError(
+            f"{setting}: the RSA key has {key.key_size} bits; receivers ignore "
+            f"signatures by keys under {MIN_RSA_BITS} bits (2048 is usual)"
+        )
     return key
 
 
@@ -209,11 +223,14 @@ def load_ed25519_key(data: bytes, setting: str) -> Ed25519PrivateKey:
         if b"-----BEGIN" in data:
             key = load_pem_private_key(data, password=None)
         else:
-            key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(data.strip(),
-                                                                        validate=True))
+            key = Ed25519PrivateKey.from_private_bytes(
+                base64.b64decode(data.strip(), validate=True)
+            )
     except (ValueError, TypeError, UnsupportedAlgorithm) as err:
-        raise DkimError(f"{setting}: not an Ed25519 private key ({err}); make one with "
-                          "`openssl genpkey -algorithm ed25519 -out dkim-ed25519.pem`") from err
+        raise DkimError(
+            f"{setting}: not an Ed25519 private key ({err}); make one with "
+            "`openssl genpkey -algorithm ed25519 -out dkim-ed25519.pem`"
+        ) from err
     if not isinstance(key, Ed25519PrivateKey):
         raise DkimError(f"{setting}: the key is not an Ed25519 key")
     return key
@@ -229,7 +246,7 @@ def _read(path: Any, setting: str) -> bytes:
 def _b64_folded(data: bytes) -> bytes:
     """Base64 in lines of 72 characters joined by folding white space (allowed in b=)."""
     text = base64.b64encode(data)
-    return b"\r\n ".join(text[i:i + 72] for i in range(0, len(text), 72))
+    return b"\r\n ".join(text[i : i + 72] for i in range(0, len(text), 72))
 
 
 @dataclass(frozen=True)
@@ -247,25 +264,38 @@ class DkimSigner:
     _keys: tuple[_Key, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for value, setting in ((self.domain, "NEWSLETTER_DKIM_DOMAIN"),
-                               (self.selector, "NEWSLETTER_DKIM_SELECTOR"),
-                               (self.ed25519_selector or "x", "NEWSLETTER_DKIM_ED25519_SELECTOR")):
+        for value, setting in (
+            (self.domain, "NEWSLETTER_DKIM_DOMAIN"),
+            (self.selector, "NEWSLETTER_DKIM_SELECTOR"),
+            (self.ed25519_selector or "x", "NEWSLETTER_DKIM_ED25519_SELECTOR"),
+        ):
             if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", value):
-                raise DkimError(f"{setting}: {value!r} is not a domain name or selector "
-                                  "(letters, digits, dots and hyphens)")
+                raise DkimError(
+                    f"{setting}: {value!r} is not a domain name or selector "
+                    "(letters, digits, dots and hyphens)"
+                )
 
         def prefix(algorithm: str, selector: str) -> bytes:
-            return (f"DKIM-Signature: v=1; a={algorithm}; c=relaxed/relaxed; d={self.domain}; "
-                    f"s={selector};\r\n").encode("ascii")
+            return (
+                f"DKIM-Signature: v=1; a={algorithm}; c=relaxed/relaxed; d={self.domain}; "
+                f"s={selector};\r\n"
+            ).encode("ascii")
 
         rsa_key, pkcs1, sha256 = self.rsa_key, padding.PKCS1v15(), hashes.SHA256()
-        keys = [_Key(prefix("rsa-sha256", self.selector),
-                     lambda data: rsa_key.sign(data, pkcs1, sha256))]
+        keys = [
+            _Key(
+                prefix("rsa-sha256", self.selector), lambda data: rsa_key.sign(data, pkcs1, sha256)
+            )
+        ]
         if self.ed25519_key is not None and self.ed25519_selector:
             ed_key = self.ed25519_key
             # RFC 8463: Ed25519 (PureEdDSA) over the SHA-256 hash of the header hash input.
-            keys.append(_Key(prefix("ed25519-sha256", self.ed25519_selector),
-                             lambda data: ed_key.sign(hashlib.sha256(data).digest())))
+            keys.append(
+                _Key(
+                    prefix("ed25519-sha256", self.ed25519_selector),
+                    lambda data: ed_key.sign(hashlib.sha256(data).digest()),
+                )
+            )
         object.__setattr__(self, "_keys", tuple(keys))
 
     @classmethod
@@ -275,24 +305,32 @@ class DkimSigner:
         domain, selector = config.get("DKIM_DOMAIN"), config.get("DKIM_SELECTOR")
         if not domain:
             return None
-        rsa_key = load_rsa_key(_read(config.get("DKIM_PRIVATE_KEY"), "DKIM_PRIVATE_KEY"),
-                               "NEWSLETTER_DKIM_PRIVATE_KEY")
+        rsa_key = load_rsa_key(
+            _read(config.get("DKIM_PRIVATE_KEY"), "DKIM_PRIVATE_KEY"), "NEWSLETTER_DKIM_PRIVATE_KEY"
+        )
         ed_selector = config.get("DKIM_ED25519_SELECTOR")
         ed_key = None
         if ed_selector:
             ed_key = load_ed25519_key(
                 _read(config.get("DKIM_ED25519_PRIVATE_KEY"), "DKIM_ED25519_PRIVATE_KEY"),
-                "NEWSLETTER_DKIM_ED25519_PRIVATE_KEY")
-        return cls(str(domain), str(selector), rsa_key, str(ed_selector) if ed_selector
-                   else None, ed_key)
+                "NEWSLETTER_DKIM_ED25519_PRIVATE_KEY",
+            )
+        return cls(
+            str(domain), str(selector), rsa_key, str(ed_selector) if ed_selector else None, ed_key
+        )
 
     @staticmethod
     def cache_key(config: Mapping[str, Any]) -> tuple[Any, ...]:
         """What a cached signer depends on: the settings, and the key files' modification
         times and sizes, so a long-running process picks up a replaced key."""
         parts: list[Any] = ["dkim"]
-        for setting in ("DKIM_DOMAIN", "DKIM_SELECTOR", "DKIM_PRIVATE_KEY",
-                        "DKIM_ED25519_SELECTOR", "DKIM_ED25519_PRIVATE_KEY"):
+        for setting in (
+            "DKIM_DOMAIN",
+            "DKIM_SELECTOR",
+            "DKIM_PRIVATE_KEY",
+            "DKIM_ED25519_SELECTOR",
+            "DKIM_ED25519_PRIVATE_KEY",
+        ):
             value = config.get(setting)
             parts.append(value)
             if setting.endswith("PRIVATE_KEY") and value:
@@ -330,8 +368,15 @@ class DkimSigner:
             last[name.strip(b" \t").lower()] = (name, value)
         signed = [name for name in _SIGNED_NAMES if name in last]
         canonical = b"".join(relaxed_header(*last[name]) for name in signed)
-        tags = (b" t=" + str(int(self.now())).encode() + b"; h=" + b":".join(signed)
-                + b";\r\n bh=" + base64.b64encode(body_hash) + b";\r\n b=")
+        tags = (
+            b" t="
+            + str(int(self.now())).encode()
+            + b"; h="
+            + b":".join(signed)
+            + b";\r\n bh="
+            + base64.b64encode(body_hash)
+            + b";\r\n b="
+        )
         out = []
         for key in self._keys:
             unsigned = key.prefix + tags

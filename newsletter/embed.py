@@ -80,8 +80,7 @@ def _js_string(text: str) -> str:
     """A JavaScript string literal that is also safe inside an HTML <script> element."""
     import json
 
-    return json.dumps(text).replace("<", "\\u003c").replace(">", "\\u003e").replace(
-        "&", "\\u0026")
+    return json.dumps(text).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def consent_html(consent_text: str, privacy_policy_url: str | None) -> Markup:
@@ -90,14 +89,16 @@ def consent_html(consent_text: str, privacy_policy_url: str | None) -> Markup:
     if not privacy_policy_url:
         return text
     link = Markup('<a href="{}" target="_blank" rel="noopener">Privacy Policy</a>').format(
-        privacy_policy_url)
+        privacy_policy_url
+    )
     if "Privacy Policy" in text:
         return Markup(text.replace("Privacy Policy", link, 1))
     return Markup("{} {}").format(text, link)
 
 
-def render_snippet(config: dict[str, Any], page_url: str | None = None, *,
-                   with_script: bool = True) -> str:
+def render_snippet(
+    config: dict[str, Any], page_url: str | None = None, *, with_script: bool = True
+) -> str:
     """The HTML to paste into the blog: form, consent sentence, honeypot, and a few lines of
     script. ``page_url`` is where a script-less post returns to (default: the site's URL)."""
     action = f"{config['PUBLIC_URL']}/subscribe"
@@ -120,10 +121,13 @@ def render_snippet(config: dict[str, Any], page_url: str | None = None, *,
   <p class="nl-status" role="status" aria-live="polite"></p>
   <p id="{anchor}" class="nl-status">{thanks}</p>
 </form>""").format(
-        site=config["SITE_NAME"].replace("--", "-"), action=action, page=page,
+        site=config["SITE_NAME"].replace("--", "-"),
+        action=action,
+        page=page,
         next=f"{page}#{THANKS_ANCHOR}",
         consent=consent_html(config["CONSENT_TEXT"], config.get("PRIVACY_POLICY_URL")),
-        anchor=THANKS_ANCHOR, thanks=THANKS,
+        anchor=THANKS_ANCHOR,
+        thanks=THANKS,
     )
     parts = [_STYLE, str(form)]
     if with_script:

@@ -52,70 +52,113 @@ HANDLERS: dict[str, Handler] = {}
 
 def job_handler(kind: str) -> Callable[[Handler], Handler]:
     """Register the function that runs jobs of ``kind``."""
+
     def register(function: Handler) -> Handler:
         HANDLERS[kind] = function
         return function
+
     return register
 
 
-def enqueue_job(session: Session, kind: str, payload: Mapping[str, Any] | None = None, *,
-                now: datetime) -> Job:
+def enqueue_job(
+    session: Session, kind: str, payload: Mapping[str, Any] | None = None, *, now: datetime
+) -> Job:
     """Queue a job of a known kind (in the caller's transaction; flushed for its id)."""
     if kind not in HANDLERS:
         raise JobError(f"unknown job kind {kind!r}; known: {', '.join(sorted(HANDLERS))}")
-    job = Job(kind=kind, payload=json.dumps(dict(payload or {})), status=JOB_QUEUED,
-              progress_done=0, attempts=0, created_at=now)
+    job = Job(
+        kind=kind,
+        payload=json.dumps(dict(payload or {})),
+        status=JOB_QUEUED,
+        progress_done=0,
+        attempts=0,
+        created_at=now,
+    )
     session.add(job)
     session.flush()
     return job
 
 
 def _claimable(now: datetime) -> Any:
-    return or_(Job.status == JOB_QUEUED,
-               (Job.status == JOB_RUNNING) & (Job.claimed_until < now))
+    return or_(Job.status == JOB_QUEUED, (Job.status == JOB_RUNNING) & (Job.claimed_until < now))
 
 
-def claim_job(session: Session, worker_id: str, now: datetime,
-              lease: timedelta = JOB_LEASE) -> Job | None:
+def claim_job(
+    session: Session, worker_id: str, now: datetime, lease: timedelta = JOB_LEASE
+) -> Job | None:
     """Claim the oldest queued job (or one whose worker's lease ran out); commits. Two
     workers never get the same job: SKIP LOCKED on PostgreSQL, a conditional UPDATE on both."""
-    candidate = session.scalar(select(Job.id).where(_claimable(now)).order_by(Job.id)
-                               .limit(1).with_for_update(skip_locked=True))
+    candidate = session.scalar(
+        select(Job.id)
+        .where(_claimable(now))
+        .order_by(Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
     if candidate is None:
         session.rollback()
         return None
     claimed = session.execute(
-        update(Job).where(Job.id == candidate, _claimable(now))
-        .values(status=JOB_RUNNING, claimed_by=worker_id, claimed_until=now + lease,
-                started_at=now, attempts=Job.attempts + 1)).rowcount  # type: ignore[attr-defined]
+        update(Job)
+        .where(Job.id == candidate, _claimable(now))
+        .values(
+            status=JOB_RUNNING,
+            claimed_by=worker_id,
+            claimed_until=now + lease,
+            started_at=now,
+            attempts=Job.attempts + 1,
+        )
+    ).rowcount  # type: ignore[attr-defined]
     session.commit()
     if not claimed:
         return None
     return session.get(Job, candidate)
 
 
-def update_progress(session: Session, job_id: int, done: int, total: int | None, *,
-                    now: datetime, lease: timedelta = JOB_LEASE) -> None:
+def update_progress(
+    session: Session,
+    job_id: int,
+    done: int,
+    total: int | None,
+    *,
+    now: datetime,
+    lease: timedelta = JOB_LEASE,
+) -> None:
     """Record a job's progress and renew its lease; commits."""
-    session.execute(update(Job).where(Job.id == job_id).values(
-        progress_done=done, progress_total=total, claimed_until=now + lease))
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(progress_done=done, progress_total=total, claimed_until=now + lease)
+    )
     session.commit()
 
 
-def finish_job(session: Session, job_id: int, *, now: datetime, result: Any = None,
-               error: str | None = None) -> None:
+def finish_job(
+    session: Session, job_id: int, *, now: datetime, result: Any = None, error: str | None = None
+) -> None:
     """Mark a job done (with its result, as JSON) or failed (with the error); commits."""
-    session.execute(update(Job).where(Job.id == job_id).values(
-        status=JOB_FAILED if error else JOB_DONE, finished_at=now, claimed_by=None,
-        claimed_until=None, error=error,
-        result=None if result is None else json.dumps(_plain(result), default=str)))
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(
+            status=JOB_FAILED if error else JOB_DONE,
+            finished_at=now,
+            claimed_by=None,
+            claimed_until=None,
+            error=error,
+            result=None if result is None else json.dumps(_plain(result), default=str),
+        )
+    )
     session.commit()
 
 
 def release_job(session: Session, job_id: int) -> None:
     """Give a claimed job back to the queue (the worker is stopping); commits."""
-    session.execute(update(Job).where(Job.id == job_id, Job.status == JOB_RUNNING)
-                    .values(status=JOB_QUEUED, claimed_by=None, claimed_until=None))
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JOB_RUNNING)
+        .values(status=JOB_QUEUED, claimed_by=None, claimed_until=None)
+    )
     session.commit()
 
 
@@ -123,8 +166,10 @@ def run_job(context: JobContext, kind: str) -> Any:
     """Run a claimed job's handler; returns its result (raises what the handler raises)."""
     handler = HANDLERS.get(kind)
     if handler is None:
-        raise JobError(f"no handler for job kind {kind!r}: this worker is older than the "
-                       "process that queued it; upgrade it")
+        raise JobError(
+            f"no handler for job kind {kind!r}: this worker is older than the "
+            "process that queued it; upgrade it"
+        )
     return handler(context)
 
 
@@ -158,11 +203,14 @@ def _send_digest_now(context: JobContext) -> dict[str, Any]:
         def finish(self, report: Any) -> None:
             context.progress(report.sent + report.failed + report.skipped, report.total)
 
-    run = send_digest(context.session, context.services, lock=context.lock,
-                      progress=_Progress())
-    return {"new_posts": run.new_posts, "nothing_new": run.nothing_new,
-            "no_readers": run.no_readers, "sync_error": run.sync_error,
-            "reports": [report.as_dict() for report in run.reports]}
+    run = send_digest(context.session, context.services, lock=context.lock, progress=_Progress())
+    return {
+        "new_posts": run.new_posts,
+        "nothing_new": run.nothing_new,
+        "no_readers": run.no_readers,
+        "sync_error": run.sync_error,
+        "reports": [report.as_dict() for report in run.reports],
+    }
 
 
 @job_handler("import_readers")
@@ -174,14 +222,22 @@ def _import_readers(context: JobContext) -> Any:
     payload = context.payload
     if not payload.get("path") or not payload.get("consent_note"):
         raise JobError("import_readers needs a path and a consent_note")
-    report = import_readers(context.session, context.services, Path(str(payload["path"])),
-                            consent_note=str(payload["consent_note"]),
-                            require_confirmation=bool(payload.get("require_confirmation")),
-                            skip_invalid=bool(payload.get("skip_invalid")))
-    return {"file_name": report.file_name, "rows": report.rows, "added": report.added,
-            "already_present": report.already_present,
-            "confirmations_queued": report.confirmations_queued,
-            "committed": report.committed}
+    report = import_readers(
+        context.session,
+        context.services,
+        Path(str(payload["path"])),
+        consent_note=str(payload["consent_note"]),
+        require_confirmation=bool(payload.get("require_confirmation")),
+        skip_invalid=bool(payload.get("skip_invalid")),
+    )
+    return {
+        "file_name": report.file_name,
+        "rows": report.rows,
+        "added": report.added,
+        "already_present": report.already_present,
+        "confirmations_queued": report.confirmations_queued,
+        "committed": report.committed,
+    }
 
 
 @job_handler("erase_reader")
@@ -192,6 +248,10 @@ def _erase_reader(context: JobContext) -> Any:
     email = context.payload.get("email")
     if not email:
         raise JobError("erase_reader needs an email")
-    report = erase_reader(context.session, context.services, str(email),
-                          method=str(context.payload.get("method") or "dashboard"))
+    report = erase_reader(
+        context.session,
+        context.services,
+        str(email),
+        method=str(context.payload.get("method") or "dashboard"),
+    )
     return asdict(report)

@@ -67,7 +67,7 @@ GREETING_NAME_LIMIT = 60
 
 
 def reader_greeting(name: str | None) -> str:
-    """"Hi Ada," for a reader with a name, "Hello," without one (whitespace squashed)."""
+    """ "Hi Ada," for a reader with a name, "Hello," without one (whitespace squashed)."""
     name = " ".join((name or "").split())[:GREETING_NAME_LIMIT].strip()
     return f"Hi {name}," if name else "Hello,"
 
@@ -119,8 +119,7 @@ def _encoded_words(text: str) -> str:
         # 72, inside the limit of 75; a character is never split across two words. White
         # space between encoded-words is dropped by readers (RFC 2047 6.2), so a space stays
         # inside a word, and a word is preferably ended before one.
-        if len((chunk + char).encode()) > 45 or (
-                char == " " and len(chunk.encode()) > 30):
+        if len((chunk + char).encode()) > 45 or (char == " " and len(chunk.encode()) > 30):
             words.append(chunk)
             chunk = ""
         chunk += char
@@ -132,8 +131,15 @@ def _encoded_words(text: str) -> str:
 
 # The To header is the reader's address with their name; bodies use RECIPIENT for the address.
 _TO_HEADER = "__NEWSLETTER_TO_HEADER__"
-_PLACEHOLDERS = (ph.UNSUBSCRIBE_URL, ph.GREETING, ph.RECIPIENT, ph.MESSAGE_ID, _TO_HEADER,
-                 ph.CONFIRM_URL, ph.DATE)
+_PLACEHOLDERS = (
+    ph.UNSUBSCRIBE_URL,
+    ph.GREETING,
+    ph.RECIPIENT,
+    ph.MESSAGE_ID,
+    _TO_HEADER,
+    ph.CONFIRM_URL,
+    ph.DATE,
+)
 _PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in _PLACEHOLDERS))
 # Where a slot sits decides how its value is written: raw in a header, as UTF-8 in an 8-bit
 # part, quoted-printable in a QP part; HTML-escaped in an HTML part.
@@ -152,8 +158,9 @@ class _Slot:
 class _Serialised:
     """One serialised message with slots: literal bytes between them, joined by ``%``."""
 
-    def __init__(self, pieces: Sequence[bytes | _Slot],
-                 guarded: Sequence[tuple[int, tuple[int, ...]]]) -> None:
+    def __init__(
+        self, pieces: Sequence[bytes | _Slot], guarded: Sequence[tuple[int, tuple[int, ...]]]
+    ) -> None:
         literals: list[bytes] = []
         self.slots: list[_Slot] = []
         current = b""
@@ -174,10 +181,12 @@ class _Serialised:
         # literal after a slot starts mid-line: only dots after a line break count there.
         self.wire_format = b"%s".join(
             dot_stuff(lit, at_line_start=(i == 0)).replace(b"%", b"%%")
-            for i, lit in enumerate(literals))
+            for i, lit in enumerate(literals)
+        )
         # Slots that begin a line: a value starting with "." is doubled there.
-        self.line_start = [lit.endswith(b"\n") or (i == 0 and not lit)
-                           for i, lit in enumerate(literals[:-1])]
+        self.line_start = [
+            lit.endswith(b"\n") or (i == 0 and not lit) for i, lit in enumerate(literals[:-1])
+        ]
         # Lines of 8-bit parts that hold slots: (octets without the slots, slot indexes).
         self.guarded = guarded
         self.room = min((MAX_LINE - base for base, _ in guarded), default=MAX_LINE)
@@ -193,14 +202,16 @@ class MessageTemplate:
     ``personalise`` fills the slots: a few small encodings and one join, not a MIME build.
     """
 
-    def __init__(self, eight_bit: _Serialised, seven_bit: _Serialised,
-                 dkim: DkimSigner | None = None) -> None:
+    def __init__(
+        self, eight_bit: _Serialised, seven_bit: _Serialised, dkim: DkimSigner | None = None
+    ) -> None:
         self._eight_bit = eight_bit
         self._seven_bit = seven_bit
         self.dkim = dkim
         # The body of each serialisation canonicalised for DKIM once, not once per reader.
-        self._signing = ({id(s): _Signing.of(s) for s in (eight_bit, seven_bit)}
-                         if dkim is not None else {})
+        self._signing = (
+            {id(s): _Signing.of(s) for s in (eight_bit, seven_bit)} if dkim is not None else {}
+        )
 
     @property
     def data(self) -> bytes:
@@ -208,23 +219,33 @@ class MessageTemplate:
         return self._eight_bit.template
 
     @classmethod
-    def build(cls, rendered: RenderedEmail, *, sender: str, sender_name: str | None,
-              headers: Mapping[str, str], date: datetime | None,
-              dkim: DkimSigner | None = None) -> MessageTemplate:
+    def build(
+        cls,
+        rendered: RenderedEmail,
+        *,
+        sender: str,
+        sender_name: str | None,
+        headers: Mapping[str, str],
+        date: datetime | None,
+        dkim: DkimSigner | None = None,
+    ) -> MessageTemplate:
         """Serialise ``rendered`` with slots in To, Message-ID, ``headers`` and both bodies.
 
         ``headers`` may hold placeholders (List-Unsubscribe holds the unsubscribe URL's).
         With ``date`` None the Date header is a slot too (``ReaderParts.date``), for a
         template that is built once and sent at many times.
         """
-        head = _header_block(rendered.subject, sender=sender, sender_name=sender_name,
-                             headers=headers, date=date)
+        head = _header_block(
+            rendered.subject, sender=sender, sender_name=sender_name, headers=headers, date=date
+        )
         boundary = _boundary(rendered)
         variants = []
         for allow_8bit in (True, False):
             pieces: list[bytes | _Slot] = [*head]
-            pieces.append(b"MIME-Version: 1.0\r\nContent-Type: multipart/alternative; "
-                          b'boundary="' + boundary + b'"\r\n\r\n')
+            pieces.append(
+                b"MIME-Version: 1.0\r\nContent-Type: multipart/alternative; "
+                b'boundary="' + boundary + b'"\r\n\r\n'
+            )
             guarded: list[tuple[int, tuple[int, ...]]] = []
             for subtype, body in (("plain", rendered.text), ("html", rendered.html)):
                 pieces.append(b"--" + boundary + b"\r\n")
@@ -266,9 +287,9 @@ class MessageTemplate:
         assert self.dkim is not None
         signing = self._signing[id(serialised)]
         if signing is not None:
-            head = signing.head_format % tuple(values[:signing.head_slots])
+            head = signing.head_format % tuple(values[: signing.head_slots])
             if b"\r\n\r\n" not in head:
-                body_hash = signing.body.digest(values[signing.head_slots:])
+                body_hash = signing.body.digest(values[signing.head_slots :])
                 return self.dkim.signature_headers(head, body_hash)
         # A header value that ended the header block early: sign what a verifier will see.
         return self.dkim.signature_for(serialised.format % tuple(values))
@@ -290,22 +311,22 @@ class _Signing:
         for k, literal in enumerate(literals):
             end = literal.find(b"\r\n\r\n")
             if end >= 0:
-                head = [*literals[:k], literal[:end + 2]]
-                return cls(b"%s".join(lit.replace(b"%", b"%%") for lit in head), k,
-                           BodyHasher([literal[end + 4:], *literals[k + 1:]]))
+                head = [*literals[:k], literal[: end + 2]]
+                return cls(
+                    b"%s".join(lit.replace(b"%", b"%%") for lit in head),
+                    k,
+                    BodyHasher([literal[end + 4 :], *literals[k + 1 :]]),
+                )
         return None
-
-
-
-
 
 
 def _fits(serialised: _Serialised, values: Sequence[bytes]) -> bool:
     """Whether every 8-bit line with a slot stays within 998 octets for these values."""
     if sum(len(values[i]) for i in serialised.guarded_slots) <= serialised.room:
         return True  # even all of them on the fullest line would fit
-    return all(base + sum(len(values[i]) for i in idx) <= MAX_LINE
-               for base, idx in serialised.guarded)
+    return all(
+        base + sum(len(values[i]) for i in idx) <= MAX_LINE for base, idx in serialised.guarded
+    )
 
 
 def _slot_values(slots: Iterable[_Slot], reader: ReaderParts) -> list[bytes]:
@@ -343,15 +364,28 @@ def _slot_values(slots: Iterable[_Slot], reader: ReaderParts) -> list[bytes]:
     return values
 
 
-def _header_block(subject: str, *, sender: str, sender_name: str | None,
-                  headers: Mapping[str, str], date: datetime | None) -> list[bytes | _Slot]:
+def _header_block(
+    subject: str,
+    *,
+    sender: str,
+    sender_name: str | None,
+    headers: Mapping[str, str],
+    date: datetime | None,
+) -> list[bytes | _Slot]:
     pieces: list[bytes | _Slot] = [
         _fold("From", format_address(sender, sender_name)),
-        b"To: ", _Slot(_TO_HEADER, HEADER), b"\r\n",
+        b"To: ",
+        _Slot(_TO_HEADER, HEADER),
+        b"\r\n",
         _fold("Subject", subject),
-        *([_fold("Date", format_datetime(date))] if date is not None
-          else [b"Date: ", _Slot(ph.DATE, HEADER), b"\r\n"]),
-        b"Message-ID: <", _Slot(ph.MESSAGE_ID, HEADER), b">\r\n",
+        *(
+            [_fold("Date", format_datetime(date))]
+            if date is not None
+            else [b"Date: ", _Slot(ph.DATE, HEADER), b"\r\n"]
+        ),
+        b"Message-ID: <",
+        _Slot(ph.MESSAGE_ID, HEADER),
+        b">\r\n",
     ]
     for name, value in headers.items():
         if "\r" in value or "\n" in value:
@@ -370,7 +404,7 @@ def _split_slots(text: str, context: str) -> list[bytes | _Slot]:
     pieces: list[bytes | _Slot] = []
     position = 0
     for match in _PLACEHOLDER_RE.finditer(text):
-        pieces.append(text[position:match.start()].encode())
+        pieces.append(text[position : match.start()].encode())
         pieces.append(_Slot(match.group(), context))
         position = match.end()
     pieces.append(text[position:].encode())
@@ -390,24 +424,33 @@ def _lines(body: str) -> list[str]:
     return body.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n").split("\n")
 
 
-def _add_part(pieces: list[bytes | _Slot], guarded: list[tuple[int, tuple[int, ...]]],
-              subtype: str, body: str, allow_8bit: bool) -> None:
+def _add_part(
+    pieces: list[bytes | _Slot],
+    guarded: list[tuple[int, tuple[int, ...]]],
+    subtype: str,
+    body: str,
+    allow_8bit: bool,
+) -> None:
     """Append one text part: 7bit when plain ASCII with short lines and no slots, 8bit when
     allowed and every line fits, else quoted-printable (always valid)."""
     lines = _lines(body)
     has_slots = _PLACEHOLDER_RE.search(body) is not None
     lengths = [len(_PLACEHOLDER_RE.sub("", line).encode()) for line in lines]
     short = all(n <= MAX_LINE for n in lengths) and all(
-        n <= MAX_LINE - _SLOT_ROOM for n, line in zip(lengths, lines, strict=True)
-        if _PLACEHOLDER_RE.search(line))
+        n <= MAX_LINE - _SLOT_ROOM
+        for n, line in zip(lengths, lines, strict=True)
+        if _PLACEHOLDER_RE.search(line)
+    )
     if short and body.isascii() and not has_slots:
         cte = "7bit"
     elif short and allow_8bit:
         cte = "8bit"
     else:
         cte = "quoted-printable"
-    pieces.append(f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
-                  f"Content-Transfer-Encoding: {cte}\r\n\r\n".encode())
+    pieces.append(
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+        f"Content-Transfer-Encoding: {cte}\r\n\r\n".encode()
+    )
     if cte == "quoted-printable":
         pieces.extend(_qp_body(lines, HTML_QP if subtype == "html" else TEXT_QP))
         return
@@ -479,9 +522,14 @@ def _qp_body(lines: Sequence[str], context: str) -> list[bytes | _Slot]:
 def qp_value(value: str) -> bytes:
     """A reader's value for a quoted-printable slot: encoded, wrapped with soft breaks, and
     never ending in white space (the template puts a soft break after it)."""
-    if (len(value) <= QP_LINE - 1 and value.isascii() and value.isprintable()
-            and "=" not in value and not value.endswith((" ", "\t"))
-            and not value.startswith(".")):
+    if (
+        len(value) <= QP_LINE - 1
+        and value.isascii()
+        and value.isprintable()
+        and "=" not in value
+        and not value.endswith((" ", "\t"))
+        and not value.startswith(".")
+    ):
         return value.encode("ascii")
     tokens = _qp_tokens(value)
     if tokens and tokens[-1] in (" ", "\t"):

@@ -49,8 +49,9 @@ class MailCatcher:
         directory.mkdir(parents=True, exist_ok=True)
         self.host = host
         self.port = port or free_port(host)
-        self._controller = Controller(_FilingHandler(directory), hostname=host, port=self.port,
-                                      ready_timeout=10)
+        self._controller = Controller(
+            _FilingHandler(directory), hostname=host, port=self.port, ready_timeout=10
+        )
 
     def start(self) -> MailCatcher:
         """Listen."""

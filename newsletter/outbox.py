@@ -18,15 +18,7 @@ from flask import Flask
 from sqlalchemy import bindparam, case, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from .models import (
-    CONFIRMATION_SENT,
-    FAILED,
-    QUEUED,
-    SENDING,
-    SENT,
-    ConsentEvent,
-    OutboxEmail,
-)
+from .models import CONFIRMATION_SENT, FAILED, QUEUED, SENDING, SENT, ConsentEvent, OutboxEmail
 from .smtp import SmtpConfigError, SmtpRejectedError, SmtpUnavailableError, Transport
 
 log = logging.getLogger(__name__)
@@ -37,40 +29,83 @@ CLAIM_LEASE = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(hours=1)
 
 
-def queue_email(session: Session, *, subscriber_id: int | None, kind: str, recipient: str,
-                message: bytes, now: datetime) -> OutboxEmail:
+def queue_email(
+    session: Session,
+    *,
+    subscriber_id: int | None,
+    kind: str,
+    recipient: str,
+    message: bytes,
+    now: datetime,
+) -> OutboxEmail:
     """Add a serialised email to the outbox in the caller's transaction."""
     row = OutboxEmail(
-        subscriber_id=subscriber_id, kind=kind, recipient=recipient, message=message,
-        status=QUEUED, attempts=0, created_at=now, next_attempt_at=now,
+        subscriber_id=subscriber_id,
+        kind=kind,
+        recipient=recipient,
+        message=message,
+        status=QUEUED,
+        attempts=0,
+        created_at=now,
+        next_attempt_at=now,
     )
     session.add(row)
     return row
 
 
 _QUEUE_ROW = insert(OutboxEmail).returning(OutboxEmail.id)
-_RECENT_COUNTS = (
-    select(*(func.coalesce(func.sum(case((OutboxEmail.created_at >= bindparam(since), 1),
-                                         else_=0)), 0) for since in ("since1", "since2")))
-    .where(OutboxEmail.subscriber_id == bindparam("sid"), OutboxEmail.kind == bindparam("kind")))
+_RECENT_COUNTS = select(
+    *(
+        func.coalesce(func.sum(case((OutboxEmail.created_at >= bindparam(since), 1), else_=0)), 0)
+        for since in ("since1", "since2")
+    )
+).where(OutboxEmail.subscriber_id == bindparam("sid"), OutboxEmail.kind == bindparam("kind"))
 
 
-def queue_email_row(session: Session, *, subscriber_id: int | None, kind: str, recipient: str,
-                    message: bytes, now: datetime) -> int:
+def queue_email_row(
+    session: Session,
+    *,
+    subscriber_id: int | None,
+    kind: str,
+    recipient: str,
+    message: bytes,
+    now: datetime,
+) -> int:
     """Like ``queue_email``, in one prepared INSERT without an ORM object; returns the id."""
-    return int(session.connection().execute(_QUEUE_ROW, {
-        "subscriber_id": subscriber_id, "kind": kind, "recipient": recipient, "message": message,
-        "status": QUEUED, "attempts": 0, "created_at": now, "next_attempt_at": now,
-        "claimed_until": None, "sent_at": None, "last_error": None,
-    }).scalar_one())
+    return int(
+        session.connection()
+        .execute(
+            _QUEUE_ROW,
+            {
+                "subscriber_id": subscriber_id,
+                "kind": kind,
+                "recipient": recipient,
+                "message": message,
+                "status": QUEUED,
+                "attempts": 0,
+                "created_at": now,
+                "next_attempt_at": now,
+                "claimed_until": None,
+                "sent_at": None,
+                "last_error": None,
+            },
+        )
+        .scalar_one()
+    )
 
 
-def recent_counts(session: Session, subscriber_id: int, kind: str, since1: datetime,
-                  since2: datetime) -> tuple[int, int]:
+def recent_counts(
+    session: Session, subscriber_id: int, kind: str, since1: datetime, since2: datetime
+) -> tuple[int, int]:
     """How many emails of ``kind`` were queued for a reader since each of two moments (counted
     across all processes), in one query."""
-    row = session.connection().execute(_RECENT_COUNTS, {
-        "sid": subscriber_id, "kind": kind, "since1": since1, "since2": since2}).one()
+    row = (
+        session.connection()
+        .execute(
+            _RECENT_COUNTS, {"sid": subscriber_id, "kind": kind, "since1": since1, "since2": since2}
+        )
+        .one()
+    )
     return int(row[0]), int(row[1])
 
 
@@ -100,15 +135,26 @@ def _claimable(now: datetime, due_only: bool):  # type: ignore[no-untyped-def]
 def _claim_batch(session: Session, now: datetime, due_only: bool, size: int) -> list[Any]:
     """Claim up to ``size`` due emails in one statement; another sender never gets the same
     rows (SKIP LOCKED on PostgreSQL; SQLite has one writer at a time)."""
-    candidates = (select(OutboxEmail.id).where(_claimable(now, due_only))
-                  .order_by(OutboxEmail.id).limit(size).with_for_update(skip_locked=True))
+    candidates = (
+        select(OutboxEmail.id)
+        .where(_claimable(now, due_only))
+        .order_by(OutboxEmail.id)
+        .limit(size)
+        .with_for_update(skip_locked=True)
+    )
     rows = session.execute(
         update(OutboxEmail)
         # The condition again, so a row another sender claimed meanwhile is left out.
         .where(OutboxEmail.id.in_(candidates.scalar_subquery()), _claimable(now, due_only))
         .values(status=SENDING, claimed_until=now + CLAIM_LEASE)
-        .returning(OutboxEmail.id, OutboxEmail.kind, OutboxEmail.subscriber_id,
-                   OutboxEmail.recipient, OutboxEmail.message, OutboxEmail.attempts)
+        .returning(
+            OutboxEmail.id,
+            OutboxEmail.kind,
+            OutboxEmail.subscriber_id,
+            OutboxEmail.recipient,
+            OutboxEmail.message,
+            OutboxEmail.attempts,
+        )
     ).all()
     session.commit()
     return sorted(rows, key=lambda row: row.id)
@@ -122,9 +168,17 @@ def _commit_quickly(session: Session) -> None:
     session.commit()
 
 
-def deliver_queued(session: Session, transport: Transport, *, sender: str, now: datetime,
-                   max_attempts: int, due_only: bool = True, limit: int = 500,
-                   batch: int = 50) -> OutboxReport:
+def deliver_queued(
+    session: Session,
+    transport: Transport,
+    *,
+    sender: str,
+    now: datetime,
+    max_attempts: int,
+    due_only: bool = True,
+    limit: int = 500,
+    batch: int = 50,
+) -> OutboxReport:
     """Send the queued emails (only those due, unless ``due_only`` is false); returns a report.
 
     Stops early, leaving the rest queued, when the SMTP server cannot be reached or refuses
@@ -141,36 +195,66 @@ def deliver_queued(session: Session, transport: Transport, *, sender: str, now: 
             try:
                 transport.send(sender, row.recipient, row.message)
             except SmtpRejectedError as err:
-                _attempt_failed(session, row, now, max_attempts, str(err),
-                                permanent=not err.temporary, report=report)
+                _attempt_failed(
+                    session,
+                    row,
+                    now,
+                    max_attempts,
+                    str(err),
+                    permanent=not err.temporary,
+                    report=report,
+                )
                 continue
             except (SmtpUnavailableError, SmtpConfigError) as err:
-                _attempt_failed(session, row, now, max_attempts, str(err), permanent=False,
-                                report=report)
+                _attempt_failed(
+                    session, row, now, max_attempts, str(err), permanent=False, report=report
+                )
                 report.errors.append(str(err))
                 # Give back what this pass claimed but did not try.
-                untried = [r.id for r in rows[position + 1:]]
+                untried = [r.id for r in rows[position + 1 :]]
                 if untried:
-                    session.execute(update(OutboxEmail).where(OutboxEmail.id.in_(untried))
-                                    .values(status=QUEUED, claimed_until=None))
+                    session.execute(
+                        update(OutboxEmail)
+                        .where(OutboxEmail.id.in_(untried))
+                        .values(status=QUEUED, claimed_until=None)
+                    )
                     session.commit()
                 break
-            session.execute(update(OutboxEmail).where(OutboxEmail.id == row.id).values(
-                status=SENT, sent_at=now, claimed_until=None, attempts=row.attempts + 1))
+            session.execute(
+                update(OutboxEmail)
+                .where(OutboxEmail.id == row.id)
+                .values(status=SENT, sent_at=now, claimed_until=None, attempts=row.attempts + 1)
+            )
             if row.kind == CONFIRMATION and row.subscriber_id is not None:
-                session.execute(insert(ConsentEvent).values(
-                    subscriber_id=row.subscriber_id, kind=CONFIRMATION_SENT, occurred_at=now,
-                    method="system"))
+                session.execute(
+                    insert(ConsentEvent).values(
+                        subscriber_id=row.subscriber_id,
+                        kind=CONFIRMATION_SENT,
+                        occurred_at=now,
+                        method="system",
+                    )
+                )
             _commit_quickly(session)
             report.sent += 1
     return report
 
 
-def _attempt_failed(session: Session, row: Any, now: datetime, max_attempts: int, error: str,
-                    *, permanent: bool, report: OutboxReport) -> None:
+def _attempt_failed(
+    session: Session,
+    row: Any,
+    now: datetime,
+    max_attempts: int,
+    error: str,
+    *,
+    permanent: bool,
+    report: OutboxReport,
+) -> None:
     attempts = row.attempts + 1
-    changes: dict[str, Any] = {"attempts": attempts, "last_error": error[:2000],
-                               "claimed_until": None}
+    changes: dict[str, Any] = {
+        "attempts": attempts,
+        "last_error": error[:2000],
+        "claimed_until": None,
+    }
     if permanent or attempts >= max_attempts:
         changes["status"] = FAILED
         report.failed += 1
@@ -200,8 +284,7 @@ class OutboxSender:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
-                self._thread = threading.Thread(target=self._run, name="outbox-sender",
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._run, name="outbox-sender", daemon=True)
                 self._thread.start()
 
     def wake(self) -> None:
@@ -234,8 +317,12 @@ class OutboxSender:
                 transport = transport or services.open_transport()
                 try:
                     report = deliver_queued(
-                        db.session, transport, sender=services.config["MAIL_FROM"],
-                        now=services.clock(), max_attempts=services.config["OUTBOX_MAX_ATTEMPTS"])
+                        db.session,
+                        transport,
+                        sender=services.config["MAIL_FROM"],
+                        now=services.clock(),
+                        max_attempts=services.config["OUTBOX_MAX_ATTEMPTS"],
+                    )
                     if not woken:
                         ratelimit.sweep(db.session, services.clock())
                 except Exception:  # keep the thread alive; the rows stay queued

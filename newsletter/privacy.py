@@ -95,12 +95,13 @@ def scrub_file(engine: Engine, tries: int = CHECKPOINT_TRIES) -> bool | None:
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
                 connection.exec_driver_sql("VACUUM")
                 busy, _log, _done = connection.exec_driver_sql(
-                    "PRAGMA wal_checkpoint(TRUNCATE)").one()
+                    "PRAGMA wal_checkpoint(TRUNCATE)"
+                ).one()
         except OperationalError:
             busy = 1  # another connection is writing: wait and try again
         if not busy:
             return True
-        time.sleep(min(0.05 * 2 ** attempt, 1.0))
+        time.sleep(min(0.05 * 2**attempt, 1.0))
     return False
 
 
@@ -112,8 +113,9 @@ def _page_only(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")) or None
 
 
-def erase_reader(session: Session, services: Services, email: str,
-                 method: str = "cli") -> ErasureReport:
+def erase_reader(
+    session: Session, services: Services, email: str, method: str = "cli"
+) -> ErasureReport:
     """Erase everything personal held about an address; idempotent. Raises InvalidAddressError."""
     address = normalise_address(email)
     digest = address_hash(services.config["SECRET_KEY"], address)
@@ -125,16 +127,24 @@ def erase_reader(session: Session, services: Services, email: str,
     if subscriber is not None:
         email_filter = email_filter | (OutboxEmail.subscriber_id == subscriber.id)
     emails = session.execute(
-        update(OutboxEmail).where(email_filter).values(
-            recipient=None, message=None, last_error=None, claimed_until=None,
-            status=case((OutboxEmail.status.in_((QUEUED, SENDING)), SKIPPED),
-                        else_=OutboxEmail.status))
+        update(OutboxEmail)
+        .where(email_filter)
+        .values(
+            recipient=None,
+            message=None,
+            last_error=None,
+            claimed_until=None,
+            status=case(
+                (OutboxEmail.status.in_((QUEUED, SENDING)), SKIPPED), else_=OutboxEmail.status
+            ),
+        )
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     suppressed = session.get(Suppression, digest) is not None
     if not suppressed:
-        session.execute(insert(Suppression).values(address_hash=digest, reason=ERASED_REASON,
-                                                   created_at=now))
+        session.execute(
+            insert(Suppression).values(address_hash=digest, reason=ERASED_REASON, created_at=now)
+        )
     if subscriber is None:
         session.commit()
         scrubbed = scrub_file(session.get_bind())  # type: ignore[arg-type]
@@ -149,13 +159,21 @@ def erase_reader(session: Session, services: Services, email: str,
         if event.kind in (BOUNCED_EVENT, COMPLAINED):
             event.note = None  # a server's diagnostic usually quotes the address
         events += 1
-    session.execute(update(BounceRecord).where(BounceRecord.subscriber_id == subscriber.id)
-                    .values(diagnostic=None).execution_options(synchronize_session=False))
+    session.execute(
+        update(BounceRecord)
+        .where(BounceRecord.subscriber_id == subscriber.id)
+        .values(diagnostic=None)
+        .execution_options(synchronize_session=False)
+    )
     deliveries = session.execute(
-        update(Delivery).where(Delivery.subscriber_id == subscriber.id).values(
+        update(Delivery)
+        .where(Delivery.subscriber_id == subscriber.id)
+        .values(
             smtp_reply=None,
-            status=case((Delivery.status.in_((QUEUED, DEFERRED, SENDING)), SKIPPED),
-                        else_=Delivery.status))
+            status=case(
+                (Delivery.status.in_((QUEUED, DEFERRED, SENDING)), SKIPPED), else_=Delivery.status
+            ),
+        )
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     subscriber.email = None
@@ -171,8 +189,7 @@ def erase_reader(session: Session, services: Services, email: str,
     return ErasureReport("erased", subscriber_id, events, emails, deliveries, scrubbed)
 
 
-def purge_pending(session: Session, services: Services, *,
-                  dry_run: bool = False) -> PurgeReport:
+def purge_pending(session: Session, services: Services, *, dry_run: bool = False) -> PurgeReport:
     """Delete never-confirmed pending sign-ups whose last request is older than
     ``PENDING_RETENTION_DAYS``, with their events and emails; keeps nothing about them.
 
@@ -182,9 +199,15 @@ def purge_pending(session: Session, services: Services, *,
     """
     now = services.clock()
     cutoff = now - timedelta(days=services.config["PENDING_RETENTION_DAYS"])
-    stale = select(Subscriber.id).where(
-        Subscriber.status == PENDING, Subscriber.confirmed_at.is_(None),
-        Subscriber.updated_at < cutoff).order_by(Subscriber.id)
+    stale = (
+        select(Subscriber.id)
+        .where(
+            Subscriber.status == PENDING,
+            Subscriber.confirmed_at.is_(None),
+            Subscriber.updated_at < cutoff,
+        )
+        .order_by(Subscriber.id)
+    )
     if dry_run:
         count = len(session.scalars(stale).all())
         session.rollback()
@@ -197,10 +220,16 @@ def purge_pending(session: Session, services: Services, *,
             session.rollback()
             break
         for table in (OutboxEmail, ConsentEvent, Delivery, BounceRecord):
-            session.execute(delete(table).where(table.subscriber_id.in_(ids))
-                            .execution_options(synchronize_session=False))
-        session.execute(delete(Subscriber).where(Subscriber.id.in_(ids))
-                        .execution_options(synchronize_session=False))
+            session.execute(
+                delete(table)
+                .where(table.subscriber_id.in_(ids))
+                .execution_options(synchronize_session=False)
+            )
+        session.execute(
+            delete(Subscriber)
+            .where(Subscriber.id.in_(ids))
+            .execution_options(synchronize_session=False)
+        )
         session.commit()
         removed += len(ids)
     scrubbed = scrub_file(session.get_bind()) if removed else True  # type: ignore[arg-type]

@@ -33,23 +33,35 @@ def _upsert(dialect: str):  # type: ignore[no-untyped-def]
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    return insert(RateLimitWindow).on_conflict_do_update(
-        index_elements=["key", "window_start"], set_={"count": RateLimitWindow.count + 1},
-    ).returning(RateLimitWindow.count)
+    return (
+        insert(RateLimitWindow)
+        .on_conflict_do_update(
+            index_elements=["key", "window_start"], set_={"count": RateLimitWindow.count + 1}
+        )
+        .returning(RateLimitWindow.count)
+    )
 
 
 # Built once per dialect: a sign-up runs this on every request.
 _UPSERTS = {dialect: _upsert(dialect) for dialect in ("postgresql", "sqlite")}
 
 
-def hit(session: Session, key: str, *, limit: int, window_seconds: int, now: datetime,
-        commit: bool = True) -> bool:
+def hit(
+    session: Session,
+    key: str,
+    *,
+    limit: int,
+    window_seconds: int,
+    now: datetime,
+    commit: bool = True,
+) -> bool:
     """Count one hit against ``key`` in the database: one atomic upsert. With ``commit`` false
     it joins the caller's transaction (which must commit, whatever happens next)."""
     connection = session.connection()
     statement = _UPSERTS.get(connection.dialect.name, _UPSERTS["sqlite"])
-    count = connection.execute(statement, {
-        "key": key[:200], "window_start": _window(now, window_seconds), "count": 1}).scalar_one()
+    count = connection.execute(
+        statement, {"key": key[:200], "window_start": _window(now, window_seconds), "count": 1}
+    ).scalar_one()
     if commit:
         session.commit()
     return bool(count <= limit)
@@ -71,8 +83,9 @@ class DatabaseRateLimiter:
         self._session = session
 
     def hit(self, key: str, *, limit: int, window_seconds: int, now: datetime) -> bool:
-        return hit(self._session(), key, limit=limit, window_seconds=window_seconds, now=now,
-                   commit=False)
+        return hit(
+            self._session(), key, limit=limit, window_seconds=window_seconds, now=now, commit=False
+        )
 
 
 class RedisRateLimiter:
@@ -87,8 +100,9 @@ class RedisRateLimiter:
 
         self.url = url
         self._errors = (redis.RedisError, OSError)
-        self._client = client or redis.Redis.from_url(url, socket_timeout=2,
-                                                      socket_connect_timeout=2)
+        self._client = client or redis.Redis.from_url(
+            url, socket_timeout=2, socket_connect_timeout=2
+        )
 
     def hit(self, key: str, *, limit: int, window_seconds: int, now: datetime) -> bool:
         name = f"newsletter:rate:{key}:{_window(now, window_seconds)}"

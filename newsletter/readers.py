@@ -47,8 +47,15 @@ from .subscriptions import (
 )
 
 #: Columns ``export`` writes; ``import`` reads email, name, subscribed_at, source and status.
-EXPORT_COLUMNS = ("email", "name", "status", "subscribed_at", "confirmed_at", "unsubscribed_at",
-                  "source")
+EXPORT_COLUMNS = (
+    "email",
+    "name",
+    "status",
+    "subscribed_at",
+    "confirmed_at",
+    "unsubscribed_at",
+    "source",
+)
 IMPORT_COLUMNS = ("email", "name", "subscribed_at", "source", "status")
 BATCH_SIZE = 2000
 #: Problems of one kind kept with their details; past this they are only counted.
@@ -107,19 +114,29 @@ def _check_status(status: str | None) -> None:
         raise ReadersError(f"unknown status {status!r}: use one of {choices}")
 
 
-def iter_readers(session: Session, status: str | None = None, *,
-                 batch_size: int = BATCH_SIZE) -> Iterator[ReaderRow]:
+def iter_readers(
+    session: Session, status: str | None = None, *, batch_size: int = BATCH_SIZE
+) -> Iterator[ReaderRow]:
     """Readers in id order, streamed; all but the erased ones unless ``status`` asks for them."""
     _check_status(status)
     first_source = (
         select(ConsentEvent.source_url)
         .where(ConsentEvent.subscriber_id == Subscriber.id, ConsentEvent.source_url.is_not(None))
-        .order_by(ConsentEvent.id).limit(1)
-        .correlate(Subscriber).scalar_subquery()
+        .order_by(ConsentEvent.id)
+        .limit(1)
+        .correlate(Subscriber)
+        .scalar_subquery()
     )
-    query = select(Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.status,
-                   Subscriber.created_at, Subscriber.confirmed_at, Subscriber.unsubscribed_at,
-                   first_source).order_by(Subscriber.id)
+    query = select(
+        Subscriber.id,
+        Subscriber.email,
+        Subscriber.name,
+        Subscriber.status,
+        Subscriber.created_at,
+        Subscriber.confirmed_at,
+        Subscriber.unsubscribed_at,
+        first_source,
+    ).order_by(Subscriber.id)
     if status is None:
         query = query.where(Subscriber.status != ERASED)
     else:
@@ -133,7 +150,8 @@ def count_by_status(session: Session) -> dict[str, int]:
     """How many readers have each status (every status present, zero included)."""
     counts = dict.fromkeys(SUBSCRIBER_STATUSES, 0)
     for status, number in session.execute(
-            select(Subscriber.status, func.count()).group_by(Subscriber.status)):
+        select(Subscriber.status, func.count()).group_by(Subscriber.status)
+    ):
         counts[status] = number
     return counts
 
@@ -155,9 +173,17 @@ def export_readers(session: Session, out: IO[str], status: str | None = None) ->
     for reader in iter_readers(session, status):
         if reader.email is None:
             continue  # erased: nothing to export
-        writer.writerow([reader.email, reader.name or "", reader.status, iso(reader.subscribed_at),
-                         iso(reader.confirmed_at), iso(reader.unsubscribed_at),
-                         reader.source or ""])
+        writer.writerow(
+            [
+                reader.email,
+                reader.name or "",
+                reader.status,
+                iso(reader.subscribed_at),
+                iso(reader.confirmed_at),
+                iso(reader.unsubscribed_at),
+                reader.source or "",
+            ]
+        )
         count += 1
     return count
 
@@ -165,16 +191,19 @@ def export_readers(session: Session, out: IO[str], status: str | None = None) ->
 # --- one reader by hand ----------------------------------------------------------------------
 
 
-def add_reader(session: Session, services: Services, email: str, *,
-               name: str | None = None) -> SubscribeOutcome:
+def add_reader(
+    session: Session, services: Services, email: str, *, name: str | None = None
+) -> SubscribeOutcome:
     """Sign a reader up on their behalf: pending, with the double-opt-in email queued.
 
-    Raises InvalidAddressError, or AddressSuppressedError for an address erased at the reader's request.
+    Raises InvalidAddressError, or AddressSuppressedError for an address erased at the
+    reader's request.
     """
     if find_subscriber(session, email) is None and is_suppressed(session, services, email):
         raise AddressSuppressedError(
             "This address was erased at the reader's request, so it cannot be added for them. "
-            "They can subscribe again themselves through the form.")
+            "They can subscribe again themselves through the form."
+        )
     return subscribe(session, services, email, name=name, info=RequestInfo(method="cli"))
 
 
@@ -253,16 +282,18 @@ def parse_time(value: str, now: datetime) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise ValueError(f"subscribed_at {value!r} is not a date like 2024-03-01 or "
-                         f"2024-03-01T09:30:00+00:00") from None
+        raise ValueError(
+            f"subscribed_at {value!r} is not a date like 2024-03-01 or 2024-03-01T09:30:00+00:00"
+        ) from None
     parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     if parsed > now + timedelta(days=1):
         raise ValueError(f"subscribed_at {value!r} is in the future")
     return parsed
 
 
-def _validate(path: Path, now: datetime, report: ImportReport, require_confirmation: bool,
-              spool: IO[str]) -> None:
+def _validate(
+    path: Path, now: datetime, report: ImportReport, require_confirmation: bool, spool: IO[str]
+) -> None:
     """First pass: check every row, write the good ones (normalised) to ``spool``."""
     writer = csv.writer(spool, lineterminator="\n")
     line = 1  # where the record being read starts
@@ -273,15 +304,17 @@ def _validate(path: Path, now: datetime, report: ImportReport, require_confirmat
             # strict: a quote never closed is an error, not a field that swallows the file.
             reader = csv.DictReader(handle, restkey=_EXTRA, delimiter=delimiter, strict=True)
             if not reader.fieldnames:
-                raise ImportFileError(f"{path.name} is empty: expected a header line with an "
-                                      "'email' column")
+                raise ImportFileError(
+                    f"{path.name} is empty: expected a header line with an 'email' column"
+                )
             reader.fieldnames = [(name or "").strip().lower() for name in reader.fieldnames]
             end = reader.line_num
             if "email" not in reader.fieldnames:
                 found = ", ".join(repr(name) for name in reader.fieldnames)
                 raise ImportFileError(
                     f"{path.name} has no 'email' column: its first line must name the columns, "
-                    f"for example 'email,name,subscribed_at,source' (found {found})")
+                    f"for example 'email,name,subscribed_at,source' (found {found})"
+                )
             while True:
                 line = end + 1
                 record = next(reader, None)
@@ -300,11 +333,14 @@ def _validate(path: Path, now: datetime, report: ImportReport, require_confirmat
                 if wanted is not None:
                     report.skipped.add(line, wanted)
                     continue
-                writer.writerow([row.line, row.email, row.name or "", iso(row.subscribed_at),
-                                 row.source or ""])
+                writer.writerow(
+                    [row.line, row.email, row.name or "", iso(row.subscribed_at), row.source or ""]
+                )
     except UnicodeDecodeError as err:
-        raise ImportFileError(f"{path.name} is not UTF-8 text (after line {end}): save it as "
-                              "'CSV UTF-8' and try again") from err
+        raise ImportFileError(
+            f"{path.name} is not UTF-8 text (after line {end}): save it as "
+            "'CSV UTF-8' and try again"
+        ) from err
     except csv.Error as err:
         raise ImportFileError(_quote_problem(path, end, reader.line_num, err)) from err
 
@@ -330,12 +366,16 @@ def _quote_problem(path: Path, end: int, reached: int, err: csv.Error) -> str:
                 start = number
                 break
     if "unexpected end of data" in str(err):
-        return (f"{path.name}, line {start}: a quote (\") opened on this line is never closed. "
-                "Close it, or write a quote that is part of a name as two quotes (\"\").")
+        return (
+            f'{path.name}, line {start}: a quote (") opened on this line is never closed. '
+            'Close it, or write a quote that is part of a name as two quotes ("").'
+        )
     lines = f"line {start}" if reached <= start else f"lines {start} to {reached}"
-    return (f"{path.name}, {lines}: not readable as CSV ({err}): a quote (\") opened on line "
-            f"{start} ends in the middle of a field. Check the quotes there; a quote that is "
-            "part of a name is written as two quotes (\"\").")
+    return (
+        f'{path.name}, {lines}: not readable as CSV ({err}): a quote (") opened on line '
+        f"{start} ends in the middle of a field. Check the quotes there; a quote that is "
+        'part of a name is written as two quotes ("").'
+    )
 
 
 def _line_breaks(record: dict[str, Any]) -> int:
@@ -343,8 +383,9 @@ def _line_breaks(record: dict[str, Any]) -> int:
     return sum(value.count("\n") for value in values if isinstance(value, str))
 
 
-def _check_row(record: dict[str, Any], line: int, now: datetime,
-               require_confirmation: bool) -> tuple[_Row, str | None]:
+def _check_row(
+    record: dict[str, Any], line: int, now: datetime, require_confirmation: bool
+) -> tuple[_Row, str | None]:
     """A valid row, and why it is skipped (its status column says so) or None."""
     if record.get(_EXTRA):
         raise ValueError("more fields than the header has columns")
@@ -362,8 +403,10 @@ def _check_row(record: dict[str, Any], line: int, now: datetime,
     if status == PENDING:
         if require_confirmation:
             return row, None
-        return row, (f"{email} is pending in the file (never confirmed): not imported; "
-                     "use --require-confirmation to ask them")
+        return row, (
+            f"{email} is pending in the file (never confirmed): not imported; "
+            "use --require-confirmation to ask them"
+        )
     if status in (UNSUBSCRIBED, ERASED, BOUNCED):
         return row, f"{email} is {status} in the file: not imported"
     raise ValueError(f"status {status!r} is not one of confirmed, pending, unsubscribed")
@@ -372,9 +415,13 @@ def _check_row(record: dict[str, Any], line: int, now: datetime,
 def _spooled(spool: IO[str]) -> Iterator[_Row]:
     spool.seek(0)
     for line, email, name, subscribed_at, source in csv.reader(spool):
-        yield _Row(int(line), email, name or None,
-                   datetime.fromisoformat(subscribed_at) if subscribed_at else None,
-                   source or None)
+        yield _Row(
+            int(line),
+            email,
+            name or None,
+            datetime.fromisoformat(subscribed_at) if subscribed_at else None,
+            source or None,
+        )
 
 
 @dataclass(frozen=True)
@@ -387,9 +434,16 @@ class _ImportContext:
     last_id_before: int
 
 
-def import_readers(session: Session, services: Services, path: Path, *, consent_note: str,
-                   require_confirmation: bool = False, skip_invalid: bool = False,
-                   batch_size: int = BATCH_SIZE) -> ImportReport:
+def import_readers(
+    session: Session,
+    services: Services,
+    path: Path,
+    *,
+    consent_note: str,
+    require_confirmation: bool = False,
+    skip_invalid: bool = False,
+    batch_size: int = BATCH_SIZE,
+) -> ImportReport:
     """Import readers from a CSV file (``email``, optional ``name``, ``subscribed_at``, ``source``).
 
     New readers become confirmed with an ``imported`` consent event carrying ``consent_note`` and
@@ -400,8 +454,10 @@ def import_readers(session: Session, services: Services, path: Path, *, consent_
     """
     note = " ".join(consent_note.split())
     if not note:
-        raise ReadersError("Say where the consent was collected with --consent-note, for "
-                           "example --consent-note 'sign-up sheet at the spring workshop'.")
+        raise ReadersError(
+            "Say where the consent was collected with --consent-note, for "
+            "example --consent-note 'sign-up sheet at the spring workshop'."
+        )
     if len(note) > MAX_NOTE:
         raise ReadersError(f"The consent note is longer than {MAX_NOTE} characters.")
     now = services.clock()
@@ -425,8 +481,9 @@ def import_readers(session: Session, services: Services, path: Path, *, consent_
     return report
 
 
-def _merge_safely(session: Session, context: _ImportContext, batch: list[_Row],
-                  report: ImportReport) -> None:
+def _merge_safely(
+    session: Session, context: _ImportContext, batch: list[_Row], report: ImportReport
+) -> None:
     try:
         _merge_batch(session, context, batch, report)
     except IntegrityError as err:
@@ -435,39 +492,56 @@ def _merge_safely(session: Session, context: _ImportContext, batch: list[_Row],
         raise ImportInterruptedError(
             f"another process added one of the addresses on lines {batch[0].line} to "
             f"{batch[-1].line} while this import ran. The rows before line {batch[0].line} are "
-            "imported; run the same command again to finish (nothing is duplicated).") from err
+            "imported; run the same command again to finish (nothing is duplicated)."
+        ) from err
 
 
 def _event_row(context: _ImportContext, subscriber_id: int, row: _Row) -> dict[str, Any]:
     when = f"; subscribed {iso(row.subscribed_at)}" if row.subscribed_at else ""
     return {
-        "subscriber_id": subscriber_id, "kind": IMPORTED, "occurred_at": context.now,
-        "method": "import", "ip": None, "user_agent": None, "source_url": row.source,
-        "consent_text": None, "privacy_policy_url": None,
+        "subscriber_id": subscriber_id,
+        "kind": IMPORTED,
+        "occurred_at": context.now,
+        "method": "import",
+        "ip": None,
+        "user_agent": None,
+        "source_url": row.source,
+        "consent_text": None,
+        "privacy_policy_url": None,
         "note": f"{context.note} (file {context.file_name}, line {row.line}{when})",
     }
 
 
-def _merge_batch(session: Session, context: _ImportContext, batch: list[_Row],
-                 report: ImportReport) -> None:
+def _merge_batch(
+    session: Session, context: _ImportContext, batch: list[_Row], report: ImportReport
+) -> None:
     """Merge one batch with a handful of bulk statements, then commit it."""
     now = context.now
     unique: dict[str, _Row] = {}
     for row in batch:
         if row.email in unique:
-            report.duplicates.add(row.line, f"{row.email} appears again (first on line "
-                                            f"{unique[row.email].line}): merged")
+            report.duplicates.add(
+                row.line,
+                f"{row.email} appears again (first on line {unique[row.email].line}): merged",
+            )
         else:
             unique[row.email] = row
     existing = {
-        email: (sid, status, name) for sid, email, status, name in session.execute(
-            select(Subscriber.id, Subscriber.email, Subscriber.status, Subscriber.name)
-            .where(Subscriber.email.in_(list(unique))))
+        email: (sid, status, name)
+        for sid, email, status, name in session.execute(
+            select(Subscriber.id, Subscriber.email, Subscriber.status, Subscriber.name).where(
+                Subscriber.email.in_(list(unique))
+            )
+        )
     }
     secret = context.services.config["SECRET_KEY"]
     hashes = {address_hash(secret, email): email for email in unique if email not in existing}
-    suppressed = {hashes[h] for h in session.scalars(
-        select(Suppression.address_hash).where(Suppression.address_hash.in_(list(hashes))))}
+    suppressed = {
+        hashes[h]
+        for h in session.scalars(
+            select(Suppression.address_hash).where(Suppression.address_hash.in_(list(hashes)))
+        )
+    }
 
     events: list[dict[str, Any]] = []
     to_confirm: list[int] = []
@@ -480,13 +554,18 @@ def _merge_batch(session: Session, context: _ImportContext, batch: list[_Row],
             continue
         if email not in existing:
             status = PENDING if context.require_confirmation else CONFIRMED
-            new_rows.append({
-                "email": email, "name": row.name, "status": status,
-                "token_generation": 1 if status == PENDING else 0,
-                "created_at": row.subscribed_at or now, "updated_at": now,
-                "confirmed_at": (row.subscribed_at or now) if status == CONFIRMED else None,
-                "unsubscribed_at": None,
-            })
+            new_rows.append(
+                {
+                    "email": email,
+                    "name": row.name,
+                    "status": status,
+                    "token_generation": 1 if status == PENDING else 0,
+                    "created_at": row.subscribed_at or now,
+                    "updated_at": now,
+                    "confirmed_at": (row.subscribed_at or now) if status == CONFIRMED else None,
+                    "unsubscribed_at": None,
+                }
+            )
             continue
         sid, status, name = existing[email]
         if sid > context.last_id_before:
@@ -509,7 +588,8 @@ def _merge_batch(session: Session, context: _ImportContext, batch: list[_Row],
     if new_rows:
         rows_by_email = {row.email: row for row in unique.values()}
         inserted = session.execute(
-            insert(SUBSCRIBERS).returning(SUBSCRIBERS.c.id, SUBSCRIBERS.c.email), new_rows).all()
+            insert(SUBSCRIBERS).returning(SUBSCRIBERS.c.id, SUBSCRIBERS.c.email), new_rows
+        ).all()
         for sid, email in inserted:
             events.append(_event_row(context, sid, rows_by_email[email]))
             if context.require_confirmation:
@@ -519,13 +599,16 @@ def _merge_batch(session: Session, context: _ImportContext, batch: list[_Row],
         session.execute(
             update(SUBSCRIBERS)
             .where(SUBSCRIBERS.c.id.in_(to_confirm), SUBSCRIBERS.c.status == PENDING)
-            .values(status=CONFIRMED, confirmed_at=now, updated_at=now))
+            .values(status=CONFIRMED, confirmed_at=now, updated_at=now)
+        )
         report.confirmed_pending += len(to_confirm)
     if names:
         session.execute(
             update(SUBSCRIBERS)
             .where(SUBSCRIBERS.c.id == bindparam("sid"), SUBSCRIBERS.c.name.is_(None))
-            .values(name=bindparam("new_name")), names)
+            .values(name=bindparam("new_name")),
+            names,
+        )
         report.names_filled += len(names)
     if events:
         session.execute(insert(EVENTS), events)
@@ -535,8 +618,9 @@ def _merge_batch(session: Session, context: _ImportContext, batch: list[_Row],
     session.expunge_all()  # flat memory: nothing from this batch stays in the session
 
 
-def _ask_to_confirm(session: Session, context: _ImportContext, ids: list[int],
-                    report: ImportReport) -> None:
+def _ask_to_confirm(
+    session: Session, context: _ImportContext, ids: list[int], report: ImportReport
+) -> None:
     """Queue the double-opt-in email for pending readers, within the per-address limits."""
     for subscriber in session.scalars(select(Subscriber).where(Subscriber.id.in_(ids))):
         if queue_confirmation(session, context.services, subscriber, context.now):

@@ -32,8 +32,11 @@ class TemplateError(NewsletterError):
     """An email template could not be rendered; says which file and line."""
 
     def __init__(self, message: str, filename: str | None = None, lineno: int | None = None):
-        where = f"{filename}, line {lineno}: " if filename and lineno else (
-            f"{filename}: " if filename else "")
+        where = (
+            f"{filename}, line {lineno}: "
+            if filename and lineno
+            else (f"{filename}: " if filename else "")
+        )
         super().__init__(f"{where}{message}")
         self.filename = filename
         self.lineno = lineno
@@ -56,8 +59,13 @@ class EmailRenderer:
         if override_dir:
             loaders.append(jinja2.FileSystemLoader(str(override_dir)))
         loaders.append(jinja2.FileSystemLoader(str(default_templates_dir())))
-        common = dict(loader=jinja2.ChoiceLoader(loaders), undefined=jinja2.StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+        common = dict(
+            loader=jinja2.ChoiceLoader(loaders),
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+        )
         self.html_env = jinja2.Environment(autoescape=True, **common)  # type: ignore[arg-type]
         self.text_env = jinja2.Environment(autoescape=False, **common)  # type: ignore[arg-type]
 
@@ -67,22 +75,29 @@ class EmailRenderer:
         context, names = placeholders.protect({"subject": subject, **context})
         html = inline_css(self._render(self.html_env, f"{name}.html", context))
         text = normalise_text(self._render(self.text_env, f"{name}.txt", context))
-        return RenderedEmail(subject=subject, html=placeholders.finish(html, names, html=True),
-                             text=placeholders.finish(text, names, html=False))
+        return RenderedEmail(
+            subject=subject,
+            html=placeholders.finish(html, names, html=True),
+            text=placeholders.finish(text, names, html=False),
+        )
 
     @staticmethod
     def _render(env: jinja2.Environment, template: str, context: dict[str, Any]) -> str:
         try:
             return env.get_template(template).render(context)
         except jinja2.TemplateSyntaxError as err:
-            raise TemplateError(err.message or str(err), err.filename or err.name,
-                                  err.lineno) from err
+            raise TemplateError(
+                err.message or str(err), err.filename or err.name, err.lineno
+            ) from err
         except jinja2.TemplateNotFound as err:
             raise TemplateError(f"template {err.name!r} not found") from err
         except Exception as err:  # an author's template can fail in any way while rendering
             filename, lineno = _template_position(err, env)
-            message = str(err) if isinstance(err, jinja2.TemplateError) else (
-                f"{type(err).__name__}: {err}")
+            message = (
+                str(err)
+                if isinstance(err, jinja2.TemplateError)
+                else (f"{type(err).__name__}: {err}")
+            )
             raise TemplateError(message, filename or template, lineno) from err
 
 
@@ -139,8 +154,9 @@ def normalise_text(text: str) -> str:
     return "\n".join(tidy) + "\n"
 
 
-def write_preview(folder: str | Path, stem: str, html: str, text: str,
-                  message: bytes) -> list[Path]:
+def write_preview(
+    folder: str | Path, stem: str, html: str, text: str, message: bytes
+) -> list[Path]:
     """Write ``STEM.html``, ``STEM.txt`` and ``STEM.eml`` (the whole message) into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import NewsletterError
 
-MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov",
-               "dec")
+MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 # The longest a valid schedule can take to fire again: Feb 29 on a given weekday (28 years)
 # is covered by the day-of-week OR rule; eight years covers Feb 29 alone.
@@ -64,8 +63,7 @@ _FIELDS = (  # name, low, high, names (index + offset = value)
 )
 
 
-def _value(word: str, field: str, low: int, high: int, names: tuple[str, ...],
-           offset: int) -> int:
+def _value(word: str, field: str, low: int, high: int, names: tuple[str, ...], offset: int) -> int:
     word = word.strip().lower()
     if word in names:
         return names.index(word) + offset
@@ -78,8 +76,9 @@ def _value(word: str, field: str, low: int, high: int, names: tuple[str, ...],
     return number
 
 
-def _parse_field(text: str, field: str, low: int, high: int, names: tuple[str, ...],
-                 offset: int) -> set[int]:
+def _parse_field(
+    text: str, field: str, low: int, high: int, names: tuple[str, ...], offset: int
+) -> set[int]:
     values: set[int] = set()
     for item in text.split(","):
         if not item:
@@ -88,8 +87,7 @@ def _parse_field(text: str, field: str, low: int, high: int, names: tuple[str, .
         step = 1
         if step_text:
             if not step_text.isdigit() or int(step_text) < 1:
-                raise ScheduleError(f"{field}: the step in {item!r} must be a whole number "
-                                    "from 1")
+                raise ScheduleError(f"{field}: the step in {item!r} must be a whole number from 1")
             step = int(step_text)
         if span == "*":
             start, end = low, high
@@ -111,24 +109,45 @@ def parse_schedule(text: str) -> Schedule:
     """Parse a five-field cron expression; raises ScheduleError naming the bad field."""
     parts = text.split()
     if len(parts) != 5:
-        raise ScheduleError(f"expected five fields (minute hour day-of-month month "
-                            f"day-of-week), such as '0 8 * * fri'; got {text!r}")
+        raise ScheduleError(
+            f"expected five fields (minute hour day-of-month month "
+            f"day-of-week), such as '0 8 * * fri'; got {text!r}"
+        )
     parsed = [_parse_field(part, *spec) for part, spec in zip(parts, _FIELDS, strict=True)]
     minutes, hours, days, months, weekdays = parsed
     if 7 in weekdays:  # 7 is Sunday too
         weekdays = (weekdays - {7}) | {0}
     schedule = Schedule(
-        text=" ".join(parts), minutes=tuple(sorted(minutes)), hours=tuple(sorted(hours)),
-        days=frozenset(days), months=frozenset(months), weekdays=frozenset(weekdays),
-        any_day=parts[2].startswith("*"), any_weekday=parts[4].startswith("*"))
-    if not any(day <= _MONTH_DAYS[month] for month in months for day in days) and \
-            (schedule.any_weekday or not weekdays):
+        text=" ".join(parts),
+        minutes=tuple(sorted(minutes)),
+        hours=tuple(sorted(hours)),
+        days=frozenset(days),
+        months=frozenset(months),
+        weekdays=frozenset(weekdays),
+        any_day=parts[2].startswith("*"),
+        any_weekday=parts[4].startswith("*"),
+    )
+    if not any(day <= _MONTH_DAYS[month] for month in months for day in days) and (
+        schedule.any_weekday or not weekdays
+    ):
         raise ScheduleError(f"{text!r} never fires: no month in it has that day")
     return schedule
 
 
-_MONTH_DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30,
-               12: 31}
+_MONTH_DAYS = {
+    1: 31,
+    2: 29,
+    3: 31,
+    4: 30,
+    5: 31,
+    6: 30,
+    7: 31,
+    8: 31,
+    9: 30,
+    10: 31,
+    11: 30,
+    12: 31,
+}
 
 
 def zone_named(name: str) -> ZoneInfo:
@@ -136,9 +155,11 @@ def zone_named(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(str(name).strip())
     except (ZoneInfoNotFoundError, ValueError):
-        raise ScheduleError(f"unknown time zone {name!r}: use an IANA name such as "
-                            "Europe/Berlin or America/New_York (on systems without a zone "
-                            "database, the tzdata package provides one)") from None
+        raise ScheduleError(
+            f"unknown time zone {name!r}: use an IANA name such as "
+            "Europe/Berlin or America/New_York (on systems without a zone "
+            "database, the tzdata package provides one)"
+        ) from None
 
 
 def local_to_utc(naive: datetime, zone: ZoneInfo) -> datetime:
@@ -176,7 +197,7 @@ def next_tick(schedule: Schedule, zone: ZoneInfo, after: datetime) -> datetime:
                 continue
             minutes = schedule.minutes
             if first_day and hour == start.hour:
-                minutes = minutes[bisect_left(minutes, start.minute):]
+                minutes = minutes[bisect_left(minutes, start.minute) :]
             for minute in minutes:
                 instant = local_to_utc(datetime.combine(day, time(hour, minute)), zone)
                 if instant > after:
@@ -184,8 +205,9 @@ def next_tick(schedule: Schedule, zone: ZoneInfo, after: datetime) -> datetime:
     raise ScheduleError(f"{schedule.text!r} does not fire within {SEARCH_DAYS // 366} years")
 
 
-def latest_tick(schedule: Schedule, zone: ZoneInfo, now: datetime,
-                since: datetime) -> datetime | None:
+def latest_tick(
+    schedule: Schedule, zone: ZoneInfo, now: datetime, since: datetime
+) -> datetime | None:
     """The last time the schedule fired at or before ``now`` and not before ``since``; None
     when it did not fire in that window. Missed ticks collapse into this one."""
     latest = None

@@ -36,14 +36,37 @@ def web_server_argv(bind: str, workers: int) -> list[str]:
     """The command line of the web server: gunicorn with ``workers`` processes, or waitress
     with as many threads times four where there is no fork."""
     if os.name != "nt" and _installed("gunicorn"):
-        return [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind", bind,
-                # Less than STOP_TIMEOUT, so requests in progress finish before the kill.
-                "--graceful-timeout", "8", "--access-logfile", "-", f"{APP_FACTORY}()"]
+        return [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--workers",
+            str(workers),
+            "--bind",
+            bind,
+            # Less than STOP_TIMEOUT, so requests in progress finish before the kill.
+            "--graceful-timeout",
+            "8",
+            "--access-logfile",
+            "-",
+            f"{APP_FACTORY}()",
+        ]
     if _installed("waitress"):
-        return [sys.executable, "-m", "waitress", "--listen", bind,
-                "--threads", str(max(4, 4 * workers)), "--call", APP_FACTORY]
-    raise ServeError("no production WSGI server is installed: pip install gunicorn (or "
-                     "waitress on Windows), then run `newsletter serve` again")
+        return [
+            sys.executable,
+            "-m",
+            "waitress",
+            "--listen",
+            bind,
+            "--threads",
+            str(max(4, 4 * workers)),
+            "--call",
+            APP_FACTORY,
+        ]
+    raise ServeError(
+        "no production WSGI server is installed: pip install gunicorn (or "
+        "waitress on Windows), then run `newsletter serve` again"
+    )
 
 
 def worker_argv() -> list[str]:
@@ -75,15 +98,22 @@ class ProcessTree:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (exit 0 once the children stopped) or until a child ends
         on its own (the others are stopped; exit 1)."""
-        previous = {sig: signal.signal(sig, self._on_signal)
-                    for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
         try:
             for child in self.children:
                 child.process = subprocess.Popen(list(child.argv))
             ended = None
             while not self._stop.wait(0.2):
-                ended = next((c for c in self.children
-                              if c.process is not None and c.process.poll() is not None), None)
+                ended = next(
+                    (
+                        c
+                        for c in self.children
+                        if c.process is not None and c.process.poll() is not None
+                    ),
+                    None,
+                )
                 if ended is not None:
                     break
             self.stop()
@@ -92,15 +122,18 @@ class ProcessTree:
                 signal.signal(sig, handler)
         if ended is not None and not self.signalled:
             assert ended.process is not None
-            sys.stderr.write(f"serve: the {ended.name} stopped (exit status "
-                             f"{ended.process.returncode}); stopped the rest too\n")
+            sys.stderr.write(
+                f"serve: the {ended.name} stopped (exit status "
+                f"{ended.process.returncode}); stopped the rest too\n"
+            )
             return 1
         return 0
 
     def stop(self) -> None:
         """SIGTERM every child still running, wait up to STOP_TIMEOUT, then kill."""
-        running = [c.process for c in self.children
-                   if c.process is not None and c.process.poll() is None]
+        running = [
+            c.process for c in self.children if c.process is not None and c.process.poll() is None
+        ]
         for process in running:
             process.terminate()
         for process in running:

@@ -70,9 +70,12 @@ class SmtpSettings:
     def from_config(cls, config: Mapping[str, Any]) -> SmtpSettings:
         """Settings from the app's configuration."""
         return cls(
-            host=config["SMTP_HOST"], port=int(config["SMTP_PORT"]),
-            security=config["SMTP_SECURITY"], username=config.get("SMTP_USERNAME"),
-            password=config.get("SMTP_PASSWORD"), timeout=float(config["SMTP_TIMEOUT"]),
+            host=config["SMTP_HOST"],
+            port=int(config["SMTP_PORT"]),
+            security=config["SMTP_SECURITY"],
+            username=config.get("SMTP_USERNAME"),
+            password=config.get("SMTP_PASSWORD"),
+            timeout=float(config["SMTP_TIMEOUT"]),
         )
 
     def describe(self) -> str:
@@ -113,8 +116,9 @@ class SmtpTransport:
         smtp: smtplib.SMTP | None = None
         try:
             if s.security == "ssl":
-                smtp = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout,
-                                        context=ssl.create_default_context())
+                smtp = smtplib.SMTP_SSL(
+                    s.host, s.port, timeout=s.timeout, context=ssl.create_default_context()
+                )
             else:
                 smtp = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
             smtp.ehlo_or_helo_if_needed()
@@ -122,7 +126,8 @@ class SmtpTransport:
                 if not smtp.has_extn("starttls"):
                     raise SmtpConfigError(
                         f"SMTP server {s.describe()} does not offer STARTTLS: check "
-                        "NEWSLETTER_SMTP_SECURITY and NEWSLETTER_SMTP_PORT")
+                        "NEWSLETTER_SMTP_SECURITY and NEWSLETTER_SMTP_PORT"
+                    )
                 smtp.starttls(context=ssl.create_default_context())
                 smtp.ehlo()
             if s.username:
@@ -130,7 +135,8 @@ class SmtpTransport:
                     raise SmtpConfigError(
                         f"SMTP server {s.describe()} does not offer a login (AUTH): check "
                         "NEWSLETTER_SMTP_USERNAME and NEWSLETTER_SMTP_SECURITY (many servers "
-                        "offer AUTH only after STARTTLS)")
+                        "offer AUTH only after STARTTLS)"
+                    )
                 smtp.login(s.username, s.password or "")
         except SmtpConfigError:
             _close_quietly(smtp)
@@ -139,17 +145,24 @@ class SmtpTransport:
             _close_quietly(smtp)
             raise SmtpConfigError(
                 f"SMTP login to {s.describe()} was refused: check NEWSLETTER_SMTP_USERNAME and "
-                "NEWSLETTER_SMTP_PASSWORD", err.smtp_code, _text(err.smtp_error)) from err
+                "NEWSLETTER_SMTP_PASSWORD",
+                err.smtp_code,
+                _text(err.smtp_error),
+            ) from err
         except (ssl.SSLError, ssl.CertificateError, smtplib.SMTPNotSupportedError) as err:
             _close_quietly(smtp)
             raise SmtpConfigError(
                 f"TLS with {s.describe()} failed ({err}): check NEWSLETTER_SMTP_SECURITY and "
-                "NEWSLETTER_SMTP_PORT") from err
+                "NEWSLETTER_SMTP_PORT"
+            ) from err
         except smtplib.SMTPConnectError as err:
             _close_quietly(smtp)
-            raise SmtpUnavailableError(f"SMTP server {s.describe()} refused the connection: "
-                                  f"{err.smtp_code} {_text(err.smtp_error)}",
-                                  err.smtp_code, _text(err.smtp_error)) from err
+            raise SmtpUnavailableError(
+                f"SMTP server {s.describe()} refused the connection: "
+                f"{err.smtp_code} {_text(err.smtp_error)}",
+                err.smtp_code,
+                _text(err.smtp_error),
+            ) from err
         except (OSError, smtplib.SMTPException) as err:
             _close_quietly(smtp)
             raise SmtpUnavailableError(f"cannot reach SMTP server {s.describe()}: {err}") from err
@@ -161,7 +174,8 @@ class SmtpTransport:
     def send(self, sender: str, recipient: str, message: bytes) -> str:
         """Send one message to one recipient; returns the server's reply to the final dot.
 
-        Raises SmtpRejectedError (4xx/5xx for this message), SmtpUnavailableError (connection trouble
+        Raises SmtpRejectedError (4xx/5xx for this message), SmtpUnavailableError (connection
+        trouble
         or 421; the connection is dropped and the next send reconnects) or SmtpConfigError.
         """
         return self._send(sender, recipient, message, prepared=False)
@@ -174,8 +188,11 @@ class SmtpTransport:
     def _send(self, sender: str, recipient: str, message: bytes, *, prepared: bool) -> str:
         for address in (sender, recipient):
             if not _PLAIN_ADDRESS.fullmatch(address):
-                raise SmtpRejectedError(f"not sent: {address!r} is not a plain address", 501,
-                                   "5.1.3 bad address syntax (refused before sending)")
+                raise SmtpRejectedError(
+                    f"not sent: {address!r} is not a plain address",
+                    501,
+                    "5.1.3 bad address syntax (refused before sending)",
+                )
         smtp = self.connect()
         data = message if prepared else dot_stuff(message, at_line_start=True)
         # Addresses were checked above (and when readers signed up), so the commands are
@@ -191,19 +208,23 @@ class SmtpTransport:
                 smtp.send(commands + "DATA\r\n")
                 replies = [smtp.getreply(), smtp.getreply(), smtp.getreply()]
             else:
-                smtp.send(commands[:commands.index("\r\n") + 2])
+                smtp.send(commands[: commands.index("\r\n") + 2])
                 replies = [smtp.getreply()]
                 if replies[0][0] == 250:
-                    smtp.send(commands[commands.index("\r\n") + 2:])
+                    smtp.send(commands[commands.index("\r\n") + 2 :])
                     replies.append(smtp.getreply())
                     if replies[1][0] in (250, 251):
                         replies.append(smtp.docmd("DATA"))
             # The first reply that is not a go-ahead says what went wrong.
             expected = (("sender", (250,)), ("recipient", (250, 251)), ("message", (354,)))
             stage, (code, reply) = next(
-                ((name, r) for (name, ok), r in zip(expected, replies, strict=False)
-                 if r[0] not in ok),
-                ("message", replies[-1]))
+                (
+                    (name, r)
+                    for (name, ok), r in zip(expected, replies, strict=False)
+                    if r[0] not in ok
+                ),
+                ("message", replies[-1]),
+            )
             if stage == "message" and code == 354:
                 smtp.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
                 handed_over = True
@@ -219,17 +240,22 @@ class SmtpTransport:
             if handed_over:
                 raise SmtpOutcomeUnknownError(
                     f"no reply to the final dot from {self.settings.describe()} ({err}): the "
-                    "server may have the message") from err
-            raise SmtpUnavailableError(f"connection to {self.settings.describe()} failed: {err}",
-                                  getattr(err, "smtp_code", None),
-                                  _text(getattr(err, "smtp_error", None))) from err
+                    "server may have the message"
+                ) from err
+            raise SmtpUnavailableError(
+                f"connection to {self.settings.describe()} failed: {err}",
+                getattr(err, "smtp_code", None),
+                _text(getattr(err, "smtp_error", None)),
+            ) from err
         return f"{code} {_text(reply)}"
 
     def _refused(self, smtp: smtplib.SMTP, code: int, reply: bytes | str, stage: str) -> None:
         text = _text(reply)
         if code == 421 or code < 400:
             self._drop()
-            raise SmtpUnavailableError(f"SMTP server closed the session ({code} {text})", code, text)
+            raise SmtpUnavailableError(
+                f"SMTP server closed the session ({code} {text})", code, text
+            )
         try:
             smtp.rset()
         except (OSError, smtplib.SMTPException):

@@ -29,8 +29,12 @@ from .readers import count_by_status
 WEEKS = 12
 CAMPAIGNS = 10
 #: Weekly columns: the consent event counted in each (distinct readers per week).
-WEEKLY_EVENTS = {"sign_ups": REQUESTED, "confirmed": CONFIRMED_EVENT, "imported": IMPORTED,
-                 "withdrawn": WITHDRAWN}
+WEEKLY_EVENTS = {
+    "sign_ups": REQUESTED,
+    "confirmed": CONFIRMED_EVENT,
+    "imported": IMPORTED,
+    "withdrawn": WITHDRAWN,
+}
 DELIVERY_STATUSES = (SENT, FAILED, DEFERRED, SKIPPED, QUEUED)
 
 
@@ -77,15 +81,29 @@ class ListStats:
         return {
             "generated_at": self.generated_at.isoformat(),
             "readers": self.readers,
-            "weeks": [{"week_of": w.start.date().isoformat(), "sign_ups": w.sign_ups,
-                       "confirmed": w.confirmed, "imported": w.imported,
-                       "withdrawn": w.withdrawn} for w in self.weeks],
+            "weeks": [
+                {
+                    "week_of": w.start.date().isoformat(),
+                    "sign_ups": w.sign_ups,
+                    "confirmed": w.confirmed,
+                    "imported": w.imported,
+                    "withdrawn": w.withdrawn,
+                }
+                for w in self.weeks
+            ],
             "sign_ups": self.sign_ups,
             "sign_ups_confirmed": self.sign_ups_confirmed,
             "confirmation_rate": self.confirmation_rate,
-            "campaigns": [{"id": c.id, "kind": c.kind, "subject": c.subject,
-                           "created_at": c.created_at.isoformat(), "deliveries": c.deliveries}
-                          for c in self.campaigns],
+            "campaigns": [
+                {
+                    "id": c.id,
+                    "kind": c.kind,
+                    "subject": c.subject,
+                    "created_at": c.created_at.isoformat(),
+                    "deliveries": c.deliveries,
+                }
+                for c in self.campaigns
+            ],
         }
 
 
@@ -100,15 +118,30 @@ def _weekly(session: Session, starts: list[datetime]) -> list[Week]:
     """One query: per event kind, distinct readers in each week's window."""
     bounds = [*starts, starts[-1] + timedelta(weeks=1)]
     columns = [
-        func.count(distinct(case(
-            (and_(ConsentEvent.occurred_at >= bounds[i], ConsentEvent.occurred_at < bounds[i + 1]),
-             ConsentEvent.subscriber_id)))).label(f"w{i}")
+        func.count(
+            distinct(
+                case(
+                    (
+                        and_(
+                            ConsentEvent.occurred_at >= bounds[i],
+                            ConsentEvent.occurred_at < bounds[i + 1],
+                        ),
+                        ConsentEvent.subscriber_id,
+                    )
+                )
+            )
+        ).label(f"w{i}")
         for i in range(len(starts))
     ]
-    query = (select(ConsentEvent.kind, *columns)
-             .where(ConsentEvent.kind.in_(list(WEEKLY_EVENTS.values())),
-                    ConsentEvent.occurred_at >= bounds[0], ConsentEvent.occurred_at < bounds[-1])
-             .group_by(ConsentEvent.kind))
+    query = (
+        select(ConsentEvent.kind, *columns)
+        .where(
+            ConsentEvent.kind.in_(list(WEEKLY_EVENTS.values())),
+            ConsentEvent.occurred_at >= bounds[0],
+            ConsentEvent.occurred_at < bounds[-1],
+        )
+        .group_by(ConsentEvent.kind)
+    )
     per_kind = {kind: counts for kind, *counts in session.execute(query)}
     zeros = [0] * len(starts)
     return [
@@ -120,32 +153,50 @@ def _weekly(session: Session, starts: list[datetime]) -> list[Week]:
 def _confirmation(session: Session) -> tuple[int, int]:
     """(readers who asked to subscribe, of them those who confirmed), all time."""
     asked = select(ConsentEvent.subscriber_id).where(ConsentEvent.kind == REQUESTED)
-    sign_ups = session.scalar(select(func.count(distinct(ConsentEvent.subscriber_id)))
-                              .where(ConsentEvent.kind == REQUESTED)) or 0
-    confirmed = session.scalar(
-        select(func.count(distinct(ConsentEvent.subscriber_id)))
-        .where(ConsentEvent.kind == CONFIRMED_EVENT, ConsentEvent.subscriber_id.in_(asked))) or 0
+    sign_ups = (
+        session.scalar(
+            select(func.count(distinct(ConsentEvent.subscriber_id))).where(
+                ConsentEvent.kind == REQUESTED
+            )
+        )
+        or 0
+    )
+    confirmed = (
+        session.scalar(
+            select(func.count(distinct(ConsentEvent.subscriber_id))).where(
+                ConsentEvent.kind == CONFIRMED_EVENT, ConsentEvent.subscriber_id.in_(asked)
+            )
+        )
+        or 0
+    )
     return sign_ups, confirmed
 
 
 def _campaigns(session: Session, limit: int) -> list[CampaignFigures]:
     recent = session.execute(
         select(Campaign.id, Campaign.kind, Campaign.subject, Campaign.created_at)
-        .order_by(Campaign.created_at.desc(), Campaign.id.desc()).limit(limit)).all()
-    counts: dict[int, dict[str, int]] = {row.id: dict.fromkeys(DELIVERY_STATUSES, 0)
-                                         for row in recent}
+        .order_by(Campaign.created_at.desc(), Campaign.id.desc())
+        .limit(limit)
+    ).all()
+    counts: dict[int, dict[str, int]] = {
+        row.id: dict.fromkeys(DELIVERY_STATUSES, 0) for row in recent
+    }
     if recent:
         for campaign_id, status, number in session.execute(
-                select(Delivery.campaign_id, Delivery.status, func.count())
-                .where(Delivery.campaign_id.in_(list(counts)))
-                .group_by(Delivery.campaign_id, Delivery.status)):
+            select(Delivery.campaign_id, Delivery.status, func.count())
+            .where(Delivery.campaign_id.in_(list(counts)))
+            .group_by(Delivery.campaign_id, Delivery.status)
+        ):
             counts[campaign_id][status] = number
-    return [CampaignFigures(row.id, row.kind, row.subject, row.created_at, counts[row.id])
-            for row in recent]
+    return [
+        CampaignFigures(row.id, row.kind, row.subject, row.created_at, counts[row.id])
+        for row in recent
+    ]
 
 
-def list_stats(session: Session, now: datetime, *, weeks: int = WEEKS,
-               campaigns: int = CAMPAIGNS) -> ListStats:
+def list_stats(
+    session: Session, now: datetime, *, weeks: int = WEEKS, campaigns: int = CAMPAIGNS
+) -> ListStats:
     """Readers by status, the last ``weeks`` weeks of sign-ups, confirmations and withdrawals,
     the confirmation rate of sign-ups and the last ``campaigns`` campaigns' delivery counts."""
     sign_ups, confirmed = _confirmation(session)
@@ -166,26 +217,41 @@ def format_stats(stats: ListStats) -> str:
     for status, number in stats.readers.items():
         lines.append(f"  {status:<14}{number:>8}")
     lines.append(f"  {'total':<14}{total:>8}")
-    lines += ["", f"Last {len(stats.weeks)} weeks (week of, UTC)",
-              f"  {'week of':<12}{'sign-ups':>10}{'confirmed':>11}{'imported':>10}"
-              f"{'withdrawn':>11}"]
+    lines += [
+        "",
+        f"Last {len(stats.weeks)} weeks (week of, UTC)",
+        f"  {'week of':<12}{'sign-ups':>10}{'confirmed':>11}{'imported':>10}{'withdrawn':>11}",
+    ]
     for week in stats.weeks:
-        lines.append(f"  {week.start.date().isoformat():<12}{week.sign_ups:>10}"
-                     f"{week.confirmed:>11}{week.imported:>10}{week.withdrawn:>11}")
+        lines.append(
+            f"  {week.start.date().isoformat():<12}{week.sign_ups:>10}"
+            f"{week.confirmed:>11}{week.imported:>10}{week.withdrawn:>11}"
+        )
     rate = stats.confirmation_rate
-    lines += ["", "Confirmation rate of sign-ups: " + (
-        f"{rate:.0%} ({stats.sign_ups_confirmed} of {stats.sign_ups} confirmed)"
-        if rate is not None else "no sign-ups yet")]
+    lines += [
+        "",
+        "Confirmation rate of sign-ups: "
+        + (
+            f"{rate:.0%} ({stats.sign_ups_confirmed} of {stats.sign_ups} confirmed)"
+            if rate is not None
+            else "no sign-ups yet"
+        ),
+    ]
     lines += ["", "Last campaigns"]
     if not stats.campaigns:
         lines.append("  none yet")
     else:
-        lines.append(f"  {'id':>4}  {'date':<10}  {'kind':<12}" + "".join(
-            f"{status:>9}" for status in DELIVERY_STATUSES) + "  subject")
+        lines.append(
+            f"  {'id':>4}  {'date':<10}  {'kind':<12}"
+            + "".join(f"{status:>9}" for status in DELIVERY_STATUSES)
+            + "  subject"
+        )
         for c in stats.campaigns:
             subject = c.subject if len(c.subject) <= 50 else c.subject[:49] + "…"
-            lines.append(f"  {c.id:>4}  {c.created_at.date().isoformat():<10}  {c.kind:<12}"
-                         + "".join(f"{c.deliveries[s]:>9}" for s in DELIVERY_STATUSES)
-                         + f"  {subject}")
+            lines.append(
+                f"  {c.id:>4}  {c.created_at.date().isoformat():<10}  {c.kind:<12}"
+                + "".join(f"{c.deliveries[s]:>9}" for s in DELIVERY_STATUSES)
+                + f"  {subject}"
+            )
     lines += ["", "No tracking pixels or click tracking: opens and clicks are not measured."]
     return "\n".join(lines)

@@ -64,13 +64,19 @@ class ReaderNotFoundError(NewsletterError):
 
 
 def _event_values(kind: str, info: RequestInfo, now: datetime) -> dict[str, Any]:
-    return {"kind": kind, "occurred_at": now, "method": info.method, "ip": _clip(info.ip, 64),
-            "user_agent": _clip(info.user_agent, 512),
-            "source_url": _clip(info.source_url, 2048)}
+    return {
+        "kind": kind,
+        "occurred_at": now,
+        "method": info.method,
+        "ip": _clip(info.ip, 64),
+        "user_agent": _clip(info.user_agent, 512),
+        "source_url": _clip(info.source_url, 2048),
+    }
 
 
-def _event(subscriber: Subscriber, kind: str, info: RequestInfo, now: datetime,
-           **extra: Any) -> ConsentEvent:
+def _event(
+    subscriber: Subscriber, kind: str, info: RequestInfo, now: datetime, **extra: Any
+) -> ConsentEvent:
     event = ConsentEvent(**_event_values(kind, info, now), **extra)
     subscriber.events.append(event)
     return event
@@ -85,8 +91,9 @@ def find_subscriber(session: Session, email: str) -> Subscriber | None:
     return session.scalar(select(Subscriber).where(Subscriber.email == normalise_address(email)))
 
 
-def subscribe(session: Session, services: Services, email: str, *, name: str | None,
-              info: RequestInfo) -> SubscribeOutcome:
+def subscribe(
+    session: Session, services: Services, email: str, *, name: str | None, info: RequestInfo
+) -> SubscribeOutcome:
     """Record a subscribe request and queue a confirmation email, in one transaction.
 
     Raises InvalidAddressError for a bad address. A confirmed reader stays confirmed; an
@@ -107,19 +114,28 @@ def subscribe(session: Session, services: Services, email: str, *, name: str | N
 
 # The web's hottest path is a handful of statements built once, with bound parameters, and
 # run on the session's connection: no ORM objects and no statement building per request.
-_FIND_FOR_SIGN_UP = (select(Subscriber.id, Subscriber.status, Subscriber.token_generation,
-                            Subscriber.link_key)
-                     .where(Subscriber.email == bindparam("email")).with_for_update())
+_FIND_FOR_SIGN_UP = (
+    select(Subscriber.id, Subscriber.status, Subscriber.token_generation, Subscriber.link_key)
+    .where(Subscriber.email == bindparam("email"))
+    .with_for_update()
+)
 _ADD_READER = insert(Subscriber).returning(Subscriber.id)
-_RENEW_REQUEST = (update(Subscriber).where(Subscriber.id == bindparam("sid"))
-                  .values(status=PENDING, updated_at=bindparam("now"),
-                          link_key=func.coalesce(Subscriber.link_key, bindparam("new_key")),
-                          name=func.coalesce(bindparam("new_name"), Subscriber.name)))
+_RENEW_REQUEST = (
+    update(Subscriber)
+    .where(Subscriber.id == bindparam("sid"))
+    .values(
+        status=PENDING,
+        updated_at=bindparam("now"),
+        link_key=func.coalesce(Subscriber.link_key, bindparam("new_key")),
+        name=func.coalesce(bindparam("new_name"), Subscriber.name),
+    )
+)
 _ADD_EVENT = insert(ConsentEvent)
 
 
-def _subscribe(session: Session, services: Services, address: str, name: str | None,
-               info: RequestInfo) -> SubscribeOutcome:
+def _subscribe(
+    session: Session, services: Services, address: str, name: str | None, info: RequestInfo
+) -> SubscribeOutcome:
     config = services.config
     now = services.clock()
     connection = session.connection()
@@ -128,9 +144,18 @@ def _subscribe(session: Session, services: Services, address: str, name: str | N
     found = connection.execute(_FIND_FOR_SIGN_UP, {"email": address}).first()
     if found is None:
         generation, key = 1, new_link_key()
-        subscriber_id = connection.execute(_ADD_READER, {
-            "email": address, "name": name, "status": PENDING, "token_generation": generation,
-            "link_key": key, "created_at": now, "updated_at": now}).scalar_one()
+        subscriber_id = connection.execute(
+            _ADD_READER,
+            {
+                "email": address,
+                "name": name,
+                "status": PENDING,
+                "token_generation": generation,
+                "link_key": key,
+                "created_at": now,
+                "updated_at": now,
+            },
+        ).scalar_one()
     elif found.status == CONFIRMED:
         # Nothing to do, and nothing to tell: the answer must not reveal the reader is here.
         session.commit()
@@ -140,31 +165,45 @@ def _subscribe(session: Session, services: Services, address: str, name: str | N
         # links sent before an unsubscribe stay void.)
         subscriber_id, generation = found.id, found.token_generation
         key = found.link_key or new_link_key()
-        connection.execute(_RENEW_REQUEST, {"sid": subscriber_id, "now": now, "new_name": name,
-                                            "new_key": key})
-    connection.execute(_ADD_EVENT, {
-        "subscriber_id": subscriber_id, **_event_values(REQUESTED, info, now),
-        "consent_text": config["CONSENT_TEXT"],
-        "privacy_policy_url": config.get("PRIVACY_POLICY_URL"), "note": None})
-    queued = _queue_confirmation(session, services, subscriber_id, address, generation, key,
-                                 now)
+        connection.execute(
+            _RENEW_REQUEST, {"sid": subscriber_id, "now": now, "new_name": name, "new_key": key}
+        )
+    connection.execute(
+        _ADD_EVENT,
+        {
+            "subscriber_id": subscriber_id,
+            **_event_values(REQUESTED, info, now),
+            "consent_text": config["CONSENT_TEXT"],
+            "privacy_policy_url": config.get("PRIVACY_POLICY_URL"),
+            "note": None,
+        },
+    )
+    queued = _queue_confirmation(session, services, subscriber_id, address, generation, key, now)
     session.commit()
-    return SubscribeOutcome(subscriber_id, PENDING, queued is not None,
-                            (queued,) if queued else ())
+    return SubscribeOutcome(subscriber_id, PENDING, queued is not None, (queued,) if queued else ())
 
 
-def confirmation_allowed(session: Session, services: Services, subscriber_id: int,
-                         now: datetime) -> bool:
+def confirmation_allowed(
+    session: Session, services: Services, subscriber_id: int, now: datetime
+) -> bool:
     """At most one confirmation email per address per interval and a few a day, whoever asks."""
     config = services.config
     interval = timedelta(seconds=config["CONFIRMATION_MIN_INTERVAL"])
-    recent, today = outbox.recent_counts(session, subscriber_id, outbox.CONFIRMATION,
-                                         now - interval, now - timedelta(days=1))
+    recent, today = outbox.recent_counts(
+        session, subscriber_id, outbox.CONFIRMATION, now - interval, now - timedelta(days=1)
+    )
     return not (interval and recent) and today < config["CONFIRMATIONS_PER_DAY"]
 
 
-def _queue_confirmation(session: Session, services: Services, subscriber_id: int,
-                        address: str, generation: int, key: str, now: datetime) -> int | None:
+def _queue_confirmation(
+    session: Session,
+    services: Services,
+    subscriber_id: int,
+    address: str,
+    generation: int,
+    key: str,
+    now: datetime,
+) -> int | None:
     """Queue the confirmation email within the per-address limits; returns its outbox id."""
     if not confirmation_allowed(session, services, subscriber_id, now):
         return None
@@ -174,41 +213,68 @@ def _queue_confirmation(session: Session, services: Services, subscriber_id: int
     # The reader's name is deliberately absent: echoing it would let anyone send text of
     # their choosing to any address through our confirmation emails.
     template = _transactional_template(
-        services, "confirm", f"Please confirm your subscription to {config['SITE_NAME']}",
+        services,
+        "confirm",
+        f"Please confirm your subscription to {config['SITE_NAME']}",
         {**email_context(config), "confirm_url": placeholders.CONFIRM_URL, "expires_days": days},
-        _common_headers(config))
+        _common_headers(config),
+    )
     confirm_url = services.public_url(f"confirm/{token}")
-    message = template.personalise(_parts(services, address, now, confirm_url=confirm_url),
-                                   eight_bit=False)
-    return outbox.queue_email_row(session, subscriber_id=subscriber_id, kind=outbox.CONFIRMATION,
-                                  recipient=address, message=message, now=now)
+    message = template.personalise(
+        _parts(services, address, now, confirm_url=confirm_url), eight_bit=False
+    )
+    return outbox.queue_email_row(
+        session,
+        subscriber_id=subscriber_id,
+        kind=outbox.CONFIRMATION,
+        recipient=address,
+        message=message,
+        now=now,
+    )
 
 
-def _transactional_template(services: Services, name: str, subject: str,
-                            context: dict[str, Any], headers: dict[str, str]) -> MessageTemplate:
+def _transactional_template(
+    services: Services, name: str, subject: str, context: dict[str, Any], headers: dict[str, str]
+) -> MessageTemplate:
     """A transactional email rendered and serialised once per process, with slots for the
     recipient, Date, Message-ID and links: each message then costs a few replacements."""
-    return services.cached(("transactional", name, subject, tuple(sorted(context.items())),
-                            tuple(headers.items())), lambda: MessageTemplate.build(
-        services.renderer.render(name, subject, context), sender=services.config["MAIL_FROM"],
-        sender_name=services.config["MAIL_FROM_NAME"], headers=headers, date=None))
+    return services.cached(
+        ("transactional", name, subject, tuple(sorted(context.items())), tuple(headers.items())),
+        lambda: MessageTemplate.build(
+            services.renderer.render(name, subject, context),
+            sender=services.config["MAIL_FROM"],
+            sender_name=services.config["MAIL_FROM_NAME"],
+            headers=headers,
+            date=None,
+        ),
+    )
 
 
-def _parts(services: Services, address: str, now: datetime, *, confirm_url: str = "",
-           unsubscribe_url: str = "") -> ReaderParts:
+def _parts(
+    services: Services,
+    address: str,
+    now: datetime,
+    *,
+    confirm_url: str = "",
+    unsubscribe_url: str = "",
+) -> ReaderParts:
     domain = services.config["MAIL_FROM"].rpartition("@")[2]
-    return ReaderParts(recipient=address, unsubscribe_url=unsubscribe_url,
-                       message_id=make_msgid(domain=domain), confirm_url=confirm_url,
-                       date=format_datetime(now))
+    return ReaderParts(
+        recipient=address,
+        unsubscribe_url=unsubscribe_url,
+        message_id=make_msgid(domain=domain),
+        confirm_url=confirm_url,
+        date=format_datetime(now),
+    )
 
 
-def resend_confirmation(session: Session, services: Services, expired: ExpiredTokenError,
-                        info: RequestInfo) -> bool:
+def resend_confirmation(
+    session: Session, services: Services, expired: ExpiredTokenError, info: RequestInfo
+) -> bool:
     """Send a fresh confirm link for an expired one, if the reader is still pending and the
     per-address limits allow. Returns whether an email was queued."""
     subscriber = session.get(Subscriber, expired.subscriber_id)
-    claim = ConfirmClaim(expired.subscriber_id, expired.generation, expired.key,
-                         expired.issued_at)
+    claim = ConfirmClaim(expired.subscriber_id, expired.generation, expired.key, expired.issued_at)
     if subscriber is None or subscriber.status != PENDING or not _names(claim, subscriber):
         return False
     if subscriber.token_generation != expired.generation:
@@ -217,8 +283,15 @@ def resend_confirmation(session: Session, services: Services, expired: ExpiredTo
     subscriber.updated_at = now
     subscriber.link_key = subscriber.link_key or new_link_key()
     session.flush()
-    queued = _queue_confirmation(session, services, subscriber.id, subscriber.email or "",
-                                 subscriber.token_generation, subscriber.link_key, now)
+    queued = _queue_confirmation(
+        session,
+        services,
+        subscriber.id,
+        subscriber.email or "",
+        subscriber.token_generation,
+        subscriber.link_key,
+        now,
+    )
     if queued is None:
         session.rollback()
         return False
@@ -233,7 +306,8 @@ def _names(claim: ConfirmClaim, subscriber: Subscriber) -> bool:
     # A link from before link keys: good only for a reader that existed when it was made (a
     # purged reader's id goes to a later sign-up). Its time is in whole seconds.
     return claim.issued_at is not None and (
-        subscriber.created_at < claim.issued_at + timedelta(seconds=1))
+        subscriber.created_at < claim.issued_at + timedelta(seconds=1)
+    )
 
 
 def check_confirm_link(session: Session, services: Services, token: str) -> Subscriber:
@@ -246,8 +320,9 @@ def check_confirm_link(session: Session, services: Services, token: str) -> Subs
     subscriber = session.get(Subscriber, claim.subscriber_id)
     if subscriber is None or subscriber.status == ERASED or not _names(claim, subscriber):
         raise InvalidTokenError("This link is not valid any more.")
-    if subscriber.status != CONFIRMED and (subscriber.status != PENDING
-                                           or subscriber.token_generation != claim.generation):
+    if subscriber.status != CONFIRMED and (
+        subscriber.status != PENDING or subscriber.token_generation != claim.generation
+    ):
         raise InvalidTokenError("This link has been replaced by a newer one.")
     return subscriber
 
@@ -264,10 +339,14 @@ def confirm(session: Session, services: Services, token: str, info: RequestInfo)
     # confirmation, its event and the welcome email happen once.
     changed = session.execute(
         update(Subscriber)
-        .where(Subscriber.id == claim.subscriber_id, Subscriber.status == PENDING,
-               Subscriber.token_generation == claim.generation)
+        .where(
+            Subscriber.id == claim.subscriber_id,
+            Subscriber.status == PENDING,
+            Subscriber.token_generation == claim.generation,
+        )
         .values(status=CONFIRMED, confirmed_at=now, unsubscribed_at=None, updated_at=now)
-        .execution_options(synchronize_session=False)).rowcount  # type: ignore[attr-defined]
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
     subscriber = session.get(Subscriber, claim.subscriber_id, populate_existing=True)
     if subscriber is None or subscriber.status == ERASED or not _names(claim, subscriber):
         session.rollback()  # the id now belongs to someone else (or to nobody)
@@ -285,24 +364,39 @@ def confirm(session: Session, services: Services, token: str, info: RequestInfo)
     return subscriber
 
 
-def _queue_welcome(session: Session, services: Services, subscriber: Subscriber,
-                   now: datetime) -> None:
+def _queue_welcome(
+    session: Session, services: Services, subscriber: Subscriber, now: datetime
+) -> None:
     config = services.config
     unsubscribe_url = services.public_url(
-        f"unsubscribe/{services.tokens.unsubscribe_token(subscriber.id)}")
+        f"unsubscribe/{services.tokens.unsubscribe_token(subscriber.id)}"
+    )
     template = _transactional_template(
-        services, "welcome", f"Welcome to {config['SITE_NAME']}",
+        services,
+        "welcome",
+        f"Welcome to {config['SITE_NAME']}",
         {**email_context(config), "unsubscribe_url": placeholders.UNSUBSCRIBE_URL},
-        {**_common_headers(config), **list_headers(config, placeholders.UNSUBSCRIBE_URL)})
-    message = template.personalise(_parts(services, subscriber.email or "", now,
-                                          unsubscribe_url=unsubscribe_url), eight_bit=False)
-    outbox.queue_email(session, subscriber_id=subscriber.id, kind=outbox.WELCOME,
-                       recipient=subscriber.email or "", message=message, now=now)
+        {**_common_headers(config), **list_headers(config, placeholders.UNSUBSCRIBE_URL)},
+    )
+    message = template.personalise(
+        _parts(services, subscriber.email or "", now, unsubscribe_url=unsubscribe_url),
+        eight_bit=False,
+    )
+    outbox.queue_email(
+        session,
+        subscriber_id=subscriber.id,
+        kind=outbox.WELCOME,
+        recipient=subscriber.email or "",
+        message=message,
+        now=now,
+    )
 
 
-def unsubscribe(session: Session, services: Services, subscriber_id: int,
-                info: RequestInfo) -> Subscriber:
-    """Withdraw consent; idempotent, and a no-op for an erased reader. Raises ReaderNotFoundError for an
+def unsubscribe(
+    session: Session, services: Services, subscriber_id: int, info: RequestInfo
+) -> Subscriber:
+    """Withdraw consent; idempotent, and a no-op for an erased reader. Raises
+    ReaderNotFoundError for an
     unknown reader."""
     subscriber = session.get(Subscriber, subscriber_id)
     if subscriber is None:
@@ -366,13 +460,22 @@ def describe(session: Session, subscriber: Subscriber) -> dict[str, Any]:
         return value.isoformat() if value else None
 
     deliveries = session.execute(
-        select(Delivery.campaign_id, Campaign.kind, Campaign.subject, Campaign.created_at,
-               Delivery.status)
+        select(
+            Delivery.campaign_id,
+            Campaign.kind,
+            Campaign.subject,
+            Campaign.created_at,
+            Delivery.status,
+        )
         .join(Campaign, Campaign.id == Delivery.campaign_id)
-        .where(Delivery.subscriber_id == subscriber.id).order_by(Delivery.id))
+        .where(Delivery.subscriber_id == subscriber.id)
+        .order_by(Delivery.id)
+    )
     emails = session.execute(
         select(OutboxEmail.kind, OutboxEmail.status, OutboxEmail.created_at, OutboxEmail.sent_at)
-        .where(OutboxEmail.subscriber_id == subscriber.id).order_by(OutboxEmail.id))
+        .where(OutboxEmail.subscriber_id == subscriber.id)
+        .order_by(OutboxEmail.id)
+    )
 
     return {
         "id": subscriber.id,
@@ -384,17 +487,27 @@ def describe(session: Session, subscriber: Subscriber) -> dict[str, Any]:
         "unsubscribed_at": when(subscriber.unsubscribed_at),
         "events": [
             {
-                "kind": e.kind, "at": when(e.occurred_at), "method": e.method, "ip": e.ip,
-                "user_agent": e.user_agent, "source_url": e.source_url,
-                "consent_text": e.consent_text, "privacy_policy_url": e.privacy_policy_url,
+                "kind": e.kind,
+                "at": when(e.occurred_at),
+                "method": e.method,
+                "ip": e.ip,
+                "user_agent": e.user_agent,
+                "source_url": e.source_url,
+                "consent_text": e.consent_text,
+                "privacy_policy_url": e.privacy_policy_url,
                 "note": e.note,
             }
             # In time order: an import's event carries the consent's own (earlier) date.
             for e in sorted(subscriber.events, key=lambda e: (e.occurred_at, e.id))
         ],
         "deliveries": [
-            {"campaign_id": campaign_id, "kind": kind, "subject": subject,
-             "campaign_created_at": when(created), "status": status}
+            {
+                "campaign_id": campaign_id,
+                "kind": kind,
+                "subject": subject,
+                "campaign_created_at": when(created),
+                "status": status,
+            }
             for campaign_id, kind, subject, created, status in deliveries
         ],
         "emails": [
@@ -404,13 +517,22 @@ def describe(session: Session, subscriber: Subscriber) -> dict[str, Any]:
     }
 
 
-def queue_confirmation(session: Session, services: Services, subscriber: Subscriber,
-                       now: datetime) -> bool:
+def queue_confirmation(
+    session: Session, services: Services, subscriber: Subscriber, now: datetime
+) -> bool:
     """Queue the double-opt-in email for a pending reader the author added (import, CLI), within
     the per-address limits; returns whether it was queued. The caller commits."""
     subscriber.link_key = subscriber.link_key or new_link_key()
     session.flush()
-    return _queue_confirmation(session, services, subscriber.id, subscriber.email or "",
-                               subscriber.token_generation, subscriber.link_key,
-                               now) is not None
-
+    return (
+        _queue_confirmation(
+            session,
+            services,
+            subscriber.id,
+            subscriber.email or "",
+            subscriber.token_generation,
+            subscriber.link_key,
+            now,
+        )
+        is not None
+    )

@@ -38,8 +38,13 @@ class InvalidTokenError(TokenError):
 class ExpiredTokenError(TokenError):
     """Genuine but too old; carries who it was for so a new link can be offered."""
 
-    def __init__(self, subscriber_id: int, generation: int, key: str | None = None,
-                 issued_at: datetime | None = None) -> None:
+    def __init__(
+        self,
+        subscriber_id: int,
+        generation: int,
+        key: str | None = None,
+        issued_at: datetime | None = None,
+    ) -> None:
         super().__init__("This link has expired.")
         self.subscriber_id = subscriber_id
         self.generation = generation
@@ -70,8 +75,9 @@ def _clocked_signer(clock: Callable[[], datetime]) -> type[TimestampSigner]:
 class Tokens:
     """Makes and reads the tokens in confirm and unsubscribe links."""
 
-    def __init__(self, secret_key: str, clock: Callable[[], datetime],
-                 confirm_max_age: int) -> None:
+    def __init__(
+        self, secret_key: str, clock: Callable[[], datetime], confirm_max_age: int
+    ) -> None:
         self._confirm = URLSafeTimedSerializer(
             secret_key, salt=CONFIRM_SALT, signer=_clocked_signer(clock)
         )
@@ -85,13 +91,16 @@ class Tokens:
     def read_confirm_token(self, token: str) -> ConfirmClaim:
         """The claim in a confirm token, or InvalidTokenError / ExpiredTokenError."""
         try:
-            payload, timestamp = self._confirm.loads(token, max_age=self._max_age,
-                                                     return_timestamp=True)
+            payload, timestamp = self._confirm.loads(
+                token, max_age=self._max_age, return_timestamp=True
+            )
         except SignatureExpired as err:
-            claim = self._claim(self._confirm.load_payload(err.payload) if err.payload else None,
-                                err.date_signed)
-            raise ExpiredTokenError(claim.subscriber_id, claim.generation, claim.key,
-                               claim.issued_at) from err
+            claim = self._claim(
+                self._confirm.load_payload(err.payload) if err.payload else None, err.date_signed
+            )
+            raise ExpiredTokenError(
+                claim.subscriber_id, claim.generation, claim.key, claim.issued_at
+            ) from err
         except (BadSignature, BadData) as err:
             raise InvalidTokenError("This link is not valid.") from err
         return self._claim(payload, timestamp)
@@ -120,6 +129,9 @@ class Tokens:
             or (len(payload) == 3 and not isinstance(payload[2], str))
         ):
             raise InvalidTokenError("This link is not valid.")
-        return ConfirmClaim(subscriber_id=payload[0], generation=payload[1],
-                            key=payload[2] if len(payload) == 3 else None,
-                            issued_at=issued_at.astimezone(UTC) if issued_at else None)
+        return ConfirmClaim(
+            subscriber_id=payload[0],
+            generation=payload[1],
+            key=payload[2] if len(payload) == 3 else None,
+            issued_at=issued_at.astimezone(UTC) if issued_at else None,
+        )

@@ -83,9 +83,14 @@ def new_worker_id() -> str:
 class Worker:
     """The loop. ``run`` until stopped; ``run_once`` does one round (what tests call)."""
 
-    def __init__(self, app: Flask, *, out: IO[str] | None = None,
-                 sleep: Callable[[float], None] | None = None,
-                 worker_id: str | None = None) -> None:
+    def __init__(
+        self,
+        app: Flask,
+        *,
+        out: IO[str] | None = None,
+        sleep: Callable[[float], None] | None = None,
+        worker_id: str | None = None,
+    ) -> None:
         from .services import get_services
 
         self.app = app
@@ -126,9 +131,13 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         schedule = self.settings.schedule
-        self.log("worker started", id=self.worker_id,
-                 schedule=repr(schedule.text) if schedule else "none",
-                 zone=self.settings.zone.key, approval=self.settings.approval)
+        self.log(
+            "worker started",
+            id=self.worker_id,
+            schedule=repr(schedule.text) if schedule else "none",
+            zone=self.settings.zone.key,
+            approval=self.settings.approval,
+        )
         try:
             while not self.stopping.is_set():
                 self.run_once()
@@ -147,8 +156,11 @@ class Worker:
         self.stopping.set()
         # os.write, not the buffered stream: the main thread may be in the middle of a write.
         with suppress(OSError, ValueError, AttributeError):
-            os.write(self.out.fileno(), f"{self.now():%Y-%m-%dT%H:%M:%SZ} stopping: "
-                     f"{signal.Signals(signum).name}, finishing what is in hand\n".encode())
+            os.write(
+                self.out.fileno(),
+                f"{self.now():%Y-%m-%dT%H:%M:%SZ} stopping: "
+                f"{signal.Signals(signum).name}, finishing what is in hand\n".encode(),
+            )
         if self._interruptible:
             self._interruptible = False
             raise WorkerStopping()
@@ -171,8 +183,15 @@ class Worker:
             try:
                 if self.started_at is None:
                     self.started_at = self.now()
-                for action in (self._outbox, self._poll_posts, self._digest_tick,
-                               self._approvals, self._help_send, self._jobs, self._purge):
+                for action in (
+                    self._outbox,
+                    self._poll_posts,
+                    self._digest_tick,
+                    self._approvals,
+                    self._help_send,
+                    self._jobs,
+                    self._purge,
+                ):
                     if self.stopping.is_set():
                         break
                     self._guarded(session, action)
@@ -200,8 +219,10 @@ class Worker:
         from .db import db
         from .sending import SendInProgressError, SendLock, sending_state_dir
 
-        lock = SendLock(sending_state_dir(self.app.config["SQLALCHEMY_DATABASE_URI"],
-                                          self.app.instance_path), db.engine)
+        lock = SendLock(
+            sending_state_dir(self.app.config["SQLALCHEMY_DATABASE_URI"], self.app.instance_path),
+            db.engine,
+        )
         try:
             lock.acquire()
         except SendInProgressError:
@@ -216,9 +237,13 @@ class Worker:
 
         transport = self.services.open_transport()
         try:
-            report = deliver_queued(session, transport, sender=self.services.config["MAIL_FROM"],
-                                    now=self.now(),
-                                    max_attempts=self.services.config["OUTBOX_MAX_ATTEMPTS"])
+            report = deliver_queued(
+                session,
+                transport,
+                sender=self.services.config["MAIL_FROM"],
+                now=self.now(),
+                max_attempts=self.services.config["OUTBOX_MAX_ATTEMPTS"],
+            )
         finally:
             transport.close()
         if report.sent or report.retrying or report.failed:
@@ -239,8 +264,12 @@ class Worker:
         except NoPostSourceError:
             return
         report = sync_posts(session, self.services)
-        self.log("posts synced", new=len(report.new), updated=report.updated,
-                 not_modified=report.not_modified or None)
+        self.log(
+            "posts synced",
+            new=len(report.new),
+            updated=report.updated,
+            not_modified=report.not_modified or None,
+        )
 
     def _digest_tick(self, session: Session) -> None:
         """At a tick (or on start, for a tick missed within the catch-up window), claim it and
@@ -269,9 +298,14 @@ class Worker:
             else:
                 outcome = self._send_digest(session, lock)
             record_tick(session, due, outcome)
-            self.log("digest tick", tick=f"{due:%Y-%m-%dT%H:%M}Z",
-                     late=f"{late.total_seconds() / 60:.0f}min" if late >= timedelta(minutes=1)
-                     else None, outcome=repr(outcome))
+            self.log(
+                "digest tick",
+                tick=f"{due:%Y-%m-%dT%H:%M}Z",
+                late=f"{late.total_seconds() / 60:.0f}min"
+                if late >= timedelta(minutes=1)
+                else None,
+                outcome=repr(outcome),
+            )
         finally:
             lock.release()
 
@@ -301,12 +335,15 @@ class Worker:
             pass
         author = self.settings.author_email
         if not author:
-            raise RuntimeError("NEWSLETTER_DIGEST_APPROVAL is on but NEWSLETTER_AUTHOR_EMAIL "
-                               "is not set: set it to the address that approves digests")
+            raise RuntimeError(
+                "NEWSLETTER_DIGEST_APPROVAL is on but NEWSLETTER_AUTHOR_EMAIL "
+                "is not set: set it to the address that approves digests"
+            )
         assert self.settings.schedule is not None
         expires = next_tick(self.settings.schedule, self.settings.zone, tick)
-        prepared = prepare_approval(session, self.services, tick=tick, expires_at=expires,
-                                    author_email=author)
+        prepared = prepare_approval(
+            session, self.services, tick=tick, expires_at=expires, author_email=author
+        )
         if prepared is None:
             return "no new posts"
         return f"approval {prepared.approval_id} asked of the author ({len(prepared.titles)} posts)"
@@ -332,14 +369,19 @@ class Worker:
             for approval_id in waiting:
                 campaign_id = compose_approved(session, self.services, approval_id, lock=lock)
                 if campaign_id is not None:
-                    self.log("approved digest composed", approval=approval_id,
-                             campaign=campaign_id)
+                    self.log("approved digest composed", approval=approval_id, campaign=campaign_id)
             session.expunge_all()
             with self._interrupt_while_sending() as progress:
                 reports = send_unfinished(session, self.services, lock=lock, progress=progress)
             for report in reports:
-                self.log("sent", campaign=report.campaign_id, sent=report.sent,
-                         failed=report.failed, deferred=report.deferred, left=report.left)
+                self.log(
+                    "sent",
+                    campaign=report.campaign_id,
+                    sent=report.sent,
+                    failed=report.failed,
+                    deferred=report.deferred,
+                    left=report.left,
+                )
         finally:
             lock.release()
 
@@ -359,8 +401,14 @@ class Worker:
         finally:
             lock.release()
         for report in reports:
-            self.log("sent", campaign=report.campaign_id, sent=report.sent,
-                     failed=report.failed, deferred=report.deferred, left=report.left)
+            self.log(
+                "sent",
+                campaign=report.campaign_id,
+                sent=report.sent,
+                failed=report.failed,
+                deferred=report.deferred,
+                left=report.left,
+            )
 
     def _jobs(self, session: Session) -> None:
         """Run the jobs queued for workers (one per round, so a tick is never kept waiting
@@ -417,8 +465,12 @@ class Worker:
         row = session.get(WorkerHeartbeat, self.worker_id)
         now = self.now()
         if row is None:
-            row = WorkerHeartbeat(worker_id=self.worker_id, host=socket.gethostname()[:255],
-                                  pid=os.getpid(), started_at=self.started_at or now)
+            row = WorkerHeartbeat(
+                worker_id=self.worker_id,
+                host=socket.gethostname()[:255],
+                pid=os.getpid(),
+                started_at=self.started_at or now,
+            )
             session.add(row)
         row.updated_at = now
         row.last_tick = self.last_tick
@@ -483,12 +535,20 @@ def due_deliveries(session: Session, now: datetime) -> int:
     from .models import DEFERRED, QUEUED, SENDING, Campaign, Delivery
 
     d = Delivery
-    count = session.scalar(
-        select(func.count()).select_from(d).join(Campaign, Campaign.id == d.campaign_id)
-        .where(Campaign.status == SENDING, Campaign.kind == "digest",
-               or_(d.status == QUEUED,
-                   (d.status == DEFERRED) & (d.next_attempt_at <= now)),
-               or_(d.claimed_until.is_(None), d.claimed_until < now))) or 0
+    count = (
+        session.scalar(
+            select(func.count())
+            .select_from(d)
+            .join(Campaign, Campaign.id == d.campaign_id)
+            .where(
+                Campaign.status == SENDING,
+                Campaign.kind == "digest",
+                or_(d.status == QUEUED, (d.status == DEFERRED) & (d.next_attempt_at <= now)),
+                or_(d.claimed_until.is_(None), d.claimed_until < now),
+            )
+        )
+        or 0
+    )
     session.rollback()
     return int(count)
 
@@ -497,8 +557,9 @@ def worker_status(session: Session, now: datetime, poll_seconds: float) -> dict[
     """What the workers last said, for ``/healthz`` and ``worker --status``: ``running`` is
     false when no heartbeat is newer than a few poll intervals."""
     stale = max(timedelta(seconds=poll_seconds * STALE_POLLS), MIN_STALE)
-    rows = list(session.scalars(select(WorkerHeartbeat)
-                                .order_by(WorkerHeartbeat.updated_at.desc())))
+    rows = list(
+        session.scalars(select(WorkerHeartbeat).order_by(WorkerHeartbeat.updated_at.desc()))
+    )
     live = [row for row in rows if row.stopped_at is None and now - row.updated_at <= stale]
     session.rollback()
 
@@ -509,11 +570,22 @@ def worker_status(session: Session, now: datetime, poll_seconds: float) -> dict[
     status: dict[str, Any] = {
         "running": bool(live),
         "status": f"{len(live)} running" if live else "not running",
-        "workers": [{"id": row.worker_id, "host": row.host, "pid": row.pid,
-                     "updated_at": iso(row.updated_at)} for row in live],
+        "workers": [
+            {
+                "id": row.worker_id,
+                "host": row.host,
+                "pid": row.pid,
+                "updated_at": iso(row.updated_at),
+            }
+            for row in live
+        ],
     }
     if newest is not None:
-        status.update(last_seen=iso(newest.updated_at), last_tick=iso(newest.last_tick),
-                      next_tick=iso(newest.next_tick), last_error=newest.last_error,
-                      last_error_at=iso(newest.last_error_at))
+        status.update(
+            last_seen=iso(newest.updated_at),
+            last_tick=iso(newest.last_tick),
+            next_tick=iso(newest.next_tick),
+            last_error=newest.last_error,
+            last_error_at=iso(newest.last_error_at),
+        )
     return status

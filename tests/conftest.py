@@ -44,7 +44,8 @@ class FrozenClock:
 POSTGRES_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL", "")
 ON_POSTGRES = POSTGRES_URL.startswith("postgresql")
 needs_postgres = pytest.mark.skipif(
-    not ON_POSTGRES, reason="needs NEWSLETTER_TEST_DATABASE_URL=postgresql+psycopg://...")
+    not ON_POSTGRES, reason="needs NEWSLETTER_TEST_DATABASE_URL=postgresql+psycopg://..."
+)
 needs_sqlite = pytest.mark.skipif(ON_POSTGRES, reason="checks SQLite's own files")
 
 
@@ -88,8 +89,9 @@ def _drop_postgres_schema(name: str) -> None:
 
 
 @pytest.fixture
-def database_url(tmp_path: Path, migrated_db: Path,
-                 request: pytest.FixtureRequest) -> Iterator[str]:
+def database_url(
+    tmp_path: Path, migrated_db: Path, request: pytest.FixtureRequest
+) -> Iterator[str]:
     """A migrated database of this test's own: a SQLite file, or a PostgreSQL schema.
 
     The schema's name includes the process id, so two test runs on one server (two checkouts,
@@ -140,8 +142,9 @@ def config(database_url: str, smtp_sink: SmtpSink) -> dict[str, Any]:
 
 
 @pytest.fixture
-def make_app(config: dict[str, Any], clock: FrozenClock, tmp_path: Path,
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Flask]]:
+def make_app(
+    config: dict[str, Any], clock: FrozenClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Flask]]:
     """Build apps from ``config`` plus overrides, with the fixed clock; cleaned up after."""
     monkeypatch.setenv("NEWSLETTER_INSTANCE_PATH", str(tmp_path / "instance"))
     monkeypatch.chdir(tmp_path)
@@ -191,8 +194,7 @@ def runner(app: Flask) -> FlaskCliRunner:
 
 def link_in(text: str, path: str) -> str:
     """The first link in ``text`` to ``PUBLIC_URL/path...``, as a path for the test client."""
-    match = re.search(re.escape(PUBLIC_URL) + r"(/" + re.escape(path) + r"/[A-Za-z0-9_.\-]+)",
-                      text)
+    match = re.search(re.escape(PUBLIC_URL) + r"(/" + re.escape(path) + r"/[A-Za-z0-9_.\-]+)", text)
     assert match, f"no {path} link in:\n{text}"
     return match.group(1)
 
@@ -212,8 +214,11 @@ def wait_for_outbox(app: Flask, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         with app.app_context():
-            busy = db.session.scalar(select(func.count()).select_from(OutboxEmail).where(
-                OutboxEmail.status.in_([QUEUED, SENDING])))
+            busy = db.session.scalar(
+                select(func.count())
+                .select_from(OutboxEmail)
+                .where(OutboxEmail.status.in_([QUEUED, SENDING]))
+            )
             db.session.remove()
         if not busy:
             return

@@ -17,7 +17,7 @@ import dns.rrset
 
 def txt(value: str) -> str:
     """A TXT record's presentation form, split into strings of at most 255 characters."""
-    chunks = [value[i:i + 255] for i in range(0, len(value), 255)] or [""]
+    chunks = [value[i : i + 255] for i in range(0, len(value), 255)] or [""]
     return " ".join('"' + c.replace("\\", "\\\\").replace('"', '\\"') + '"' for c in chunks)
 
 
@@ -78,7 +78,8 @@ class DnsServer:
             return response
         values = self.records.get((name, kind), [])
         if values:
-            rrset = dns.rrset.from_text_list(question.name, 300, dns.rdataclass.IN,
-                                             question.rdtype, values)
+            rrset = dns.rrset.from_text_list(
+                question.name, 300, dns.rdataclass.IN, question.rdtype, values
+            )
             response.answer.append(rrset)
         return response

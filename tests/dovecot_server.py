@@ -29,8 +29,9 @@ def require_dovecot() -> None:
     """Skip (or, in CI, fail) when Dovecot cannot run here."""
     problem = None
     if not os.path.exists(DOVECOT):
-        problem = ("Dovecot is not installed: apt-get install dovecot-imapd dovecot-pop3d "
-                   "(.ci/run does)")
+        problem = (
+            "Dovecot is not installed: apt-get install dovecot-imapd dovecot-pop3d (.ci/run does)"
+        )
     elif os.geteuid() != 0:
         problem = "the Dovecot tests start a private Dovecot, which needs root"
     if problem:
@@ -112,7 +113,9 @@ service pop3-login {{
 """)
         self.process = subprocess.Popen(
             [DOVECOT, "-F", "-c", str(self.dir / "dovecot.conf")],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         self._wait_until_listening()
 
     def _wait_until_listening(self) -> None:
@@ -128,7 +131,8 @@ service pop3-login {{
                 except OSError:
                     if time.monotonic() > deadline:
                         raise RuntimeError(
-                            f"Dovecot did not listen on {port}:\n{self.log()}") from None
+                            f"Dovecot did not listen on {port}:\n{self.log()}"
+                        ) from None
                     time.sleep(0.05)
 
     def log(self) -> str:
@@ -138,8 +142,7 @@ service pop3-login {{
     def url(self, scheme: str, folder: str = "INBOX") -> str:
         from urllib.parse import quote
 
-        port = {"imaps": self.imaps_port, "imap": self.imap_port,
-                "pop3s": self.pop3s_port}[scheme]
+        port = {"imaps": self.imaps_port, "imap": self.imap_port, "pop3s": self.pop3s_port}[scheme]
         path = "" if scheme == "pop3s" else f"/{quote(folder)}"
         return f"{scheme}://{USER}:{quote(PASSWORD)}@127.0.0.1:{port}{path}"
 

@@ -113,11 +113,14 @@ maillog_file = {self.dir}/maillog
 smtputf8_enable = no
 biff = no
 """)
-        started = subprocess.run([POSTFIX, "-c", str(etc), "start"], capture_output=True,
-                                 text=True, timeout=60)
+        started = subprocess.run(
+            [POSTFIX, "-c", str(etc), "start"], capture_output=True, text=True, timeout=60
+        )
         if started.returncode != 0:
-            raise RuntimeError(f"postfix start failed ({started.returncode}): "
-                               f"{started.stdout}{started.stderr}{self.log()}")
+            raise RuntimeError(
+                f"postfix start failed ({started.returncode}): "
+                f"{started.stdout}{started.stderr}{self.log()}"
+            )
         self._wait_until_listening()
 
     def _wait_until_listening(self) -> None:

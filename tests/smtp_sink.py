@@ -97,8 +97,9 @@ class _Handler:
     def __init__(self, sink: SmtpSink) -> None:
         self.sink = sink
 
-    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
-                          responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
         session.host_name = hostname
         if not self.sink.script.offer_8bitmime:
             responses = [r for r in responses if r[4:].upper() != "8BITMIME"]
@@ -107,8 +108,9 @@ class _Handler:
             responses.insert(1, "250-PIPELINING")
         return responses
 
-    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
-                          mail_options: list[str]) -> str:
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
         limit = self.sink.script.messages_per_session
         if limit is not None and getattr(session, "messages", 0) >= limit:
             asyncio.get_running_loop().call_soon(server.transport.close)
@@ -117,8 +119,9 @@ class _Handler:
         envelope.mail_options.extend(mail_options)
         return "250 OK"
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
         script = self.sink.script
         with self.sink._cond:
             reply = _next_in(script.rcpt_sequence, address.lower())
@@ -144,8 +147,9 @@ class _Handler:
         data = envelope.original_content or envelope.content
         if isinstance(data, str):
             data = data.encode()
-        received = Received(envelope.mail_from, list(envelope.rcpt_tos), data,
-                            list(envelope.mail_options))
+        received = Received(
+            envelope.mail_from, list(envelope.rcpt_tos), data, list(envelope.mail_options)
+        )
         with self.sink._cond:
             reply = _next_in(script.data_sequence, recipient)
         if recipient in script.drop_after_data or reply == DROP:
@@ -176,8 +180,11 @@ class _ScriptedSMTP(SMTP):
     async def _handle_client(self) -> None:
         with self.sink._cond:
             self.sink.connections += 1
-            greeting = (self.sink.script.greeting_replies.pop(0)
-                        if self.sink.script.greeting_replies else None)
+            greeting = (
+                self.sink.script.greeting_replies.pop(0)
+                if self.sink.script.greeting_replies
+                else None
+            )
             if self.sink.down:
                 greeting = "421 4.3.2 Down for maintenance"
         if greeting:
@@ -200,8 +207,9 @@ class _Controller(Controller):
 class SmtpSink:
     """Start with ``start()``; ``messages`` holds what arrived, in order."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0,
-                 login: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, login: tuple[str, str] | None = None
+    ) -> None:
         self.script = Script()
         self.messages: list[Received] = []
         self.connections = 0
@@ -224,14 +232,22 @@ class SmtpSink:
         if self._login is not None:
             # AUTH offered without TLS: this sink only ever listens on 127.0.0.1.
             extra = {"authenticator": self._authenticate, "auth_require_tls": False}
-        controller = _Controller(self, _Handler(self), hostname=self.host, port=self._port,
-                                 ready_timeout=10, decode_data=False, **extra)
+        controller = _Controller(
+            self,
+            _Handler(self),
+            hostname=self.host,
+            port=self._port,
+            ready_timeout=10,
+            decode_data=False,
+            **extra,
+        )
         controller.start()
         self._controller = controller
         return self
 
-    def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str,
-                      auth_data: Any) -> AuthResult:
+    def _authenticate(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         login = getattr(auth_data, "login", b"") or b""
         password = getattr(auth_data, "password", b"") or b""
         expected = self._login or ("", "")
@@ -254,8 +270,7 @@ class SmtpSink:
             while len(self.messages) < count:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(
-                        f"expected {count} message(s), got {len(self.messages)}")
+                    raise AssertionError(f"expected {count} message(s), got {len(self.messages)}")
                 self._cond.wait(left)
             return list(self.messages)
 

@@ -15,20 +15,23 @@ VERP = "bounces+abcdefgh@blog.example.com"
 RCPT = "sam@reader.example"
 
 
-@pytest.mark.parametrize(("name", "kind", "recipient", "code"), [
-    ("flufl_postfix_01.eml", HARD, "xxxxx@local.ie", "5.1.1"),
-    ("flufl_exim_01.eml", HARD, "userx@its.example.nl", "5.1.1"),
-    ("flufl_simple_17.eml", HARD, "userx@example.com", None),  # Gmail
-    ("flufl_simple_28.eml", SOFT, "userx@example.com", None),  # Gmail, delayed
-    ("flufl_microsoft_01.eml", HARD, "userx@example.COM", None),  # Exchange
-    ("flufl_yahoo_03.eml", HARD, "userx@example.com", None),  # account disabled
-    ("flufl_yahoo_02.eml", SOFT, "userx@example.es", None),  # over quota
-    ("flufl_dsn_01.eml", SOFT, "userx@example.com", "5.0.0"),  # 5.0.0 "reached disk quota"
-    ("postfix_dsn.eml", HARD, RCPT, "5.1.1"),
-    ("gmail_dsn.eml", HARD, RCPT, "5.1.1"),
-    ("outlook_ndr.eml", HARD, RCPT, "5.5.0"),
-    ("mailbox_full_dsn.eml", SOFT, RCPT, "4.2.2"),
-])
+@pytest.mark.parametrize(
+    ("name", "kind", "recipient", "code"),
+    [
+        ("flufl_postfix_01.eml", HARD, "xxxxx@local.ie", "5.1.1"),
+        ("flufl_exim_01.eml", HARD, "userx@its.example.nl", "5.1.1"),
+        ("flufl_simple_17.eml", HARD, "userx@example.com", None),  # Gmail
+        ("flufl_simple_28.eml", SOFT, "userx@example.com", None),  # Gmail, delayed
+        ("flufl_microsoft_01.eml", HARD, "userx@example.COM", None),  # Exchange
+        ("flufl_yahoo_03.eml", HARD, "userx@example.com", None),  # account disabled
+        ("flufl_yahoo_02.eml", SOFT, "userx@example.es", None),  # over quota
+        ("flufl_dsn_01.eml", SOFT, "userx@example.com", "5.0.0"),  # 5.0.0 "reached disk quota"
+        ("postfix_dsn.eml", HARD, RCPT, "5.1.1"),
+        ("gmail_dsn.eml", HARD, RCPT, "5.1.1"),
+        ("outlook_ndr.eml", HARD, RCPT, "5.5.0"),
+        ("mailbox_full_dsn.eml", SOFT, RCPT, "4.2.2"),
+    ],
+)
 def test_bounces_are_classified(name: str, kind: str, recipient: str, code: str | None) -> None:
     found = classify(email.message_from_bytes(sample(name, VERP, RCPT)))
     assert found.kind == kind

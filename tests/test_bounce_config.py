@@ -24,25 +24,32 @@ def test_defaults_leave_everything_off() -> None:
 
 
 def test_environment_strings_are_typed() -> None:
-    config = _config(SOFT_BOUNCE_LIMIT="5", SOFT_BOUNCE_DAYS="30", WEBHOOK_MAX_AGE="600",
-                     SES_TOPIC_ARNS="arn:aws:sns:eu-west-1:1:a, arn:aws:sns:us-east-1:1:b",
-                     BOUNCE_MAILBOX="imaps://u:p%40ss@imap.example.com/INBOX")
+    config = _config(
+        SOFT_BOUNCE_LIMIT="5",
+        SOFT_BOUNCE_DAYS="30",
+        WEBHOOK_MAX_AGE="600",
+        SES_TOPIC_ARNS="arn:aws:sns:eu-west-1:1:a, arn:aws:sns:us-east-1:1:b",
+        BOUNCE_MAILBOX="imaps://u:p%40ss@imap.example.com/INBOX",
+    )
     assert config["SOFT_BOUNCE_LIMIT"] == 5 and config["WEBHOOK_MAX_AGE"] == 600
     assert config["SES_TOPIC_ARNS"] == ["arn:aws:sns:eu-west-1:1:a", "arn:aws:sns:us-east-1:1:b"]
 
 
-@pytest.mark.parametrize(("setting", "value", "variable"), [
-    ("BOUNCE_ADDRESS", "not an address", "NEWSLETTER_BOUNCE_ADDRESS"),
-    ("BOUNCE_ADDRESS", "bounces+x@example.com", "NEWSLETTER_BOUNCE_ADDRESS"),
-    ("BOUNCE_ADDRESS", "a" * 31 + "@example.com", "NEWSLETTER_BOUNCE_ADDRESS"),
-    ("BOUNCE_MAILBOX", "http://example.com", "NEWSLETTER_BOUNCE_MAILBOX"),
-    ("BOUNCE_MAILBOX", "imaps://imap.example.com/INBOX", "NEWSLETTER_BOUNCE_MAILBOX"),
-    ("BOUNCE_MAILBOX", "maildir://", "NEWSLETTER_BOUNCE_MAILBOX"),
-    ("SOFT_BOUNCE_LIMIT", "0", "NEWSLETTER_SOFT_BOUNCE_LIMIT"),
-    ("COMPLAINT_RATE_WARNING", "2", "NEWSLETTER_COMPLAINT_RATE_WARNING"),
-    ("SES_TOPIC_ARNS", "my-topic", "NEWSLETTER_SES_TOPIC_ARNS"),
-    ("POSTMARK_WEBHOOK_USER", "postmark", "NEWSLETTER_POSTMARK_WEBHOOK_PASSWORD"),
-])
+@pytest.mark.parametrize(
+    ("setting", "value", "variable"),
+    [
+        ("BOUNCE_ADDRESS", "not an address", "NEWSLETTER_BOUNCE_ADDRESS"),
+        ("BOUNCE_ADDRESS", "bounces+x@example.com", "NEWSLETTER_BOUNCE_ADDRESS"),
+        ("BOUNCE_ADDRESS", "a" * 31 + "@example.com", "NEWSLETTER_BOUNCE_ADDRESS"),
+        ("BOUNCE_MAILBOX", "http://example.com", "NEWSLETTER_BOUNCE_MAILBOX"),
+        ("BOUNCE_MAILBOX", "imaps://imap.example.com/INBOX", "NEWSLETTER_BOUNCE_MAILBOX"),
+        ("BOUNCE_MAILBOX", "maildir://", "NEWSLETTER_BOUNCE_MAILBOX"),
+        ("SOFT_BOUNCE_LIMIT", "0", "NEWSLETTER_SOFT_BOUNCE_LIMIT"),
+        ("COMPLAINT_RATE_WARNING", "2", "NEWSLETTER_COMPLAINT_RATE_WARNING"),
+        ("SES_TOPIC_ARNS", "my-topic", "NEWSLETTER_SES_TOPIC_ARNS"),
+        ("POSTMARK_WEBHOOK_USER", "postmark", "NEWSLETTER_POSTMARK_WEBHOOK_PASSWORD"),
+    ],
+)
 def test_bad_bounce_settings_name_the_variable(setting: str, value: str, variable: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         _config(**{setting: value})

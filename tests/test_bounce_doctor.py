@@ -18,13 +18,15 @@ from tests.conftest import FrozenClock
 
 def _check(app: Flask) -> tuple[Status, str, str | None]:
     services = get_services(app)
-    check = check_bounces(DoctorInputs(app.config, db.session(), services.clock,
-                                       services.tokens.unsubscribe_token))
+    check = check_bounces(
+        DoctorInputs(app.config, db.session(), services.clock, services.tokens.unsubscribe_token)
+    )
     return check.status, check.found, check.to_do
 
 
-def test_doctor_reads_the_last_campaigns_rates(make_app: Callable[..., Flask],
-                                               clock: FrozenClock) -> None:
+def test_doctor_reads_the_last_campaigns_rates(
+    make_app: Callable[..., Flask], clock: FrozenClock
+) -> None:
     app = make_app(BOUNCE_MAILBOX="maildir:///var/mail/bounces")
     with app.app_context():
         session = db.session()
@@ -40,8 +42,9 @@ def test_doctor_reads_the_last_campaigns_rates(make_app: Callable[..., Flask],
         status, found, to_do = _check(app)
         assert status is Status.WARN and "5 hard bounces (2.5%)" in found
         assert to_do is not None and "imported segment" in to_do
-        apply_outcome(session, app.config, clock,
-                      Outcome(readers[10], "complaint", "mailbox", campaign))
+        apply_outcome(
+            session, app.config, clock, Outcome(readers[10], "complaint", "mailbox", campaign)
+        )
         status, found, to_do = _check(app)  # 1 of 200 = 0.5%: over Gmail's 0.3%
         assert status is Status.PROBLEM and "1 complaint (0.5%)" in found
         assert to_do is not None and "sign-up form" in to_do

@@ -34,15 +34,17 @@ class Scenario:
             session = db.session()
             now = clock()
             self.campaign = add_campaign(session, now)
-            self.ids = {name: add_reader(session, f"{name}@reader.example", now)
-                        for name in ("postfix", "gmail", "outlook", "full", "complainer",
-                                     "away", "forged")}
+            self.ids = {
+                name: add_reader(session, f"{name}@reader.example", now)
+                for name in ("postfix", "gmail", "outlook", "full", "complainer", "away", "forged")
+            }
             # Matched by the failed recipient (no VERP token in these real samples).
             self.ids["exim"] = add_reader(session, "userx@its.example.nl", now)
             self.ids["yahoo"] = add_reader(session, "userx@example.com", now)
             config = app.config
-            verp = {name: verp_address(config, self.campaign, sid)
-                    for name, sid in self.ids.items()}
+            verp = {
+                name: verp_address(config, self.campaign, sid) for name, sid in self.ids.items()
+            }
             forged = verp_address(config, self.campaign, self.ids["gmail"])
             # A token changed on the way (campaign and reader swapped in by a forger): the
             # address inside still names "forged", who is matched by it, not by the token.
@@ -52,8 +54,9 @@ class Scenario:
                 "gmail": sample("gmail_dsn.eml", verp["gmail"], "gmail@reader.example"),
                 "outlook": sample("outlook_ndr.eml", verp["outlook"], "outlook@reader.example"),
                 "full": sample("mailbox_full_dsn.eml", verp["full"], "full@reader.example"),
-                "complainer": sample("arf_complaint.eml", verp["complainer"],
-                                     "complainer@reader.example"),
+                "complainer": sample(
+                    "arf_complaint.eml", verp["complainer"], "complainer@reader.example"
+                ),
                 "away": sample("out_of_office.eml", verp["away"], "away@reader.example"),
                 "forged": sample("postfix_dsn.eml", forged, "forged@reader.example"),
                 "exim": sample("flufl_exim_01.eml"),
@@ -64,14 +67,22 @@ class Scenario:
     def check(self) -> None:
         with self.app.app_context():
             session = db.session()
-            status = {name: session.get(Subscriber, sid).status
-                      for name, sid in self.ids.items()}
+            status = {name: session.get(Subscriber, sid).status for name, sid in self.ids.items()}
             assert status == {
-                "postfix": BOUNCED, "gmail": BOUNCED, "outlook": BOUNCED, "full": CONFIRMED,
-                "complainer": UNSUBSCRIBED, "away": CONFIRMED, "forged": BOUNCED,
-                "exim": BOUNCED, "yahoo": BOUNCED}
-            records = {(r.subscriber_id, r.kind, r.campaign_id)
-                       for r in session.scalars(select(BounceRecord))}
+                "postfix": BOUNCED,
+                "gmail": BOUNCED,
+                "outlook": BOUNCED,
+                "full": CONFIRMED,
+                "complainer": UNSUBSCRIBED,
+                "away": CONFIRMED,
+                "forged": BOUNCED,
+                "exim": BOUNCED,
+                "yahoo": BOUNCED,
+            }
+            records = {
+                (r.subscriber_id, r.kind, r.campaign_id)
+                for r in session.scalars(select(BounceRecord))
+            }
             assert (self.ids["postfix"], "hard", self.campaign) in records
             assert (self.ids["full"], "soft", self.campaign) in records
             assert (self.ids["complainer"], "complaint", self.campaign) in records
@@ -83,12 +94,14 @@ class Scenario:
 
 @pytest.fixture
 def bounce_app(make_app: Callable[..., Flask], tmp_path: Path) -> Flask:
-    return make_app(BOUNCE_ADDRESS=BOUNCE_ADDRESS,
-                    BOUNCE_MAILBOX=f"maildir://{tmp_path / 'Maildir'}")
+    return make_app(
+        BOUNCE_ADDRESS=BOUNCE_ADDRESS, BOUNCE_MAILBOX=f"maildir://{tmp_path / 'Maildir'}"
+    )
 
 
-def test_process_bounces_from_a_maildir(bounce_app: Flask, clock: FrozenClock,
-                                        tmp_path: Path) -> None:
+def test_process_bounces_from_a_maildir(
+    bounce_app: Flask, clock: FrozenClock, tmp_path: Path
+) -> None:
     scenario = Scenario(bounce_app, clock)
     box = mailbox.Maildir(str(tmp_path / "Maildir"), create=True)
     for raw in scenario.messages.values():
@@ -98,9 +111,15 @@ def test_process_bounces_from_a_maildir(bounce_app: Flask, clock: FrozenClock,
     assert "Processed 9 message(s); 1 unrecognised (left in the mailbox)" in result.output
     assert "auto-reply: 1" in result.output and "complaint: 1" in result.output
     assert result.output.splitlines()[1:] == [
-        "  auto-reply: 1", "  complaint: 1", "  hard: 6", "  soft: 1", "  unrecognised: 1",
-        "  readers marked bounced: 6", "  readers unsubscribed after a complaint: 1",
-        "  soft bounces counted: 1"]
+        "  auto-reply: 1",
+        "  complaint: 1",
+        "  hard: 6",
+        "  soft: 1",
+        "  unrecognised: 1",
+        "  readers marked bounced: 6",
+        "  readers unsubscribed after a complaint: 1",
+        "  soft bounces counted: 1",
+    ]
     scenario.check()
     # Only the junk is left; everything handled is in the Processed folder.
     assert [m["Subject"] for m in box] == ["You have won"]
@@ -153,18 +172,22 @@ def _empty_mailbox(server: Dovecot) -> None:
 
 @pytest.mark.mailserver
 @pytest.mark.parametrize("scheme", ["imaps", "imap"])
-def test_process_bounces_over_imap(dovecot: Dovecot, bounce_app: Flask, clock: FrozenClock,
-                                   scheme: str) -> None:
+def test_process_bounces_over_imap(
+    dovecot: Dovecot, bounce_app: Flask, clock: FrozenClock, scheme: str
+) -> None:
     _empty_mailbox(dovecot)
     scenario = Scenario(bounce_app, clock)
     imap = _imap(dovecot)
     for raw in scenario.messages.values():
-        assert imap.append("INBOX", None, None, raw.replace(b"\r\n", b"\n")
-                           .replace(b"\n", b"\r\n"))[0] == "OK"
+        assert (
+            imap.append("INBOX", None, None, raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))[0]
+            == "OK"
+        )
     box = open_mailbox(dovecot.url(scheme), ssl_context=dovecot.ssl_context, timeout=10)
     with bounce_app.app_context():
-        report = process_mailbox(db.session(), bounce_app.config, get_services(bounce_app).clock,
-                                 box)
+        report = process_mailbox(
+            db.session(), bounce_app.config, get_services(bounce_app).clock, box
+        )
         db.session.remove()
     assert report.unrecognised == 1 and report.kinds["auto-reply"] == 1
     scenario.check()
@@ -176,8 +199,9 @@ def test_process_bounces_over_imap(dovecot: Dovecot, bounce_app: Flask, clock: F
 
 
 @pytest.mark.mailserver
-def test_process_bounces_over_pop3s(dovecot: Dovecot, bounce_app: Flask,
-                                    clock: FrozenClock) -> None:
+def test_process_bounces_over_pop3s(
+    dovecot: Dovecot, bounce_app: Flask, clock: FrozenClock
+) -> None:
     from tests.dovecot_server import PASSWORD, USER
 
     _empty_mailbox(dovecot)
@@ -188,8 +212,9 @@ def test_process_bounces_over_pop3s(dovecot: Dovecot, bounce_app: Flask,
     imap.logout()
     box = open_mailbox(dovecot.url("pop3s"), ssl_context=dovecot.ssl_context, timeout=10)
     with bounce_app.app_context():
-        report = process_mailbox(db.session(), bounce_app.config, get_services(bounce_app).clock,
-                                 box)
+        report = process_mailbox(
+            db.session(), bounce_app.config, get_services(bounce_app).clock, box
+        )
         db.session.remove()
     assert report.unrecognised == 1
     scenario.check()
@@ -209,15 +234,16 @@ def test_wrong_imap_password_is_a_clear_error(dovecot: Dovecot) -> None:
         open_mailbox(url, ssl_context=dovecot.ssl_context, timeout=10)
 
 
-
-
-@pytest.mark.parametrize(("url", "message"), [
-    ("imaps://reader:pw@127.0.0.1:{port}/INBOX", "check NEWSLETTER_BOUNCE_MAILBOX"),
-    ("pop3s://reader:pw@127.0.0.1:{port}", "check NEWSLETTER_BOUNCE_MAILBOX"),
-    ("ftp://reader:pw@127.0.0.1/INBOX", "unknown mailbox scheme"),
-    ("imaps://127.0.0.1/INBOX", "needs user:password@host"),
-    ("maildir:///nonexistent/Maildir", "no Maildir at"),
-])
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("imaps://reader:pw@127.0.0.1:{port}/INBOX", "check NEWSLETTER_BOUNCE_MAILBOX"),
+        ("pop3s://reader:pw@127.0.0.1:{port}", "check NEWSLETTER_BOUNCE_MAILBOX"),
+        ("ftp://reader:pw@127.0.0.1/INBOX", "unknown mailbox scheme"),
+        ("imaps://127.0.0.1/INBOX", "needs user:password@host"),
+        ("maildir:///nonexistent/Maildir", "no Maildir at"),
+    ],
+)
 def test_unreachable_or_wrong_mailbox_is_a_clear_error(url: str, message: str) -> None:
     import socket
 

@@ -35,16 +35,25 @@ from tests.conftest import FrozenClock
 
 
 def _events(session: Session, sid: int) -> list[tuple[str, str | None]]:
-    return [(e.kind, e.note) for e in session.scalars(
-        select(ConsentEvent).where(ConsentEvent.subscriber_id == sid).order_by(ConsentEvent.id))]
+    return [
+        (e.kind, e.note)
+        for e in session.scalars(
+            select(ConsentEvent).where(ConsentEvent.subscriber_id == sid).order_by(ConsentEvent.id)
+        )
+    ]
 
 
 def test_hard_bounce_marks_the_reader_bounced_with_the_diagnostic(
-        session: Session, services: Services, clock: FrozenClock) -> None:
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     sid = add_reader(session, "sam@reader.example", clock())
     campaign = add_campaign(session, clock())
-    result = apply_outcome(session, services.config, clock, Outcome(
-        sid, "hard", "mailbox", campaign, "5.1.1", "550 5.1.1 User unknown"))
+    result = apply_outcome(
+        session,
+        services.config,
+        clock,
+        Outcome(sid, "hard", "mailbox", campaign, "5.1.1", "550 5.1.1 User unknown"),
+    )
     assert result == MARKED_BOUNCED
     assert session.get(Subscriber, sid).status == BOUNCED
     assert _events(session, sid) == [("bounced", "550 5.1.1 User unknown")]
@@ -53,13 +62,17 @@ def test_hard_bounce_marks_the_reader_bounced_with_the_diagnostic(
 
 
 def test_three_soft_bounces_over_fifteen_days_mark_the_reader_bounced(
-        session: Session, services: Services, clock: FrozenClock) -> None:
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     sid = add_reader(session, "sam@reader.example", clock())
     config = services.config
     outcomes = []
     for _ in range(3):
-        outcomes.append(apply_outcome(session, config, clock,
-                                      Outcome(sid, "soft", "mailbox", None, "4.2.2", "full")))
+        outcomes.append(
+            apply_outcome(
+                session, config, clock, Outcome(sid, "soft", "mailbox", None, "4.2.2", "full")
+            )
+        )
         clock.advance(days=7)
     # Three soft bounces, but the third came only 14 days after the first: counted.
     assert outcomes == [COUNTED, COUNTED, COUNTED]
@@ -71,7 +84,8 @@ def test_three_soft_bounces_over_fifteen_days_mark_the_reader_bounced(
 
 
 def test_a_successful_delivery_resets_the_soft_bounce_count(
-        session: Session, services: Services, clock: FrozenClock) -> None:
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     sid = add_reader(session, "sam@reader.example", clock())
     config = services.config
     apply_outcome(session, config, clock, Outcome(sid, "soft", "mailbox"))
@@ -86,10 +100,15 @@ def test_a_successful_delivery_resets_the_soft_bounce_count(
 
 
 def test_complaint_unsubscribes_and_import_never_resubscribes(
-        session: Session, services: Services, clock: FrozenClock, tmp_path: Path) -> None:
+    session: Session, services: Services, clock: FrozenClock, tmp_path: Path
+) -> None:
     sid = add_reader(session, "sam@reader.example", clock())
-    result = apply_outcome(session, services.config, clock,
-                           Outcome(sid, "complaint", "mailbox", None, None, "feedback: abuse"))
+    result = apply_outcome(
+        session,
+        services.config,
+        clock,
+        Outcome(sid, "complaint", "mailbox", None, None, "feedback: abuse"),
+    )
     assert result == MARKED_COMPLAINED
     assert session.get(Subscriber, sid).status == UNSUBSCRIBED
     assert _events(session, sid) == [("complained", "feedback: abuse")]
@@ -102,22 +121,25 @@ def test_complaint_unsubscribes_and_import_never_resubscribes(
 
 
 def test_bounced_reader_who_signs_up_again_goes_through_double_opt_in(
-        session: Session, services: Services, clock: FrozenClock) -> None:
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     sid = add_reader(session, "sam@reader.example", clock())
     apply_outcome(session, services.config, clock, Outcome(sid, "hard", "mailbox"))
-    outcome = subscribe(session, services, "sam@reader.example", name=None,
-                        info=RequestInfo("form"))
+    outcome = subscribe(
+        session, services, "sam@reader.example", name=None, info=RequestInfo("form")
+    )
     assert outcome.subscriber_id == sid and outcome.confirmation_queued
     session.expire_all()
     assert session.get(Subscriber, sid).status == PENDING
-    assert [kind for kind, _note in _events(session, sid)][-2:] == ["requested",
-                                                                    "confirmation_sent"] or \
-        [kind for kind, _note in _events(session, sid)][-1] == "requested"
+    assert [kind for kind, _note in _events(session, sid)][-2:] == [
+        "requested",
+        "confirmation_sent",
+    ] or [kind for kind, _note in _events(session, sid)][-1] == "requested"
 
 
 def test_subscribers_list_shows_bounced_readers(
-        session: Session, services: Services, clock: FrozenClock,
-        runner: FlaskCliRunner) -> None:
+    session: Session, services: Services, clock: FrozenClock, runner: FlaskCliRunner
+) -> None:
     sid = add_reader(session, "gone@reader.example", clock())
     add_reader(session, "here@reader.example", clock())
     apply_outcome(session, services.config, clock, Outcome(sid, "hard", "mailbox"))
@@ -126,30 +148,39 @@ def test_subscribers_list_shows_bounced_readers(
     assert "gone@reader.example" in result.output and "here@reader.example" not in result.output
 
 
-def test_campaign_figures_and_warnings(session: Session, services: Services,
-                                       clock: FrozenClock, app: Flask) -> None:
+def test_campaign_figures_and_warnings(
+    session: Session, services: Services, clock: FrozenClock, app: Flask
+) -> None:
     campaign = add_campaign(session, clock())
     readers = [add_reader(session, f"r{n}@reader.example", clock()) for n in range(40)]
     for sid in readers:
         add_delivery(session, campaign, sid, clock())
     apply_outcome(session, services.config, clock, Outcome(readers[0], "hard", "ses", campaign))
     apply_outcome(session, services.config, clock, Outcome(readers[1], "soft", "ses", campaign))
-    apply_outcome(session, services.config, clock,
-                  Outcome(readers[2], "complaint", "ses", campaign))
+    apply_outcome(
+        session, services.config, clock, Outcome(readers[2], "complaint", "ses", campaign)
+    )
     figures = campaign_bounce_figures(session, [campaign], services.config)[campaign]
-    assert (figures.sent, figures.hard_bounces, figures.soft_bounces, figures.complaints) == \
-        (40, 1, 1, 1)
+    assert (figures.sent, figures.hard_bounces, figures.soft_bounces, figures.complaints) == (
+        40,
+        1,
+        1,
+        1,
+    )
     assert figures.hard_bounce_rate == 0.025 and figures.complaint_rate == 0.025
     assert len(figures.warnings) == 2
     assert "sign-up form" in figures.warnings[0] and "imported segment" in figures.warnings[1]
-    quiet = campaign_bounce_figures(session, [campaign], {**services.config,
-                                                          "COMPLAINT_RATE_WARNING": 0.05,
-                                                          "HARD_BOUNCE_RATE_WARNING": 0.05})
+    quiet = campaign_bounce_figures(
+        session,
+        [campaign],
+        {**services.config, "COMPLAINT_RATE_WARNING": 0.05, "HARD_BOUNCE_RATE_WARNING": 0.05},
+    )
     assert quiet[campaign].warnings == []
 
 
 def test_an_export_with_bounced_readers_imports_without_them(
-        session: Session, services: Services, clock: FrozenClock, tmp_path: Path) -> None:
+    session: Session, services: Services, clock: FrozenClock, tmp_path: Path
+) -> None:
     csv = tmp_path / "export.csv"
     csv.write_text("email,status\nok@reader.example,confirmed\ngone@reader.example,bounced\n")
     report = import_readers(session, services, csv, consent_note="moved from another install")
@@ -159,7 +190,8 @@ def test_an_export_with_bounced_readers_imports_without_them(
 
 
 def test_import_leaves_a_bounced_reader_bounced(
-        session: Session, services: Services, clock: FrozenClock, tmp_path: Path) -> None:
+    session: Session, services: Services, clock: FrozenClock, tmp_path: Path
+) -> None:
     sid = add_reader(session, "gone@reader.example", clock())
     apply_outcome(session, services.config, clock, Outcome(sid, "hard", "mailbox"))
     csv = tmp_path / "old.csv"
@@ -170,12 +202,19 @@ def test_import_leaves_a_bounced_reader_bounced(
 
 
 def test_erasure_removes_the_address_from_bounce_diagnostics(
-        session: Session, services: Services, clock: FrozenClock) -> None:
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     from newsletter.privacy import erase_reader
 
     sid = add_reader(session, "sam@reader.example", clock())
-    apply_outcome(session, services.config, clock, Outcome(
-        sid, "hard", "mailbox", None, "5.1.1", "550 5.1.1 <sam@reader.example>: User unknown"))
+    apply_outcome(
+        session,
+        services.config,
+        clock,
+        Outcome(
+            sid, "hard", "mailbox", None, "5.1.1", "550 5.1.1 <sam@reader.example>: User unknown"
+        ),
+    )
     erase_reader(session, services, "sam@reader.example")
     session.expire_all()
     notes = [note for _kind, note in _events(session, sid)]
@@ -186,7 +225,8 @@ def test_erasure_removes_the_address_from_bounce_diagnostics(
 
 
 def test_purge_removes_a_stale_sign_up_with_its_bounce_records(
-        session: Session, services: Services, clock: FrozenClock) -> None:
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     from newsletter.privacy import purge_pending
 
     sid = add_reader(session, "typo@reader.example", clock(), status=PENDING)

@@ -36,13 +36,23 @@ from tests.smtp_sink import SmtpSink
 pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("NEWSLETTER_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 POST_PATH = "/posts/five-slow-breaths"
 # Resolved now: the app fixture changes the working directory.
-SCREENSHOT_DIR = (Path(os.environ["NEWSLETTER_SCREENSHOT_DIR"]).resolve()
-                  if os.environ.get("NEWSLETTER_SCREENSHOT_DIR") else None)
+SCREENSHOT_DIR = (
+    Path(os.environ["NEWSLETTER_SCREENSHOT_DIR"]).resolve()
+    if os.environ.get("NEWSLETTER_SCREENSHOT_DIR")
+    else None
+)
 
 BLOG_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Five slow breaths before breakfast</title>
@@ -98,8 +108,12 @@ def ports() -> dict[str, int]:
 def config(config: dict[str, Any], ports: dict[str, int]) -> dict[str, Any]:
     """The service on a real port, with the blog's origin allowed."""
     blog = f"http://127.0.0.1:{ports['blog']}"
-    config.update(PUBLIC_URL=f"http://127.0.0.1:{ports['service']}", SITE_URL=blog,
-                  ALLOWED_ORIGINS=blog, PRIVACY_POLICY_URL=f"{blog}/privacy")
+    config.update(
+        PUBLIC_URL=f"http://127.0.0.1:{ports['service']}",
+        SITE_URL=blog,
+        ALLOWED_ORIGINS=blog,
+        PRIVACY_POLICY_URL=f"{blog}/privacy",
+    )
     return config
 
 
@@ -107,15 +121,23 @@ def config(config: dict[str, Any], ports: dict[str, int]) -> dict[str, Any]:
 def site(app: Flask, ports: dict[str, int], tmp_path: Path) -> Iterator[Site]:
     blog = f"http://127.0.0.1:{ports['blog']}"
     snippet = render_snippet(app.config, f"{blog}{POST_PATH}")
-    handler = type("BlogHandler", (_BlogHandler,), {"pages": {
-        POST_PATH: BLOG_PAGE.format(snippet=snippet),
-        "/privacy": "<h1>Privacy Policy</h1><p>We keep your address to send the newsletter.</p>",
-    }})
+    handler = type(
+        "BlogHandler",
+        (_BlogHandler,),
+        {
+            "pages": {
+                POST_PATH: BLOG_PAGE.format(snippet=snippet),
+                "/privacy": "<h1>Privacy Policy</h1>"
+                "<p>We keep your address to send the newsletter.</p>",
+            }
+        },
+    )
     blog_server = ThreadingHTTPServer(("127.0.0.1", ports["blog"]), handler)
-    service_server: BaseWSGIServer = make_server("127.0.0.1", ports["service"], app,
-                                                 threaded=True)
-    threads = [threading.Thread(target=server.serve_forever, daemon=True)
-               for server in (blog_server, service_server)]
+    service_server: BaseWSGIServer = make_server("127.0.0.1", ports["service"], app, threaded=True)
+    threads = [
+        threading.Thread(target=server.serve_forever, daemon=True)
+        for server in (blog_server, service_server)
+    ]
     for thread in threads:
         thread.start()
     shots = SCREENSHOT_DIR or tmp_path
@@ -133,17 +155,20 @@ def site(app: Flask, ports: dict[str, int], tmp_path: Path) -> Iterator[Site]:
 @pytest.fixture
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).is_file():
-        message = (f"Chromium is missing at {CHROMIUM}: install Debian's chromium package "
-                   "(apt-get install -y chromium chromium-driver; .ci/run does it) or set "
-                   "NEWSLETTER_CHROMIUM to the browser's path.")
+        message = (
+            f"Chromium is missing at {CHROMIUM}: install Debian's chromium package "
+            "(apt-get install -y chromium chromium-driver; .ci/run does it) or set "
+            "NEWSLETTER_CHROMIUM to the browser's path."
+        )
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS,
-                                              headless=True)
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
+        )
         try:
             yield chromium
         finally:
@@ -155,10 +180,15 @@ def snap(page: Any, path: Path, selector: str = "main", pad: int = 24) -> None:
     box = page.locator(selector).bounding_box()
     assert box is not None, f"{selector} is not on the page"
     top = max(box["y"] - pad, 0)
-    page.screenshot(path=str(path), clip={
-        "x": max(box["x"] - pad, 0), "y": top,
-        "width": min(box["width"] + 2 * pad, page.viewport_size["width"]),
-        "height": box["height"] + pad + min(pad, box["y"])})
+    page.screenshot(
+        path=str(path),
+        clip={
+            "x": max(box["x"] - pad, 0),
+            "y": top,
+            "width": min(box["width"] + 2 * pad, page.viewport_size["width"]),
+            "height": box["height"] + pad + min(pad, box["y"]),
+        },
+    )
 
 
 def link(text: str, base: str, path: str) -> str:
@@ -178,8 +208,9 @@ def reader(app: Flask, email: str) -> Subscriber:
         return found
 
 
-def test_the_reader_journey_in_a_real_browser(site: Site, browser: Any,
-                                              smtp_sink: SmtpSink) -> None:
+def test_the_reader_journey_in_a_real_browser(
+    site: Site, browser: Any, smtp_sink: SmtpSink
+) -> None:
     page = browser.new_page(viewport={"width": 640, "height": 1000})
     page.set_default_timeout(15_000)
 
@@ -223,12 +254,17 @@ def test_the_reader_journey_in_a_real_browser(site: Site, browser: Any,
     left = reader(site.app, "rosa.reader@example.com")
     assert left.status == "unsubscribed"
     assert [e.kind for e in left.events] == [
-        "requested", "confirmation_sent", "confirmed", "withdrawn"]
+        "requested",
+        "confirmation_sent",
+        "confirmed",
+        "withdrawn",
+    ]
     page.close()
 
 
 def test_the_embedded_form_without_script_comes_back_to_the_page(
-        site: Site, browser: Any, smtp_sink: SmtpSink) -> None:
+    site: Site, browser: Any, smtp_sink: SmtpSink
+) -> None:
     context = browser.new_context(java_script_enabled=False)
     page = context.new_page()
     page.set_default_timeout(15_000)

@@ -83,10 +83,12 @@ Write to me at <mailto:maya@example.com>.
 """
 
 
-def announcement(body: str, subject: str = "Slow mornings, the book",
-                 preheader: str | None = None) -> Announcement:
-    return Announcement(path=Path("announcement.md"), subject=subject, preheader=preheader,
-                        body=body)
+def announcement(
+    body: str, subject: str = "Slow mornings, the book", preheader: str | None = None
+) -> Announcement:
+    return Announcement(
+        path=Path("announcement.md"), subject=subject, preheader=preheader, body=body
+    )
 
 
 def rendered(services: Services, body: str, **kwargs: Any) -> RenderedCampaign:
@@ -106,24 +108,36 @@ def body_of(html: str) -> Any:
 def text_body(text: str) -> str:
     """The announcement's own part of the text: after the greeting, before the footer."""
     start = text.index(placeholders.GREETING) + len(placeholders.GREETING)
-    return text[start:text.index("\n--\n")].strip("\n")
+    return text[start : text.index("\n--\n")].strip("\n")
 
 
-def write_file(folder: Path, content: str = FRONT + "Pre-orders are open.\n",
-               name: str = "announcement.md") -> Path:
+def write_file(
+    folder: Path, content: str = FRONT + "Pre-orders are open.\n", name: str = "announcement.md"
+) -> Path:
     path = folder / name
     path.write_text(content, encoding="utf-8")
     return path
 
 
-def add_readers(session: Session, clock: FrozenClock, count: int, *, status: str = CONFIRMED,
-                start: int = 1) -> list[str]:
+def add_readers(
+    session: Session, clock: FrozenClock, count: int, *, status: str = CONFIRMED, start: int = 1
+) -> list[str]:
     """Insert readers directly (fast); returns their addresses in id order."""
     emails = [f"reader{n}@example.com" for n in range(start, start + count)]
-    session.execute(insert(Subscriber), [
-        {"email": address, "name": f"Reader {n}", "status": status, "token_generation": 0,
-         "created_at": clock(), "updated_at": clock()}
-        for n, address in enumerate(emails, start)])
+    session.execute(
+        insert(Subscriber),
+        [
+            {
+                "email": address,
+                "name": f"Reader {n}",
+                "status": status,
+                "token_generation": 0,
+                "created_at": clock(),
+                "updated_at": clock(),
+            }
+            for n, address in enumerate(emails, start)
+        ],
+    )
     session.commit()
     return emails
 
@@ -134,8 +148,12 @@ def copies(sink: SmtpSink) -> Counter[str]:
 
 def campaign_rows(session: Session) -> list[tuple[int, str, str]]:
     session.commit()
-    return [tuple(row) for row in session.execute(  # type: ignore[misc]
-        select(Campaign.id, Campaign.kind, Campaign.status).order_by(Campaign.id))]
+    return [
+        tuple(row)
+        for row in session.execute(  # type: ignore[misc]
+            select(Campaign.id, Campaign.kind, Campaign.status).order_by(Campaign.id)
+        )
+    ]
 
 
 def state_dir(app: Flask) -> Path:
@@ -146,8 +164,11 @@ def state_dir(app: Flask) -> Path:
 
 
 def test_reads_subject_preheader_and_body(tmp_path: Path) -> None:
-    path = write_file(tmp_path, "---\nsubject: '  The book:\n  finished '\npreheader: Pre-orders"
-                                " open\n---\n# Hello\n\nText.\n")
+    path = write_file(
+        tmp_path,
+        "---\nsubject: '  The book:\n  finished '\npreheader: Pre-orders"
+        " open\n---\n# Hello\n\nText.\n",
+    )
     read = read_announcement(path)
     assert (read.subject, read.preheader) == ("The book: finished", "Pre-orders open")
     assert read.body == "# Hello\n\nText.\n"
@@ -155,10 +176,14 @@ def test_reads_subject_preheader_and_body(tmp_path: Path) -> None:
 
 def test_the_content_hash_follows_subject_and_body_only() -> None:
     base = announcement("Hello.\n\nSecond line.\n")
-    same = [announcement("Hello.\r\n\r\nSecond line.   \r\n\n"),
-            announcement("Hello.\n\nSecond line.\n", preheader="A different preheader")]
-    different = [announcement("Hello.\n\nSecond line!\n"),
-                 announcement("Hello.\n\nSecond line.\n", subject="Another subject")]
+    same = [
+        announcement("Hello.\r\n\r\nSecond line.   \r\n\n"),
+        announcement("Hello.\n\nSecond line.\n", preheader="A different preheader"),
+    ]
+    different = [
+        announcement("Hello.\n\nSecond line!\n"),
+        announcement("Hello.\n\nSecond line.\n", subject="Another subject"),
+    ]
     assert all(a.content_hash == base.content_hash for a in same)
     assert all(a.content_hash != base.content_hash for a in different)
 
@@ -169,7 +194,10 @@ def test_the_content_hash_follows_subject_and_body_only() -> None:
 def test_each_markdown_construct_renders_in_the_html(services: Services) -> None:
     content = body_of(rendered(services, CONSTRUCTS).email.html)
     assert [h.text_content() for h in content.xpath(".//h1|.//h2|.//h3")] == [
-        "A new season", "What is inside", "Small print"]
+        "A new season",
+        "What is inside",
+        "Small print",
+    ]
     assert content.xpath(".//strong")[0].text_content() == "strong words"
     assert content.xpath(".//em")[0].text_content() == "gentle ones"
     links = {a.text_content(): a.get("href") for a in content.xpath(".//a")}
@@ -182,10 +210,15 @@ def test_each_markdown_construct_renders_in_the_html(services: Services) -> None
     assert "max-width:100%" in image.get("style").replace(" ", "")
     (bullets,) = content.xpath("./ul")
     assert [li.text.strip() for li in bullets.xpath("./li")] == [
-        "Twelve practices", "A plan for mornings", "The"]
+        "Twelve practices",
+        "A plan for mornings",
+        "The",
+    ]
     assert bullets.xpath("./li/ul/li")[0].text_content() == "with a tracker"
     assert [li.text_content() for li in content.xpath("./ol/li")] == [
-        "Read a chapter.", "Try one practice."]
+        "Read a chapter.",
+        "Try one practice.",
+    ]
     (quote,) = content.xpath("./blockquote")
     assert " ".join(quote.text_content().split()) == "Rest is not a reward. It is a practice."
     assert "border-left" in quote.get("style")  # styled, and inlined
@@ -195,7 +228,9 @@ def test_each_markdown_construct_renders_in_the_html(services: Services) -> None
 
 def test_each_markdown_construct_reads_well_in_the_text(services: Services) -> None:
     text = text_body(rendered(services, CONSTRUCTS).email.text)
-    assert text == """\
+    assert (
+        text
+        == """\
 A new season
 ============
 
@@ -225,11 +260,14 @@ Small print
 * * *
 
 Write to me at maya@example.com."""
+    )
 
 
 def test_paragraphs_are_rewrapped_but_hard_breaks_kept(services: Services) -> None:
-    body = ("A line that the author broke\nin the middle, as Markdown allows.\n\n"
-            "With warmth,<br>\nMaya\n\nKind regards,  \nSam\n\n" + "word " * 40 + "\n")
+    body = (
+        "A line that the author broke\nin the middle, as Markdown allows.\n\n"
+        "With warmth,<br>\nMaya\n\nKind regards,  \nSam\n\n" + "word " * 40 + "\n"
+    )
     text = text_body(rendered(services, body).email.text)
     paragraphs = text.split("\n\n")
     assert paragraphs[0] == "A line that the author broke in the middle, as Markdown allows."
@@ -239,8 +277,13 @@ def test_paragraphs_are_rewrapped_but_hard_breaks_kept(services: Services) -> No
 
 
 def test_entities_and_escapes_read_as_characters_in_the_text(services: Services) -> None:
-    text = text_body(rendered(services, r"Tea &amp; toast &mdash; \*not emphasis\* & more."
-                                        "\n").email.text)
+    text = text_body(
+        rendered(
+            services,
+            r"Tea &amp; toast &mdash; \*not emphasis\* & more."
+            "\n",
+        ).email.text
+    )
     assert text == "Tea & toast — *not emphasis* & more."
 
 
@@ -267,12 +310,12 @@ def test_the_layout_is_the_digests_with_styles_inlined(services: Services) -> No
     assert all(t.get("role") == "presentation" for t in doc.xpath("//table"))
 
 
-def test_the_preheader_is_the_front_matters_else_the_first_paragraph(
-        services: Services) -> None:
+def test_the_preheader_is_the_front_matters_else_the_first_paragraph(services: Services) -> None:
     given = rendered(services, "# Title\n\nFirst words.\n", preheader="Open today")
     assert given.preheader == "Open today"
-    assert parse(given.email.html).find_class("preheader")[0].text_content().startswith(
-        "Open today")
+    assert (
+        parse(given.email.html).find_class("preheader")[0].text_content().startswith("Open today")
+    )
     long = "Every word here counts toward the preheader, " * 5
     fallback = rendered(services, f"# Title\n\n[[Go]](https://x.example)\n\n{long}\n")
     assert fallback.preheader.startswith("Every word here counts toward the preheader,")
@@ -283,9 +326,12 @@ def test_the_preheader_is_the_front_matters_else_the_first_paragraph(
 
 
 def test_the_button_is_a_bulletproof_table_in_html_and_label_url_in_text(
-        services: Services) -> None:
-    body = ("Pre-orders are open.\n\n[[Pre-order the book →]](https://shop.example.com/book)\n\n"
-            "Thank you.\n")
+    services: Services,
+) -> None:
+    body = (
+        "Pre-orders are open.\n\n[[Pre-order the book →]](https://shop.example.com/book)\n\n"
+        "Thank you.\n"
+    )
     result = rendered(services, body)
     content = body_of(result.email.html)
     (table,) = content.xpath(".//table")
@@ -300,14 +346,17 @@ def test_the_button_is_a_bulletproof_table_in_html_and_label_url_in_text(
     assert [e.tag for e in content] == ["p", "table", "p"]
     assert "[" not in content.text_content()
     text = text_body(result.email.text)
-    assert text.split("\n\n") == ["Pre-orders are open.",
-                                  "Pre-order the book: https://shop.example.com/book",
-                                  "Thank you."]
+    assert text.split("\n\n") == [
+        "Pre-orders are open.",
+        "Pre-order the book: https://shop.example.com/book",
+        "Thank you.",
+    ]
     assert result.body.buttons[0].label == "Pre-order the book →"
 
 
 def test_a_relative_button_link_resolves_and_in_a_sentence_it_is_a_plain_link(
-        services: Services) -> None:
+    services: Services,
+) -> None:
     body = "[[Read the first chapter]](/chapter-one)\n\nOr see [[the shop]](https://s.example).\n"
     result = rendered(services, body)
     content = body_of(result.email.html)
@@ -316,7 +365,8 @@ def test_a_relative_button_link_resolves_and_in_a_sentence_it_is_a_plain_link(
     assert (inline.text_content(), inline.get("href")) == ("the shop", "https://s.example")
     assert text_body(result.email.text).split("\n\n") == [
         f"Read the first chapter: {BLOG_ORIGIN}/chapter-one",
-        "Or see the shop (https://s.example)."]
+        "Or see the shop (https://s.example).",
+    ]
 
 
 @pytest.mark.parametrize("target", ["javascript:alert(1)", "", "ftp://files.example/book"])
@@ -351,7 +401,8 @@ def test_raw_html_and_markdown_are_sanitised(services: Services) -> None:
     content = body_of(result.email.html)
     assert "evil" not in content.text_content()
     assert {a.get("href") for a in content.xpath(".//a") if a.get("href")} == {
-        "https://ok.example/"}
+        "https://ok.example/"
+    }
     assert content.xpath(".//img/@src") == [f"{BLOG_ORIGIN}/x.png"]
     text = text_body(result.email.text)
     assert "evil" not in text and "javascript" not in text and "steal" not in text
@@ -359,30 +410,43 @@ def test_raw_html_and_markdown_are_sanitised(services: Services) -> None:
     assert "A markdown link." in text
 
 
-@pytest.mark.parametrize(("site_url", "base"), [
-    (BLOG_ORIGIN, BLOG_ORIGIN),
-    (f"{BLOG_ORIGIN}/journal", f"{BLOG_ORIGIN}/journal"),
-    (f"{BLOG_ORIGIN}/journal/", f"{BLOG_ORIGIN}/journal"),
-])
-def test_relative_urls_resolve_against_the_site_url(services: Services, site_url: str,
-                                                    base: str) -> None:
+@pytest.mark.parametrize(
+    ("site_url", "base"),
+    [
+        (BLOG_ORIGIN, BLOG_ORIGIN),
+        (f"{BLOG_ORIGIN}/journal", f"{BLOG_ORIGIN}/journal"),
+        (f"{BLOG_ORIGIN}/journal/", f"{BLOG_ORIGIN}/journal"),
+    ],
+)
+def test_relative_urls_resolve_against_the_site_url(
+    services: Services, site_url: str, base: str
+) -> None:
     services.config["SITE_URL"] = site_url
-    body = ("![Cover](images/cover.jpg) [About](/about) [Shop](shop/book?x=1#top) "
-            '<a href="notes.html">notes</a> <img src="/raw.png" alt="raw">\n\n'
-            "[[Get it]](buy)\n")
+    body = (
+        "![Cover](images/cover.jpg) [About](/about) [Shop](shop/book?x=1#top) "
+        '<a href="notes.html">notes</a> <img src="/raw.png" alt="raw">\n\n'
+        "[[Get it]](buy)\n"
+    )
     result = rendered(services, body)
     content = body_of(result.email.html)
     assert content.xpath(".//img/@src") == [f"{base}/images/cover.jpg", f"{BLOG_ORIGIN}/raw.png"]
-    assert content.xpath(".//a/@href") == [f"{BLOG_ORIGIN}/about", f"{base}/shop/book?x=1#top",
-                                           f"{base}/notes.html", f"{base}/buy"]
+    assert content.xpath(".//a/@href") == [
+        f"{BLOG_ORIGIN}/about",
+        f"{base}/shop/book?x=1#top",
+        f"{base}/notes.html",
+        f"{base}/buy",
+    ]
     text = " ".join(text_body(result.email.text).split())
     assert f"About ({BLOG_ORIGIN}/about)" in text and f"Shop ({base}/shop/book?x=1#top)" in text
     assert f"notes ({base}/notes.html)" in text and f"Get it: {base}/buy" in text
 
 
 def test_an_image_can_carry_the_width_outlook_needs(services: Services) -> None:
-    content = body_of(rendered(services, '![Cover](c.jpg){: width="536" }\n\n'
-                                         '![Big](b.jpg){: width="2000" }\n').email.html)
+    content = body_of(
+        rendered(
+            services, '![Cover](c.jpg){: width="536" }\n\n![Big](b.jpg){: width="2000" }\n'
+        ).email.html
+    )
     assert [img.get("width") for img in content.xpath(".//img")] == ["536", None]
 
 
@@ -390,8 +454,8 @@ def test_an_image_can_carry_the_width_outlook_needs(services: Services) -> None:
 
 
 def test_send_campaign_mails_each_confirmed_reader_once_with_the_list_headers(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink, runner: FlaskCliRunner
+) -> None:
     readers = add_readers(session, clock, 4)
     add_readers(session, clock, 1, status="pending", start=50)
     add_readers(session, clock, 1, status="unsubscribed", start=60)
@@ -412,8 +476,7 @@ def test_send_campaign_mails_each_confirmed_reader_once_with_the_list_headers(
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         assert message["List-Id"]
         assert message.get_content_type() == "multipart/alternative"
-        assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain",
-                                                                       "text/html"]
+        assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
         name = received.recipients[0].split("@")[0].replace("reader", "Reader ")
         text = received.body("plain").replace("\r\n", "\n")
         assert text.startswith("Calm Corner\n") and f"Hi {name}," in text
@@ -430,19 +493,43 @@ def test_send_campaign_mails_each_confirmed_reader_once_with_the_list_headers(
 
 
 def test_placeholder_text_in_an_announcement_never_becomes_a_readers_data(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, tmp_path: Path) -> None:
-    every = [placeholders.UNSUBSCRIBE_URL, placeholders.GREETING, placeholders.RECIPIENT,
-             placeholders.MESSAGE_ID, placeholders.CONFIRM_URL, placeholders.DATE,
-             "__NEWSLETTER_TO_HEADER__"]
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    tmp_path: Path,
+) -> None:
+    every = [
+        placeholders.UNSUBSCRIBE_URL,
+        placeholders.GREETING,
+        placeholders.RECIPIENT,
+        placeholders.MESSAGE_ID,
+        placeholders.CONFIRM_URL,
+        placeholders.DATE,
+        "__NEWSLETTER_TO_HEADER__",
+    ]
     code = " ".join(f"`{p}`" for p in every)
     escaped = " ".join(p.replace("_", "\\_") for p in every)
-    path = write_file(tmp_path, f"---\nsubject: Every stand-in {every[2]}\n---\n\n"
-                                f"Code {code}\n\nPlain {escaped}\n\n"
-                                f"[a link]({BLOG_ORIGIN}/{every[0]})\n")
-    session.execute(insert(Subscriber), [{
-        "email": "ada@example.com", "name": 'Ada <b onmouseover="x">', "status": CONFIRMED,
-        "token_generation": 0, "created_at": clock(), "updated_at": clock()}])
+    path = write_file(
+        tmp_path,
+        f"---\nsubject: Every stand-in {every[2]}\n---\n\n"
+        f"Code {code}\n\nPlain {escaped}\n\n"
+        f"[a link]({BLOG_ORIGIN}/{every[0]})\n",
+    )
+    session.execute(
+        insert(Subscriber),
+        [
+            {
+                "email": "ada@example.com",
+                "name": 'Ada <b onmouseover="x">',
+                "status": CONFIRMED,
+                "token_generation": 0,
+                "created_at": clock(),
+                "updated_at": clock(),
+            }
+        ],
+    )
     session.commit()
 
     result = runner.invoke(args=["send-campaign", str(path), "--yes"])
@@ -469,13 +556,19 @@ def test_placeholder_text_in_an_announcement_never_becomes_a_readers_data(
 
 
 def test_a_signed_campaign_verifies_with_dkim(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, tmp_path: Path) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    tmp_path: Path,
+) -> None:
     private, public = rsa_key()
     key_file = tmp_path / "dkim.pem"
     key_file.write_bytes(private)
-    app.config.update(DKIM_DOMAIN="blog.example.com", DKIM_SELECTOR="news2026",
-                      DKIM_PRIVATE_KEY=str(key_file))
+    app.config.update(
+        DKIM_DOMAIN="blog.example.com", DKIM_SELECTOR="news2026", DKIM_PRIVATE_KEY=str(key_file)
+    )
     add_readers(session, clock, 2)
     result = runner.invoke(args=["send-campaign", str(EXAMPLE), "--yes"])
     assert result.exit_code == 0, result.output
@@ -489,12 +582,26 @@ def test_a_signed_campaign_verifies_with_dkim(
 
 
 def test_campaigns_list_announcements_beside_digests(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, tmp_path: Path) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    tmp_path: Path,
+) -> None:
     add_readers(session, clock, 1)
-    session.add(Campaign(kind="digest", subject="Slow mornings", preheader=None,
-                         content_hash="d" * 64, status="sent", created_at=clock(),
-                         html="<p>x</p>", text="x"))
+    session.add(
+        Campaign(
+            kind="digest",
+            subject="Slow mornings",
+            preheader=None,
+            content_hash="d" * 64,
+            status="sent",
+            created_at=clock(),
+            html="<p>x</p>",
+            text="x",
+        )
+    )
     session.commit()
     clock.advance(days=1)
     assert runner.invoke(args=["send-campaign", str(EXAMPLE), "--yes"]).exit_code == 0
@@ -506,20 +613,29 @@ def test_campaigns_list_announcements_beside_digests(
 
 
 def test_the_same_content_is_refused_unless_again(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, tmp_path: Path) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    tmp_path: Path,
+) -> None:
     readers = add_readers(session, clock, 3)
     path = write_file(tmp_path)
     assert runner.invoke(args=["send-campaign", str(path), "--yes"]).exit_code == 0
 
     # The same subject and body, even with other line endings and another preheader.
-    path.write_text(FRONT.replace("\n---\n\n", "\npreheader: New!\n---\n\n").replace(
-        "\n", "\r\n") + "Pre-orders are open.  \r\n", encoding="utf-8")
+    path.write_text(
+        FRONT.replace("\n---\n\n", "\npreheader: New!\n---\n\n").replace("\n", "\r\n")
+        + "Pre-orders are open.  \r\n",
+        encoding="utf-8",
+    )
     refused = runner.invoke(args=["send-campaign", str(path), "--yes"])
     assert refused.exit_code == 1
     assert refused.output.strip() == (
         "send-campaign: this announcement (the same subject and body) was already sent as "
-        "campaign 1 on 2026-11-02 09:00 UTC; to send it to everyone once more, add --again")
+        "campaign 1 on 2026-11-02 09:00 UTC; to send it to everyone once more, add --again"
+    )
     assert copies(smtp_sink) == Counter(readers)
     assert len(campaign_rows(session)) == 1
 
@@ -542,17 +658,30 @@ def interrupt(app: Flask, path: Path, smtp_sink: SmtpSink, stuck: str) -> None:
         lock = SendLock(state_dir(app), db.engine)
         with lock:
             run = send_announcement(
-                db.session(), get_services(app), read_announcement(path), lock=lock,
-                options=SendOptions(connections=1, reconnect_delay=0.01, flush_interval=0.05,
-                                    max_connection_failures=2))
+                db.session(),
+                get_services(app),
+                read_announcement(path),
+                lock=lock,
+                options=SendOptions(
+                    connections=1,
+                    reconnect_delay=0.01,
+                    flush_interval=0.05,
+                    max_connection_failures=2,
+                ),
+            )
     assert run.report is not None and run.report.error and run.report.left > 0
     smtp_sink.script.outage_from = None
     smtp_sink.down = False
 
 
 def test_an_interrupted_send_is_resumed_by_running_the_command_again(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, tmp_path: Path) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    tmp_path: Path,
+) -> None:
     readers = add_readers(session, clock, 6)
     path = write_file(tmp_path)
     interrupt(app, path, smtp_sink, readers[2])
@@ -560,8 +689,10 @@ def test_an_interrupted_send_is_resumed_by_running_the_command_again(
     assert campaign_rows(session) == [(1, ANNOUNCEMENT, "sending")]
 
     dry = runner.invoke(args=["send-campaign", str(path), "--dry-run"])
-    assert 'Would resume campaign 1 "Slow mornings, the book", which was interrupted: ' \
-           "4 deliveries left." in dry.output
+    assert (
+        'Would resume campaign 1 "Slow mornings, the book", which was interrupted: '
+        "4 deliveries left." in dry.output
+    )
 
     result = runner.invoke(args=["send-campaign", str(path), "--yes"])
     assert result.exit_code == 0, result.output
@@ -572,8 +703,13 @@ def test_an_interrupted_send_is_resumed_by_running_the_command_again(
 
 
 def test_again_resumes_an_interrupted_copy_first_and_never_doubles_it(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, tmp_path: Path) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    tmp_path: Path,
+) -> None:
     readers = add_readers(session, clock, 5)
     path = write_file(tmp_path)
     interrupt(app, path, smtp_sink, readers[1])
@@ -591,8 +727,13 @@ def test_again_resumes_an_interrupted_copy_first_and_never_doubles_it(
 
 
 def test_another_interrupted_announcement_is_finished_first(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, tmp_path: Path) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    tmp_path: Path,
+) -> None:
     readers = add_readers(session, clock, 4)
     old = write_file(tmp_path, FRONT + "The first version.\n", name="old.md")
     interrupt(app, old, smtp_sink, readers[1])
@@ -616,26 +757,38 @@ def test_another_interrupted_announcement_is_finished_first(
 def campaign_process(config: dict[str, Any], tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     """`newsletter ARGS` in a separate process, on the test's database and SMTP sink."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    environment.update({
-        "NEWSLETTER_DATABASE_URL": config["DATABASE_URL"],
-        "NEWSLETTER_SECRET_KEY": config["SECRET_KEY"],
-        "NEWSLETTER_TESTING": "true",  # the suite's short key is accepted only in tests
-        "NEWSLETTER_PUBLIC_URL": config["PUBLIC_URL"],
-        "NEWSLETTER_SITE_URL": config["SITE_URL"],
-        "NEWSLETTER_MAIL_FROM": config["MAIL_FROM"],
-        "NEWSLETTER_SMTP_HOST": "127.0.0.1",
-        "NEWSLETTER_SMTP_PORT": str(config["SMTP_PORT"]),
-        "NEWSLETTER_INSTANCE_PATH": str(tmp_path / "instance"),
-    })
-    return subprocess.Popen([sys.executable, "-c", "from newsletter.cli import main; main()",
-                             *args], cwd=tmp_path, env=environment, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    environment.update(
+        {
+            "NEWSLETTER_DATABASE_URL": config["DATABASE_URL"],
+            "NEWSLETTER_SECRET_KEY": config["SECRET_KEY"],
+            "NEWSLETTER_TESTING": "true",  # the suite's short key is accepted only in tests
+            "NEWSLETTER_PUBLIC_URL": config["PUBLIC_URL"],
+            "NEWSLETTER_SITE_URL": config["SITE_URL"],
+            "NEWSLETTER_MAIL_FROM": config["MAIL_FROM"],
+            "NEWSLETTER_SMTP_HOST": "127.0.0.1",
+            "NEWSLETTER_SMTP_PORT": str(config["SMTP_PORT"]),
+            "NEWSLETTER_INSTANCE_PATH": str(tmp_path / "instance"),
+        }
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", "from newsletter.cli import main; main()", *args],
+        cwd=tmp_path,
+        env=environment,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 @pytest.mark.slow
 def test_a_send_killed_with_sigkill_resumes_and_mails_nobody_twice_but_in_flight_ones(
-        config: dict[str, Any], tmp_path: Path, app: Flask, session: Session,
-        clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    config: dict[str, Any],
+    tmp_path: Path,
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+) -> None:
     readers = add_readers(session, clock, 200)
     smtp_sink.script.data_delay = 0.02
     connections = "3"
@@ -665,8 +818,13 @@ def test_a_send_killed_with_sigkill_resumes_and_mails_nobody_twice_but_in_flight
 
 
 def test_send_campaign_exits_3_when_some_fail(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, tmp_path: Path) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    tmp_path: Path,
+) -> None:
     add_readers(session, clock, 3)
     smtp_sink.script.rcpt_replies["reader2@example.com"] = "550 5.1.1 No such user"
     result = runner.invoke(args=["send-campaign", str(write_file(tmp_path)), "--yes"])
@@ -676,8 +834,13 @@ def test_send_campaign_exits_3_when_some_fail(
 
 
 def test_send_campaign_exits_1_and_plans_nothing_when_smtp_is_down(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, tmp_path: Path) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    tmp_path: Path,
+) -> None:
     add_readers(session, clock, 2)
     smtp_sink.stop()
     result = runner.invoke(args=["send-campaign", str(write_file(tmp_path)), "--yes"])
@@ -687,8 +850,13 @@ def test_send_campaign_exits_1_and_plans_nothing_when_smtp_is_down(
 
 
 def test_with_no_confirmed_readers_nothing_is_created(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, tmp_path: Path) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    tmp_path: Path,
+) -> None:
     add_readers(session, clock, 2, status="pending")
     result = runner.invoke(args=["send-campaign", str(write_file(tmp_path)), "--yes"])
     assert result.exit_code == 0, result.output
@@ -698,9 +866,16 @@ def test_with_no_confirmed_readers_nothing_is_created(
 
 @pytest.mark.parametrize(("answer", "sent"), [("n\n", 0), ("y\n", 3)])
 def test_a_terminal_is_asked_before_mailing_the_readers(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        answer: str, sent: int) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: str,
+    sent: int,
+) -> None:
     import newsletter.cli.sending
 
     monkeypatch.setattr(newsletter.cli.sending, "_interactive", lambda: True)
@@ -714,8 +889,13 @@ def test_a_terminal_is_asked_before_mailing_the_readers(
 
 
 def test_dry_run_says_what_would_happen_and_changes_nothing(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, tmp_path: Path) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    tmp_path: Path,
+) -> None:
     add_readers(session, clock, 7)
     path = write_file(tmp_path)
     result = runner.invoke(args=["send-campaign", str(path), "--dry-run"])
@@ -723,13 +903,15 @@ def test_dry_run_says_what_would_happen_and_changes_nothing(
     assert result.output.splitlines() == [
         'Would send "Slow mornings, the book" to 7 confirmed readers.',
         "Preheader: Pre-orders are open.",
-        "(Dry run: nothing was planned or sent.)"]
+        "(Dry run: nothing was planned or sent.)",
+    ]
     assert not smtp_sink.messages and campaign_rows(session) == []
 
     assert runner.invoke(args=["send-campaign", str(path), "--yes"]).exit_code == 0
     refused = runner.invoke(args=["send-campaign", str(path), "--dry-run"])
-    assert 'Would refuse: "Slow mornings, the book" was already sent as campaign 1' \
-           in refused.output
+    assert (
+        'Would refuse: "Slow mornings, the book" was already sent as campaign 1' in refused.output
+    )
     again = runner.invoke(args=["send-campaign", str(path), "--dry-run", "--again"])
     assert "to 7 confirmed readers (again: sent before as campaign 1)." in again.output
     assert len(smtp_sink.messages) == 7 and len(campaign_rows(session)) == 1
@@ -738,17 +920,27 @@ def test_dry_run_says_what_would_happen_and_changes_nothing(
 
 
 def test_to_address_sends_one_test_copy_and_marks_nothing(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, tmp_path: Path) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    tmp_path: Path,
+) -> None:
     readers = add_readers(session, clock, 3)
     result = runner.invoke(args=["send-campaign", str(EXAMPLE), "--to", "Author@Example.com"])
     assert result.exit_code == 0, result.output
-    assert f'Sent "{EXAMPLE_SUBJECT}" to Author@Example.com as a test; nothing was marked.' \
+    assert (
+        f'Sent "{EXAMPLE_SUBJECT}" to Author@Example.com as a test; nothing was marked.'
         in result.output
+    )
     (received,) = smtp_sink.messages
     assert received.recipients == ["author@example.com"]
-    assert received.body("plain").replace("\r\n", "\n").startswith(
-        "Calm Corner\n===========\n\nHello,\n\nThe book is finished\n")
+    assert (
+        received.body("plain")
+        .replace("\r\n", "\n")
+        .startswith("Calm Corner\n===========\n\nHello,\n\nThe book is finished\n")
+    )
     assert received.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert campaign_rows(session) == []
     # A test copy is not a send: the real one still goes out to everyone.
@@ -763,39 +955,69 @@ def test_to_address_sends_one_test_copy_and_marks_nothing(
 
 BROKEN_FILES = [
     pytest.param(None, "no such file", id="missing file"),
-    pytest.param("Just text, no front matter.\n", "no front matter; start the file with a ---",
-                 id="no front matter"),
-    pytest.param("---\nsubject: Hello\n\nBody.\n", "the front matter has no closing --- line",
-                 id="unclosed front matter"),
-    pytest.param("---\nsubject: Hello: world\n---\nBody.\n",
-                 "the front matter is not valid YAML (line 2: mapping values are not allowed",
-                 id="broken yaml"),
-    pytest.param("---\n- subject\n---\nBody.\n", "the front matter must be `key: value` lines",
-                 id="front matter not a mapping"),
-    pytest.param("---\npreheader: Hi\n---\nBody.\n", "the front matter has no subject",
-                 id="missing subject"),
-    pytest.param("---\nsubject: '   '\n---\nBody.\n", "the front matter has no subject",
-                 id="empty subject"),
-    pytest.param("---\nsubject: [a, b]\n---\nBody.\n", "the subject must be text",
-                 id="subject not text"),
-    pytest.param("---\nsubjet: Hello\n---\nBody.\n", "unknown front matter key 'subjet'",
-                 id="misspelt key"),
-    pytest.param("---\nsubject: Hello\n---\n\n  \n", "there is no text after the front matter",
-                 id="empty body"),
-    pytest.param("---\nsubject: Hello\n---\n<script>alert(1)</script>\n",
-                 "nothing is left of the body once unsafe HTML is removed",
-                 id="body only unsafe html"),
-    pytest.param("---\nsubject: Hello\n---\nHi.\n\n[[Buy]](javascript:void(0))\n",
-                 "the button [[Buy]](javascript:void(0)) needs", id="bad button link"),
+    pytest.param(
+        "Just text, no front matter.\n",
+        "no front matter; start the file with a ---",
+        id="no front matter",
+    ),
+    pytest.param(
+        "---\nsubject: Hello\n\nBody.\n",
+        "the front matter has no closing --- line",
+        id="unclosed front matter",
+    ),
+    pytest.param(
+        "---\nsubject: Hello: world\n---\nBody.\n",
+        "the front matter is not valid YAML (line 2: mapping values are not allowed",
+        id="broken yaml",
+    ),
+    pytest.param(
+        "---\n- subject\n---\nBody.\n",
+        "the front matter must be `key: value` lines",
+        id="front matter not a mapping",
+    ),
+    pytest.param(
+        "---\npreheader: Hi\n---\nBody.\n", "the front matter has no subject", id="missing subject"
+    ),
+    pytest.param(
+        "---\nsubject: '   '\n---\nBody.\n", "the front matter has no subject", id="empty subject"
+    ),
+    pytest.param(
+        "---\nsubject: [a, b]\n---\nBody.\n", "the subject must be text", id="subject not text"
+    ),
+    pytest.param(
+        "---\nsubjet: Hello\n---\nBody.\n", "unknown front matter key 'subjet'", id="misspelt key"
+    ),
+    pytest.param(
+        "---\nsubject: Hello\n---\n\n  \n",
+        "there is no text after the front matter",
+        id="empty body",
+    ),
+    pytest.param(
+        "---\nsubject: Hello\n---\n<script>alert(1)</script>\n",
+        "nothing is left of the body once unsafe HTML is removed",
+        id="body only unsafe html",
+    ),
+    pytest.param(
+        "---\nsubject: Hello\n---\nHi.\n\n[[Buy]](javascript:void(0))\n",
+        "the button [[Buy]](javascript:void(0)) needs",
+        id="bad button link",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("content", "message"), BROKEN_FILES)
 @pytest.mark.parametrize("command", ["send-campaign", "preview-campaign"])
 def test_a_broken_file_is_one_clear_line_and_sends_nothing(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, tmp_path: Path, content: str | None, message: str,
-        command: str) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    tmp_path: Path,
+    content: str | None,
+    message: str,
+    command: str,
+) -> None:
     add_readers(session, clock, 2)
     path = tmp_path / "announcement.md"
     if content is not None:
@@ -812,20 +1034,28 @@ def test_a_broken_file_is_one_clear_line_and_sends_nothing(
 
 
 def test_a_broken_template_is_reported_in_one_line_and_sends_nothing(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, tmp_path: Path) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    tmp_path: Path,
+) -> None:
     folder = tmp_path / "templates"
     folder.mkdir()
-    (folder / "campaign.txt").write_text("{{ greeting }}\n\n{{ text | no_such_filter }}\n",
-                                         encoding="utf-8")
+    (folder / "campaign.txt").write_text(
+        "{{ greeting }}\n\n{{ text | no_such_filter }}\n", encoding="utf-8"
+    )
     services = get_services(app)
     services.config["EMAIL_TEMPLATES"] = str(folder)
     services._renderer = None
     add_readers(session, clock, 2)
     path = write_file(tmp_path)
-    for args in (["send-campaign", str(path), "--yes"],
-                 ["send-campaign", str(path), "--to", "me@example.com"],
-                 ["preview-campaign", str(path), "--output", str(tmp_path / "out")]):
+    for args in (
+        ["send-campaign", str(path), "--yes"],
+        ["send-campaign", str(path), "--to", "me@example.com"],
+        ["preview-campaign", str(path), "--output", str(tmp_path / "out")],
+    ):
         result = runner.invoke(args=args)
         assert result.exit_code == 1, result.output
         (line,) = result.output.strip().splitlines()
@@ -843,17 +1073,29 @@ def eml(path: Path) -> EmailMessage:
 
 
 def test_preview_campaign_writes_html_text_and_a_complete_eml(
-        app: Flask, session: Session, runner: FlaskCliRunner, tmp_path: Path) -> None:
+    app: Flask, session: Session, runner: FlaskCliRunner, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     result = runner.invoke(args=["preview-campaign", str(EXAMPLE), "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0] == f"Announcement: {EXAMPLE_SUBJECT}"
-    assert sorted(p.name for p in out.iterdir()) == ["campaign.eml", "campaign.html",
-                                                     "campaign.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "campaign.eml",
+        "campaign.html",
+        "campaign.txt",
+    ]
     message = eml(out / "campaign.eml")
     assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
-    for header in ("From", "To", "Subject", "Date", "Message-ID", "List-Id",
-                   "List-Unsubscribe", "List-Unsubscribe-Post"):
+    for header in (
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "List-Id",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+    ):
         assert message[header], header
     assert message["Subject"] == EXAMPLE_SUBJECT
     assert message["To"] == "Ada <ada@example.com>"
@@ -879,8 +1121,8 @@ def test_preview_campaign_writes_html_text_and_a_complete_eml(
 
 
 def test_preview_campaign_defaults_to_a_preview_folder_and_can_open_it(
-        app: Flask, runner: FlaskCliRunner, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    app: Flask, runner: FlaskCliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     opened: list[str] = []
 
     def fake_open(url: str, *args: Any, **kwargs: Any) -> bool:
@@ -899,14 +1141,29 @@ def test_the_readme_example_uses_every_construct(services: Services) -> None:
     result = render_campaign(read_announcement(EXAMPLE), services)
     content = body_of(result.email.html)
     tags = {element.tag for element in content.iter()}
-    assert {"h1", "h2", "h3", "strong", "em", "a", "img", "ul", "ol", "li", "blockquote",
-            "table", "hr", "br", "small"} <= tags
+    assert {
+        "h1",
+        "h2",
+        "h3",
+        "strong",
+        "em",
+        "a",
+        "img",
+        "ul",
+        "ol",
+        "li",
+        "blockquote",
+        "table",
+        "hr",
+        "br",
+        "small",
+    } <= tags
     assert re.search(r"^> Calm is not something", result.email.text, re.MULTILINE)
 
 
 def test_the_readme_shows_the_example_file_as_it_is() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## One-off campaigns"):]
+    section = readme[readme.index("## One-off campaigns") :]
     shown = re.search(r"^````markdown\n(.*?)^````$", section, re.DOTALL | re.MULTILINE)
     assert shown is not None
     assert shown.group(1) == EXAMPLE.read_text(encoding="utf-8")

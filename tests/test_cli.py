@@ -33,16 +33,20 @@ def newsletter_script() -> str:
 
 def clean_environment(**settings: str) -> dict[str, str]:
     """The environment minus every NEWSLETTER_ setting, plus ``settings``."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("NEWSLETTER_", "FLASK_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEWSLETTER_", "FLASK_"))}
     env.update(settings)
     return env
 
 
 def run(folder: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([newsletter_script(), *args], cwd=folder,
-                          env=clean_environment(**settings), capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [newsletter_script(), *args],
+        cwd=folder,
+        env=clean_environment(**settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture
@@ -109,23 +113,39 @@ def test_a_command_before_init_db_stops_and_leaves_no_database_file(tmp_path: Pa
 def test_an_explicit_database_without_tables_is_not_migrated_by_commands(
     tmp_path: Path, empty_database_url: str
 ) -> None:
-    result = run(tmp_path, "stats", NEWSLETTER_SECRET_KEY=GOOD_KEY,
-                 NEWSLETTER_DATABASE_URL=empty_database_url)
+    result = run(
+        tmp_path,
+        "stats",
+        NEWSLETTER_SECRET_KEY=GOOD_KEY,
+        NEWSLETTER_DATABASE_URL=empty_database_url,
+    )
     assert result.returncode == 1
     assert "the database has no tables: run `newsletter init-db`" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not list(tmp_path.rglob("*.sqlite*"))
-    made = run(tmp_path, "init-db", NEWSLETTER_SECRET_KEY=GOOD_KEY,
-               NEWSLETTER_DATABASE_URL=empty_database_url)
+    made = run(
+        tmp_path,
+        "init-db",
+        NEWSLETTER_SECRET_KEY=GOOD_KEY,
+        NEWSLETTER_DATABASE_URL=empty_database_url,
+    )
     assert made.returncode == 0 and "Created the database schema" in made.stdout
-    again = run(tmp_path, "stats", NEWSLETTER_SECRET_KEY=GOOD_KEY,
-                NEWSLETTER_DATABASE_URL=empty_database_url)
+    again = run(
+        tmp_path,
+        "stats",
+        NEWSLETTER_SECRET_KEY=GOOD_KEY,
+        NEWSLETTER_DATABASE_URL=empty_database_url,
+    )
     assert again.returncode == 0, again.stderr
 
 
 def test_a_database_that_cannot_be_opened_is_reported_in_one_line(tmp_path: Path) -> None:
-    result = run(tmp_path, "stats", NEWSLETTER_SECRET_KEY=GOOD_KEY,
-                 NEWSLETTER_DATABASE_URL="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    result = run(
+        tmp_path,
+        "stats",
+        NEWSLETTER_SECRET_KEY=GOOD_KEY,
+        NEWSLETTER_DATABASE_URL="postgresql+psycopg://nobody@127.0.0.1:1/none",
+    )
     assert result.returncode == 1
     assert "cannot use the database" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -133,13 +153,18 @@ def test_a_database_that_cannot_be_opened_is_reported_in_one_line(tmp_path: Path
 
 def serve(folder: Path, port: int, **settings: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [newsletter_script(), "run", "--port", str(port), "--no-reload"], cwd=folder,
+        [newsletter_script(), "run", "--port", str(port), "--no-reload"],
+        cwd=folder,
         env=clean_environment(NEWSLETTER_SMTP_PORT=str(free_port()), **settings),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
-def get(url: str, data: bytes | None = None,
-        headers: dict[str, str] | None = None) -> tuple[int, str]:
+def get(
+    url: str, data: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
     request = urllib.request.Request(url, data=data, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
@@ -167,8 +192,11 @@ def test_run_migrates_the_default_sqlite_database_and_takes_sign_ups(tmp_path: P
     try:
         wait_until_up(f"{base}/healthz", process)
         assert get(f"{base}/healthz")[0] == 200
-        status, body = get(f"{base}/subscribe", json.dumps({"email": "a@example.com"}).encode(),
-                           {"Content-Type": "application/json"})
+        status, body = get(
+            f"{base}/subscribe",
+            json.dumps({"email": "a@example.com"}).encode(),
+            {"Content-Type": "application/json"},
+        )
         assert status == 202, body
     finally:
         process.terminate()
@@ -181,8 +209,12 @@ def test_run_migrates_the_default_sqlite_database_and_takes_sign_ups(tmp_path: P
 def test_run_on_an_explicit_database_without_tables_stops_with_the_fix(
     tmp_path: Path, empty_database_url: str
 ) -> None:
-    process = serve(tmp_path, free_port(), NEWSLETTER_SECRET_KEY=GOOD_KEY,
-                    NEWSLETTER_DATABASE_URL=empty_database_url)
+    process = serve(
+        tmp_path,
+        free_port(),
+        NEWSLETTER_SECRET_KEY=GOOD_KEY,
+        NEWSLETTER_DATABASE_URL=empty_database_url,
+    )
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 1
     assert "the database has no tables: run `newsletter init-db`" in output
@@ -192,26 +224,34 @@ def test_run_on_an_explicit_database_without_tables_stops_with_the_fix(
 
 def all_commands() -> Iterator[tuple[str, click.Command]]:
     """Every command and subcommand with its full name."""
+
     def walk(command: click.Command, name: str) -> Iterator[tuple[str, click.Command]]:
         yield name, command
         if isinstance(command, click.Group):
             for sub_name, sub in command.commands.items():
                 yield from walk(sub, f"{name} {sub_name}")
+
     for command in COMMANDS:
         yield from walk(command, str(command.name))
 
 
 def test_every_option_of_every_command_has_a_help_text() -> None:
-    missing = [f"{name} {'/'.join(param.opts)}" for name, command in all_commands()
-               for param in command.params
-               if isinstance(param, click.Option) and not param.hidden and not param.help]
+    missing = [
+        f"{name} {'/'.join(param.opts)}"
+        for name, command in all_commands()
+        for param in command.params
+        if isinstance(param, click.Option) and not param.hidden and not param.help
+    ]
     assert missing == []
 
 
 def test_format_options_offer_the_same_choices() -> None:
-    formats = {name: param.type.choices for name, command in all_commands()
-               for param in command.params
-               if param.name == "fmt" and isinstance(param.type, click.Choice)}
+    formats = {
+        name: param.type.choices
+        for name, command in all_commands()
+        for param in command.params
+        if param.name == "fmt" and isinstance(param.type, click.Choice)
+    }
     assert set(formats) == {"stats", "subscribers list"}
     assert list(formats["stats"]) == ["text", "json"]
     assert list(formats["subscribers list"]) == ["text", "csv", "json"]

@@ -50,14 +50,18 @@ def test_environment_variables_are_read_and_typed(clean_env: pytest.MonkeyPatch)
     clean_env.setenv("NEWSLETTER_SMTP_PORT", "2525")
     clean_env.setenv("NEWSLETTER_SMTP_SECURITY", "STARTTLS")
     clean_env.setenv("NEWSLETTER_WELCOME_EMAIL", "false")
-    clean_env.setenv("NEWSLETTER_ALLOWED_ORIGINS", "https://Blog.Example.com, https://www.blog.example.com/")
+    clean_env.setenv(
+        "NEWSLETTER_ALLOWED_ORIGINS", "https://Blog.Example.com, https://www.blog.example.com/"
+    )
     clean_env.setenv("NEWSLETTER_PUBLIC_URL", "https://news.example.com/")
     app = create_app()
     assert app.config["SMTP_PORT"] == 2525
     assert app.config["SMTP_SECURITY"] == "starttls"
     assert app.config["WELCOME_EMAIL"] is False
-    assert app.config["ALLOWED_ORIGINS"] == ["https://blog.example.com",
-                                             "https://www.blog.example.com"]
+    assert app.config["ALLOWED_ORIGINS"] == [
+        "https://blog.example.com",
+        "https://www.blog.example.com",
+    ]
     assert app.config["PUBLIC_URL"] == "https://news.example.com"
     assert app.config["SQLALCHEMY_DATABASE_URI"].endswith("instance/newsletter.sqlite")
 
@@ -67,7 +71,8 @@ def test_dot_env_file_is_read_and_real_environment_wins(
 ) -> None:
     (tmp_path / ".env").write_text(
         f"NEWSLETTER_SECRET_KEY={FILE_KEY}\nNEWSLETTER_SITE_NAME=Calm Corner\n"
-        "NEWSLETTER_SMTP_HOST=file.example\n")
+        "NEWSLETTER_SMTP_HOST=file.example\n"
+    )
     clean_env.setenv("NEWSLETTER_SMTP_HOST", "env.example")
     app = create_app()
     assert app.config["SECRET_KEY"] == FILE_KEY
@@ -75,20 +80,23 @@ def test_dot_env_file_is_read_and_real_environment_wins(
     assert app.config["SMTP_HOST"] == "env.example"
 
 
-@pytest.mark.parametrize(("variable", "value"), [
-    ("NEWSLETTER_SMTP_PORT", "70000"),
-    ("NEWSLETTER_SMTP_PORT", "smtp"),
-    ("NEWSLETTER_SMTP_SECURITY", "tls-please"),
-    ("NEWSLETTER_PUBLIC_URL", "newsletter.example.com"),
-    ("NEWSLETTER_SITE_URL", "ftp://blog.example.com"),
-    ("NEWSLETTER_PRIVACY_POLICY_URL", "privacy"),
-    ("NEWSLETTER_MAIL_FROM", "not an address"),
-    ("NEWSLETTER_ALLOWED_ORIGINS", "blog.example.com"),
-    ("NEWSLETTER_ALLOWED_ORIGINS", "https://blog.example.com/subscribe"),
-    ("NEWSLETTER_WELCOME_EMAIL", "maybe"),
-    ("NEWSLETTER_SUBSCRIBE_RATE_LIMIT", "0"),
-    ("NEWSLETTER_CONSENT_TEXT", "\"   \""),
-])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("NEWSLETTER_SMTP_PORT", "70000"),
+        ("NEWSLETTER_SMTP_PORT", "smtp"),
+        ("NEWSLETTER_SMTP_SECURITY", "tls-please"),
+        ("NEWSLETTER_PUBLIC_URL", "newsletter.example.com"),
+        ("NEWSLETTER_SITE_URL", "ftp://blog.example.com"),
+        ("NEWSLETTER_PRIVACY_POLICY_URL", "privacy"),
+        ("NEWSLETTER_MAIL_FROM", "not an address"),
+        ("NEWSLETTER_ALLOWED_ORIGINS", "blog.example.com"),
+        ("NEWSLETTER_ALLOWED_ORIGINS", "https://blog.example.com/subscribe"),
+        ("NEWSLETTER_WELCOME_EMAIL", "maybe"),
+        ("NEWSLETTER_SUBSCRIBE_RATE_LIMIT", "0"),
+        ("NEWSLETTER_CONSENT_TEXT", '"   "'),
+    ],
+)
 def test_invalid_values_stop_start_up_with_the_variable_named(
     clean_env: pytest.MonkeyPatch, variable: str, value: str
 ) -> None:
@@ -99,9 +107,7 @@ def test_invalid_values_stop_start_up_with_the_variable_named(
     assert str(caught.value).startswith(f"{variable}:")
 
 
-def test_the_command_line_reports_a_config_error_without_a_traceback(
-    tmp_path: Path,
-) -> None:
+def test_the_command_line_reports_a_config_error_without_a_traceback(tmp_path: Path) -> None:
     import os
     import subprocess
     import sys
@@ -109,19 +115,27 @@ def test_the_command_line_reports_a_config_error_without_a_traceback(
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     env["NEWSLETTER_SMTP_PORT"] = "seventy"
     env["NEWSLETTER_SECRET_KEY"] = GOOD_KEY
-    result = subprocess.run([sys.executable, "-c", "from newsletter.cli import main; main()",
-                             "init-db"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", "from newsletter.cli import main; main()", "init-db"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1
     assert "NEWSLETTER_SMTP_PORT" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("key", [
-    "change-me-to-a-long-random-string",  # the placeholder in .env.example
-    "x",
-    "s" * 31,
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "change-me-to-a-long-random-string",  # the placeholder in .env.example
+        "x",
+        "s" * 31,
+    ],
+)
 def test_weak_secret_keys_are_refused_with_the_command_that_makes_a_good_one(
     clean_env: pytest.MonkeyPatch, key: str
 ) -> None:

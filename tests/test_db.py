@@ -10,9 +10,7 @@ from flask.testing import FlaskCliRunner
 from newsletter.db import db
 
 
-def test_init_db_creates_then_reports_up_to_date(
-    make_app: object, tmp_path: Path
-) -> None:
+def test_init_db_creates_then_reports_up_to_date(make_app: object, tmp_path: Path) -> None:
     app = make_app(DATABASE_URL=f"sqlite:///{tmp_path / 'fresh.sqlite'}")  # type: ignore[operator]
     runner = app.test_cli_runner()
     first = runner.invoke(args=["init-db"])

@@ -37,9 +37,20 @@ def test_demo_runs_with_no_setup_and_shows_caught_emails(tmp_path: Path) -> None
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     process = subprocess.Popen(
-        [sys.executable, "-c", "from newsletter.cli import main; main()", "demo",
-         "--port", str(port)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-c",
+            "from newsletter.cli import main; main()",
+            "demo",
+            "--port",
+            str(port),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_server(f"{base}/healthz", process)
@@ -90,9 +101,20 @@ def test_the_demo_has_a_digest_ready_to_preview_in_the_browser(tmp_path: Path) -
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     process = subprocess.Popen(
-        [sys.executable, "-c", "from newsletter.cli import main; main()", "demo",
-         "--port", str(port)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-c",
+            "from newsletter.cli import main; main()",
+            "demo",
+            "--port",
+            str(port),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_server(f"{base}/healthz", process)

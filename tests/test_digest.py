@@ -39,10 +39,10 @@ SAMPLE_POSTS: list[dict[str, Any]] = [
         "title": "Rest Is Not a Reward",
         "subtitle": "Why slowing down is part of the work, not the prize for finishing it",
         "summary": "Many of us treat rest as something we earn once the list is done. This week: "
-                   "what happens in the body when rest becomes a daily practice.",
+        "what happens in the body when rest becomes a daily practice.",
         "content_html": "<p>Rest is a practice.</p><ul><li>Breathe in for four.</li>"
-                        "<li>Breathe out for six.</li></ul>"
-                        f'<p>More on <a href="{BLOG_ORIGIN}/breath">the breath</a>.</p>',
+        "<li>Breathe out for six.</li></ul>"
+        f'<p>More on <a href="{BLOG_ORIGIN}/breath">the breath</a>.</p>',
         "image_url": f"{BLOG_ORIGIN}/images/sunrise.jpg",
         "days_ago": 1,
     },
@@ -51,7 +51,7 @@ SAMPLE_POSTS: list[dict[str, Any]] = [
         "title": "A Letter to Your Tired Self",
         "subtitle": "Writing as a way back to gentleness",
         "summary": "When you are worn out, the inner voice gets sharp. Answer it on paper, in "
-                   "the words of someone who loves you.",
+        "the words of someone who loves you.",
         "content_html": "<p>Take a pen and a sheet of paper.</p>",
         "image_url": "/images/letter.jpg",  # relative: made absolute against the post URL
         "days_ago": 4,
@@ -68,8 +68,14 @@ SAMPLE_POSTS: list[dict[str, Any]] = [
 ]
 
 
-def add_post(session: Session, clock: FrozenClock, source_key: str, *, days_ago: float | None = 1,
-             **fields: Any) -> Post:
+def add_post(
+    session: Session,
+    clock: FrozenClock,
+    source_key: str,
+    *,
+    days_ago: float | None = 1,
+    **fields: Any,
+) -> Post:
     """Insert a synced post directly, as the posts engine would have stored it."""
     values: dict[str, Any] = {
         "source_key": source_key,
@@ -115,17 +121,20 @@ def body(message: EmailMessage, subtype: str) -> str:
 
 
 def reader(n: int, name: str | None = None) -> ReaderParts:
-    return ReaderParts(recipient=f"reader{n}@example.com",
-                       unsubscribe_url=f"{PUBLIC_URL}/unsubscribe/token-{n}",
-                       message_id=f"<digest-{n}@blog.example.com>",
-                       greeting=reader_greeting(name))
+    return ReaderParts(
+        recipient=f"reader{n}@example.com",
+        unsubscribe_url=f"{PUBLIC_URL}/unsubscribe/token-{n}",
+        message_id=f"<digest-{n}@blog.example.com>",
+        greeting=reader_greeting(name),
+    )
 
 
 # --- which posts ----------------------------------------------------------------------------
 
 
-def test_selects_new_posts_newest_first(session: Session, services: Services,
-                                        clock: FrozenClock) -> None:
+def test_selects_new_posts_newest_first(
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     add_post(session, clock, "older", days_ago=5)
     add_post(session, clock, "newest", days_ago=0.5)
     add_post(session, clock, "middle", days_ago=2)
@@ -134,7 +143,8 @@ def test_selects_new_posts_newest_first(session: Session, services: Services,
 
 
 def test_drafts_future_archived_and_already_mailed_posts_wait(
-        session: Session, services: Services, clock: FrozenClock) -> None:
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     add_post(session, clock, "ready", days_ago=1)
     add_post(session, clock, "undated", days_ago=None)
     add_post(session, clock, "draft", draft=True)
@@ -151,7 +161,8 @@ def test_drafts_future_archived_and_already_mailed_posts_wait(
 
 
 def test_a_digest_has_at_most_the_configured_number_of_posts(
-        config: dict[str, Any], app: Flask, session: Session, clock: FrozenClock) -> None:
+    config: dict[str, Any], app: Flask, session: Session, clock: FrozenClock
+) -> None:
     for n in range(12):
         add_post(session, clock, f"post-{n}", days_ago=n + 1)
     assert len(digest.select_digest_posts(session, get_services(app))) == 10  # the default
@@ -163,53 +174,67 @@ def test_a_digest_has_at_most_the_configured_number_of_posts(
 # --- subject and preheader ------------------------------------------------------------------
 
 
-def test_subject_is_the_title_of_a_single_post(session: Session, services: Services,
-                                               clock: FrozenClock) -> None:
+def test_subject_is_the_title_of_a_single_post(
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     post = add_post(session, clock, "slow-mornings", title="Slow Mornings")
     assert digest.render_digest([post], services).subject == "Slow Mornings"
 
 
-def test_subject_names_the_first_post_and_how_many_more(session: Session, services: Services,
-                                                        clock: FrozenClock) -> None:
+def test_subject_names_the_first_post_and_how_many_more(
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     rendered = rendered_samples(session, services, clock)
     assert rendered.subject == "Rest Is Not a Reward + 2 more from Calm Corner"
 
 
-def test_subject_follows_a_custom_template(session: Session, services: Services,
-                                           clock: FrozenClock) -> None:
+def test_subject_follows_a_custom_template(
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     services.config["DIGEST_SUBJECT"] = (
         "{{ site_name }}: {{ count }} new {{ 'post' if count == 1 else 'posts' }}, "
-        "starting with {{ first.title }}")
+        "starting with {{ first.title }}"
+    )
     rendered = rendered_samples(session, services, clock)
     assert rendered.subject == "Calm Corner: 3 new posts, starting with Rest Is Not a Reward"
 
 
-def test_subject_template_error_names_the_setting(session: Session, services: Services,
-                                                  clock: FrozenClock) -> None:
+def test_subject_template_error_names_the_setting(
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     services.config["DIGEST_SUBJECT"] = "{{ first.no_such_field }}"
     with pytest.raises(TemplateError, match="NEWSLETTER_DIGEST_SUBJECT"):
         rendered_samples(session, services, clock)
 
 
-@pytest.mark.parametrize(("setting", "value", "message"), [
-    ("DIGEST_SUBJECT", "{{ first.title", "NEWSLETTER_DIGEST_SUBJECT: is not a valid Jinja"),
-    ("DIGEST_SUBJECT", "  ", "NEWSLETTER_DIGEST_SUBJECT: must not be empty"),
-    ("DIGEST_PREHEADER", "{% if %}", "NEWSLETTER_DIGEST_PREHEADER: is not a valid Jinja"),
-    ("DIGEST_STYLE", "fancy", "NEWSLETTER_DIGEST_STYLE: expected summary or full"),
-    ("DIGEST_MAX_POSTS", "0", "NEWSLETTER_DIGEST_MAX_POSTS: expected a number from 1"),
-    ("DIGEST_MAX_POSTS", "ten", "NEWSLETTER_DIGEST_MAX_POSTS: expected a number"),
-])
-def test_bad_digest_settings_stop_start_up(config: dict[str, Any], tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch, setting: str,
-                                           value: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("DIGEST_SUBJECT", "{{ first.title", "NEWSLETTER_DIGEST_SUBJECT: is not a valid Jinja"),
+        ("DIGEST_SUBJECT", "  ", "NEWSLETTER_DIGEST_SUBJECT: must not be empty"),
+        ("DIGEST_PREHEADER", "{% if %}", "NEWSLETTER_DIGEST_PREHEADER: is not a valid Jinja"),
+        ("DIGEST_STYLE", "fancy", "NEWSLETTER_DIGEST_STYLE: expected summary or full"),
+        ("DIGEST_MAX_POSTS", "0", "NEWSLETTER_DIGEST_MAX_POSTS: expected a number from 1"),
+        ("DIGEST_MAX_POSTS", "ten", "NEWSLETTER_DIGEST_MAX_POSTS: expected a number"),
+    ],
+)
+def test_bad_digest_settings_stop_start_up(
+    config: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+    value: str,
+    message: str,
+) -> None:
     monkeypatch.setenv("NEWSLETTER_INSTANCE_PATH", str(tmp_path / "instance"))
     with pytest.raises(ConfigError) as caught:
         create_app({**config, setting: value})
     assert str(caught.value).startswith(message)
 
 
-def test_digest_settings_from_the_environment(config: dict[str, Any], tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_digest_settings_from_the_environment(
+    config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("NEWSLETTER_INSTANCE_PATH", str(tmp_path / "instance"))
     monkeypatch.setenv("NEWSLETTER_DIGEST_MAX_POSTS", "4")
     monkeypatch.setenv("NEWSLETTER_DIGEST_STYLE", "Full")
@@ -221,7 +246,8 @@ def test_digest_settings_from_the_environment(config: dict[str, Any], tmp_path: 
 
 
 def test_preheader_is_the_first_subtitle_else_the_summary_start(
-        session: Session, services: Services, clock: FrozenClock) -> None:
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     posts = add_samples(session, clock)
     assert digest.render(posts, services).preheader == SAMPLE_POSTS[0]["subtitle"]
     long_summary = " ".join(["breathe"] * 60)
@@ -231,8 +257,9 @@ def test_preheader_is_the_first_subtitle_else_the_summary_start(
     assert len(preheader) <= digest.PREHEADER_CHARS + 1
 
 
-def test_preheader_is_in_the_html_but_hidden(session: Session, services: Services,
-                                             clock: FrozenClock) -> None:
+def test_preheader_is_in_the_html_but_hidden(
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     services.config["DIGEST_PREHEADER"] = "{{ count }} calm reads for your week"
     rendered = rendered_samples(session, services, clock)
     (hidden,) = parse(rendered.html).find_class("preheader")
@@ -244,8 +271,9 @@ def test_preheader_is_in_the_html_but_hidden(session: Session, services: Service
 # --- the rendered email ---------------------------------------------------------------------
 
 
-def test_html_has_inlined_styles_and_nothing_active(session: Session, services: Services,
-                                                    clock: FrozenClock) -> None:
+def test_html_has_inlined_styles_and_nothing_active(
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     doc = parse(rendered_samples(session, services, clock).html)
     assert doc.xpath("//script") == []
     assert doc.xpath("//link") == []
@@ -260,13 +288,16 @@ def test_html_has_inlined_styles_and_nothing_active(session: Session, services: 
 
 
 def test_layout_tables_are_presentational_and_images_have_alt_text(
-        session: Session, services: Services, clock: FrozenClock) -> None:
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     doc = parse(rendered_samples(session, services, clock).html)
     tables = doc.xpath("//table")
     assert tables and all(t.get("role") == "presentation" for t in tables)
     images = doc.xpath("//img")
-    assert [img.get("alt") for img in images] == [SAMPLE_POSTS[0]["title"],
-                                                  SAMPLE_POSTS[1]["title"]]
+    assert [img.get("alt") for img in images] == [
+        SAMPLE_POSTS[0]["title"],
+        SAMPLE_POSTS[1]["title"],
+    ]
     assert all(img.get("width") == "536" for img in images)
     # 600 pixels wide: fluid up to max-width for most clients, a fixed table for Outlook.
     (container,) = doc.find_class("container")
@@ -275,8 +306,9 @@ def test_layout_tables_are_presentational_and_images_have_alt_text(
     assert 'width="600"' in ghost
 
 
-def test_every_link_and_image_is_absolute(session: Session, services: Services,
-                                          clock: FrozenClock) -> None:
+def test_every_link_and_image_is_absolute(
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     rendered = rendered_samples(session, services, clock)
     doc = parse(rendered.html)
     links = [a.get("href") for a in doc.xpath("//a")]
@@ -293,8 +325,9 @@ def test_every_link_and_image_is_absolute(session: Session, services: Services,
         assert re.match(r"https?://[^/]+", url), url
 
 
-def test_post_parts_are_shown_with_a_read_more_button(session: Session, services: Services,
-                                                      clock: FrozenClock) -> None:
+def test_post_parts_are_shown_with_a_read_more_button(
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     doc = parse(rendered_samples(session, services, clock).html)
     assert doc.find_class("site-name")[0].text_content() == "Calm Corner"
     titles = [h.text_content() for h in doc.xpath("//h2")]
@@ -313,17 +346,21 @@ def test_post_parts_are_shown_with_a_read_more_button(session: Session, services
 
 
 def test_footer_says_why_and_links_unsubscribe_and_privacy(
-        session: Session, services: Services, clock: FrozenClock) -> None:
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     (footer,) = parse(rendered_samples(session, services, clock).html).find_class("footer")
     words = footer.text_content()
     assert "because you subscribed" in words and "Calm Corner" in words
     assert POSTAL_ADDRESS in words
     assert {a.text_content(): a.get("href") for a in footer.xpath(".//a")} == {
-        "Unsubscribe": placeholders.UNSUBSCRIBE_URL, "Privacy Policy": PRIVACY_URL}
+        "Unsubscribe": placeholders.UNSUBSCRIBE_URL,
+        "Privacy Policy": PRIVACY_URL,
+    }
 
 
 def test_reader_parts_are_placeholders_in_the_rendered_digest(
-        session: Session, services: Services, clock: FrozenClock) -> None:
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     rendered = rendered_samples(session, services, clock)
     doc = parse(rendered.html)
     assert doc.find_class("greeting")[0].text_content() == placeholders.GREETING
@@ -334,7 +371,8 @@ def test_reader_parts_are_placeholders_in_the_rendered_digest(
 
 
 def test_each_reader_gets_their_own_unsubscribe_link_and_greeting(
-        session: Session, services: Services, clock: FrozenClock) -> None:
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     rendered = rendered_samples(session, services, clock)
     for n, name in ((1, "Ada"), (2, None)):
         message = personalised(rendered, services, reader(n, name))
@@ -354,8 +392,9 @@ def test_each_reader_gets_their_own_unsubscribe_link_and_greeting(
         assert other not in raw
 
 
-def test_text_part_is_complete_and_plain(session: Session, services: Services,
-                                         clock: FrozenClock) -> None:
+def test_text_part_is_complete_and_plain(
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     text = rendered_samples(session, services, clock).text
     for post in SAMPLE_POSTS:
         assert post["title"] in text
@@ -369,12 +408,12 @@ def test_text_part_is_complete_and_plain(session: Session, services: Services,
     assert POSTAL_ADDRESS in text
     assert "because you subscribed" in text
     assert not re.search(r"</?[a-z]+[\s>]", text)
-    assert all(len(line) <= 78 or "http" in line
-               for line in text.splitlines())
+    assert all(len(line) <= 78 or "http" in line for line in text.splitlines())
 
 
-def test_summary_is_cut_to_about_sixty_words(session: Session, services: Services,
-                                             clock: FrozenClock) -> None:
+def test_summary_is_cut_to_about_sixty_words(
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     words = [f"word{n}" for n in range(100)]
     post = add_post(session, clock, "long", summary=" ".join(words))
     rendered = digest.render_digest([post], services)
@@ -383,23 +422,32 @@ def test_summary_is_cut_to_about_sixty_words(session: Session, services: Service
     assert "word60" not in rendered.text and "word59…" in rendered.text
 
 
-def test_summary_falls_back_to_the_post_text(session: Session, services: Services,
-                                             clock: FrozenClock) -> None:
-    post = add_post(session, clock, "no-summary", summary=None,
-                    content_html="<h2>Begin</h2><p>Sit <em>quietly</em> for a while.</p>")
+def test_summary_falls_back_to_the_post_text(
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
+    post = add_post(
+        session,
+        clock,
+        "no-summary",
+        summary=None,
+        content_html="<h2>Begin</h2><p>Sit <em>quietly</em> for a while.</p>",
+    )
     (summary,) = parse(digest.render_digest([post], services).html).find_class("post-summary")
     assert summary.text_content() == "Begin Sit quietly for a while."
 
 
-def test_full_style_puts_the_whole_post_in(session: Session, services: Services,
-                                           clock: FrozenClock) -> None:
+def test_full_style_puts_the_whole_post_in(
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     services.config["DIGEST_STYLE"] = "full"
     rendered = rendered_samples(session, services, clock)
     doc = parse(rendered.html)
     assert not doc.find_class("post-summary")
     first = doc.find_class("post-content")[0]
-    assert [li.text_content() for li in first.xpath(".//li")] == ["Breathe in for four.",
-                                                                 "Breathe out for six."]
+    assert [li.text_content() for li in first.xpath(".//li")] == [
+        "Breathe in for four.",
+        "Breathe out for six.",
+    ]
     assert all(li.get("style") for li in first.xpath(".//li"))  # inlined like the rest
     assert first.xpath(".//a/@href") == [f"{BLOG_ORIGIN}/breath"]
     assert "Many of us treat rest" not in rendered.text
@@ -408,23 +456,36 @@ def test_full_style_puts_the_whole_post_in(session: Session, services: Services,
 
 
 def test_full_style_shows_an_image_from_the_post_body_once(
-        session: Session, services: Services, clock: FrozenClock) -> None:
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     image = f"{BLOG_ORIGIN}/images/teapot.jpg"
-    post = add_post(session, clock, "tea", image_url=image,
-                    content_html=f'<p>Steep.</p><p><img src="{image}" alt="A teapot"></p>')
+    post = add_post(
+        session,
+        clock,
+        "tea",
+        image_url=image,
+        content_html=f'<p>Steep.</p><p><img src="{image}" alt="A teapot"></p>',
+    )
     services.config["DIGEST_STYLE"] = "full"
     assert parse(digest.render_digest([post], services).html).xpath("//img/@src") == [image]
     services.config["DIGEST_STYLE"] = "summary"
     assert parse(digest.render_digest([post], services).html).xpath("//img/@alt") == ["Tea"]
 
 
-def test_full_style_never_carries_active_content(session: Session, services: Services,
-                                                 clock: FrozenClock) -> None:
+def test_full_style_never_carries_active_content(
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     services.config["DIGEST_STYLE"] = "full"
-    post = add_post(session, clock, "unsafe", content_html=(
-        '<p onclick="steal()">Hello<script>alert(1)</script></p>'
-        '<a href="javascript:alert(2)">click</a><iframe src="https://evil.example"></iframe>'
-        '<style>p{}</style><form action="https://evil.example"><input></form>'))
+    post = add_post(
+        session,
+        clock,
+        "unsafe",
+        content_html=(
+            '<p onclick="steal()">Hello<script>alert(1)</script></p>'
+            '<a href="javascript:alert(2)">click</a><iframe src="https://evil.example"></iframe>'
+            '<style>p{}</style><form action="https://evil.example"><input></form>'
+        ),
+    )
     html = digest.render_digest([post], services).html
     doc = parse(html)
     assert not doc.xpath("//script | //iframe | //form | //input | //@onclick")
@@ -432,10 +493,18 @@ def test_full_style_never_carries_active_content(session: Session, services: Ser
 
 
 def test_titles_and_text_are_escaped_in_html_and_raw_in_text(
-        session: Session, services: Services, clock: FrozenClock) -> None:
-    title = 'Less <b>more</b> & "quotes" \'too\''
-    post = add_post(session, clock, "escape", title=title, subtitle="Tea & <biscuits>",
-                    image_url=f"{BLOG_ORIGIN}/tea.jpg", summary="1 < 2 & 3 > 2, wrap in <em>")
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
+    title = "Less <b>more</b> & \"quotes\" 'too'"
+    post = add_post(
+        session,
+        clock,
+        "escape",
+        title=title,
+        subtitle="Tea & <biscuits>",
+        image_url=f"{BLOG_ORIGIN}/tea.jpg",
+        summary="1 < 2 & 3 > 2, wrap in <em>",
+    )
     rendered = digest.render_digest([post], services)
     assert rendered.subject == title
     doc = parse(rendered.html)
@@ -449,8 +518,9 @@ def test_titles_and_text_are_escaped_in_html_and_raw_in_text(
     assert "&amp;" not in rendered.text
 
 
-def test_unsafe_or_relative_image_and_link_urls(session: Session, services: Services,
-                                                clock: FrozenClock) -> None:
+def test_unsafe_or_relative_image_and_link_urls(
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     odd = add_post(session, clock, "odd", url="/posts/odd", image_url="javascript:alert(1)")
     data = add_post(session, clock, "data", url=None, image_url="data:image/png;base64,AAAA")
     views = digest.digest_posts([odd, data], services.config)
@@ -458,8 +528,9 @@ def test_unsafe_or_relative_image_and_link_urls(session: Session, services: Serv
     assert views[1].url == BLOG_ORIGIN and views[1].image_url is None
 
 
-def test_text_contrast_is_sufficient(session: Session, services: Services,
-                                     clock: FrozenClock) -> None:
+def test_text_contrast_is_sufficient(
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     doc = parse(rendered_samples(session, services, clock).html)
     checked = 0
     for element in doc.xpath("//body//*[contains(@style, 'color:#')]"):
@@ -472,11 +543,12 @@ def test_text_contrast_is_sufficient(session: Session, services: Services,
     assert checked > 10
 
 
-def test_dark_mode_colours_keep_their_contrast(session: Session, services: Services,
-                                               clock: FrozenClock) -> None:
+def test_dark_mode_colours_keep_their_contrast(
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     doc = parse(rendered_samples(session, services, clock).html)
     css = doc.xpath("//style")[0].text
-    dark = css[css.index("prefers-color-scheme: dark"):]
+    dark = css[css.index("prefers-color-scheme: dark") :]
     rules: dict[str, dict[str, str]] = {}
     for selectors, body_ in re.findall(r"([^{}]+)\{([^{}]*)\}", dark):
         declarations = dict(re.findall(r"([\w-]+)\s*:\s*(#[0-9a-fA-F]{3,6})", body_))
@@ -488,8 +560,9 @@ def test_dark_mode_colours_keep_their_contrast(session: Session, services: Servi
     for selector in (".footer", ".tagline", ".site-name"):
         assert _contrast(rules[selector]["color"], page) >= 4.5, selector
     assert _contrast(rules[".post-date"]["color"], card) >= 4.5
-    assert _contrast(rules[".button-link"]["color"],
-                     rules[".button-cell"]["background-color"]) >= 4.5
+    assert (
+        _contrast(rules[".button-link"]["color"], rules[".button-cell"]["background-color"]) >= 4.5
+    )
 
 
 def _style(element: Any, name: str) -> str | None:
@@ -514,7 +587,7 @@ def _contrast(first: str, second: str) -> float:
         hex_ = colour.lstrip("#")
         if len(hex_) == 3:
             hex_ = "".join(c * 2 for c in hex_)
-        channels = [int(hex_[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+        channels = [int(hex_[i : i + 2], 16) / 255 for i in (0, 2, 4)]
         linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
         return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
 
@@ -526,8 +599,8 @@ def _contrast(first: str, second: str) -> float:
 
 
 def test_premailer_runs_once_per_digest_not_per_reader(
-        session: Session, services: Services, clock: FrozenClock,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    session: Session, services: Services, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[int] = []
     original = rendering.inline_css
 
@@ -547,7 +620,8 @@ def test_premailer_runs_once_per_digest_not_per_reader(
 
 
 def test_create_digest_campaign_marks_posts_and_leaves_the_commit_to_the_caller(
-        session: Session, services: Services, clock: FrozenClock) -> None:
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     posts = add_samples(session, clock)
     campaign = digest.create_digest_campaign(session, services, posts)
     assert campaign.id is not None
@@ -566,8 +640,9 @@ def test_create_digest_campaign_marks_posts_and_leaves_the_commit_to_the_caller(
     assert len(digest.select_digest_posts(session, services)) == 3
 
 
-def test_a_post_cannot_be_in_two_digests(session: Session, services: Services,
-                                         clock: FrozenClock) -> None:
+def test_a_post_cannot_be_in_two_digests(
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     post = add_post(session, clock, "once")
     digest.create_digest_campaign(session, services, [post])
     with pytest.raises(ValueError, match="already in a digest"):
@@ -597,18 +672,27 @@ def _override(config: dict[str, Any], tmp_path: Path, files: dict[str, str]) -> 
     return folder
 
 
-def test_author_templates_override_the_defaults(config: dict[str, Any], tmp_path: Path,
-                                                clock: FrozenClock) -> None:
-    _override(config, tmp_path, {"digest.html": (
-        '{% extends "layout.html" %}{% block content %}'
-        '<p class="mine">{{ greeting }} Fresh from the garden:</p>'
-        '{% for post in posts %}<h2><a href="{{ post.url }}">{{ post.title }}</a></h2>'
-        '{% endfor %}{% endblock %}')})
+def test_author_templates_override_the_defaults(
+    config: dict[str, Any], tmp_path: Path, clock: FrozenClock
+) -> None:
+    _override(
+        config,
+        tmp_path,
+        {
+            "digest.html": (
+                '{% extends "layout.html" %}{% block content %}'
+                '<p class="mine">{{ greeting }} Fresh from the garden:</p>'
+                '{% for post in posts %}<h2><a href="{{ post.url }}">{{ post.title }}</a></h2>'
+                "{% endfor %}{% endblock %}"
+            )
+        },
+    )
     test_app = create_app(config)
     try:
         with test_app.app_context():
-            rendered = digest.render_digest(add_samples(db.session(), clock),
-                                            get_services(test_app))
+            rendered = digest.render_digest(
+                add_samples(db.session(), clock), get_services(test_app)
+            )
     finally:
         test_app.extensions["newsletter.outbox_sender"].stop()
         with test_app.app_context():
@@ -620,15 +704,33 @@ def test_author_templates_override_the_defaults(config: dict[str, Any], tmp_path
     assert "Read More: " in rendered.text  # digest.txt was not overridden
 
 
-@pytest.mark.parametrize(("template", "line", "words"), [
-    ('{% extends "layout.html" %}\n{% block content %}\n{% for post in posts %}\n'
-     '{{ post.title }}\n{% endblock %}\n', 5, "endfor"),
-    ('{% extends "layout.html" %}\n{% block content %}\n\n{{ post.no_such_thing }}\n'
-     '{% endblock %}\n', 4, "undefined"),
-])
+@pytest.mark.parametrize(
+    ("template", "line", "words"),
+    [
+        (
+            '{% extends "layout.html" %}\n{% block content %}\n{% for post in posts %}\n'
+            "{{ post.title }}\n{% endblock %}\n",
+            5,
+            "endfor",
+        ),
+        (
+            '{% extends "layout.html" %}\n{% block content %}\n\n{{ post.no_such_thing }}\n'
+            "{% endblock %}\n",
+            4,
+            "undefined",
+        ),
+    ],
+)
 def test_broken_author_template_is_reported_with_file_and_line(
-        config: dict[str, Any], tmp_path: Path, app: Flask, session: Session,
-        clock: FrozenClock, template: str, line: int, words: str) -> None:
+    config: dict[str, Any],
+    tmp_path: Path,
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    template: str,
+    line: int,
+    words: str,
+) -> None:
     folder = tmp_path / "broken"
     folder.mkdir()
     (folder / "digest.html").write_text(template, encoding="utf-8")
@@ -659,17 +761,21 @@ def write_markdown_posts(folder: Path) -> None:
     """The sample posts as an author on a static-site generator would write them."""
     for n, sample in enumerate(SAMPLE_POSTS):
         front = {
-            "title": sample["title"], "subtitle": sample["subtitle"],
-            "date": f"2026-11-0{1 - n if n == 0 else 1}T08:00:00Z" if n == 0
+            "title": sample["title"],
+            "subtitle": sample["subtitle"],
+            "date": f"2026-11-0{1 - n if n == 0 else 1}T08:00:00Z"
+            if n == 0
             else f"2026-10-{29 - 3 * n}T08:00:00Z",
-            "slug": f"posts/{sample['source_key']}", "summary": sample["summary"],
+            "slug": f"posts/{sample['source_key']}",
+            "summary": sample["summary"],
             "image": sample["image_url"],
         }
-        lines = "".join(f"{key}: {value!r}\n" if isinstance(value, str) else ""
-                        for key, value in front.items())
+        lines = "".join(
+            f"{key}: {value!r}\n" if isinstance(value, str) else "" for key, value in front.items()
+        )
         (folder / f"{sample['source_key']}.md").write_text(
-            f"---\n{lines}---\nRest is a practice.\n\n- Breathe in for four.\n",
-            encoding="utf-8")
+            f"---\n{lines}---\nRest is a practice.\n\n- Breathe in for four.\n", encoding="utf-8"
+        )
 
 
 def first_sync(app: Flask) -> None:
@@ -681,8 +787,8 @@ def first_sync(app: Flask) -> None:
 
 
 def test_preview_digest_writes_html_text_and_a_complete_eml(
-        posts_dir: Path, app: Flask, runner: FlaskCliRunner, session: Session,
-        tmp_path: Path) -> None:
+    posts_dir: Path, app: Flask, runner: FlaskCliRunner, session: Session, tmp_path: Path
+) -> None:
     first_sync(app)
     write_markdown_posts(posts_dir)
     out = tmp_path / "out"
@@ -694,8 +800,16 @@ def test_preview_digest_writes_html_text_and_a_complete_eml(
     message = email.message_from_bytes((out / "digest.eml").read_bytes(), policy=policy.default)
     assert message.get_content_type() == "multipart/alternative"
     assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
-    for header in ("From", "To", "Subject", "Date", "Message-ID", "List-Id",
-                   "List-Unsubscribe", "List-Unsubscribe-Post"):
+    for header in (
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "List-Id",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+    ):
         assert message[header], header
     assert message["From"] == "Calm Corner <hello@blog.example.com>"
     assert message["Subject"] == "Rest Is Not a Reward + 2 more from Calm Corner"
@@ -710,8 +824,10 @@ def test_preview_digest_writes_html_text_and_a_complete_eml(
     assert doc.xpath("//a[text()='Unsubscribe']/@href") == [unsubscribe]
     assert doc.find_class("greeting")[0].text_content() == "Hi Ada,"
     assert [h.text_content() for h in doc.xpath("//h2")] == [p["title"] for p in SAMPLE_POSTS]
-    assert doc.xpath("//img/@src") == [f"{BLOG_ORIGIN}/images/sunrise.jpg",
-                                       f"{BLOG_ORIGIN}/images/letter.jpg"]
+    assert doc.xpath("//img/@src") == [
+        f"{BLOG_ORIGIN}/images/sunrise.jpg",
+        f"{BLOG_ORIGIN}/images/letter.jpg",
+    ]
     text = (out / "digest.txt").read_text(encoding="utf-8")
     assert text == body(message, "plain").replace("\r\n", "\n")
     assert f"Unsubscribe: {unsubscribe}" in text
@@ -723,8 +839,12 @@ def test_preview_digest_writes_html_text_and_a_complete_eml(
 
 
 def test_preview_digest_defaults_to_a_preview_folder_and_can_open_it(
-        posts_dir: Path, app: Flask, runner: FlaskCliRunner, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    posts_dir: Path,
+    app: Flask,
+    runner: FlaskCliRunner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     opened: list[str] = []
 
     def fake_open(url: str, *args: Any, **kwargs: Any) -> bool:
@@ -742,7 +862,8 @@ def test_preview_digest_defaults_to_a_preview_folder_and_can_open_it(
 
 
 def test_preview_digest_with_nothing_new_writes_nothing(
-        posts_dir: Path, app: Flask, runner: FlaskCliRunner, tmp_path: Path) -> None:
+    posts_dir: Path, app: Flask, runner: FlaskCliRunner, tmp_path: Path
+) -> None:
     # A new install's first sync records the posts already there as published before.
     write_markdown_posts(posts_dir)
     out = tmp_path / "out"
@@ -753,12 +874,14 @@ def test_preview_digest_with_nothing_new_writes_nothing(
     again = runner.invoke(args=["preview-digest", "--output", str(out)])
     assert again.exit_code == 0, again.output
     assert again.output.strip().splitlines() == [
-        "No new posts since the last digest: nothing to preview, nothing written."]
+        "No new posts since the last digest: nothing to preview, nothing written."
+    ]
     assert not out.exists()
 
 
 def test_preview_digest_backfills_on_a_first_sync(
-        posts_dir: Path, app: Flask, runner: FlaskCliRunner, tmp_path: Path) -> None:
+    posts_dir: Path, app: Flask, runner: FlaskCliRunner, tmp_path: Path
+) -> None:
     write_markdown_posts(posts_dir)
     out = tmp_path / "out"
     result = runner.invoke(args=["preview-digest", "--backfill", "2", "--output", str(out)])
@@ -768,7 +891,8 @@ def test_preview_digest_backfills_on_a_first_sync(
 
 
 def test_preview_digest_without_a_post_source_says_what_to_set(
-        runner: FlaskCliRunner, tmp_path: Path) -> None:
+    runner: FlaskCliRunner, tmp_path: Path
+) -> None:
     result = runner.invoke(args=["preview-digest", "--output", str(tmp_path / "out")])
     assert result.exit_code == 1
     assert "NEWSLETTER_POSTS_DIR" in result.output and len(result.output.splitlines()) == 1
@@ -776,11 +900,13 @@ def test_preview_digest_without_a_post_source_says_what_to_set(
 
 
 def test_preview_digest_reports_a_template_problem_in_one_line(
-        posts_dir: Path, app: Flask, runner: FlaskCliRunner, tmp_path: Path) -> None:
+    posts_dir: Path, app: Flask, runner: FlaskCliRunner, tmp_path: Path
+) -> None:
     folder = tmp_path / "broken"
     folder.mkdir()
-    (folder / "digest.txt").write_text("{{ greeting }}\n\n\n{{ posts | no_such_filter }}\n",
-                                       encoding="utf-8")
+    (folder / "digest.txt").write_text(
+        "{{ greeting }}\n\n\n{{ posts | no_such_filter }}\n", encoding="utf-8"
+    )
     services = get_services(app)
     services.config["EMAIL_TEMPLATES"] = str(folder)
     services._renderer = None
@@ -797,26 +923,47 @@ def test_preview_digest_reports_a_template_problem_in_one_line(
 
 
 # Every stand-in the sender fills per reader, including the To header's own.
-EVERY_PLACEHOLDER = [placeholders.UNSUBSCRIBE_URL, placeholders.GREETING, placeholders.RECIPIENT,
-                     placeholders.MESSAGE_ID, placeholders.CONFIRM_URL, placeholders.DATE,
-                     "__NEWSLETTER_TO_HEADER__"]
+EVERY_PLACEHOLDER = [
+    placeholders.UNSUBSCRIBE_URL,
+    placeholders.GREETING,
+    placeholders.RECIPIENT,
+    placeholders.MESSAGE_ID,
+    placeholders.CONFIRM_URL,
+    placeholders.DATE,
+    "__NEWSLETTER_TO_HEADER__",
+]
 
 
 def test_placeholder_text_in_a_post_never_becomes_a_readers_data(
-        session: Session, services: Services, clock: FrozenClock) -> None:
+    session: Session, services: Services, clock: FrozenClock
+) -> None:
     every = " ".join(EVERY_PLACEHOLDER)
     services.config["DIGEST_STYLE"] = "full"
-    post = add_post(session, clock, "hostile-feed", title=f"Title {every}",
-                    subtitle=f"Subtitle {every}", summary=f"Summary {every}",
-                    author=f"Author {every}",
-                    content_html=f"<p>Body {every}</p>"
-                                 f'<p><a href="{BLOG_ORIGIN}/{placeholders.UNSUBSCRIBE_URL}">'
-                                 f"link {placeholders.RECIPIENT}</a></p>")
+    post = add_post(
+        session,
+        clock,
+        "hostile-feed",
+        title=f"Title {every}",
+        subtitle=f"Subtitle {every}",
+        summary=f"Summary {every}",
+        author=f"Author {every}",
+        content_html=f"<p>Body {every}</p>"
+        f'<p><a href="{BLOG_ORIGIN}/{placeholders.UNSUBSCRIBE_URL}">'
+        f"link {placeholders.RECIPIENT}</a></p>",
+    )
     rendered = digest.render_digest([post], services)
     name = 'Ada <b onmouseover="x">'
-    message = personalised(rendered, services, ReaderParts(
-        recipient="ada@example.com", unsubscribe_url=f"{PUBLIC_URL}/unsubscribe/ada-token",
-        message_id="<digest-ada@blog.example.com>", greeting=reader_greeting(name), name=name))
+    message = personalised(
+        rendered,
+        services,
+        ReaderParts(
+            recipient="ada@example.com",
+            unsubscribe_url=f"{PUBLIC_URL}/unsubscribe/ada-token",
+            message_id="<digest-ada@blog.example.com>",
+            greeting=reader_greeting(name),
+            name=name,
+        ),
+    )
     html, text = body(message, "html"), body(message, "plain")
     # The reader's data is only where the template put it: greeting, footer, headers.
     for part in (html, text):
@@ -835,4 +982,5 @@ def test_placeholder_text_in_a_post_never_becomes_a_readers_data(
         assert f"Body {every}" in shown.replace("\u200b", "")
         assert placeholder in shown and placeholder in readable
     assert doc.xpath("//a[starts-with(text(), 'link')]/@href") == [
-        f"{BLOG_ORIGIN}/{placeholders.UNSUBSCRIBE_URL}"]
+        f"{BLOG_ORIGIN}/{placeholders.UNSUBSCRIBE_URL}"
+    ]

@@ -58,6 +58,7 @@ STRONG_SECRET = secrets.token_urlsafe(32)
 
 # --- fixtures: a DNS server, certificates, SMTP over TLS, the service over HTTP(S) ----------
 
+
 @pytest.fixture
 def dns_server() -> Iterator[DnsServer]:
     server = DnsServer().start()
@@ -94,8 +95,9 @@ class _Handler:
         self.received: list[tuple[str, list[str], bytes]] = []
         self.commands: list[str] = []
 
-    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
-                          options: list[str]) -> str:
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
         self.commands.append(f"MAIL {address}")
         if address in self.refuse:
             return "550 5.7.1 Sender not allowed for this login"
@@ -107,8 +109,13 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.received.append((envelope.mail_from, list(envelope.rcpt_tos),
-                              envelope.original_content or envelope.content))
+        self.received.append(
+            (
+                envelope.mail_from,
+                list(envelope.rcpt_tos),
+                envelope.original_content or envelope.content,
+            )
+        )
         return "250 OK: queued"
 
 
@@ -122,15 +129,24 @@ class TlsSmtp:
         context = server_context(ca)
         # aiosmtpd counts only STARTTLS as TLS for auth_require_tls; on an implicit-TLS port
         # every session is encrypted anyway.
-        tls: dict[str, Any] = ({"ssl_context": context, "auth_require_tls": False} if implicit
-                               else {"tls_context": context, "require_starttls": True,
-                                     "auth_require_tls": True})
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port,
-                                     authenticator=self._authenticate, ready_timeout=10,
-                                     decode_data=False, **tls)
+        tls: dict[str, Any] = (
+            {"ssl_context": context, "auth_require_tls": False}
+            if implicit
+            else {"tls_context": context, "require_starttls": True, "auth_require_tls": True}
+        )
+        self.controller = Controller(
+            self.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            authenticator=self._authenticate,
+            ready_timeout=10,
+            decode_data=False,
+            **tls,
+        )
 
-    def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str,
-                      auth_data: Any) -> AuthResult:
+    def _authenticate(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         given = (auth_data.login.decode(), auth_data.password.decode())
         return AuthResult(success=given == self.login, handled=False)
 
@@ -170,11 +186,16 @@ def dkim_key(tmp_path: Path, name: str = "dkim.pem") -> tuple[Path, str]:
     """A fresh RSA key as a PEM file, and its public half as a DKIM p= value."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     path = tmp_path / name
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.TraditionalOpenSSL,
-                                       serialization.NoEncryption()))
-    public = key.public_key().public_bytes(serialization.Encoding.DER,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return path, base64.b64encode(public).decode()
 
 
@@ -194,53 +215,62 @@ def by_label(checks: list[Check]) -> dict[str, Check]:
 
 # --- settings ---------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def settings(app: Flask) -> dict[str, Any]:
     """The validated test settings, as a dict a test may change."""
     return {**app.config, "SECRET_KEY": STRONG_SECRET}
 
 
-@pytest.mark.parametrize(("key", "demo", "status", "words"), [
-    (STRONG_SECRET, False, Status.OK, "43 characters"),
-    ("Xk3-q9Zr_T7mWp2aLs8", False, Status.WARN, "at least 32"),
-    ("secret", False, Status.PROBLEM, "easy to guess"),
-    ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", False, Status.PROBLEM, "1 distinct"),
-    ("not-a-secret-demo-and-testing-only", False, Status.PROBLEM, "known to everyone"),
-    ("not-a-secret-demo-and-testing-only", True, Status.OK, "demo"),
-])
-def test_secret_key_strength(settings: dict[str, Any], key: str, demo: bool, status: Status,
-                             words: str) -> None:
+@pytest.mark.parametrize(
+    ("key", "demo", "status", "words"),
+    [
+        (STRONG_SECRET, False, Status.OK, "43 characters"),
+        ("Xk3-q9Zr_T7mWp2aLs8", False, Status.WARN, "at least 32"),
+        ("secret", False, Status.PROBLEM, "easy to guess"),
+        ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", False, Status.PROBLEM, "1 distinct"),
+        ("not-a-secret-demo-and-testing-only", False, Status.PROBLEM, "known to everyone"),
+        ("not-a-secret-demo-and-testing-only", True, Status.OK, "demo"),
+    ],
+)
+def test_secret_key_strength(
+    settings: dict[str, Any], key: str, demo: bool, status: Status, words: str
+) -> None:
     check = settings_checks.check_secret_key({**settings, "SECRET_KEY": key, "DEMO": demo})
     assert check.status is status and words in check.found
     if status is not Status.OK:
         assert "NEWSLETTER_SECRET_KEY" in check.to_do and "token_urlsafe(32)" in check.to_do
 
 
-@pytest.mark.parametrize(("url", "demo", "status"), [
-    ("https://news.example.com", False, Status.OK),
-    ("http://news.example.com", False, Status.PROBLEM),
-    ("http://127.0.0.1:8025", True, Status.OK),
-])
-def test_public_url_must_be_https_outside_the_demo(settings: dict[str, Any], url: str,
-                                                   demo: bool, status: Status) -> None:
+@pytest.mark.parametrize(
+    ("url", "demo", "status"),
+    [
+        ("https://news.example.com", False, Status.OK),
+        ("http://news.example.com", False, Status.PROBLEM),
+        ("http://127.0.0.1:8025", True, Status.OK),
+    ],
+)
+def test_public_url_must_be_https_outside_the_demo(
+    settings: dict[str, Any], url: str, demo: bool, status: Status
+) -> None:
     check = settings_checks.check_public_url({**settings, "PUBLIC_URL": url, "DEMO": demo})
     assert check.status is status
     if status is Status.PROBLEM:
         assert "NEWSLETTER_PUBLIC_URL=https://news.example.com" in check.to_do
 
 
-def test_site_origin_not_allowed_is_a_problem_naming_the_setting(
-        settings: dict[str, Any]) -> None:
+def test_site_origin_not_allowed_is_a_problem_naming_the_setting(settings: dict[str, Any]) -> None:
     checks = settings_checks.check_allowed_origins(
-        {**settings, "SITE_URL": "https://myblog.test", "ALLOWED_ORIGINS": ["https://old.test"]})
+        {**settings, "SITE_URL": "https://myblog.test", "ALLOWED_ORIGINS": ["https://old.test"]}
+    )
     assert [c.status for c in checks] == [Status.PROBLEM]
     assert "https://myblog.test" in checks[0].found
     assert checks[0].to_do == "set NEWSLETTER_ALLOWED_ORIGINS=https://old.test,https://myblog.test"
 
 
 def test_site_answering_on_its_www_twin_too_needs_both_allowed(
-        settings: dict[str, Any], dns_server: DnsServer,
-        http_servers: list[BaseWSGIServer]) -> None:
+    settings: dict[str, Any], dns_server: DnsServer, http_servers: list[BaseWSGIServer]
+) -> None:
     port = free_port()
 
     def blog(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -249,8 +279,12 @@ def test_site_answering_on_its_www_twin_too_needs_both_allowed(
 
     http_servers.append(serve(blog, port))
     dns_server.add("www.blog.test", "A", "127.0.0.1")
-    config = {**settings, "SITE_URL": f"http://blog.test:{port}",
-              "ALLOWED_ORIGINS": [f"http://blog.test:{port}"], "DNS_SERVER": dns_server.address}
+    config = {
+        **settings,
+        "SITE_URL": f"http://blog.test:{port}",
+        "ALLOWED_ORIGINS": [f"http://blog.test:{port}"],
+        "DNS_SERVER": dns_server.address,
+    }
     checks = by_label(settings_checks.check_allowed_origins(config))
     assert checks["settings.allowed-origins"].status is Status.OK
     twin = checks["settings.allowed-origins-twin"]
@@ -260,8 +294,8 @@ def test_site_answering_on_its_www_twin_too_needs_both_allowed(
 
 
 def test_a_twin_that_redirects_or_does_not_exist_is_fine(
-        settings: dict[str, Any], dns_server: DnsServer,
-        http_servers: list[BaseWSGIServer]) -> None:
+    settings: dict[str, Any], dns_server: DnsServer, http_servers: list[BaseWSGIServer]
+) -> None:
     port = free_port()
 
     def redirect(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -270,26 +304,39 @@ def test_a_twin_that_redirects_or_does_not_exist_is_fine(
 
     http_servers.append(serve(redirect, port))
     dns_server.add("www.blog.test", "A", "127.0.0.1")
-    config = {**settings, "SITE_URL": f"http://blog.test:{port}",
-              "ALLOWED_ORIGINS": [f"http://blog.test:{port}"], "DNS_SERVER": dns_server.address}
-    assert by_label(settings_checks.check_allowed_origins(config))[
-        "settings.allowed-origins-twin"].status is Status.OK
+    config = {
+        **settings,
+        "SITE_URL": f"http://blog.test:{port}",
+        "ALLOWED_ORIGINS": [f"http://blog.test:{port}"],
+        "DNS_SERVER": dns_server.address,
+    }
+    assert (
+        by_label(settings_checks.check_allowed_origins(config))[
+            "settings.allowed-origins-twin"
+        ].status
+        is Status.OK
+    )
     absent = {**config, "SITE_URL": "https://nowww.test", "ALLOWED_ORIGINS": ["https://nowww.test"]}
     twin = by_label(settings_checks.check_allowed_origins(absent))["settings.allowed-origins-twin"]
     assert twin.status is Status.OK and "www.nowww.test" in twin.found
 
 
-@pytest.mark.parametrize(("mail_from", "dkim_domain", "status", "words"), [
-    (f"hello@{DOMAIN}", DOMAIN, Status.OK, f"DKIM d={DOMAIN}"),
-    (f"hello@{DOMAIN}", "example.com", Status.OK, "DKIM d=example.com"),
-    (f"hello@{DOMAIN}", "other.test", Status.WARN, "not blog.example.com"),
-    (f"hello@{DOMAIN}", None, Status.WARN, "not DKIM-signed"),
-    ("newsletter@localhost", None, Status.PROBLEM, "local name"),
-])
-def test_from_domain_alignment(settings: dict[str, Any], mail_from: str,
-                               dkim_domain: str | None, status: Status, words: str) -> None:
+@pytest.mark.parametrize(
+    ("mail_from", "dkim_domain", "status", "words"),
+    [
+        (f"hello@{DOMAIN}", DOMAIN, Status.OK, f"DKIM d={DOMAIN}"),
+        (f"hello@{DOMAIN}", "example.com", Status.OK, "DKIM d=example.com"),
+        (f"hello@{DOMAIN}", "other.test", Status.WARN, "not blog.example.com"),
+        (f"hello@{DOMAIN}", None, Status.WARN, "not DKIM-signed"),
+        ("newsletter@localhost", None, Status.PROBLEM, "local name"),
+    ],
+)
+def test_from_domain_alignment(
+    settings: dict[str, Any], mail_from: str, dkim_domain: str | None, status: Status, words: str
+) -> None:
     check = settings_checks.check_alignment(
-        {**settings, "MAIL_FROM": mail_from, "DKIM_DOMAIN": dkim_domain})
+        {**settings, "MAIL_FROM": mail_from, "DKIM_DOMAIN": dkim_domain}
+    )
     assert check.status is status and words in check.found
 
 
@@ -305,24 +352,36 @@ def test_postal_address_and_privacy_policy(settings: dict[str, Any]) -> None:
 
 # --- SMTP -------------------------------------------------------------------------------------
 
+
 def test_smtp_without_tls_on_this_machine_checks_each_stage_and_sends_nothing(
-        settings: dict[str, Any], smtp_sink: SmtpSink) -> None:
+    settings: dict[str, Any], smtp_sink: SmtpSink
+) -> None:
     before = smtp_sink.connections  # the sink's own start-up probe counts as one
     checks = smtp_checks.check_smtp(settings)
     assert [(c.label, c.status) for c in checks] == [
-        ("smtp.connect", Status.OK), ("smtp.tls", Status.OK), ("smtp.auth", Status.OK),
-        ("smtp.sender", Status.OK)]
+        ("smtp.connect", Status.OK),
+        ("smtp.tls", Status.OK),
+        ("smtp.auth", Status.OK),
+        ("smtp.sender", Status.OK),
+    ]
     assert smtp_sink.connections == before + 1 and smtp_sink.messages == []
 
 
 @pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "ssl"])
 def test_smtp_over_tls_with_a_valid_certificate_and_login(
-        settings: dict[str, Any], tls_smtp: Callable[..., TlsSmtp], trusted_ca: trustme.CA,
-        implicit: bool) -> None:
+    settings: dict[str, Any],
+    tls_smtp: Callable[..., TlsSmtp],
+    trusted_ca: trustme.CA,
+    implicit: bool,
+) -> None:
     server = tls_smtp(implicit=implicit)
-    config = {**settings, "SMTP_PORT": server.port,
-              "SMTP_SECURITY": "ssl" if implicit else "starttls",
-              "SMTP_USERNAME": "author", "SMTP_PASSWORD": "right-password"}
+    config = {
+        **settings,
+        "SMTP_PORT": server.port,
+        "SMTP_SECURITY": "ssl" if implicit else "starttls",
+        "SMTP_USERNAME": "author",
+        "SMTP_PASSWORD": "right-password",
+    }
     checks = by_label(smtp_checks.check_smtp(config))
     assert all(c.status is Status.OK for c in checks.values()), checks
     assert "certificate valid" in checks["smtp.tls"].found
@@ -334,15 +393,23 @@ def test_smtp_over_tls_with_a_valid_certificate_and_login(
 
 @pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "ssl"])
 def test_an_untrusted_certificate_is_a_problem(
-        settings: dict[str, Any], tls_smtp: Callable[..., TlsSmtp], implicit: bool,
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    settings: dict[str, Any],
+    tls_smtp: Callable[..., TlsSmtp],
+    implicit: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
     # Trust some other CA only: the server's certificate chains to nothing trusted.
     trustme.CA().cert_pem.write_to_path(str(tmp_path / "other.pem"))
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "other.pem"))
     server = tls_smtp(implicit=implicit)
-    config = {**settings, "SMTP_PORT": server.port,
-              "SMTP_SECURITY": "ssl" if implicit else "starttls",
-              "SMTP_USERNAME": "author", "SMTP_PASSWORD": "right-password"}
+    config = {
+        **settings,
+        "SMTP_PORT": server.port,
+        "SMTP_SECURITY": "ssl" if implicit else "starttls",
+        "SMTP_USERNAME": "author",
+        "SMTP_PASSWORD": "right-password",
+    }
     checks = smtp_checks.check_smtp(config)
     assert checks[-1].label == "smtp.tls" and checks[-1].status is Status.PROBLEM
     assert "certificate" in checks[-1].found and "not valid" in checks[-1].found
@@ -351,11 +418,16 @@ def test_an_untrusted_certificate_is_a_problem(
 
 
 def test_a_wrong_password_is_a_problem_naming_the_setting(
-        settings: dict[str, Any], tls_smtp: Callable[..., TlsSmtp],
-        trusted_ca: trustme.CA) -> None:
+    settings: dict[str, Any], tls_smtp: Callable[..., TlsSmtp], trusted_ca: trustme.CA
+) -> None:
     server = tls_smtp()
-    config = {**settings, "SMTP_PORT": server.port, "SMTP_SECURITY": "starttls",
-              "SMTP_USERNAME": "author", "SMTP_PASSWORD": "wrong"}
+    config = {
+        **settings,
+        "SMTP_PORT": server.port,
+        "SMTP_SECURITY": "starttls",
+        "SMTP_USERNAME": "author",
+        "SMTP_PASSWORD": "wrong",
+    }
     checks = smtp_checks.check_smtp(config)
     assert [c.label for c in checks] == ["smtp.connect", "smtp.tls", "smtp.auth"]
     assert checks[-1].status is Status.PROBLEM and "535" in checks[-1].found
@@ -363,11 +435,16 @@ def test_a_wrong_password_is_a_problem_naming_the_setting(
 
 
 def test_a_login_the_server_offers_only_after_starttls(
-        settings: dict[str, Any], tls_smtp: Callable[..., TlsSmtp],
-        trusted_ca: trustme.CA) -> None:
+    settings: dict[str, Any], tls_smtp: Callable[..., TlsSmtp], trusted_ca: trustme.CA
+) -> None:
     server = tls_smtp()
-    config = {**settings, "SMTP_PORT": server.port, "SMTP_SECURITY": "none",
-              "SMTP_USERNAME": "author", "SMTP_PASSWORD": "right-password"}
+    config = {
+        **settings,
+        "SMTP_PORT": server.port,
+        "SMTP_SECURITY": "none",
+        "SMTP_USERNAME": "author",
+        "SMTP_PASSWORD": "right-password",
+    }
     checks = smtp_checks.check_smtp(config)
     assert checks[-1].label == "smtp.auth" and checks[-1].status is Status.PROBLEM
     assert "NEWSLETTER_SMTP_SECURITY" in checks[-1].to_do
@@ -382,22 +459,32 @@ def test_a_closed_port_is_a_problem(settings: dict[str, Any]) -> None:
 
 
 def test_a_sender_the_server_refuses_is_a_problem(
-        settings: dict[str, Any], tls_smtp: Callable[..., TlsSmtp],
-        trusted_ca: trustme.CA) -> None:
+    settings: dict[str, Any], tls_smtp: Callable[..., TlsSmtp], trusted_ca: trustme.CA
+) -> None:
     server = tls_smtp()
     server.handler.refuse.add(settings["MAIL_FROM"])
-    config = {**settings, "SMTP_PORT": server.port, "SMTP_SECURITY": "starttls",
-              "SMTP_USERNAME": "author", "SMTP_PASSWORD": "right-password"}
+    config = {
+        **settings,
+        "SMTP_PORT": server.port,
+        "SMTP_SECURITY": "starttls",
+        "SMTP_USERNAME": "author",
+        "SMTP_PASSWORD": "right-password",
+    }
     check = smtp_checks.check_smtp(config)[-1]
     assert check.label == "smtp.sender" and check.status is Status.PROBLEM
     assert "550 5.7.1" in check.found and "NEWSLETTER_MAIL_FROM" in check.to_do
 
 
-def test_send_test_sends_one_signed_message(settings: dict[str, Any], smtp_sink: SmtpSink,
-                                            tmp_path: Path) -> None:
+def test_send_test_sends_one_signed_message(
+    settings: dict[str, Any], smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
     key, _ = dkim_key(tmp_path)
-    config = {**settings, "DKIM_DOMAIN": DOMAIN, "DKIM_SELECTOR": "news",
-              "DKIM_PRIVATE_KEY": str(key)}
+    config = {
+        **settings,
+        "DKIM_DOMAIN": DOMAIN,
+        "DKIM_SELECTOR": "news",
+        "DKIM_PRIVATE_KEY": str(key),
+    }
     check = smtp_checks.check_smtp(config, send_test="me@example.org")[-1]
     assert check.label == "smtp.send-test" and check.status is Status.OK
     [message] = smtp_sink.wait_for(1)
@@ -406,6 +493,7 @@ def test_send_test_sends_one_signed_message(settings: dict[str, Any], smtp_sink:
 
 
 # --- DNS --------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def dns_config(settings: dict[str, Any], dns_server: DnsServer) -> dict[str, Any]:
@@ -424,8 +512,9 @@ def test_good_spf_dmarc_and_mx(dns_config: dict[str, Any], dns_server: DnsServer
     assert checks["dns.mx"].status is Status.OK and "mail.example.com" in checks["dns.mx"].found
 
 
-def test_missing_records_each_say_what_to_add(dns_config: dict[str, Any],
-                                              dns_server: DnsServer) -> None:
+def test_missing_records_each_say_what_to_add(
+    dns_config: dict[str, Any], dns_server: DnsServer
+) -> None:
     dns_server.add(DOMAIN, "A", "192.0.2.1")  # the name exists, with none of the records
     checks = run_dns(dns_config)
     assert checks["dns.spf"].status is Status.PROBLEM and "no SPF record" in checks["dns.spf"].found
@@ -435,21 +524,26 @@ def test_missing_records_each_say_what_to_add(dns_config: dict[str, Any],
     assert checks["dns.mx"].status is Status.PROBLEM and f"{DOMAIN} MX" in checks["dns.mx"].to_do
 
 
-@pytest.mark.parametrize(("records", "words"), [
-    (["v=spf1 mx foo:bar ~all"], "not an SPF mechanism"),
-    (["v=spf1 mx ~all", "v=spf1 a ~all"], "2 SPF records"),
-    (["v=spf1 include:gone.test ~all"], "gone.test has no SPF record"),
-    (["v=spf1 include:blog.example.com ~all"], "includes itself"),
-])
-def test_broken_spf(dns_config: dict[str, Any], dns_server: DnsServer, records: list[str],
-                    words: str) -> None:
+@pytest.mark.parametrize(
+    ("records", "words"),
+    [
+        (["v=spf1 mx foo:bar ~all"], "not an SPF mechanism"),
+        (["v=spf1 mx ~all", "v=spf1 a ~all"], "2 SPF records"),
+        (["v=spf1 include:gone.test ~all"], "gone.test has no SPF record"),
+        (["v=spf1 include:blog.example.com ~all"], "includes itself"),
+    ],
+)
+def test_broken_spf(
+    dns_config: dict[str, Any], dns_server: DnsServer, records: list[str], words: str
+) -> None:
     dns_server.add_txt(DOMAIN, *records)
     check = run_dns(dns_config)["dns.spf"]
     assert check.status is Status.PROBLEM and "broken" in check.found and words in check.found
 
 
-def test_spf_passing_everyone_is_a_problem(dns_config: dict[str, Any],
-                                           dns_server: DnsServer) -> None:
+def test_spf_passing_everyone_is_a_problem(
+    dns_config: dict[str, Any], dns_server: DnsServer
+) -> None:
     dns_server.add_txt(DOMAIN, "v=spf1 mx +all")
     check = run_dns(dns_config)["dns.spf"]
     assert check.status is Status.PROBLEM and "~all or -all" in check.to_do
@@ -457,8 +551,7 @@ def test_spf_passing_everyone_is_a_problem(dns_config: dict[str, Any],
 
 def test_spf_with_too_many_lookups(dns_config: dict[str, Any], dns_server: DnsServer) -> None:
     # 1 (a) + 3 includes, each costing 1 + its own 3 lookups (a, mx, exists) = 13.
-    dns_server.add_txt(DOMAIN, "v=spf1 a include:one.test include:two.test include:three.test "
-                               "-all")
+    dns_server.add_txt(DOMAIN, "v=spf1 a include:one.test include:two.test include:three.test -all")
     for name in ("one.test", "two.test", "three.test"):
         dns_server.add_txt(name, "v=spf1 a mx exists:%{i}.x.test ~all")
     check = run_dns(dns_config)["dns.spf"]
@@ -468,55 +561,73 @@ def test_spf_with_too_many_lookups(dns_config: dict[str, Any], dns_server: DnsSe
     assert run_dns(dns_config)["dns.spf"].status is Status.OK  # 9 lookups
 
 
-def test_dkim_record_matching_the_key(dns_config: dict[str, Any], dns_server: DnsServer,
-                                      tmp_path: Path) -> None:
+def test_dkim_record_matching_the_key(
+    dns_config: dict[str, Any], dns_server: DnsServer, tmp_path: Path
+) -> None:
     key, p_value = dkim_key(tmp_path)
     publish_good_records(dns_server, p_value)
-    config = {**dns_config, "DKIM_DOMAIN": DOMAIN, "DKIM_SELECTOR": "news",
-              "DKIM_PRIVATE_KEY": str(key)}
+    config = {
+        **dns_config,
+        "DKIM_DOMAIN": DOMAIN,
+        "DKIM_SELECTOR": "news",
+        "DKIM_PRIVATE_KEY": str(key),
+    }
     check = run_dns(config)["dns.dkim"]
     assert check.status is Status.OK, check
 
 
-def test_missing_dkim_record_gives_the_exact_record(dns_config: dict[str, Any],
-                                                    dns_server: DnsServer,
-                                                    tmp_path: Path) -> None:
+def test_missing_dkim_record_gives_the_exact_record(
+    dns_config: dict[str, Any], dns_server: DnsServer, tmp_path: Path
+) -> None:
     key, p_value = dkim_key(tmp_path)
     publish_good_records(dns_server)
-    config = {**dns_config, "DKIM_DOMAIN": DOMAIN, "DKIM_SELECTOR": "news",
-              "DKIM_PRIVATE_KEY": str(key)}
+    config = {
+        **dns_config,
+        "DKIM_DOMAIN": DOMAIN,
+        "DKIM_SELECTOR": "news",
+        "DKIM_PRIVATE_KEY": str(key),
+    }
     check = run_dns(config)["dns.dkim"]
     assert check.status is Status.PROBLEM
     assert check.to_do == f'add news._domainkey.{DOMAIN} TXT "v=DKIM1; k=rsa; p={p_value}"'
 
 
-def test_dkim_record_for_another_key_is_a_problem(dns_config: dict[str, Any],
-                                                  dns_server: DnsServer,
-                                                  tmp_path: Path) -> None:
+def test_dkim_record_for_another_key_is_a_problem(
+    dns_config: dict[str, Any], dns_server: DnsServer, tmp_path: Path
+) -> None:
     key, p_value = dkim_key(tmp_path)
     _, other = dkim_key(tmp_path, "old.pem")
     publish_good_records(dns_server, other)
-    config = {**dns_config, "DKIM_DOMAIN": DOMAIN, "DKIM_SELECTOR": "news",
-              "DKIM_PRIVATE_KEY": str(key)}
+    config = {
+        **dns_config,
+        "DKIM_DOMAIN": DOMAIN,
+        "DKIM_SELECTOR": "news",
+        "DKIM_PRIVATE_KEY": str(key),
+    }
     check = run_dns(config)["dns.dkim"]
     assert check.status is Status.PROBLEM and "does not match" in check.found
     assert f"p={p_value}" in check.to_do
 
 
-@pytest.mark.parametrize(("record", "status", "words"), [
-    ("v=DMARC1; p=none; rua=mailto:d@blog.example.com", Status.WARN, "p=quarantine"),
-    ("v=DMARC1; p=maybe", Status.PROBLEM, "v=DMARC1"),
-    ("v=DMARC1", Status.PROBLEM, "v=DMARC1"),
-])
-def test_dmarc_policies(dns_config: dict[str, Any], dns_server: DnsServer, record: str,
-                        status: Status, words: str) -> None:
+@pytest.mark.parametrize(
+    ("record", "status", "words"),
+    [
+        ("v=DMARC1; p=none; rua=mailto:d@blog.example.com", Status.WARN, "p=quarantine"),
+        ("v=DMARC1; p=maybe", Status.PROBLEM, "v=DMARC1"),
+        ("v=DMARC1", Status.PROBLEM, "v=DMARC1"),
+    ],
+)
+def test_dmarc_policies(
+    dns_config: dict[str, Any], dns_server: DnsServer, record: str, status: Status, words: str
+) -> None:
     dns_server.add_txt(f"_dmarc.{DOMAIN}", record)
     check = run_dns(dns_config)["dns.dmarc"]
     assert check.status is status and words in (check.to_do + check.found)
 
 
-def test_dmarc_of_the_parent_domain_covers_a_subdomain(dns_config: dict[str, Any],
-                                                       dns_server: DnsServer) -> None:
+def test_dmarc_of_the_parent_domain_covers_a_subdomain(
+    dns_config: dict[str, Any], dns_server: DnsServer
+) -> None:
     dns_server.add_txt("_dmarc.example.com", "v=DMARC1; p=quarantine")
     check = run_dns(dns_config)["dns.dmarc"]
     assert check.status is Status.OK and "_dmarc.example.com" in check.found
@@ -530,9 +641,11 @@ def test_a_bad_dns_server_setting_is_a_problem(settings: dict[str, Any]) -> None
 
 # --- the service and the list -----------------------------------------------------------------
 
+
 @pytest.fixture
-def served_app(make_app: Callable[..., Flask],
-               http_servers: list[BaseWSGIServer]) -> Callable[..., Flask]:
+def served_app(
+    make_app: Callable[..., Flask], http_servers: list[BaseWSGIServer]
+) -> Callable[..., Flask]:
     """An app whose PUBLIC_URL is a real server on 127.0.0.1 running it."""
 
     def start(context: ssl.SSLContext | None = None, **overrides: Any) -> Flask:
@@ -547,18 +660,20 @@ def served_app(make_app: Callable[..., Flask],
 
 def inputs_for(app: Flask) -> DoctorInputs:
     services = get_services(app)
-    return DoctorInputs(app.config, db.session(), services.clock,
-                        services.tokens.unsubscribe_token)
+    return DoctorInputs(app.config, db.session(), services.clock, services.tokens.unsubscribe_token)
 
 
 def count_rows(app: Flask) -> tuple[int, int]:
     with app.app_context():
-        return (db.session.scalar(select(func.count()).select_from(Subscriber)) or 0,
-                db.session.scalar(select(func.count()).select_from(ConsentEvent)) or 0)
+        return (
+            db.session.scalar(select(func.count()).select_from(Subscriber)) or 0,
+            db.session.scalar(select(func.count()).select_from(ConsentEvent)) or 0,
+        )
 
 
 def test_service_answers_healthz_and_the_one_click_probe_changing_nothing(
-        served_app: Callable[..., Flask]) -> None:
+    served_app: Callable[..., Flask],
+) -> None:
     app = served_app()
     before = count_rows(app)
     with app.app_context():
@@ -566,27 +681,32 @@ def test_service_answers_healthz_and_the_one_click_probe_changing_nothing(
     assert checks["service.healthz"].status is Status.OK
     assert checks["service.one-click-unsubscribe"].status is Status.OK
     assert checks["service.schema"].status is Status.OK
-    assert checks["service.worker"].status is Status.OK and "no schedule" in \
-        checks["service.worker"].found
+    assert (
+        checks["service.worker"].status is Status.OK
+        and "no schedule" in checks["service.worker"].found
+    )
     assert count_rows(app) == before
 
 
 def test_the_probe_token_is_answered_without_touching_readers(app: Flask) -> None:
     token = get_services(app).tokens.unsubscribe_token(PROBE_SUBSCRIBER_ID)
-    response = app.test_client().post(f"/unsubscribe/{token}",
-                                      data={"List-Unsubscribe": "One-Click"})
+    response = app.test_client().post(
+        f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"}
+    )
     assert response.status_code == 200 and b"nothing changed" in response.data
     assert count_rows(app) == (0, 0)
 
 
 def test_a_server_with_another_secret_fails_the_one_click_check(
-        served_app: Callable[..., Flask], make_app: Callable[..., Flask]) -> None:
+    served_app: Callable[..., Flask], make_app: Callable[..., Flask]
+) -> None:
     served = served_app(SECRET_KEY="the-server-has-another-key")
     doctor = make_app(PUBLIC_URL=served.config["PUBLIC_URL"], SECRET_KEY=STRONG_SECRET)
     with doctor.app_context():
-        check = service_checks.check_one_click(doctor.config["PUBLIC_URL"],
-                                               get_services(doctor).tokens.unsubscribe_token(
-                                                   PROBE_SUBSCRIBER_ID))
+        check = service_checks.check_one_click(
+            doctor.config["PUBLIC_URL"],
+            get_services(doctor).tokens.unsubscribe_token(PROBE_SUBSCRIBER_ID),
+        )
     assert check.status is Status.PROBLEM and "answered 400" in check.found
     assert "NEWSLETTER_SECRET_KEY" in check.to_do
 
@@ -598,8 +718,7 @@ def test_nothing_at_the_public_url_is_a_problem(app: Flask) -> None:
     assert "NEWSLETTER_PUBLIC_URL" in check.to_do
 
 
-def test_another_site_at_the_public_url_is_a_problem(
-        http_servers: list[BaseWSGIServer]) -> None:
+def test_another_site_at_the_public_url_is_a_problem(http_servers: list[BaseWSGIServer]) -> None:
     port = free_port()
 
     def other(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -622,13 +741,25 @@ def test_an_old_schema_is_a_problem(app: Flask) -> None:
 
 def add_reader(session: Any, email: str, kinds: list[str]) -> None:
     now = datetime(2026, 11, 1, tzinfo=UTC)
-    reader = Subscriber(email=email, status=CONFIRMED, token_generation=0, created_at=now,
-                        updated_at=now, confirmed_at=now)
+    reader = Subscriber(
+        email=email,
+        status=CONFIRMED,
+        token_generation=0,
+        created_at=now,
+        updated_at=now,
+        confirmed_at=now,
+    )
     session.add(reader)
     session.flush()
     for kind in kinds:
-        session.add(ConsentEvent(subscriber_id=reader.id, kind=kind, occurred_at=now,
-                                 method="import" if kind == IMPORTED else "form"))
+        session.add(
+            ConsentEvent(
+                subscriber_id=reader.id,
+                kind=kind,
+                occurred_at=now,
+                method="import" if kind == IMPORTED else "form",
+            )
+        )
     session.commit()
 
 
@@ -655,15 +786,22 @@ def test_bounces_are_not_set_up_yet(app: Flask) -> None:
 
 # --- the command ------------------------------------------------------------------------------
 
+
 @pytest.fixture
-def healthy_app(served_app: Callable[..., Flask], trusted_ca: trustme.CA,
-                dns_server: DnsServer, tmp_path: Path) -> Flask:
+def healthy_app(
+    served_app: Callable[..., Flask], trusted_ca: trustme.CA, dns_server: DnsServer, tmp_path: Path
+) -> Flask:
     """Everything set up well: https, DKIM published, SPF, DMARC p=reject, MX."""
     key, p_value = dkim_key(tmp_path)
     publish_good_records(dns_server, p_value)
-    return served_app(server_context(trusted_ca), SECRET_KEY=STRONG_SECRET,
-                      DNS_SERVER=dns_server.address, DKIM_DOMAIN=DOMAIN, DKIM_SELECTOR="news",
-                      DKIM_PRIVATE_KEY=str(key))
+    return served_app(
+        server_context(trusted_ca),
+        SECRET_KEY=STRONG_SECRET,
+        DNS_SERVER=dns_server.address,
+        DKIM_DOMAIN=DOMAIN,
+        DKIM_SELECTOR="news",
+        DKIM_PRIVATE_KEY=str(key),
+    )
 
 
 def test_doctor_exits_0_when_all_is_well_and_prints_aligned_lines(healthy_app: Flask) -> None:
@@ -671,15 +809,19 @@ def test_doctor_exits_0_when_all_is_well_and_prints_aligned_lines(healthy_app: F
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("OK       settings.secret-key ")
-    columns = {re.match(r"\S+ +\S+ +", line).end()  # type: ignore[union-attr]
-               for line in lines if line.startswith("OK ")}
+    columns = {
+        re.match(r"\S+ +\S+ +", line).end()  # type: ignore[union-attr]
+        for line in lines
+        if line.startswith("OK ")
+    }
     assert len(columns) == 1  # the findings start in one column
     assert "service.one-click-unsubscribe" in result.output
     assert lines[-1].endswith(" 0 WARN, 0 PROBLEM")
 
 
 def test_doctor_json_lists_checks_and_a_summary_and_exits_1_on_a_problem(
-        healthy_app: Flask, dns_server: DnsServer) -> None:
+    healthy_app: Flask, dns_server: DnsServer
+) -> None:
     dns_server.records.pop((f"_dmarc.{DOMAIN}", "TXT"))
     dns_server.add_txt(f"_dmarc.{DOMAIN}", "v=DMARC1; p=none")
     healthy_app.config["POSTAL_ADDRESS"] = ""
@@ -691,8 +833,12 @@ def test_doctor_json_lists_checks_and_a_summary_and_exits_1_on_a_problem(
     assert all(set(c) == {"area", "name", "status", "found", "to_do"} for c in report["checks"])
     statuses = {f"{c['area']}.{c['name']}": c["status"] for c in report["checks"]}
     assert statuses["dns.dmarc"] == "WARN" and statuses["settings.privacy-policy"] == "PROBLEM"
-    assert report["summary"] == {"ok": list(statuses.values()).count("OK"), "warn": 2,
-                                 "problem": 1, "exit_code": 1}
+    assert report["summary"] == {
+        "ok": list(statuses.values()).count("OK"),
+        "warn": 2,
+        "problem": 1,
+        "exit_code": 1,
+    }
 
 
 def test_warnings_alone_exit_0(healthy_app: Flask, dns_server: DnsServer) -> None:
@@ -703,9 +849,11 @@ def test_warnings_alone_exit_0(healthy_app: Flask, dns_server: DnsServer) -> Non
 
 
 def test_run_doctor_skips_the_list_when_the_schema_is_missing(
-        make_app: Callable[..., Flask], tmp_path: Path, dns_server: DnsServer) -> None:
-    app = make_app(DATABASE_URL=f"sqlite:///{tmp_path / 'empty.sqlite'}",
-                   DNS_SERVER=dns_server.address)
+    make_app: Callable[..., Flask], tmp_path: Path, dns_server: DnsServer
+) -> None:
+    app = make_app(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'empty.sqlite'}", DNS_SERVER=dns_server.address
+    )
     with app.app_context():
         checks = run_doctor(inputs_for(app))
     labels = by_label(checks)
@@ -725,8 +873,11 @@ def test_a_dns_server_that_does_not_answer_is_one_problem(settings: dict[str, An
 
 
 def test_an_https_twin_serving_the_site_is_found(
-        settings: dict[str, Any], dns_server: DnsServer, http_servers: list[BaseWSGIServer],
-        trusted_ca: trustme.CA) -> None:
+    settings: dict[str, Any],
+    dns_server: DnsServer,
+    http_servers: list[BaseWSGIServer],
+    trusted_ca: trustme.CA,
+) -> None:
     port = free_port()
 
     def blog(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -738,7 +889,11 @@ def test_an_https_twin_serving_the_site_is_found(
     trusted_ca.issue_cert("www.blog.test").configure_cert(context)
     http_servers.append(serve(blog, port, context))
     dns_server.add("www.blog.test", "A", "127.0.0.1")
-    config = {**settings, "SITE_URL": f"https://blog.test:{port}",
-              "ALLOWED_ORIGINS": [f"https://blog.test:{port}"], "DNS_SERVER": dns_server.address}
+    config = {
+        **settings,
+        "SITE_URL": f"https://blog.test:{port}",
+        "ALLOWED_ORIGINS": [f"https://blog.test:{port}"],
+        "DNS_SERVER": dns_server.address,
+    }
     twin = by_label(settings_checks.check_allowed_origins(config))["settings.allowed-origins-twin"]
     assert twin.status is Status.WARN and "HTTP 200" in twin.found

@@ -17,14 +17,7 @@ from newsletter import create_app
 from newsletter.addresses import address_hash
 from newsletter.config import ConfigError
 from newsletter.db import db
-from newsletter.models import (
-    Campaign,
-    ConsentEvent,
-    Delivery,
-    OutboxEmail,
-    Subscriber,
-    Suppression,
-)
+from newsletter.models import Campaign, ConsentEvent, Delivery, OutboxEmail, Subscriber, Suppression
 from newsletter.services import get_services
 from newsletter.subscriptions import RequestInfo, describe, subscribe
 from tests.conftest import BLOG_ORIGIN, FrozenClock, link_in, wait_for_outbox
@@ -51,8 +44,9 @@ def assert_in_file(app: Flask, items: list[bytes], present: bool) -> None:
         return
     raw = database_bytes(app)
     for item in items:
-        assert (item in raw) is present, f"{item!r} {'missing from' if present else 'still in'}" \
-                                         " the database file"
+        assert (item in raw) is present, (
+            f"{item!r} {'missing from' if present else 'still in'} the database file"
+        )
 
 
 def stop_background_sender(app: Flask) -> None:
@@ -62,30 +56,50 @@ def stop_background_sender(app: Flask) -> None:
 
 def subscribe_and_confirm(client: FlaskClient, smtp_sink: SmtpSink, app: Flask) -> dict[str, str]:
     """The reader's whole journey through the form; returns the links from their emails."""
-    response = client.post("/subscribe", data={
-        "email": ADDRESS.upper(), "name": NAME,
-        "source": f"{BLOG_ORIGIN}/posts/morning-tea?ref={ADDRESS}"},
-        headers={"User-Agent": AGENT})
+    response = client.post(
+        "/subscribe",
+        data={
+            "email": ADDRESS.upper(),
+            "name": NAME,
+            "source": f"{BLOG_ORIGIN}/posts/morning-tea?ref={ADDRESS}",
+        },
+        headers={"User-Agent": AGENT},
+    )
     assert response.status_code == 303
     confirm_path = link_in(smtp_sink.wait_for(1)[0].body("plain"), "confirm")
     wait_for_outbox(app)
     assert client.post(confirm_path, headers={"User-Agent": AGENT}).status_code == 200
     welcome = smtp_sink.wait_for(2)[1]
     stop_background_sender(app)
-    return {"confirm": confirm_path,
-            "unsubscribe": link_in(welcome.message["List-Unsubscribe"], "unsubscribe")}
+    return {
+        "confirm": confirm_path,
+        "unsubscribe": link_in(welcome.message["List-Unsubscribe"], "unsubscribe"),
+    }
 
 
 def add_campaign_delivery(app: Flask, subscriber_id: int, reply: str) -> None:
     clock = get_services(app).clock
     with app.app_context():
-        campaign = Campaign(kind="digest", subject="Five slow breaths before breakfast",
-                            content_hash="c1", status="sent", created_at=clock(),
-                            html="<p>Breathe</p>", text="Breathe")
+        campaign = Campaign(
+            kind="digest",
+            subject="Five slow breaths before breakfast",
+            content_hash="c1",
+            status="sent",
+            created_at=clock(),
+            html="<p>Breathe</p>",
+            text="Breathe",
+        )
         db.session.add(campaign)
         db.session.flush()
-        db.session.add(Delivery(campaign_id=campaign.id, subscriber_id=subscriber_id,
-                                status="failed", attempts=1, smtp_reply=reply))
+        db.session.add(
+            Delivery(
+                campaign_id=campaign.id,
+                subscriber_id=subscriber_id,
+                status="failed",
+                attempts=1,
+                smtp_reply=reply,
+            )
+        )
         db.session.commit()
 
 
@@ -98,13 +112,18 @@ def the_only_reader(app: Flask) -> Subscriber:
 
 
 def test_erasure_leaves_nothing_personal_and_the_reader_can_come_back(
-        client: FlaskClient, runner: FlaskCliRunner, app: Flask, smtp_sink: SmtpSink,
-        tmp_path: Path) -> None:
+    client: FlaskClient, runner: FlaskCliRunner, app: Flask, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
     links = subscribe_and_confirm(client, smtp_sink, app)
     reader_id = the_only_reader(app).id
     add_campaign_delivery(app, reader_id, f"550 5.2.2 <{ADDRESS}>: mailbox full")
-    personal = [ADDRESS.encode(), NAME.encode(), AGENT.encode(), b"ref=juniper",
-                ADDRESS.split("@")[0].encode()]
+    personal = [
+        ADDRESS.encode(),
+        NAME.encode(),
+        AGENT.encode(),
+        b"ref=juniper",
+        ADDRESS.split("@")[0].encode(),
+    ]
     assert_in_file(app, personal, present=True)  # the check below can find them
 
     result = runner.invoke(args=["subscribers", "erase", ADDRESS, "--yes"])
@@ -125,12 +144,17 @@ def test_erasure_leaves_nothing_personal_and_the_reader_can_come_back(
         suppressed = db.session.scalars(select(Suppression.address_hash)).all()
     assert (record["email"], record["name"], record["status"]) == (None, None, "erased")
     assert [e["kind"] for e in record["events"]] == [
-        "requested", "confirmation_sent", "confirmed", "erased"]
+        "requested",
+        "confirmation_sent",
+        "confirmed",
+        "erased",
+    ]
     assert all(e["ip"] is None and e["user_agent"] is None for e in record["events"])
     assert record["events"][0]["source_url"] == f"{BLOG_ORIGIN}/posts/morning-tea"
     assert record["events"][0]["consent_text"] == app.config["CONSENT_TEXT"]  # proof kept
     assert [(d["subject"], d["status"]) for d in record["deliveries"]] == [
-        ("Five slow breaths before breakfast", "failed")]
+        ("Five slow breaths before breakfast", "failed")
+    ]
     assert delivery is not None and delivery.smtp_reply is None
     assert delivery.subscriber_id == reader_id
     assert all(e.recipient is None and e.message is None for e in emails) and len(emails) == 2
@@ -140,11 +164,15 @@ def test_erasure_leaves_nothing_personal_and_the_reader_can_come_back(
     # that no more email comes, and records nothing (an event would hold an IP address).
     assert client.post(links["confirm"]).status_code == 400
     assert b"unsubscribed" in client.post(links["unsubscribe"]).data
-    assert client.post(links["unsubscribe"],
-                       data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert (
+        client.post(links["unsubscribe"], data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    )
     with app.app_context():
-        kinds = db.session.scalars(select(ConsentEvent.kind).where(
-            ConsentEvent.subscriber_id == reader_id).order_by(ConsentEvent.id)).all()
+        kinds = db.session.scalars(
+            select(ConsentEvent.kind)
+            .where(ConsentEvent.subscriber_id == reader_id)
+            .order_by(ConsentEvent.id)
+        ).all()
     assert kinds == ["requested", "confirmation_sent", "confirmed", "erased"]
 
     # Imports and the author's `add` refuse the address ...
@@ -157,8 +185,12 @@ def test_erasure_leaves_nothing_personal_and_the_reader_can_come_back(
     added = runner.invoke(args=["subscribers", "add", ADDRESS])
     assert added.exit_code == 1 and "erased at the reader's request" in added.output
     with app.app_context():
-        assert db.session.scalar(select(func.count()).select_from(Subscriber)
-                                 .where(Subscriber.email == ADDRESS)) == 0
+        assert (
+            db.session.scalar(
+                select(func.count()).select_from(Subscriber).where(Subscriber.email == ADDRESS)
+            )
+            == 0
+        )
 
     # ... but the person may sign up again themselves: a fresh consent, with double opt-in.
     again = client.post("/subscribe", data={"email": ADDRESS}, headers={"User-Agent": AGENT})
@@ -169,14 +201,17 @@ def test_erasure_leaves_nothing_personal_and_the_reader_can_come_back(
     fresh = json.loads(shown.output)
     assert fresh["id"] != reader_id and fresh["status"] == "pending"
     # Only the new request (and, once the server said 250, its email): no history carried over.
-    assert [e["kind"] for e in fresh["events"]] in (["requested"],
-                                                    ["requested", "confirmation_sent"])
+    assert [e["kind"] for e in fresh["events"]] in (
+        ["requested"],
+        ["requested", "confirmation_sent"],
+    )
     assert fresh["deliveries"] == []
     assert client.post(link_in(fresh_email.body("plain"), "confirm")).status_code == 200
 
 
-def test_erasure_is_idempotent_and_reported(client: FlaskClient, runner: FlaskCliRunner,
-                                            app: Flask, smtp_sink: SmtpSink) -> None:
+def test_erasure_is_idempotent_and_reported(
+    client: FlaskClient, runner: FlaskCliRunner, app: Flask, smtp_sink: SmtpSink
+) -> None:
     subscribe_and_confirm(client, smtp_sink, app)
     first = runner.invoke(args=["subscribers", "erase", ADDRESS, "--yes"])
     assert first.exit_code == 0 and "Erased reader" in first.output
@@ -184,14 +219,16 @@ def test_erasure_is_idempotent_and_reported(client: FlaskClient, runner: FlaskCl
     assert second.exit_code == 0, second.output
     assert "Already erased: nothing personal is held" in second.output
     with app.app_context():
-        erased_events = db.session.scalar(select(func.count()).select_from(ConsentEvent)
-                                          .where(ConsentEvent.kind == "erased"))
+        erased_events = db.session.scalar(
+            select(func.count()).select_from(ConsentEvent).where(ConsentEvent.kind == "erased")
+        )
         suppressions = db.session.scalar(select(func.count()).select_from(Suppression))
     assert erased_events == 1 and suppressions == 1
 
 
 def test_erasing_an_unknown_address_still_keeps_imports_from_adding_it(
-        runner: FlaskCliRunner, app: Flask, tmp_path: Path) -> None:
+    runner: FlaskCliRunner, app: Flask, tmp_path: Path
+) -> None:
     result = runner.invoke(args=["subscribers", "erase", "stranger@example.com", "--yes"])
     assert result.exit_code == 0 and "No reader had this address" in result.output
     path = tmp_path / "list.csv"
@@ -202,8 +239,9 @@ def test_erasing_an_unknown_address_still_keeps_imports_from_adding_it(
         assert db.session.scalar(select(func.count()).select_from(Subscriber)) == 0
 
 
-def test_erase_asks_before_it_acts(client: FlaskClient, runner: FlaskCliRunner, app: Flask,
-                                   smtp_sink: SmtpSink) -> None:
+def test_erase_asks_before_it_acts(
+    client: FlaskClient, runner: FlaskCliRunner, app: Flask, smtp_sink: SmtpSink
+) -> None:
     subscribe_and_confirm(client, smtp_sink, app)
     result = runner.invoke(args=["subscribers", "erase", ADDRESS], input="n\n")
     assert result.exit_code == 1 and "Aborted" in result.output
@@ -215,8 +253,13 @@ def test_erase_asks_before_it_acts(client: FlaskClient, runner: FlaskCliRunner, 
 
 def sign_up(app: Flask, email: str) -> None:
     with app.app_context():
-        subscribe(db.session, get_services(app), email, name="Pat",
-                  info=RequestInfo("form", "198.51.100.7", AGENT, f"{BLOG_ORIGIN}/"))
+        subscribe(
+            db.session,
+            get_services(app),
+            email,
+            name="Pat",
+            info=RequestInfo("form", "198.51.100.7", AGENT, f"{BLOG_ORIGIN}/"),
+        )
 
 
 def addresses(app: Flask) -> dict[str, str]:
@@ -225,8 +268,8 @@ def addresses(app: Flask) -> dict[str, str]:
 
 
 def test_purge_removes_only_stale_never_confirmed_sign_ups(
-        runner: FlaskCliRunner, app: Flask, clock: FrozenClock, client: FlaskClient,
-        tmp_path: Path) -> None:
+    runner: FlaskCliRunner, app: Flask, clock: FrozenClock, client: FlaskClient, tmp_path: Path
+) -> None:
     stale = "stale.signup@example.net"
     sign_up(app, stale)
     sign_up(app, "asked.again@example.net")
@@ -235,18 +278,21 @@ def test_purge_removes_only_stale_never_confirmed_sign_ups(
         services = get_services(app)
         from newsletter.subscriptions import confirm, unsubscribe
 
-        came = db.session.scalar(select(Subscriber).where(
-            Subscriber.email == "came.and.went@example.net"))
+        came = db.session.scalar(
+            select(Subscriber).where(Subscriber.email == "came.and.went@example.net")
+        )
         assert came is not None
-        confirm(db.session, services,
-                services.tokens.confirm_token(came.id, came.token_generation,
-                                              came.link_key or ""),
-                RequestInfo("form"))
+        confirm(
+            db.session,
+            services,
+            services.tokens.confirm_token(came.id, came.token_generation, came.link_key or ""),
+            RequestInfo("form"),
+        )
         unsubscribe(db.session, services, came.id, RequestInfo("form"))
     clock.advance(days=20)
-    sign_up(app, "asked.again@example.net")      # a newer request: the clock starts again
-    sign_up(app, "came.and.went@example.net")    # pending again, but once confirmed: kept
-    clock.advance(days=11)                       # the first sign-ups are now 31 days old
+    sign_up(app, "asked.again@example.net")  # a newer request: the clock starts again
+    sign_up(app, "came.and.went@example.net")  # pending again, but once confirmed: kept
+    clock.advance(days=11)  # the first sign-ups are now 31 days old
     sign_up(app, "recent@example.net")
     assert_in_file(app, [stale.encode()], present=True)
 
@@ -258,26 +304,33 @@ def test_purge_removes_only_stale_never_confirmed_sign_ups(
     result = runner.invoke(args=["purge"])
     assert result.exit_code == 0, result.output
     assert "Removed 1 sign-up" in result.output
-    assert addresses(app) == {"asked.again@example.net": "pending",
-                              "came.and.went@example.net": "pending",
-                              "recent@example.net": "pending"}
+    assert addresses(app) == {
+        "asked.again@example.net": "pending",
+        "came.and.went@example.net": "pending",
+        "recent@example.net": "pending",
+    }
     with app.app_context():
-        orphans = [db.session.scalar(select(func.count()).select_from(table).where(
-            table.subscriber_id.not_in(select(Subscriber.id)))) for table in (
-                ConsentEvent, OutboxEmail)]
+        orphans = [
+            db.session.scalar(
+                select(func.count())
+                .select_from(table)
+                .where(table.subscriber_id.not_in(select(Subscriber.id)))
+            )
+            for table in (ConsentEvent, OutboxEmail)
+        ]
         suppressions = db.session.scalar(select(func.count()).select_from(Suppression))
     assert orphans == [0, 0] and suppressions == 0  # nothing recorded about them
     assert_in_file(app, [stale.encode()], present=False)
     assert "Removed 0 sign-ups" in runner.invoke(args=["purge"]).output
 
 
-def test_purge_follows_the_retention_setting(config: dict[str, Any], runner: FlaskCliRunner,
-                                             app: Flask, clock: FrozenClock) -> None:
+def test_purge_follows_the_retention_setting(
+    config: dict[str, Any], runner: FlaskCliRunner, app: Flask, clock: FrozenClock
+) -> None:
     app.config["PENDING_RETENTION_DAYS"] = 3
     sign_up(app, "short.wait@example.net")
     clock.advance(days=3, seconds=1)
-    assert "Removed 1 sign-up not confirmed within 3 days" in runner.invoke(
-        args=["purge"]).output
+    assert "Removed 1 sign-up not confirmed within 3 days" in runner.invoke(args=["purge"]).output
     assert addresses(app) == {}
 
 
@@ -287,9 +340,9 @@ def test_a_bad_retention_setting_stops_start_up(config: dict[str, Any], value: s
         create_app({**config, "PENDING_RETENTION_DAYS": value})
 
 
-def test_the_export_of_an_erased_reader_is_empty(client: FlaskClient, runner: FlaskCliRunner,
-                                                 app: Flask, smtp_sink: SmtpSink,
-                                                 tmp_path: Path) -> None:
+def test_the_export_of_an_erased_reader_is_empty(
+    client: FlaskClient, runner: FlaskCliRunner, app: Flask, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
     subscribe_and_confirm(client, smtp_sink, app)
     runner.invoke(args=["subscribers", "erase", ADDRESS, "--yes"])
     out = tmp_path / "all.csv"

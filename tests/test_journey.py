@@ -14,9 +14,15 @@ from tests.smtp_sink import SmtpSink
 def test_subscribe_confirm_and_one_click_unsubscribe(
     client: FlaskClient, smtp_sink: SmtpSink, runner: FlaskCliRunner, app: Flask
 ) -> None:
-    response = client.post("/subscribe", data={"email": "Reader@Example.COM", "name": "Ada",
-                                               "source": f"{BLOG_ORIGIN}/posts/slow-mornings"},
-                           headers={"User-Agent": "TestBrowser/1.0"})
+    response = client.post(
+        "/subscribe",
+        data={
+            "email": "Reader@Example.COM",
+            "name": "Ada",
+            "source": f"{BLOG_ORIGIN}/posts/slow-mornings",
+        },
+        headers={"User-Agent": "TestBrowser/1.0"},
+    )
     assert response.status_code == 303
     assert response.headers["Location"].endswith("/subscribe/thanks")
     assert b"check your inbox" in client.get(response.headers["Location"]).data
@@ -72,10 +78,20 @@ def test_a_template_error_names_the_file_and_line(tmp_path: object) -> None:
     folder = Path(str(tmp_path)) / "mine"
     folder.mkdir()
     (folder / "welcome.html").write_text(
-        '{% extends "layout.html" %}\n{% block content %}\n<p>{{ 1 / 0 }}</p>\n{% endblock %}\n')
+        '{% extends "layout.html" %}\n{% block content %}\n<p>{{ 1 / 0 }}</p>\n{% endblock %}\n'
+    )
     with pytest.raises(TemplateError) as caught:
-        EmailRenderer(folder).render("welcome", "Hi", {
-            "site_name": "S", "site_url": "https://s.example", "privacy_policy_url": None,
-            "postal_address": "", "public_url": "https://n.example", "unsubscribe_url": "u"})
+        EmailRenderer(folder).render(
+            "welcome",
+            "Hi",
+            {
+                "site_name": "S",
+                "site_url": "https://s.example",
+                "privacy_policy_url": None,
+                "postal_address": "",
+                "public_url": "https://n.example",
+                "unsubscribe_url": "u",
+            },
+        )
     assert caught.value.filename and caught.value.filename.endswith("welcome.html")
     assert caught.value.lineno == 3

@@ -19,8 +19,11 @@ from tests.smtp_sink import SmtpSink
 
 def confirmations(sink: SmtpSink, email: str) -> list[str]:
     """Confirm-link paths of the confirmation emails ``email`` got so far, oldest first."""
-    return [link_in(m.body("plain"), "confirm") for m in sink.to(email)
-            if m.message["Subject"].startswith("Please confirm")]
+    return [
+        link_in(m.body("plain"), "confirm")
+        for m in sink.to(email)
+        if m.message["Subject"].startswith("Please confirm")
+    ]
 
 
 def sign_up(client: FlaskClient, sink: SmtpSink, email: str) -> str:
@@ -49,16 +52,16 @@ def unsubscribe_path(app: Flask, email: str) -> str:
         return f"/unsubscribe/{get_services(app).tokens.unsubscribe_token(row.id)}"
 
 
-def test_get_on_a_confirm_link_changes_nothing(client: FlaskClient, app: Flask,
-                                              smtp_sink: SmtpSink) -> None:
+def test_get_on_a_confirm_link_changes_nothing(
+    client: FlaskClient, app: Flask, smtp_sink: SmtpSink
+) -> None:
     path = sign_up(client, smtp_sink, "scan@example.com")
     for _ in range(3):
         assert client.get(path).status_code == 200
     assert status(app, "scan@example.com") == "pending"
 
 
-def test_confirming_twice_is_harmless(client: FlaskClient, app: Flask,
-                                      smtp_sink: SmtpSink) -> None:
+def test_confirming_twice_is_harmless(client: FlaskClient, app: Flask, smtp_sink: SmtpSink) -> None:
     path = sign_up(client, smtp_sink, "twice@example.com")
     assert client.post(path).status_code == 200
     assert client.post(path).status_code == 200
@@ -67,12 +70,15 @@ def test_confirming_twice_is_harmless(client: FlaskClient, app: Flask,
     assert kinds.count("confirmed") == 1
 
 
-@pytest.mark.parametrize("mangle", [
-    lambda t: t[:-3],                  # truncated by a mail client
-    lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),  # tampered signature
-    lambda t: "x" + t,                 # tampered payload
-    lambda t: "not-a-token",
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t[:-3],  # truncated by a mail client
+        lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),  # tampered signature
+        lambda t: "x" + t,  # tampered payload
+        lambda t: "not-a-token",
+    ],
+)
 def test_tampered_or_truncated_confirm_links_get_a_friendly_400(
     client: FlaskClient, app: Flask, smtp_sink: SmtpSink, mangle: object
 ) -> None:
@@ -93,13 +99,18 @@ def test_a_token_made_for_unsubscribing_cannot_confirm_and_vice_versa(
     assert client.post(f"/confirm/{unsub_token}").status_code == 400
     confirm_token = confirm_path.rsplit("/", 1)[1]
     assert client.post(f"/unsubscribe/{confirm_token}").status_code == 400
-    assert client.post(f"/unsubscribe/{confirm_token}",
-                       data={"List-Unsubscribe": "One-Click"}).status_code == 400
+    assert (
+        client.post(
+            f"/unsubscribe/{confirm_token}", data={"List-Unsubscribe": "One-Click"}
+        ).status_code
+        == 400
+    )
     assert status(app, "purpose@example.com") == "pending"
 
 
-def test_one_readers_token_never_acts_on_another(client: FlaskClient, app: Flask,
-                                                 smtp_sink: SmtpSink) -> None:
+def test_one_readers_token_never_acts_on_another(
+    client: FlaskClient, app: Flask, smtp_sink: SmtpSink
+) -> None:
     first = sign_up(client, smtp_sink, "first@example.com")
     sign_up(client, smtp_sink, "second@example.com")
     client.post(first)
@@ -110,8 +121,9 @@ def test_one_readers_token_never_acts_on_another(client: FlaskClient, app: Flask
     assert status(app, "second@example.com") == "pending"
 
 
-def test_a_token_signed_with_another_secret_is_refused(client: FlaskClient, app: Flask,
-                                                       smtp_sink: SmtpSink) -> None:
+def test_a_token_signed_with_another_secret_is_refused(
+    client: FlaskClient, app: Flask, smtp_sink: SmtpSink
+) -> None:
     from newsletter.tokens import Tokens
 
     sign_up(client, smtp_sink, "secret@example.com")
@@ -141,17 +153,16 @@ def test_confirm_link_expires_after_seven_days_and_offers_a_new_one(
     assert status(app, "late@example.com") == "confirmed"
 
 
-def test_confirm_link_works_until_its_last_second(client: FlaskClient, app: Flask,
-                                                  smtp_sink: SmtpSink,
-                                                  clock: FrozenClock) -> None:
+def test_confirm_link_works_until_its_last_second(
+    client: FlaskClient, app: Flask, smtp_sink: SmtpSink, clock: FrozenClock
+) -> None:
     path = sign_up(client, smtp_sink, "ontime@example.com")
     clock.advance(days=7, seconds=-1)
     assert client.post(path).status_code == 200
     assert status(app, "ontime@example.com") == "confirmed"
 
 
-def test_expiry_is_configurable(make_app: object, clock: FrozenClock,
-                                smtp_sink: SmtpSink) -> None:
+def test_expiry_is_configurable(make_app: object, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
     app = make_app(CONFIRM_TOKEN_MAX_AGE=3600)  # type: ignore[operator]
     client = app.test_client()
     path = sign_up(client, smtp_sink, "hour@example.com")
@@ -159,9 +170,9 @@ def test_expiry_is_configurable(make_app: object, clock: FrozenClock,
     assert client.post(path).status_code == 410
 
 
-def test_every_link_sent_while_pending_keeps_working(client: FlaskClient, app: Flask,
-                                                    smtp_sink: SmtpSink,
-                                                    clock: FrozenClock) -> None:
+def test_every_link_sent_while_pending_keeps_working(
+    client: FlaskClient, app: Flask, smtp_sink: SmtpSink, clock: FrozenClock
+) -> None:
     old = sign_up(client, smtp_sink, "again@example.com")
     clock.advance(minutes=11)
     new = sign_up(client, smtp_sink, "again@example.com")
@@ -202,8 +213,11 @@ def test_twenty_simultaneous_sign_ups_leave_the_one_link_working(
     def sign_up_now(n: int) -> None:
         client = app.test_client()
         barrier.wait()
-        response = client.post("/subscribe", json={"email": "crowd@example.com"},
-                               environ_base={"REMOTE_ADDR": f"192.0.2.{n}"})
+        response = client.post(
+            "/subscribe",
+            json={"email": "crowd@example.com"},
+            environ_base={"REMOTE_ADDR": f"192.0.2.{n}"},
+        )
         codes.append(response.status_code)
 
     threads = [threading.Thread(target=sign_up_now, args=(n,)) for n in range(20)]
@@ -219,8 +233,9 @@ def test_twenty_simultaneous_sign_ups_leave_the_one_link_working(
     assert status(app, "crowd@example.com") == "confirmed"
 
 
-def test_a_double_click_at_once_confirms_once(client: FlaskClient, app: Flask,
-                                              smtp_sink: SmtpSink) -> None:
+def test_a_double_click_at_once_confirms_once(
+    client: FlaskClient, app: Flask, smtp_sink: SmtpSink
+) -> None:
     import threading
 
     path = sign_up(client, smtp_sink, "double@example.com")
@@ -242,8 +257,9 @@ def test_a_double_click_at_once_confirms_once(client: FlaskClient, app: Flask,
     with app.app_context():
         kinds = db.session.scalars(select(ConsentEvent.kind)).all()
     assert kinds.count("confirmed") == 1
-    welcomes = [m for m in smtp_sink.to("double@example.com")
-                if m.message["Subject"].startswith("Welcome")]
+    welcomes = [
+        m for m in smtp_sink.to("double@example.com") if m.message["Subject"].startswith("Welcome")
+    ]
     assert len(welcomes) <= 1
 
 
@@ -291,8 +307,9 @@ def test_a_link_made_before_link_keys_is_bound_to_the_reader_of_its_time(
 
     def keyless_link() -> str:
         """A link as this service made them before link keys: [id, generation]."""
-        serializer = URLSafeTimedSerializer(app.config["SECRET_KEY"], salt=CONFIRM_SALT,
-                                            signer=ClockedSigner)
+        serializer = URLSafeTimedSerializer(
+            app.config["SECRET_KEY"], salt=CONFIRM_SALT, signer=ClockedSigner
+        )
         return f"/confirm/{serializer.dumps([reader_id, generation])}"
 
     # Made for the reader who holds the id now: it still works...
@@ -325,9 +342,11 @@ def test_one_click_unsubscribe_accepts_multipart_and_answers_200_without_redirec
     client: FlaskClient, app: Flask, smtp_sink: SmtpSink
 ) -> None:
     client.post(sign_up(client, smtp_sink, "mp@example.com"))
-    response = client.post(unsubscribe_path(app, "mp@example.com"),
-                           data={"List-Unsubscribe": "One-Click"},
-                           content_type="multipart/form-data")
+    response = client.post(
+        unsubscribe_path(app, "mp@example.com"),
+        data={"List-Unsubscribe": "One-Click"},
+        content_type="multipart/form-data",
+    )
     assert response.status_code == 200
     assert "Location" not in response.headers
     assert status(app, "mp@example.com") == "unsubscribed"
@@ -373,8 +392,15 @@ def test_resubscribing_after_unsubscribing_needs_a_fresh_confirmation(
     assert status(app, "back@example.com") == "confirmed"
     with app.app_context():
         kinds = db.session.scalars(select(ConsentEvent.kind).order_by(ConsentEvent.id)).all()
-    assert kinds == ["requested", "confirmation_sent", "confirmed", "withdrawn",
-                     "requested", "confirmation_sent", "confirmed"]
+    assert kinds == [
+        "requested",
+        "confirmation_sent",
+        "confirmed",
+        "withdrawn",
+        "requested",
+        "confirmation_sent",
+        "confirmed",
+    ]
 
 
 def test_welcome_email_can_be_turned_off(make_app: object, smtp_sink: SmtpSink) -> None:
@@ -386,8 +412,9 @@ def test_welcome_email_can_be_turned_off(make_app: object, smtp_sink: SmtpSink) 
         smtp_sink.wait_for(2, timeout=1)
 
 
-def test_event_times_are_utc(client: FlaskClient, app: Flask, smtp_sink: SmtpSink,
-                            clock: FrozenClock) -> None:
+def test_event_times_are_utc(
+    client: FlaskClient, app: Flask, smtp_sink: SmtpSink, clock: FrozenClock
+) -> None:
     sign_up(client, smtp_sink, "utc@example.com")
     with app.app_context():
         event = db.session.scalar(select(ConsentEvent))
@@ -415,10 +442,13 @@ def test_upgrading_gives_existing_readers_a_key_and_keeps_their_links_working(
             config = alembic_config(url)
             config.attributes["connection"] = connection
             command.downgrade(config, "0001")
-            connection.execute(text(
-                "INSERT INTO subscribers (email, status, token_generation, created_at, "
-                "updated_at) VALUES ('before@example.com', 'pending', 1, :now, :now)"),
-                {"now": clock().replace(tzinfo=None)})
+            connection.execute(
+                text(
+                    "INSERT INTO subscribers (email, status, token_generation, created_at, "
+                    "updated_at) VALUES ('before@example.com', 'pending', 1, :now, :now)"
+                ),
+                {"now": clock().replace(tzinfo=None)},
+            )
             command.upgrade(config, "head")
         reader = db.session.scalar(select(Subscriber))
         assert reader is not None and reader.link_key and len(reader.link_key) == 16
@@ -430,8 +460,9 @@ def test_upgrading_gives_existing_readers_a_key_and_keeps_their_links_working(
             return int(clock().timestamp())
 
     clock.advance(seconds=30)
-    serializer = URLSafeTimedSerializer(app.config["SECRET_KEY"], salt=CONFIRM_SALT,
-                                        signer=ClockedSigner)
+    serializer = URLSafeTimedSerializer(
+        app.config["SECRET_KEY"], salt=CONFIRM_SALT, signer=ClockedSigner
+    )
     old_link = f"/confirm/{serializer.dumps([reader_id, 1])}"  # as sent before the upgrade
     assert app.test_client().post(old_link).status_code == 200
     assert status(app, "before@example.com") == "confirmed"

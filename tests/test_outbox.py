@@ -18,8 +18,10 @@ from tests.smtp_sink import SmtpSink
 
 def outbox_rows(app: Flask) -> list[tuple[str, int, str | None]]:
     with app.app_context():
-        return [(r.status, r.attempts, r.last_error) for r in
-                db.session.scalars(select(OutboxEmail).order_by(OutboxEmail.id))]
+        return [
+            (r.status, r.attempts, r.last_error)
+            for r in db.session.scalars(select(OutboxEmail).order_by(OutboxEmail.id))
+        ]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None:
@@ -37,8 +39,13 @@ def run_outbox(app: Flask) -> None:
         services = get_services(app)
         transport = services.open_transport()
         try:
-            deliver_queued(db.session, transport, sender="hello@blog.example.com",
-                           now=services.clock(), max_attempts=5)
+            deliver_queued(
+                db.session,
+                transport,
+                sender="hello@blog.example.com",
+                now=services.clock(),
+                max_attempts=5,
+            )
         finally:
             transport.close()
             db.session.remove()
@@ -105,9 +112,7 @@ def test_background_sweep_retries_when_the_backoff_is_over(
         restarted.stop()
 
 
-def test_permanent_rejection_marks_the_email_failed(
-    app: Flask, smtp_sink: SmtpSink
-) -> None:
+def test_permanent_rejection_marks_the_email_failed(app: Flask, smtp_sink: SmtpSink) -> None:
     app.config["OUTBOX_SEND_AFTER_REQUEST"] = False
     smtp_sink.script.rcpt_replies["nobody@example.com"] = "550 5.1.1 No such user"
     app.test_client().post("/subscribe", json={"email": "nobody@example.com"})
@@ -115,8 +120,13 @@ def test_permanent_rejection_marks_the_email_failed(
         services = get_services(app)
         transport = services.open_transport()
         try:
-            report = deliver_queued(db.session, transport, sender="hello@blog.example.com",
-                                    now=services.clock(), max_attempts=5)
+            report = deliver_queued(
+                db.session,
+                transport,
+                sender="hello@blog.example.com",
+                now=services.clock(),
+                max_attempts=5,
+            )
         finally:
             transport.close()
     assert report.failed == 1 and report.sent == 0
@@ -148,8 +158,11 @@ def test_two_senders_never_send_one_email_twice(app: Flask, smtp_sink: SmtpSink)
     app.config["OUTBOX_SEND_AFTER_REQUEST"] = False
     client = app.test_client()
     for n in range(20):
-        client.post("/subscribe", json={"email": f"race{n}@example.com"},
-                    environ_base={"REMOTE_ADDR": f"192.0.2.{n}"})
+        client.post(
+            "/subscribe",
+            json={"email": f"race{n}@example.com"},
+            environ_base={"REMOTE_ADDR": f"192.0.2.{n}"},
+        )
 
     threads = [threading.Thread(target=run_outbox, args=(app,)) for _ in range(3)]
     for thread in threads:

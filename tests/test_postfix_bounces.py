@@ -54,13 +54,17 @@ def _message(recipient: str) -> bytes:
 
 
 def test_postfix_dsn_to_the_verp_address_marks_the_reader_bounced(
-        postfix: Postfix, smtp_sink: SmtpSink, make_app: Callable[..., Flask],
-        clock: FrozenClock) -> None:
+    postfix: Postfix, smtp_sink: SmtpSink, make_app: Callable[..., Flask], clock: FrozenClock
+) -> None:
     smtp_sink.script.data_replies[GONE] = (
-        "550 5.1.1 <gone@reader.example>: Recipient address rejected: User unknown")
-    app = make_app(BOUNCE_ADDRESS=f"bounces@{DOMAIN}",
-                   BOUNCE_MAILBOX=f"maildir://{postfix.maildir}",
-                   SMTP_HOST="127.0.0.1", SMTP_PORT=postfix.port)
+        "550 5.1.1 <gone@reader.example>: Recipient address rejected: User unknown"
+    )
+    app = make_app(
+        BOUNCE_ADDRESS=f"bounces@{DOMAIN}",
+        BOUNCE_MAILBOX=f"maildir://{postfix.maildir}",
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT=postfix.port,
+    )
     with app.app_context():
         session = db.session()
         campaign = add_campaign(session, clock())
@@ -86,10 +90,15 @@ def test_postfix_dsn_to_the_verp_address_marks_the_reader_bounced(
         assert session.get(Subscriber, readers[GONE]).status == BOUNCED
         assert session.get(Subscriber, readers[HERE]).status == CONFIRMED
         record = session.scalars(select(BounceRecord)).one()
-        assert (record.subscriber_id, record.campaign_id, record.kind, record.status_code) == \
-            (readers[GONE], campaign, "hard", "5.1.1")
-        event = session.scalars(select(ConsentEvent).where(
-            ConsentEvent.subscriber_id == readers[GONE])).one()
+        assert (record.subscriber_id, record.campaign_id, record.kind, record.status_code) == (
+            readers[GONE],
+            campaign,
+            "hard",
+            "5.1.1",
+        )
+        event = session.scalars(
+            select(ConsentEvent).where(ConsentEvent.subscriber_id == readers[GONE])
+        ).one()
         assert event.kind == "bounced" and "User unknown" in (event.note or "")
         db.session.remove()
     assert not list(Path(postfix.maildir, "new").iterdir())

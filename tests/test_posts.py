@@ -49,8 +49,14 @@ NOW = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)  # the conftest clock
 @pytest.fixture(autouse=True)
 def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
     """urllib honours proxy variables; requests to 127.0.0.1 must not go through one."""
-    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
-                 "ALL_PROXY"):
+    for name in (
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -90,38 +96,53 @@ def snapshot(app: Flask) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Everything a sync may change, to show that a failed one changed nothing."""
     with app.app_context():
         posts = db.session.execute(
-            select(Post.source_key, Post.title, Post.content_hash, Post.archived)
-            .order_by(Post.id)).all()
+            select(Post.source_key, Post.title, Post.content_hash, Post.archived).order_by(Post.id)
+        ).all()
         states = db.session.execute(
-            select(SourceState.source, SourceState.etag, SourceState.last_modified,
-                   SourceState.synced_at)).all()
+            select(
+                SourceState.source,
+                SourceState.etag,
+                SourceState.last_modified,
+                SourceState.synced_at,
+            )
+        ).all()
     return [tuple(row) for row in posts], [tuple(row) for row in states]
 
 
 def rss(items: list[dict[str, Any]], *, encoding: str = "utf-8") -> bytes:
     """An RSS 2.0 feed; each item has a title and may have guid, link, date, body."""
-    parts = [f'<?xml version="1.0" encoding="{encoding}"?>\n<rss version="2.0"><channel>'
-             f"<title>Calm Corner</title><link>{BLOG_ORIGIN}/</link>"
-             "<description>Small practices</description>\n"]
+    parts = [
+        f'<?xml version="1.0" encoding="{encoding}"?>\n<rss version="2.0"><channel>'
+        f"<title>Calm Corner</title><link>{BLOG_ORIGIN}/</link>"
+        "<description>Small practices</description>\n"
+    ]
     for item in items:
         parts.append(f"<item><title>{escape(item['title'])}</title>")
         if item.get("link"):
             parts.append(f"<link>{item['link']}</link>")
         if item.get("guid"):
-            parts.append(f"<guid isPermaLink=\"false\">{item['guid']}</guid>")
+            parts.append(f'<guid isPermaLink="false">{item["guid"]}</guid>')
         if item.get("date"):
             parts.append(f"<pubDate>{format_datetime(item['date'], usegmt=True)}</pubDate>")
-        parts.append(f"<description><![CDATA[{item.get('body', '<p>A short post.</p>')}]]>"
-                     "</description></item>\n")
+        parts.append(
+            f"<description><![CDATA[{item.get('body', '<p>A short post.</p>')}]]>"
+            "</description></item>\n"
+        )
     parts.append("</channel></rss>\n")
     return "".join(parts).encode(encoding)
 
 
 def dated_items(count: int, *, newest: datetime) -> list[dict[str, Any]]:
     """``count`` posts a week apart, newest first, the newest dated ``newest``."""
-    return [{"title": f"Weekly Practice {count - n}", "guid": f"practice-{count - n}",
-             "link": f"{BLOG_ORIGIN}/posts/practice-{count - n}",
-             "date": newest - timedelta(weeks=n)} for n in range(count)]
+    return [
+        {
+            "title": f"Weekly Practice {count - n}",
+            "guid": f"practice-{count - n}",
+            "link": f"{BLOG_ORIGIN}/posts/practice-{count - n}",
+            "date": newest - timedelta(weeks=n),
+        }
+        for n in range(count)
+    ]
 
 
 class _Tags(HTMLParser):
@@ -145,8 +166,17 @@ def tags_in(html_text: str) -> list[tuple[str, dict[str, str | None]]]:
 def assert_email_safe(html_text: str) -> None:
     """No active content, every URL absolute http(s) or mailto, images bounded."""
     for tag, attrs in tags_in(html_text):
-        assert tag not in {"script", "style", "iframe", "form", "input", "button", "object",
-                           "embed", "svg"}, (tag, html_text)
+        assert tag not in {
+            "script",
+            "style",
+            "iframe",
+            "form",
+            "input",
+            "button",
+            "object",
+            "embed",
+            "svg",
+        }, (tag, html_text)
         for name, value in attrs.items():
             assert not name.startswith("on"), (tag, name)
             assert "javascript" not in (value or "").lower(), (tag, name, value)
@@ -198,7 +228,8 @@ class FeedServer:
                     return
                 fresh = (route.etag and self.headers.get("If-None-Match") == route.etag) or (
                     route.last_modified
-                    and self.headers.get("If-Modified-Since") == route.last_modified)
+                    and self.headers.get("If-Modified-Since") == route.last_modified
+                )
                 if fresh:
                     self.send_response(304)
                     if route.etag:
@@ -233,8 +264,9 @@ def feed_server() -> Iterator[FeedServer]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), server.handler())
     httpd.daemon_threads = True
     server.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     yield server
     httpd.shutdown()
@@ -270,14 +302,20 @@ def drip_server(request: pytest.FixtureRequest) -> Iterator[DripServer]:
     # About 5 s of dripping: ten times the timeout the tests set, yet a run without a total
     # deadline fails in seconds rather than hanging.
     body = b'<rss version="2.0"><channel><title>Drip</title></channel></rss>'.ljust(250)
-    head = (b"HTTP/1.0 200 OK\r\nContent-Type: application/rss+xml\r\n"
-            b"Content-Length: %d\r\n\r\n" % len(body))
+    head = (
+        b"HTTP/1.0 200 OK\r\nContent-Type: application/rss+xml\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     stop = threading.Event()
-    server = DripServer(f"http://127.0.0.1:{listener.getsockname()[1]}/feed.xml",
-                        threading.Event(), threading.Event(), threading.Event())
+    server = DripServer(
+        f"http://127.0.0.1:{listener.getsockname()[1]}/feed.xml",
+        threading.Event(),
+        threading.Event(),
+        threading.Event(),
+    )
     at_once, dripped = (b"", head + body) if request.param == "headers" else (head, body)
 
     def serve() -> None:
@@ -291,7 +329,7 @@ def drip_server(request: pytest.FixtureRequest) -> Iterator[DripServer]:
                 try:
                     connection.sendall(at_once)
                     for n in range(len(dripped)):
-                        connection.sendall(dripped[n:n + 1])
+                        connection.sendall(dripped[n : n + 1])
                         server.replying.set()
                         if stop.wait(0.02):
                             return
@@ -324,8 +362,10 @@ def test_rss_with_cdata_and_entities_becomes_clean_posts(app: Flask) -> None:
     assert tea.author == "Mira Holm"
     assert tea.published_at == datetime(2026, 10, 29, 7, 15, tzinfo=UTC)
     # The description is the post's own summary: plain text, entities decoded, "[…]" tidied.
-    assert tea.summary == ("Brewing a pot of tea takes four minutes — long enough to notice your "
-                           "shoulders & let them drop…")
+    assert tea.summary == (
+        "Brewing a pot of tea takes four minutes — long enough to notice your "
+        "shoulders & let them drop…"
+    )
     assert "<em>exactly</em>" in (tea.content_html or "")
     assert "tension &amp; to let it go" in (tea.content_html or "")
     assert tea.image_url == f"{BLOG_ORIGIN}/images/teapot.jpg"  # the first image in the body
@@ -362,28 +402,31 @@ def test_scripts_event_handlers_and_javascript_urls_never_survive(app: Flask) ->
     assert "Watch the leaves unfurl." in content  # the text of a cleaned tag stays
 
 
-@pytest.mark.parametrize("dirty", [
-    '<img src="x.png" onerror="alert(1)">',
-    '<a href="javascript:alert(1)">x</a>',
-    '<a href="  JAVASCRIPT:alert(1)">x</a>',
-    '<a href="java\tscript:alert(1)">x</a>',
-    '<a href="&#106;avascript:alert(1)">x</a>',
-    '<a href="data:text/html,<script>alert(1)</script>">x</a>',
-    '<img src="data:image/svg+xml;base64,PHN2Zz48L3N2Zz4=">',
-    '<svg onload="alert(1)"><circle r="4"/></svg>',
-    '<p style="background:url(javascript:alert(1))">x</p>',
-    '<div onmouseover="alert(1)">x</div>',
-    '<iframe src="https://evil.example/"></iframe>',
-    '<form action="https://evil.example/"><input name="q"></form>',
-    '<object data="https://evil.example/x.swf"></object><embed src="https://evil.example/">',
-    '<style>@import "https://evil.example/x.css";</style>',
-    '<script src="https://evil.example/x.js"></script>',
-    '<scr<script>ipt>alert(1)</script>',
-    '<base href="javascript:alert(1)//"><a href="x">x</a>',
-    '<meta http-equiv="refresh" content="0;url=javascript:alert(1)">',
-    '<math><mtext><table><mglyph><style><img src=x onerror=alert(1)></style></table></math>',
-    '<a href="/relative" onclick="alert(1)" target="_top">x</a>',
-])
+@pytest.mark.parametrize(
+    "dirty",
+    [
+        '<img src="x.png" onerror="alert(1)">',
+        '<a href="javascript:alert(1)">x</a>',
+        '<a href="  JAVASCRIPT:alert(1)">x</a>',
+        '<a href="java\tscript:alert(1)">x</a>',
+        '<a href="&#106;avascript:alert(1)">x</a>',
+        '<a href="data:text/html,<script>alert(1)</script>">x</a>',
+        '<img src="data:image/svg+xml;base64,PHN2Zz48L3N2Zz4=">',
+        '<svg onload="alert(1)"><circle r="4"/></svg>',
+        '<p style="background:url(javascript:alert(1))">x</p>',
+        '<div onmouseover="alert(1)">x</div>',
+        '<iframe src="https://evil.example/"></iframe>',
+        '<form action="https://evil.example/"><input name="q"></form>',
+        '<object data="https://evil.example/x.swf"></object><embed src="https://evil.example/">',
+        '<style>@import "https://evil.example/x.css";</style>',
+        '<script src="https://evil.example/x.js"></script>',
+        "<scr<script>ipt>alert(1)</script>",
+        '<base href="javascript:alert(1)//"><a href="x">x</a>',
+        '<meta http-equiv="refresh" content="0;url=javascript:alert(1)">',
+        "<math><mtext><table><mglyph><style><img src=x onerror=alert(1)></style></table></math>",
+        '<a href="/relative" onclick="alert(1)" target="_top">x</a>',
+    ],
+)
 def test_sanitise_html_removes_dangerous_markup(dirty: str) -> None:
     clean = sanitise_html(dirty, f"{BLOG_ORIGIN}/posts/a-post")
     assert_email_safe(clean)
@@ -396,14 +439,21 @@ def test_sanitise_html_makes_urls_absolute_and_bounds_images() -> None:
         '<a href="//cdn.example.com/guide.pdf">Guide</a></p>'
         '<img src="pics/a.jpg" width="800" height="600" alt="Wide">'
         '<img src="/pics/b.jpg" width="450px" height="300" alt="Narrow">',
-        f"{BLOG_ORIGIN}/posts/a-post/")
+        f"{BLOG_ORIGIN}/posts/a-post/",
+    )
     tags = tags_in(clean)
     hrefs = [attrs["href"] for tag, attrs in tags if tag == "a"]
-    assert hrefs == [f"{BLOG_ORIGIN}/posts/about#me", "mailto:mira@example.com",
-                     "https://cdn.example.com/guide.pdf"]
+    assert hrefs == [
+        f"{BLOG_ORIGIN}/posts/about#me",
+        "mailto:mira@example.com",
+        "https://cdn.example.com/guide.pdf",
+    ]
     images = [attrs for tag, attrs in tags if tag == "img"]
-    assert images[0] == {"alt": "Wide", "src": f"{BLOG_ORIGIN}/posts/a-post/pics/a.jpg",
-                         "style": IMAGE_STYLE}
+    assert images[0] == {
+        "alt": "Wide",
+        "src": f"{BLOG_ORIGIN}/posts/a-post/pics/a.jpg",
+        "style": IMAGE_STYLE,
+    }
     assert images[1]["src"] == f"{BLOG_ORIGIN}/pics/b.jpg" and images[1]["width"] == "450"
     # Without a base a relative link cannot be made absolute, so it goes.
     assert tags_in(sanitise_html('<a href="/x">x</a>', None)) == [("a", {"rel": "noopener"})]
@@ -415,11 +465,13 @@ def test_summarise_cuts_at_about_sixty_words_with_an_ellipsis() -> None:
     summary = summarise(html_text)
     assert summary == " ".join(words[:60]) + "…"
     assert summarise("<h2>Title</h2><p>Two <b>bold</b> words.</p><script>x()</script>") == (
-        "Title Two bold words.")
+        "Title Two bold words."
+    )
     assert summarise("Short &amp; sweet.") == "Short & sweet."
     assert summarise("One two three four", words=3) == "One two three…"
     assert summarise("An excerpt that ends like WordPress does [&#8230;]") == (
-        "An excerpt that ends like WordPress does…")
+        "An excerpt that ends like WordPress does…"
+    )
 
 
 def test_atom_relative_links_resolve_against_xml_base(app: Flask) -> None:
@@ -428,8 +480,10 @@ def test_atom_relative_links_resolve_against_xml_base(app: Flask) -> None:
     posts = stored(app)
     comforts = posts["Noticing Small Comforts"]  # type="html" title: markup removed
     assert comforts.url == f"{BLOG_ORIGIN}/2026/10/small-comforts/"
-    assert comforts.summary == ("A warm mug, a soft jumper, the first light on the wall: "
-                                "comfort is everywhere once you look.")
+    assert comforts.summary == (
+        "A warm mug, a soft jumper, the first light on the wall: "
+        "comfort is everywhere once you look."
+    )
     assert comforts.updated_at == datetime(2026, 10, 30, 9, 30, tzinfo=UTC)
     tags = tags_in(comforts.content_html or "")
     assert ("a", {"href": f"{BLOG_ORIGIN}/comforts-list", "rel": "noopener"}) in tags
@@ -471,8 +525,10 @@ def test_json_feed_is_read(app: Flask) -> None:
     window = posts["The Window Seat <3"]  # a text title keeps its "<"
     assert window.source_key == "60"  # a numeric id
     assert window.url == f"{BLOG_ORIGIN}/posts/the-window-seat"  # against home_page_url
-    assert window.content_html == ("<p>Pick one window in your home.</p><p>Sit by it for five "
-                                   "minutes a day &amp; watch the weather change.</p>")
+    assert window.content_html == (
+        "<p>Pick one window in your home.</p><p>Sit by it for five "
+        "minutes a day &amp; watch the weather change.</p>"
+    )
 
 
 def test_entries_without_dates_or_ids_get_stable_keys(app: Flask, clock: FrozenClock) -> None:
@@ -503,8 +559,9 @@ def test_duplicate_ids_keep_the_first_entry(app: Flask) -> None:
     assert list(stored(app)) == ["Gentle Goals (second version)", "Permission to Pause"]
 
 
-def test_edited_post_is_updated_not_duplicated(app: Flask, tmp_path: Path,
-                                               clock: FrozenClock) -> None:
+def test_edited_post_is_updated_not_duplicated(
+    app: Flask, tmp_path: Path, clock: FrozenClock
+) -> None:
     feed = tmp_path / "feed.xml"
     feed.write_bytes((FEEDS / "edit_before.xml").read_bytes())
     use_feed(app, feed)
@@ -515,7 +572,10 @@ def test_edited_post_is_updated_not_duplicated(app: Flask, tmp_path: Path,
     feed.write_bytes((FEEDS / "edit_after.xml").read_bytes())
     report = sync(app)
     assert (report.new_titles, report.updated_titles, report.unchanged) == (
-        [], ["Evening Wind-Down"], 1)
+        [],
+        ["Evening Wind-Down"],
+        1,
+    )
     posts = stored(app)
     assert list(posts) == ["Evening Wind-Down", "Permission to Pause"]
     after = posts["Evening Wind-Down"]
@@ -529,13 +589,17 @@ def test_a_broken_feed_that_still_has_entries_is_read(app: Flask) -> None:
     use_feed(app, FEEDS / "bozo.xml")
     assert sync(app, backfill=1).new_titles == ["Sunday Reset"]
     assert stored(app)["Sunday Reset"].summary == (
-        "Clear one shelf, water one plant, write one line.")
+        "Clear one shelf, water one plant, write one line."
+    )
 
 
-@pytest.mark.parametrize(("name", "title", "text"), [
-    ("latin1.xml", "Crème brûlée au maïs, à la française", "Naïve rêverie ½ heure, © Mira"),
-    ("windows1252.xml", "“Enough” Is a Whole Sentence – Mira’s Notes", "Say “no” kindly… and"),
-])
+@pytest.mark.parametrize(
+    ("name", "title", "text"),
+    [
+        ("latin1.xml", "Crème brûlée au maïs, à la française", "Naïve rêverie ½ heure, © Mira"),
+        ("windows1252.xml", "“Enough” Is a Whole Sentence – Mira’s Notes", "Say “no” kindly… and"),
+    ],
+)
 def test_non_utf8_feed_files_decode(app: Flask, name: str, title: str, text: str) -> None:
     use_feed(app, FEEDS / name)
     assert sync(app, backfill=1).new_titles == [title]
@@ -544,18 +608,25 @@ def test_non_utf8_feed_files_decode(app: Flask, name: str, title: str, text: str
 
 def test_non_utf8_feed_served_as_text_xml_decodes(app: Flask, feed_server: FeedServer) -> None:
     # RFC 3023 makes text/xml without a charset us-ascii; the XML declaration must still win.
-    feed_server.routes["/feed.xml"] = Route((FEEDS / "latin1.xml").read_bytes(),
-                                            content_type="text/xml")
+    feed_server.routes["/feed.xml"] = Route(
+        (FEEDS / "latin1.xml").read_bytes(), content_type="text/xml"
+    )
     use_feed(app, feed_server.url("/feed.xml"))
     assert sync(app, backfill=1).new_titles == ["Crème brûlée au maïs, à la française"]
 
 
-def test_five_megabyte_feed_is_synced(app: Flask, feed_server: FeedServer,
-                                      tmp_path: Path) -> None:
+def test_five_megabyte_feed_is_synced(app: Flask, feed_server: FeedServer, tmp_path: Path) -> None:
     paragraph = "<p>" + "Breathe in for four and out for six; notice your feet. " * 80 + "</p>"
-    items = [{"title": f"Practice {n}", "guid": f"practice-{n}", "body": paragraph,
-              "link": f"{BLOG_ORIGIN}/posts/practice-{n}",
-              "date": datetime(2020, 1, 1, tzinfo=UTC) + timedelta(days=n)} for n in range(1200)]
+    items = [
+        {
+            "title": f"Practice {n}",
+            "guid": f"practice-{n}",
+            "body": paragraph,
+            "link": f"{BLOG_ORIGIN}/posts/practice-{n}",
+            "date": datetime(2020, 1, 1, tzinfo=UTC) + timedelta(days=n),
+        }
+        for n in range(1200)
+    ]
     body = rss(items)
     assert len(body) > 5 * 1024 * 1024
     feed_server.routes["/feed.xml"] = Route(body)
@@ -567,9 +638,13 @@ def test_five_megabyte_feed_is_synced(app: Flask, feed_server: FeedServer,
 
 
 def test_conditional_get_with_etag_gets_304_and_changes_nothing(
-        app: Flask, feed_server: FeedServer, clock: FrozenClock) -> None:
-    feed_server.routes["/feed.xml"] = Route((FEEDS / "rss20.xml").read_bytes(), etag='"v1"',
-                                            last_modified="Thu, 29 Oct 2026 07:15:00 GMT")
+    app: Flask, feed_server: FeedServer, clock: FrozenClock
+) -> None:
+    feed_server.routes["/feed.xml"] = Route(
+        (FEEDS / "rss20.xml").read_bytes(),
+        etag='"v1"',
+        last_modified="Thu, 29 Oct 2026 07:15:00 GMT",
+    )
     use_feed(app, feed_server.url("/feed.xml"))
     first = sync(app)
     assert not first.not_modified and first.first_sync
@@ -590,7 +665,8 @@ def test_conditional_get_with_etag_gets_304_and_changes_nothing(
 
 
 def test_a_changed_feed_is_fetched_again_with_its_new_etag(
-        app: Flask, feed_server: FeedServer) -> None:
+    app: Flask, feed_server: FeedServer
+) -> None:
     feed_server.routes["/feed.xml"] = Route((FEEDS / "edit_before.xml").read_bytes(), etag='"a"')
     use_feed(app, feed_server.url("/feed.xml"))
     sync(app)
@@ -620,7 +696,8 @@ def test_server_that_never_answers_times_out_quickly(app: Flask, silent_server: 
 
 @pytest.mark.parametrize("drip_server", ["headers", "body"], indirect=True)
 def test_a_server_that_drips_bytes_is_cut_off_at_the_total_timeout(
-        app: Flask, drip_server: DripServer) -> None:
+    app: Flask, drip_server: DripServer
+) -> None:
     # A byte every 0.02 s never trips a 0.5 s per-read timeout; only a total deadline stops it.
     use_feed(app, drip_server.url)
     app.config["FEED_TIMEOUT"] = 0.5
@@ -628,27 +705,33 @@ def test_a_server_that_drips_bytes_is_cut_off_at_the_total_timeout(
         sync(app)
     assert str(caught.value) == (
         f"the feed at {drip_server.url} did not finish within 0.5 seconds; try again later or "
-        "raise NEWSLETTER_FEED_TIMEOUT")
+        "raise NEWSLETTER_FEED_TIMEOUT"
+    )
     assert drip_server.replying.is_set() and not drip_server.finished.is_set()
     assert snapshot(app) == ([], [])  # nothing half-synced, not even the source's state
     assert drip_server.client_left.wait(10)  # and the connection was closed, not left open
 
 
-
 @pytest.mark.parametrize("drip_server", ["body"], indirect=True)
 def test_fetch_posts_and_send_digest_stop_on_a_dripping_feed_and_free_the_send_lock(
-        app: Flask, runner: FlaskCliRunner, drip_server: DripServer, clock: FrozenClock) -> None:
+    app: Flask, runner: FlaskCliRunner, drip_server: DripServer, clock: FrozenClock
+) -> None:
     use_feed(app, drip_server.url)
     app.config["FEED_TIMEOUT"] = 0.5
-    message = (f"Cannot read the posts: the feed at {drip_server.url} did not finish within 0.5 "
-               "seconds; try again later or raise NEWSLETTER_FEED_TIMEOUT\n")
+    message = (
+        f"Cannot read the posts: the feed at {drip_server.url} did not finish within 0.5 "
+        "seconds; try again later or raise NEWSLETTER_FEED_TIMEOUT\n"
+    )
 
     fetched = runner.invoke(args=["fetch-posts"])
     assert (fetched.exit_code, fetched.stdout, fetched.stderr) == (1, "", message)
 
     with app.app_context():
-        db.session.add(Subscriber(email="reader@example.com", status=CONFIRMED,
-                                  created_at=clock(), updated_at=clock()))
+        db.session.add(
+            Subscriber(
+                email="reader@example.com", status=CONFIRMED, created_at=clock(), updated_at=clock()
+            )
+        )
         db.session.commit()
     sent = runner.invoke(args=["send-digest", "--yes"])
     assert sent.exit_code == 1 and message in sent.stderr
@@ -657,16 +740,21 @@ def test_fetch_posts_and_send_digest_stop_on_a_dripping_feed_and_free_the_send_l
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(Campaign)) == 0
         # The lock went with the command: the next sender gets it at once.
-        with SendLock(sending_state_dir(app.config["SQLALCHEMY_DATABASE_URI"],
-                                        app.instance_path), db.engine) as lock:
+        with SendLock(
+            sending_state_dir(app.config["SQLALCHEMY_DATABASE_URI"], app.instance_path), db.engine
+        ) as lock:
             assert lock.held
 
 
-@pytest.mark.parametrize("route", [
-    Route(b"<rss>" + b"x" * 5000 + b"</rss>"),  # Content-Length says so up front
-    Route(b"<rss>" + b"x" * 5000 + b"</rss>", declare_length=False),  # found while reading
-    Route(b"<rss>" + b" " * 2_000_000 + b"</rss>", gzip=True),  # small on the wire only
-], ids=["declared", "undeclared", "gzip-bomb"])
+@pytest.mark.parametrize(
+    "route",
+    [
+        Route(b"<rss>" + b"x" * 5000 + b"</rss>"),  # Content-Length says so up front
+        Route(b"<rss>" + b"x" * 5000 + b"</rss>", declare_length=False),  # found while reading
+        Route(b"<rss>" + b" " * 2_000_000 + b"</rss>", gzip=True),  # small on the wire only
+    ],
+    ids=["declared", "undeclared", "gzip-bomb"],
+)
 def test_oversized_feed_is_refused(app: Flask, feed_server: FeedServer, route: Route) -> None:
     feed_server.routes["/feed.xml"] = route
     use_feed(app, feed_server.url("/feed.xml"))
@@ -683,27 +771,43 @@ def test_oversized_feed_file_is_refused(app: Flask) -> None:
         sync(app)
 
 
-@pytest.mark.parametrize(("setup", "message"), [
-    (lambda server, tmp: str(tmp / "missing.xml"), "there is no feed file"),
-    (lambda server, tmp: str(FEEDS / "not_a_feed.html"), "not an RSS, Atom or JSON feed"),
-    (lambda server, tmp: server.url("/nowhere.xml"), "answered HTTP 404"),
-    (lambda server, tmp: server.url("/broken"), "answered HTTP 503.*try again later"),
-    (lambda server, tmp: server.url("/empty"), "not an RSS, Atom or JSON feed"),
-    (lambda server, tmp: server.url("/bad.json"), "not valid JSON"),
-    (lambda server, tmp: server.url("/other.json"), "not a JSON Feed"),
-    (lambda server, tmp: server.url("/to-ftp"), "redirected to an address that is not http"),
-    (lambda server, tmp: "http://127.0.0.1:9/feed.xml", "could not reach"),  # nothing listens
-], ids=["missing-file", "html-page", "404", "503", "empty", "bad-json", "not-json-feed",
-        "ftp-redirect", "refused"])
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda server, tmp: str(tmp / "missing.xml"), "there is no feed file"),
+        (lambda server, tmp: str(FEEDS / "not_a_feed.html"), "not an RSS, Atom or JSON feed"),
+        (lambda server, tmp: server.url("/nowhere.xml"), "answered HTTP 404"),
+        (lambda server, tmp: server.url("/broken"), "answered HTTP 503.*try again later"),
+        (lambda server, tmp: server.url("/empty"), "not an RSS, Atom or JSON feed"),
+        (lambda server, tmp: server.url("/bad.json"), "not valid JSON"),
+        (lambda server, tmp: server.url("/other.json"), "not a JSON Feed"),
+        (lambda server, tmp: server.url("/to-ftp"), "redirected to an address that is not http"),
+        (lambda server, tmp: "http://127.0.0.1:9/feed.xml", "could not reach"),  # nothing listens
+    ],
+    ids=[
+        "missing-file",
+        "html-page",
+        "404",
+        "503",
+        "empty",
+        "bad-json",
+        "not-json-feed",
+        "ftp-redirect",
+        "refused",
+    ],
+)
 def test_unreadable_sources_raise_one_line_and_change_nothing(
-        app: Flask, feed_server: FeedServer, tmp_path: Path, setup: Any, message: str) -> None:
-    feed_server.routes.update({
-        "/broken": Route(b"oops", status=503, content_type="text/plain"),
-        "/empty": Route(b""),
-        "/bad.json": Route(b'{"items": [', content_type="application/feed+json"),
-        "/other.json": Route(b'{"name": "not a feed"}', content_type="application/json"),
-        "/to-ftp": Route(status=302, location="ftp://127.0.0.1/feed.xml"),
-    })
+    app: Flask, feed_server: FeedServer, tmp_path: Path, setup: Any, message: str
+) -> None:
+    feed_server.routes.update(
+        {
+            "/broken": Route(b"oops", status=503, content_type="text/plain"),
+            "/empty": Route(b""),
+            "/bad.json": Route(b'{"items": [', content_type="application/feed+json"),
+            "/other.json": Route(b'{"name": "not a feed"}', content_type="application/json"),
+            "/to-ftp": Route(status=302, location="ftp://127.0.0.1/feed.xml"),
+        }
+    )
     use_feed(app, FEEDS / "edit_before.xml")
     sync(app)
     before = snapshot(app)
@@ -723,10 +827,15 @@ def test_no_source_configured_is_an_error(app: Flask) -> None:
 
 
 def test_first_sync_archives_published_posts_and_later_ones_are_new(
-        app: Flask, tmp_path: Path, clock: FrozenClock) -> None:
+    app: Flask, tmp_path: Path, clock: FrozenClock
+) -> None:
     feed = tmp_path / "feed.xml"
-    scheduled = {"title": "Winter Solstice Walk", "guid": "solstice", "link": f"{BLOG_ORIGIN}/s",
-                 "date": datetime(2026, 12, 21, 8, 0, tzinfo=UTC)}
+    scheduled = {
+        "title": "Winter Solstice Walk",
+        "guid": "solstice",
+        "link": f"{BLOG_ORIGIN}/s",
+        "date": datetime(2026, 12, 21, 8, 0, tzinfo=UTC),
+    }
     published = dated_items(5, newest=datetime(2026, 10, 30, 8, 0, tzinfo=UTC))
     feed.write_bytes(rss([scheduled, *published]))
     use_feed(app, feed)
@@ -735,25 +844,30 @@ def test_first_sync_archives_published_posts_and_later_ones_are_new(
     assert first.first_sync
     assert first.archived_titles == [f"Weekly Practice {n}" for n in (5, 4, 3, 2, 1)]
     assert [(p.title, p.waiting) for p in first.new] == [
-        ("Winter Solstice Walk", "scheduled for 2026-12-21 08:00 UTC")]
+        ("Winter Solstice Walk", "scheduled for 2026-12-21 08:00 UTC")
+    ]
     posts = stored(app)
     assert all(posts[f"Weekly Practice {n}"].archived for n in range(1, 6))
     assert not posts["Winter Solstice Walk"].archived  # it goes out once it is due
 
     clock.advance(days=1)
-    fresh = {"title": "A New Week", "guid": "new-week", "link": f"{BLOG_ORIGIN}/new-week",
-             "date": datetime(2026, 11, 3, 7, 0, tzinfo=UTC)}
+    fresh = {
+        "title": "A New Week",
+        "guid": "new-week",
+        "link": f"{BLOG_ORIGIN}/new-week",
+        "date": datetime(2026, 11, 3, 7, 0, tzinfo=UTC),
+    }
     feed.write_bytes(rss([scheduled, fresh, *published]))
     second = sync(app)
     assert not second.first_sync
-    assert (second.new_titles, second.archived_titles, second.unchanged) == (
-        ["A New Week"], [], 6)
+    assert (second.new_titles, second.archived_titles, second.unchanged) == (["A New Week"], [], 6)
     assert not stored(app)["A New Week"].archived
     assert all(stored(app)[f"Weekly Practice {n}"].archived for n in range(1, 6))
 
 
 def test_backfill_on_a_later_sync_brings_back_the_newest_posts_never_mailed(
-        app: Flask, tmp_path: Path, clock: FrozenClock) -> None:
+    app: Flask, tmp_path: Path, clock: FrozenClock
+) -> None:
     feed = tmp_path / "feed.xml"
     feed.write_bytes(rss(dated_items(5, newest=datetime(2026, 10, 30, tzinfo=UTC))))
     use_feed(app, feed)
@@ -767,13 +881,22 @@ def test_backfill_on_a_later_sync_brings_back_the_newest_posts_never_mailed(
         chosen = select_digest_posts(db.session, get_services(app))
         assert [p.title for p in chosen] == ["Weekly Practice 4", "Weekly Practice 3"]
     assert sorted(t for t, p in stored(app).items() if p.archived) == [
-        "Weekly Practice 1", "Weekly Practice 2"]
+        "Weekly Practice 1",
+        "Weekly Practice 2",
+    ]
 
 
 def mail_posts(app: Flask, titles: list[str]) -> None:
     """Put the posts with these titles into a sent digest, as send-digest would have."""
-    campaign = Campaign(kind="digest", subject="Earlier digest", content_hash="0" * 64,
-                        status="sent", created_at=NOW, html="<p>x</p>", text="x")
+    campaign = Campaign(
+        kind="digest",
+        subject="Earlier digest",
+        content_hash="0" * 64,
+        status="sent",
+        created_at=NOW,
+        html="<p>x</p>",
+        text="x",
+    )
     db.session.add(campaign)
     db.session.flush()
     for post in db.session.scalars(select(Post).where(Post.title.in_(titles))):
@@ -783,7 +906,8 @@ def mail_posts(app: Flask, titles: list[str]) -> None:
 
 @pytest.mark.parametrize(("backfill", "mailed"), [(0, []), (2, [5, 4]), (9, [5, 4, 3, 2, 1])])
 def test_backfill_keeps_the_newest_posts_for_the_first_digest(
-        app: Flask, tmp_path: Path, backfill: int, mailed: list[int]) -> None:
+    app: Flask, tmp_path: Path, backfill: int, mailed: list[int]
+) -> None:
     feed = tmp_path / "feed.xml"
     items = dated_items(5, newest=datetime(2026, 10, 30, tzinfo=UTC))
     feed.write_bytes(rss(items[2:] + items[:2]))  # order in the feed does not matter; dates do
@@ -794,8 +918,7 @@ def test_backfill_keeps_the_newest_posts_for_the_first_digest(
     assert sorted(t for t, p in posts.items() if not p.archived) == sorted(report.new_titles)
 
 
-def test_future_dated_and_draft_posts_wait(app: Flask, clock: FrozenClock,
-                                           tmp_path: Path) -> None:
+def test_future_dated_and_draft_posts_wait(app: Flask, clock: FrozenClock, tmp_path: Path) -> None:
     folder = tmp_path / "posts"
     folder.mkdir()
     for path in POSTS.glob("*.md"):
@@ -803,7 +926,9 @@ def test_future_dated_and_draft_posts_wait(app: Flask, clock: FrozenClock,
     use_folder(app, folder)
     report = sync(app)
     assert {p.title: p.waiting for p in report.new} == {
-        "Winter Light": "scheduled for 2026-11-20 08:00 UTC", "Unfinished Thoughts": "draft"}
+        "Winter Light": "scheduled for 2026-11-20 08:00 UTC",
+        "Unfinished Thoughts": "draft",
+    }
     posts = stored(app)
     winter, unfinished = posts["Winter Light"], posts["Unfinished Thoughts"]
     assert winter.published_at == datetime(2026, 11, 20, 8, 0, tzinfo=UTC) > NOW
@@ -813,8 +938,9 @@ def test_future_dated_and_draft_posts_wait(app: Flask, clock: FrozenClock,
 
     # Publishing the draft later is an update of the same post, still not archived.
     draft_file = folder / "unfinished-thoughts.md"
-    draft_file.write_text(draft_file.read_text(encoding="utf-8").replace("draft: true\n", ""),
-                          encoding="utf-8")
+    draft_file.write_text(
+        draft_file.read_text(encoding="utf-8").replace("draft: true\n", ""), encoding="utf-8"
+    )
     clock.advance(days=1)
     later = sync(app)
     assert later.updated_titles == ["Unfinished Thoughts"] and later.new == []
@@ -830,18 +956,32 @@ def test_markdown_folder_posts(app: Flask) -> None:
     report = sync(app, backfill=10)
     posts = stored(app)
     # _index.md, notes.txt are not posts; a page bundle is.
-    assert sorted(posts) == sorted([
-        "Morning Pages, Gently", "The Long Exhale: Why Breathing Out Matters",
-        "Letters to Myself", "Winter Light", "Unfinished Thoughts", "Tea for One"])
+    assert sorted(posts) == sorted(
+        [
+            "Morning Pages, Gently",
+            "The Long Exhale: Why Breathing Out Matters",
+            "Letters to Myself",
+            "Winter Light",
+            "Unfinished Thoughts",
+            "Tea for One",
+        ]
+    )
     assert report.new_titles == [  # newest first, drafts and scheduled posts included
-        "Winter Light", "Unfinished Thoughts", "Letters to Myself",
-        "The Long Exhale: Why Breathing Out Matters", "Tea for One", "Morning Pages, Gently"]
+        "Winter Light",
+        "Unfinished Thoughts",
+        "Letters to Myself",
+        "The Long Exhale: Why Breathing Out Matters",
+        "Tea for One",
+        "Morning Pages, Gently",
+    ]
 
     pages = posts["Morning Pages, Gently"]
     assert pages.url == f"{BLOG_ORIGIN}/morning-pages"  # the slug
     assert pages.subtitle == "Three pages, no rules, before the day begins"
-    assert pages.summary == ("Write three pages by hand each morning. Not to produce anything; "
-                             "just to empty the mind onto paper.")
+    assert pages.summary == (
+        "Write three pages by hand each morning. Not to produce anything; "
+        "just to empty the mind onto paper."
+    )
     assert pages.image_url == f"{BLOG_ORIGIN}/images/notebook.jpg"
     assert pages.author == "Mira Holm"
     assert pages.published_at == datetime(2026, 10, 5, 6, 45, tzinfo=UTC)
@@ -861,15 +1001,19 @@ def test_markdown_folder_posts(app: Flask) -> None:
     assert posts["Tea for One"].url == f"{BLOG_ORIGIN}/tea-for-one"
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("---\ntitle: [unclosed\n---\nBody\n", "not valid YAML"),
-    ("---\ntitle: No end\nBody\n", "no closing --- line"),
-    ("---\n- a list\n---\nBody\n", "key: value"),
-    ("---\ntitle: x\ndate: next tuesday\n---\nBody\n", "is not a date"),
-    ("+++\ntitle = 'toml'\n+++\nBody\n", "TOML front matter"),
-])
-def test_bad_markdown_post_names_the_file(app: Flask, tmp_path: Path, text: str,
-                                          message: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("---\ntitle: [unclosed\n---\nBody\n", "not valid YAML"),
+        ("---\ntitle: No end\nBody\n", "no closing --- line"),
+        ("---\n- a list\n---\nBody\n", "key: value"),
+        ("---\ntitle: x\ndate: next tuesday\n---\nBody\n", "is not a date"),
+        ("+++\ntitle = 'toml'\n+++\nBody\n", "TOML front matter"),
+    ],
+)
+def test_bad_markdown_post_names_the_file(
+    app: Flask, tmp_path: Path, text: str, message: str
+) -> None:
     (tmp_path / "good.md").write_text("---\ntitle: Fine\n---\nFine.\n", encoding="utf-8")
     (tmp_path / "broken-post.md").write_text(text, encoding="utf-8")
     use_folder(app, tmp_path)
@@ -887,16 +1031,19 @@ def test_missing_posts_folder_is_an_error(app: Flask, tmp_path: Path) -> None:
 # --- the fetch-posts command ---------------------------------------------------------------
 
 
-def test_fetch_posts_prints_new_titles_and_counts(app: Flask, runner: FlaskCliRunner,
-                                                  tmp_path: Path) -> None:
+def test_fetch_posts_prints_new_titles_and_counts(
+    app: Flask, runner: FlaskCliRunner, tmp_path: Path
+) -> None:
     feed = tmp_path / "feed.xml"
     feed.write_bytes((FEEDS / "edit_before.xml").read_bytes())
     use_feed(app, feed)
     first = runner.invoke(args=["fetch-posts", "--backfill", "1"])
     assert first.exit_code == 0, first.output
     assert "First sync of the feed file" in first.output
-    assert ("the newest 1 of the 2 posts already published go into the next digest "
-            "(--backfill 1); the other 1 are recorded as sent before") in first.output
+    assert (
+        "the newest 1 of the 2 posts already published go into the next digest "
+        "(--backfill 1); the other 1 are recorded as sent before"
+    ) in first.output
     assert "New posts (1):\n  Evening Wind-Dwon\n" in first.output
 
     feed.write_bytes((FEEDS / "edit_after.xml").read_bytes())
@@ -905,24 +1052,44 @@ def test_fetch_posts_prints_new_titles_and_counts(app: Flask, runner: FlaskCliRu
     assert second.output == "No new posts.\nUpdated 1, unchanged 1.\n"
 
 
-ARCHIVED_ALL = ("5 post(s) already published are recorded as sent before and will not be "
-                "mailed (`newsletter fetch-posts --backfill N` mails the newest N, now or later).")
+ARCHIVED_ALL = (
+    "5 post(s) already published are recorded as sent before and will not be "
+    "mailed (`newsletter fetch-posts --backfill N` mails the newest N, now or later)."
+)
 
 
-@pytest.mark.parametrize(("args", "message", "mailed"), [
-    ([], ARCHIVED_ALL, []),
-    (["--backfill", "0"], ARCHIVED_ALL, []),
-    (["--backfill", "2"], "the newest 2 of the 5 posts already published go into the next "
-     "digest (--backfill 2); the other 3 are recorded as sent before and will not be mailed.",
-     [5, 4]),
-    (["--backfill", "5"], "all 5 post(s) already published go into the next digest "
-     "(--backfill 5).", [5, 4, 3, 2, 1]),
-    (["--backfill", "9"], "all 5 post(s) already published go into the next digest "
-     "(--backfill 9).", [5, 4, 3, 2, 1]),
-])
+@pytest.mark.parametrize(
+    ("args", "message", "mailed"),
+    [
+        ([], ARCHIVED_ALL, []),
+        (["--backfill", "0"], ARCHIVED_ALL, []),
+        (
+            ["--backfill", "2"],
+            "the newest 2 of the 5 posts already published go into the next "
+            "digest (--backfill 2); the other 3 are recorded as sent before and will not be "
+            "mailed.",
+            [5, 4],
+        ),
+        (
+            ["--backfill", "5"],
+            "all 5 post(s) already published go into the next digest (--backfill 5).",
+            [5, 4, 3, 2, 1],
+        ),
+        (
+            ["--backfill", "9"],
+            "all 5 post(s) already published go into the next digest (--backfill 9).",
+            [5, 4, 3, 2, 1],
+        ),
+    ],
+)
 def test_fetch_posts_says_what_a_first_sync_did_with_the_published_posts(
-        app: Flask, runner: FlaskCliRunner, tmp_path: Path, args: list[str], message: str,
-        mailed: list[int]) -> None:
+    app: Flask,
+    runner: FlaskCliRunner,
+    tmp_path: Path,
+    args: list[str],
+    message: str,
+    mailed: list[int],
+) -> None:
     feed = tmp_path / "feed.xml"
     feed.write_bytes(rss(dated_items(5, newest=datetime(2026, 10, 30, tzinfo=UTC))))
     use_feed(app, feed)
@@ -931,24 +1098,37 @@ def test_fetch_posts_says_what_a_first_sync_did_with_the_published_posts(
     assert result.output.startswith(f"First sync of the feed file {feed}: {message}\n")
     assert "ignored" not in result.output
     assert sorted(t for t, p in stored(app).items() if not p.archived) == sorted(
-        f"Weekly Practice {n}" for n in mailed)
+        f"Weekly Practice {n}" for n in mailed
+    )
 
 
 def test_fetch_posts_backfill_on_a_first_sync_with_nothing_published_says_so(
-        app: Flask, runner: FlaskCliRunner, tmp_path: Path) -> None:
+    app: Flask, runner: FlaskCliRunner, tmp_path: Path
+) -> None:
     feed = tmp_path / "feed.xml"
-    feed.write_bytes(rss([{"title": "Winter Solstice Walk", "guid": "solstice",
-                           "date": datetime(2026, 12, 21, 8, 0, tzinfo=UTC)}]))
+    feed.write_bytes(
+        rss(
+            [
+                {
+                    "title": "Winter Solstice Walk",
+                    "guid": "solstice",
+                    "date": datetime(2026, 12, 21, 8, 0, tzinfo=UTC),
+                }
+            ]
+        )
+    )
     use_feed(app, feed)
     result = runner.invoke(args=["fetch-posts", "--backfill", "2"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith(
         f"First sync of the feed file {feed}: no post is published there yet, so --backfill 2 "
-        "found none to mail.\nNew posts (1):\n")
+        "found none to mail.\nNew posts (1):\n"
+    )
 
 
 def test_fetch_posts_backfill_works_on_later_syncs_and_says_what_it_did(
-        app: Flask, runner: FlaskCliRunner, tmp_path: Path) -> None:
+    app: Flask, runner: FlaskCliRunner, tmp_path: Path
+) -> None:
     feed = tmp_path / "feed.xml"
     feed.write_bytes(rss(dated_items(5, newest=datetime(2026, 10, 30, tzinfo=UTC))))
     use_feed(app, feed)
@@ -962,34 +1142,42 @@ def test_fetch_posts_backfill_works_on_later_syncs_and_says_what_it_did(
     assert fetch("--backfill", "2") == (
         "--backfill 2: 2 post(s) published before and never mailed go into the next digest:\n"
         "  Weekly Practice 5\n  Weekly Practice 4\n"
-        "No new posts.\nUpdated 0, unchanged 5.\n")
+        "No new posts.\nUpdated 0, unchanged 5.\n"
+    )
     assert fetch("--backfill", "1").startswith(
         "--backfill 1: the newest 1 published post(s) never mailed are already new, waiting "
-        "for the next digest; nothing changed.\n")
+        "for the next digest; nothing changed.\n"
+    )
     assert fetch("--backfill", "0").startswith("--backfill 0 marks no post as new.\n")
     with app.app_context():
         mail_posts(app, ["Weekly Practice 5", "Weekly Practice 4"])
     # Posts in a digest are not "never mailed": the next newest ones come back instead.
     assert fetch("--backfill", "2").startswith(
         "--backfill 2: 2 post(s) published before and never mailed go into the next digest:\n"
-        "  Weekly Practice 3\n  Weekly Practice 2\n")
+        "  Weekly Practice 3\n  Weekly Practice 2\n"
+    )
     assert fetch("--backfill", "9").startswith(
         "--backfill 9: 1 post(s) published before and never mailed go into the next digest:\n"
-        "  Weekly Practice 1\n")
+        "  Weekly Practice 1\n"
+    )
     assert fetch("--backfill", "9").startswith(
         "--backfill 9: all 3 published post(s) never mailed are already new, waiting for the "
-        "next digest; nothing changed.\n")
+        "next digest; nothing changed.\n"
+    )
     with app.app_context():
         mail_posts(app, ["Weekly Practice 3", "Weekly Practice 2", "Weekly Practice 1"])
     assert fetch("--backfill", "3").startswith(
-        "--backfill 3: no published post is left that was never mailed; nothing changed.\n")
+        "--backfill 3: no published post is left that was never mailed; nothing changed.\n"
+    )
     assert [t for t, p in stored(app).items() if p.archived] == []
 
 
 def test_fetch_posts_backfill_works_when_the_feed_has_not_changed(
-        app: Flask, runner: FlaskCliRunner, feed_server: FeedServer) -> None:
+    app: Flask, runner: FlaskCliRunner, feed_server: FeedServer
+) -> None:
     feed_server.routes["/feed.xml"] = Route(
-        rss(dated_items(3, newest=datetime(2026, 10, 30, tzinfo=UTC))), etag='"v1"')
+        rss(dated_items(3, newest=datetime(2026, 10, 30, tzinfo=UTC))), etag='"v1"'
+    )
     use_feed(app, feed_server.url("/feed.xml"))
     assert runner.invoke(args=["fetch-posts"]).exit_code == 0  # archives all three
     result = runner.invoke(args=["fetch-posts", "--backfill", "1"])
@@ -998,7 +1186,8 @@ def test_fetch_posts_backfill_works_when_the_feed_has_not_changed(
         "--backfill 1: 1 post(s) published before and never mailed go into the next digest:\n"
         "  Weekly Practice 3\n"
         f"No new posts: the feed at {feed_server.url('/feed.xml')} has not changed since the "
-        "last fetch.\n")
+        "last fetch.\n"
+    )
     assert feed_server.requests[-1][1]["If-None-Match"] == '"v1"'  # it was a 304
     assert not stored(app)["Weekly Practice 3"].archived
 
@@ -1013,7 +1202,8 @@ def test_fetch_posts_reports_waiting_posts(app: Flask, runner: FlaskCliRunner) -
 
 
 def test_fetch_posts_error_is_one_line_with_exit_status_1(
-        app: Flask, runner: FlaskCliRunner, tmp_path: Path) -> None:
+    app: Flask, runner: FlaskCliRunner, tmp_path: Path
+) -> None:
     use_feed(app, tmp_path / "gone.xml")
     result = runner.invoke(args=["fetch-posts"])
     assert result.exit_code == 1
@@ -1023,8 +1213,9 @@ def test_fetch_posts_error_is_one_line_with_exit_status_1(
     assert "NEWSLETTER_FEED_URL" in result.stderr
 
 
-def test_fetch_posts_without_a_source_names_both_settings(app: Flask,
-                                                          runner: FlaskCliRunner) -> None:
+def test_fetch_posts_without_a_source_names_both_settings(
+    app: Flask, runner: FlaskCliRunner
+) -> None:
     result = runner.invoke(args=["fetch-posts"])
     assert result.exit_code == 1
     assert "NEWSLETTER_FEED_URL" in result.stderr and "NEWSLETTER_POSTS_DIR" in result.stderr
@@ -1040,29 +1231,46 @@ def test_fetch_posts_rejects_a_negative_backfill(app: Flask, runner: FlaskCliRun
 # --- configuration -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("settings", "message"), [
-    ({"FEED_URL": "https://blog.example.com/feed.xml", "POSTS_DIR": "posts"},
-     "NEWSLETTER_FEED_URL: is set, and so is NEWSLETTER_POSTS_DIR; set only one"),
-    ({"FEED_URL": "ftp://blog.example.com/feed.xml"}, "NEWSLETTER_FEED_URL: expected an http"),
-    ({"FEED_URL": "https:///feed.xml"}, "NEWSLETTER_FEED_URL: expected an http"),
-    ({"FEED_TIMEOUT": 0}, "NEWSLETTER_FEED_TIMEOUT"),
-    ({"FEED_MAX_BYTES": "lots"}, "NEWSLETTER_FEED_MAX_BYTES: expected a number"),
-])
-def test_bad_post_settings_stop_start_up(config: dict[str, Any], tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch,
-                                         settings: dict[str, Any], message: str) -> None:
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"FEED_URL": "https://blog.example.com/feed.xml", "POSTS_DIR": "posts"},
+            "NEWSLETTER_FEED_URL: is set, and so is NEWSLETTER_POSTS_DIR; set only one",
+        ),
+        ({"FEED_URL": "ftp://blog.example.com/feed.xml"}, "NEWSLETTER_FEED_URL: expected an http"),
+        ({"FEED_URL": "https:///feed.xml"}, "NEWSLETTER_FEED_URL: expected an http"),
+        ({"FEED_TIMEOUT": 0}, "NEWSLETTER_FEED_TIMEOUT"),
+        ({"FEED_MAX_BYTES": "lots"}, "NEWSLETTER_FEED_MAX_BYTES: expected a number"),
+    ],
+)
+def test_bad_post_settings_stop_start_up(
+    config: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: dict[str, Any],
+    message: str,
+) -> None:
     monkeypatch.setenv("NEWSLETTER_INSTANCE_PATH", str(tmp_path / "instance"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=message):
         create_app({**config, **settings})
 
 
-def test_post_settings_are_normalised(config: dict[str, Any], tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_post_settings_are_normalised(
+    config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("NEWSLETTER_INSTANCE_PATH", str(tmp_path / "instance"))
     monkeypatch.chdir(tmp_path)
-    app = create_app({**config, "FEED_URL": "  feed.xml ", "POSTS_DIR": "",
-                      "FEED_TIMEOUT": "2.5", "FEED_MAX_BYTES": "5000000"})
+    app = create_app(
+        {
+            **config,
+            "FEED_URL": "  feed.xml ",
+            "POSTS_DIR": "",
+            "FEED_TIMEOUT": "2.5",
+            "FEED_MAX_BYTES": "5000000",
+        }
+    )
     try:
         assert (app.config["FEED_URL"], app.config["POSTS_DIR"]) == ("feed.xml", None)
         assert (app.config["FEED_TIMEOUT"], app.config["FEED_MAX_BYTES"]) == (2.5, 5_000_000)

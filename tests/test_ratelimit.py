@@ -26,14 +26,15 @@ def redis_reachable() -> bool:
         return False
 
 
-needs_redis = pytest.mark.skipif(not redis_reachable(),
-                                 reason="needs Redis on 127.0.0.1:6379")
+needs_redis = pytest.mark.skipif(not redis_reachable(), reason="needs Redis on 127.0.0.1:6379")
 
 
 def test_two_apps_on_one_database_share_the_limit(make_app: Callable[..., Flask]) -> None:
     first, second = make_app(SUBSCRIBE_RATE_LIMIT=3), make_app(SUBSCRIBE_RATE_LIMIT=3)
-    codes = [app.test_client().post("/subscribe", json={"email": f"s{n}@example.com"}).status_code
-             for n, app in enumerate([first, second, first, second])]
+    codes = [
+        app.test_client().post("/subscribe", json={"email": f"s{n}@example.com"}).status_code
+        for n, app in enumerate([first, second, first, second])
+    ]
     assert codes == [202, 202, 202, 429]
 
 
@@ -44,7 +45,10 @@ def test_redis_limiter_counts_per_key_and_window() -> None:
     now = datetime(2026, 11, 2, 9, 0, 5, tzinfo=UTC)
     try:
         assert [limiter.hit(key, limit=2, window_seconds=60, now=now) for _ in range(3)] == [
-            True, True, False]
+            True,
+            True,
+            False,
+        ]
         assert limiter.hit(f"{key}:other", limit=2, window_seconds=60, now=now)
         later = datetime(2026, 11, 2, 9, 1, 0, tzinfo=UTC)
         assert limiter.hit(key, limit=2, window_seconds=60, now=later)
@@ -53,9 +57,7 @@ def test_redis_limiter_counts_per_key_and_window() -> None:
 
 
 @needs_redis
-def test_apps_configured_with_redis_share_the_limit_there(
-    make_app: Callable[..., Flask]
-) -> None:
+def test_apps_configured_with_redis_share_the_limit_there(make_app: Callable[..., Flask]) -> None:
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
@@ -63,8 +65,10 @@ def test_apps_configured_with_redis_share_the_limit_there(
     client.close()
     first = make_app(SUBSCRIBE_RATE_LIMIT=2, RATELIMIT_STORAGE_URI=REDIS_URL)
     second = make_app(SUBSCRIBE_RATE_LIMIT=2, RATELIMIT_STORAGE_URI=REDIS_URL)
-    codes = [app.test_client().post("/subscribe", json={"email": f"r{n}@example.com"}).status_code
-             for n, app in enumerate([first, second, first])]
+    codes = [
+        app.test_client().post("/subscribe", json={"email": f"r{n}@example.com"}).status_code
+        for n, app in enumerate([first, second, first])
+    ]
     assert codes == [202, 202, 429]
     from newsletter.db import db
     from newsletter.models import RateLimitWindow

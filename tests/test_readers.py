@@ -58,22 +58,31 @@ def events_of(app: Flask, email: str) -> list[ConsentEvent]:
 def sign_up(app: Flask, email: str, name: str | None = None) -> None:
     """A reader asks through the form (pending)."""
     with app.app_context():
-        subscribe(db.session, get_services(app), email, name=name,
-                  info=RequestInfo("form", "203.0.113.9", "Firefox", "https://blog.example.com/"))
+        subscribe(
+            db.session,
+            get_services(app),
+            email,
+            name=name,
+            info=RequestInfo("form", "203.0.113.9", "Firefox", "https://blog.example.com/"),
+        )
 
 
 def import_file(runner: FlaskCliRunner, path: Path, *extra: str) -> Any:
-    return runner.invoke(args=["subscribers", "import", str(path), "--consent-note", NOTE,
-                               *extra])
+    return runner.invoke(args=["subscribers", "import", str(path), "--consent-note", NOTE, *extra])
 
 
 def test_imported_readers_are_confirmed_with_an_imported_event(
-        runner: FlaskCliRunner, app: Flask, tmp_path: Path, smtp_sink: SmtpSink) -> None:
-    path = write_csv(tmp_path / "workshop.csv", ["Email", "Name", "subscribed_at", "source"], [
-        ["Maya@Example.org", "Maya", "2025-04-12", "https://blog.example.com/workshop"],
-        ["theo@example.net", "", "2025-04-12T18:30:00+02:00", ""],
-        ["sam@example.com", "Sam", "", ""],
-    ])
+    runner: FlaskCliRunner, app: Flask, tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    path = write_csv(
+        tmp_path / "workshop.csv",
+        ["Email", "Name", "subscribed_at", "source"],
+        [
+            ["Maya@Example.org", "Maya", "2025-04-12", "https://blog.example.com/workshop"],
+            ["theo@example.net", "", "2025-04-12T18:30:00+02:00", ""],
+            ["sam@example.com", "Sam", "", ""],
+        ],
+    )
     result = import_file(runner, path)
     assert result.exit_code == 0, result.output
     assert "3 new readers confirmed" in result.output
@@ -94,21 +103,27 @@ def test_imported_readers_are_confirmed_with_an_imported_event(
     assert smtp_sink.messages == []  # confirmed readers get no double-opt-in email
 
 
-@pytest.mark.parametrize(("row", "reason"), [
-    (["not-an-address", "", "", ""], "doesn't look like an email address"),
-    (["two@example.com, three@example.com", "", "", ""], "just one email address"),
-    (["", "", "", ""], "enter your email address"),
-    (["ok1@example.com", "", "12/04/2025", ""], "is not a date"),
-    (["ok2@example.com", "", "2031-01-01", ""], "in the future"),
-    (["ok3@example.com", "Ann\nBcc: x@example.com", "", ""], "name must be on one line"),
-    (["ok4@example.com", "", "", "", "surplus"], "more fields than the header"),
-    (["ok5@example.com", "x" * 201, "", ""], "longer than 200"),
-])
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        (["not-an-address", "", "", ""], "doesn't look like an email address"),
+        (["two@example.com, three@example.com", "", "", ""], "just one email address"),
+        (["", "", "", ""], "enter your email address"),
+        (["ok1@example.com", "", "12/04/2025", ""], "is not a date"),
+        (["ok2@example.com", "", "2031-01-01", ""], "in the future"),
+        (["ok3@example.com", "Ann\nBcc: x@example.com", "", ""], "name must be on one line"),
+        (["ok4@example.com", "", "", "", "surplus"], "more fields than the header"),
+        (["ok5@example.com", "x" * 201, "", ""], "longer than 200"),
+    ],
+)
 def test_an_invalid_row_stops_the_whole_import_and_is_reported_by_line(
-        runner: FlaskCliRunner, app: Flask, tmp_path: Path, row: list[str], reason: str) -> None:
-    path = write_csv(tmp_path / "list.csv", ["email", "name", "subscribed_at", "source"], [
-        ["good@example.com", "", "", ""], row, ["also.good@example.com", "", "", ""],
-    ])
+    runner: FlaskCliRunner, app: Flask, tmp_path: Path, row: list[str], reason: str
+) -> None:
+    path = write_csv(
+        tmp_path / "list.csv",
+        ["email", "name", "subscribed_at", "source"],
+        [["good@example.com", "", "", ""], row, ["also.good@example.com", "", "", ""]],
+    )
     result = import_file(runner, path)
     assert result.exit_code == 1
     assert "line 3: " in result.output and reason in result.output
@@ -116,10 +131,14 @@ def test_an_invalid_row_stops_the_whole_import_and_is_reported_by_line(
     assert readers(app) == {}
 
 
-def test_skip_invalid_imports_the_valid_rows(runner: FlaskCliRunner, app: Flask,
-                                            tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "list.csv", ["email"], [
-        ["good@example.com"], ["broken@"], ["fine@example.com"], ["@nope"]])
+def test_skip_invalid_imports_the_valid_rows(
+    runner: FlaskCliRunner, app: Flask, tmp_path: Path
+) -> None:
+    path = write_csv(
+        tmp_path / "list.csv",
+        ["email"],
+        [["good@example.com"], ["broken@"], ["fine@example.com"], ["@nope"]],
+    )
     result = import_file(runner, path, "--skip-invalid")
     assert result.exit_code == 0, result.output
     assert "Invalid rows: 2" in result.output
@@ -128,27 +147,42 @@ def test_skip_invalid_imports_the_valid_rows(runner: FlaskCliRunner, app: Flask,
 
 
 def test_existing_readers_are_merged_and_unsubscribed_ones_never_reactivated(
-        runner: FlaskCliRunner, app: Flask, tmp_path: Path) -> None:
+    runner: FlaskCliRunner, app: Flask, tmp_path: Path
+) -> None:
     sign_up(app, "waiting@example.com")
-    import_file(runner, write_csv(tmp_path / "first.csv", ["email", "name"], [
-        ["loyal@example.com", ""], ["left@example.com", "Lee"]]))
+    import_file(
+        runner,
+        write_csv(
+            tmp_path / "first.csv",
+            ["email", "name"],
+            [["loyal@example.com", ""], ["left@example.com", "Lee"]],
+        ),
+    )
     assert runner.invoke(args=["subscribers", "unsubscribe", "left@example.com"]).exit_code == 0
 
-    path = write_csv(tmp_path / "second.csv", ["email", "name"], [
-        ["LOYAL@example.com", "Lou"],         # confirmed: merged, name filled in
-        ["waiting@example.com", ""],          # pending: the import's consent confirms them
-        ["left@example.com", "Lee"],          # unsubscribed: refused, reported
-        ["new@example.com", "Nia"],
-        ["New@Example.com", "Nia again"],     # duplicate within the file
-    ])
+    path = write_csv(
+        tmp_path / "second.csv",
+        ["email", "name"],
+        [
+            ["LOYAL@example.com", "Lou"],  # confirmed: merged, name filled in
+            ["waiting@example.com", ""],  # pending: the import's consent confirms them
+            ["left@example.com", "Lee"],  # unsubscribed: refused, reported
+            ["new@example.com", "Nia"],
+            ["New@Example.com", "Nia again"],  # duplicate within the file
+        ],
+    )
     result = import_file(runner, path)
     assert result.exit_code == 0, result.output
     assert "line 4: left@example.com unsubscribed: not re-activated" in result.output
     assert "line 6: new@example.com appears again (first on line 5): merged" in result.output
 
     found = readers(app)
-    assert sorted(found) == ["left@example.com", "loyal@example.com", "new@example.com",
-                             "waiting@example.com"]
+    assert sorted(found) == [
+        "left@example.com",
+        "loyal@example.com",
+        "new@example.com",
+        "waiting@example.com",
+    ]
     assert found["loyal@example.com"].name == "Lou"
     assert found["waiting@example.com"].status == "confirmed"
     assert found["left@example.com"].status == "unsubscribed"
@@ -164,19 +198,24 @@ def test_duplicates_across_batches_are_merged(app: Flask, tmp_path: Path) -> Non
     rows = [[f"reader{i}@example.com"] for i in range(7)] + [["reader1@example.com"]]
     path = write_csv(tmp_path / "dupes.csv", ["email"], rows)
     with app.app_context():
-        report = import_readers(db.session, get_services(app), path, consent_note=NOTE,
-                                batch_size=3)
+        report = import_readers(
+            db.session, get_services(app), path, consent_note=NOTE, batch_size=3
+        )
         count = db.session.scalar(select(func.count()).select_from(Subscriber))
     assert report.added == 7 and count == 7
-    assert report.duplicates.details == [(9, "reader1@example.com appears earlier in the file: "
-                                             "merged")]
+    assert report.duplicates.details == [
+        (9, "reader1@example.com appears earlier in the file: merged")
+    ]
 
 
 def test_require_confirmation_sends_double_opt_in_within_the_limits(
-        runner: FlaskCliRunner, app: Flask, client: FlaskClient, tmp_path: Path,
-        smtp_sink: SmtpSink) -> None:
-    path = write_csv(tmp_path / "old-list.csv", ["email", "name"], [
-        ["ivy@example.com", "Ivy"], ["jon@example.com", ""]])
+    runner: FlaskCliRunner, app: Flask, client: FlaskClient, tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    path = write_csv(
+        tmp_path / "old-list.csv",
+        ["email", "name"],
+        [["ivy@example.com", "Ivy"], ["jon@example.com", ""]],
+    )
     result = import_file(runner, path, "--require-confirmation")
     assert result.exit_code == 0, result.output
     assert "2 new readers pending" in result.output and "Sent 2 emails" in result.output
@@ -196,10 +235,17 @@ def test_require_confirmation_sends_double_opt_in_within_the_limits(
 
 
 def test_status_column_keeps_out_rows_that_never_consented(
-        runner: FlaskCliRunner, app: Flask, tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "export.csv", ["email", "status"], [
-        ["yes@example.com", "confirmed"], ["maybe@example.com", "pending"],
-        ["gone@example.com", "unsubscribed"]])
+    runner: FlaskCliRunner, app: Flask, tmp_path: Path
+) -> None:
+    path = write_csv(
+        tmp_path / "export.csv",
+        ["email", "status"],
+        [
+            ["yes@example.com", "confirmed"],
+            ["maybe@example.com", "pending"],
+            ["gone@example.com", "unsubscribed"],
+        ],
+    )
     result = import_file(runner, path)
     assert result.exit_code == 0, result.output
     assert "line 3: maybe@example.com is pending in the file" in result.output
@@ -210,13 +256,17 @@ def test_status_column_keeps_out_rows_that_never_consented(
     assert "status 'vip' is not one of" in import_file(runner, bad).output
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"", "is empty"),
-    (b"address,name\nx@example.com,X\n", "no 'email' column"),
-    (b"email\nok@example.com\ncaf\xe9@example.com\n", "not UTF-8"),
-])
-def test_unreadable_files_are_refused_whole(runner: FlaskCliRunner, app: Flask, tmp_path: Path,
-                                            content: bytes, message: str) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty"),
+        (b"address,name\nx@example.com,X\n", "no 'email' column"),
+        (b"email\nok@example.com\ncaf\xe9@example.com\n", "not UTF-8"),
+    ],
+)
+def test_unreadable_files_are_refused_whole(
+    runner: FlaskCliRunner, app: Flask, tmp_path: Path, content: bytes, message: str
+) -> None:
     path = tmp_path / "list.csv"
     path.write_bytes(content)
     result = import_file(runner, path)
@@ -232,8 +282,9 @@ def test_the_consent_note_is_required(runner: FlaskCliRunner, tmp_path: Path) ->
     assert blank.exit_code == 1 and "Say where the consent was collected" in blank.output
 
 
-def test_a_spreadsheet_bom_and_header_case_are_accepted(runner: FlaskCliRunner, app: Flask,
-                                                        tmp_path: Path) -> None:
+def test_a_spreadsheet_bom_and_header_case_are_accepted(
+    runner: FlaskCliRunner, app: Flask, tmp_path: Path
+) -> None:
     path = tmp_path / "excel.csv"
     path.write_bytes("\ufeff Email ,Name\r\nzoe@example.com,Zo\xeb\r\n".encode())
     result = import_file(runner, path)
@@ -242,8 +293,9 @@ def test_a_spreadsheet_bom_and_header_case_are_accepted(runner: FlaskCliRunner, 
 
 
 @pytest.fixture
-def second_app(migrated_db: Path, tmp_path: Path, config: dict[str, Any],
-               monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
+def second_app(
+    migrated_db: Path, tmp_path: Path, config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Flask]:
     """Another installation with an empty database of its own (the import's destination)."""
     database = tmp_path / "second.sqlite"
     shutil.copyfile(migrated_db, database)
@@ -255,19 +307,40 @@ def second_app(migrated_db: Path, tmp_path: Path, config: dict[str, Any],
         db.engine.dispose()
 
 
-def test_export_then_import_round_trip(runner: FlaskCliRunner, app: Flask, client: FlaskClient,
-                                       tmp_path: Path, smtp_sink: SmtpSink,
-                                       second_app: Flask) -> None:
-    import_file(runner, write_csv(tmp_path / "list.csv", ["email", "name", "subscribed_at",
-                                                          "source"], [
-        ["ada@example.com", "Ada, the \"calm\" one", "2024-01-05T07:00:00+00:00",
-         "https://blog.example.com/a"],
-        ["bo@example.com", "", "2024-02-01", ""],
-        ["cy@example.com", "Cy", "2024-03-01", ""],
-    ]))
+def test_export_then_import_round_trip(
+    runner: FlaskCliRunner,
+    app: Flask,
+    client: FlaskClient,
+    tmp_path: Path,
+    smtp_sink: SmtpSink,
+    second_app: Flask,
+) -> None:
+    import_file(
+        runner,
+        write_csv(
+            tmp_path / "list.csv",
+            ["email", "name", "subscribed_at", "source"],
+            [
+                [
+                    "ada@example.com",
+                    'Ada, the "calm" one',
+                    "2024-01-05T07:00:00+00:00",
+                    "https://blog.example.com/a",
+                ],
+                ["bo@example.com", "", "2024-02-01", ""],
+                ["cy@example.com", "Cy", "2024-03-01", ""],
+            ],
+        ),
+    )
     runner.invoke(args=["subscribers", "unsubscribe", "cy@example.com"])
-    client.post("/subscribe", data={"email": "dee@example.com", "name": "Dee",
-                                    "source": "https://blog.example.com/breathing"})
+    client.post(
+        "/subscribe",
+        data={
+            "email": "dee@example.com",
+            "name": "Dee",
+            "source": "https://blog.example.com/breathing",
+        },
+    )
     confirm_path = link_in(smtp_sink.wait_for(1)[0].body("plain"), "confirm")
     client.post(confirm_path)
     sign_up(app, "eve@example.com")  # pending: never confirmed
@@ -277,15 +350,22 @@ def test_export_then_import_round_trip(runner: FlaskCliRunner, app: Flask, clien
     assert result.exit_code == 0 and "Wrote 5 readers" in result.output
     rows = list(csv.DictReader(io.StringIO(exported.read_text(encoding="utf-8"))))
     by_email = {row["email"]: row for row in rows}
-    assert by_email["ada@example.com"]["name"] == "Ada, the \"calm\" one"
+    assert by_email["ada@example.com"]["name"] == 'Ada, the "calm" one'
     assert by_email["ada@example.com"]["subscribed_at"] == "2024-01-05T07:00:00+00:00"
     assert by_email["cy@example.com"]["unsubscribed_at"] == "2026-11-02T09:00:00+00:00"
     assert by_email["dee@example.com"]["source"] == "https://blog.example.com/breathing"
     assert by_email["eve@example.com"]["status"] == "pending"
 
     other_runner = second_app.test_cli_runner()
-    imported = other_runner.invoke(args=["subscribers", "import", str(exported),
-                                         "--consent-note", "moved from the old install"])
+    imported = other_runner.invoke(
+        args=[
+            "subscribers",
+            "import",
+            str(exported),
+            "--consent-note",
+            "moved from the old install",
+        ]
+    )
     assert imported.exit_code == 0, imported.output
     assert "3 new readers confirmed" in imported.output  # not the unsubscribed, not the pending
     again = other_runner.invoke(args=["subscribers", "export", "--status", "confirmed"])
@@ -295,31 +375,52 @@ def test_export_then_import_round_trip(runner: FlaskCliRunner, app: Flask, clien
 
 
 def test_list_and_count(runner: FlaskCliRunner, app: Flask, tmp_path: Path) -> None:
-    import_file(runner, write_csv(tmp_path / "list.csv", ["email", "name"], [
-        ["ana@example.com", "Ana"], ["ben@example.com", ""]]))
+    import_file(
+        runner,
+        write_csv(
+            tmp_path / "list.csv",
+            ["email", "name"],
+            [["ana@example.com", "Ana"], ["ben@example.com", ""]],
+        ),
+    )
     sign_up(app, "cat@example.com")
 
     table = runner.invoke(args=["subscribers", "list"])
     assert table.exit_code == 0
     assert "ana@example.com" in table.output and "3 readers." in table.output
     assert runner.invoke(args=["subscribers", "list", "--format", "text"]).output == table.output
-    pending = runner.invoke(args=["subscribers", "list", "--status", "pending",
-                                  "--format", "json"])
+    pending = runner.invoke(args=["subscribers", "list", "--status", "pending", "--format", "json"])
     assert [r["email"] for r in json.loads(pending.output)] == ["cat@example.com"]
     as_csv = runner.invoke(args=["subscribers", "list", "--format", "csv"])
     assert [r["email"] for r in csv.DictReader(io.StringIO(as_csv.output))] == [
-        "ana@example.com", "ben@example.com", "cat@example.com"]
-    assert json.loads(runner.invoke(args=["subscribers", "list", "--format", "json",
-                                          "--status", "erased"]).output) == []
+        "ana@example.com",
+        "ben@example.com",
+        "cat@example.com",
+    ]
+    assert (
+        json.loads(
+            runner.invoke(
+                args=["subscribers", "list", "--format", "json", "--status", "erased"]
+            ).output
+        )
+        == []
+    )
 
     counted = runner.invoke(args=["subscribers", "count"])
     lines = dict(line.split() for line in counted.output.splitlines())
-    assert lines == {"pending": "1", "confirmed": "2", "unsubscribed": "0", "erased": "0",
-                     "bounced": "0", "total": "3"}
+    assert lines == {
+        "pending": "1",
+        "confirmed": "2",
+        "unsubscribed": "0",
+        "erased": "0",
+        "bounced": "0",
+        "total": "3",
+    }
 
 
-def test_add_sends_the_double_opt_in_email(runner: FlaskCliRunner, app: Flask,
-                                           client: FlaskClient, smtp_sink: SmtpSink) -> None:
+def test_add_sends_the_double_opt_in_email(
+    runner: FlaskCliRunner, app: Flask, client: FlaskClient, smtp_sink: SmtpSink
+) -> None:
     result = runner.invoke(args=["subscribers", "add", "Friend@Example.com", "--name", "Fran"])
     assert result.exit_code == 0, result.output
     assert "Asked Friend@Example.com to confirm" in result.output
@@ -337,8 +438,9 @@ def test_add_sends_the_double_opt_in_email(runner: FlaskCliRunner, app: Flask,
     assert bad.exit_code == 2 and "doesn't look like an email address" in bad.output
 
 
-def test_unsubscribe_from_the_command_line(runner: FlaskCliRunner, app: Flask,
-                                           tmp_path: Path) -> None:
+def test_unsubscribe_from_the_command_line(
+    runner: FlaskCliRunner, app: Flask, tmp_path: Path
+) -> None:
     import_file(runner, write_csv(tmp_path / "l.csv", ["email"], [["kim@example.com"]]))
     result = runner.invoke(args=["subscribers", "unsubscribe", "KIM@example.com"])
     assert result.exit_code == 0 and "Unsubscribed kim@example.com." in result.output
@@ -351,11 +453,16 @@ def test_unsubscribe_from_the_command_line(runner: FlaskCliRunner, app: Flask,
 
 
 def test_a_semicolon_separated_file_is_read_like_a_comma_separated_one(
-        runner: FlaskCliRunner, app: Flask, tmp_path: Path) -> None:
+    runner: FlaskCliRunner, app: Flask, tmp_path: Path
+) -> None:
     # As spreadsheets save "CSV" where the comma is the decimal mark (much of Europe).
     path = tmp_path / "europe.csv"
-    path.write_text("E-Mail;Name\nmaya@example.org;Maya\ntheo@example.net;\"Theo; Jr.\"\n"
-                    .replace("E-Mail", "email"), encoding="utf-8")
+    path.write_text(
+        'E-Mail;Name\nmaya@example.org;Maya\ntheo@example.net;"Theo; Jr."\n'.replace(
+            "E-Mail", "email"
+        ),
+        encoding="utf-8",
+    )
     result = import_file(runner, path)
     assert result.exit_code == 0, result.output
     found = readers(app)
@@ -363,19 +470,24 @@ def test_a_semicolon_separated_file_is_read_like_a_comma_separated_one(
     assert found["theo@example.net"].name == "Theo; Jr."
 
 
-def test_a_tab_separated_file_is_read_too(runner: FlaskCliRunner, app: Flask,
-                                          tmp_path: Path) -> None:
+def test_a_tab_separated_file_is_read_too(
+    runner: FlaskCliRunner, app: Flask, tmp_path: Path
+) -> None:
     path = tmp_path / "tabs.csv"
     path.write_text("email\tname\nmaya@example.org\tMaya\n", encoding="utf-8")
     assert import_file(runner, path).exit_code == 0
     assert readers(app)["maya@example.org"].name == "Maya"
 
 
-def test_an_unclosed_quote_is_reported_on_its_own_line(runner: FlaskCliRunner, app: Flask,
-                                                        tmp_path: Path) -> None:
+def test_an_unclosed_quote_is_reported_on_its_own_line(
+    runner: FlaskCliRunner, app: Flask, tmp_path: Path
+) -> None:
     path = tmp_path / "quote.csv"
-    path.write_text('email,name\nmaya@example.org,Maya\n\ntheo@example.net,"Theo\n'
-                    'rosa@example.com,Rosa\nlena@example.com,Lena\n', encoding="utf-8")
+    path.write_text(
+        'email,name\nmaya@example.org,Maya\n\ntheo@example.net,"Theo\n'
+        "rosa@example.com,Rosa\nlena@example.com,Lena\n",
+        encoding="utf-8",
+    )
     result = import_file(runner, path)
     assert result.exit_code == 1
     assert "line 4" in result.output and "quote" in result.output
@@ -383,37 +495,45 @@ def test_an_unclosed_quote_is_reported_on_its_own_line(runner: FlaskCliRunner, a
 
 
 def test_a_quote_closed_lines_later_is_reported_where_it_opened(
-        runner: FlaskCliRunner, app: Flask, tmp_path: Path) -> None:
+    runner: FlaskCliRunner, app: Flask, tmp_path: Path
+) -> None:
     path = tmp_path / "quote.csv"
-    path.write_text('email,name\nmaya@example.org,"Maya\nrosa@example.com,"Rosa"\n',
-                    encoding="utf-8")
+    path.write_text(
+        'email,name\nmaya@example.org,"Maya\nrosa@example.com,"Rosa"\n', encoding="utf-8"
+    )
     result = import_file(runner, path)
     assert result.exit_code == 1
     assert "line 2" in result.output and "quote" in result.output
     assert readers(app) == {}
 
 
-def test_the_summary_counts_every_row_once(runner: FlaskCliRunner, app: Flask,
-                                           tmp_path: Path) -> None:
+def test_the_summary_counts_every_row_once(
+    runner: FlaskCliRunner, app: Flask, tmp_path: Path
+) -> None:
     sign_up(app, "waiting@example.com")
     first = write_csv(tmp_path / "first.csv", ["email"], [["here@example.com"]])
     assert import_file(runner, first).exit_code == 0
-    path = write_csv(tmp_path / "readers.csv", ["email", "name", "status"], [
-        ["new@example.com", "New", ""],
-        ["NEW@example.com", "", ""],
-        ["waiting@example.com", "", ""],
-        ["here@example.com", "", ""],
-        ["never@example.com", "", "pending"],
-        ["not an address", "", ""],
-        ["multi@example.com", "Two\nlines", ""],
-    ])
+    path = write_csv(
+        tmp_path / "readers.csv",
+        ["email", "name", "status"],
+        [
+            ["new@example.com", "New", ""],
+            ["NEW@example.com", "", ""],
+            ["waiting@example.com", "", ""],
+            ["here@example.com", "", ""],
+            ["never@example.com", "", "pending"],
+            ["not an address", "", ""],
+            ["multi@example.com", "Two\nlines", ""],
+        ],
+    )
     result = import_file(runner, path, "--skip-invalid")
     assert result.exit_code == 0, result.output
     summary = next(line for line in result.output.splitlines() if line.startswith("Read "))
     assert summary == (
         "Read 7 rows from readers.csv: 1 new reader confirmed, 1 waiting reader confirmed, "
         "1 already here, 1 repeated in the file (merged), 0 unsubscribed and 0 erased refused, "
-        "1 skipped, 2 invalid.")
+        "1 skipped, 2 invalid."
+    )
 
 
 def test_show_lists_events_in_time_order(runner: FlaskCliRunner, app: Flask) -> None:
@@ -423,20 +543,36 @@ def test_show_lists_events_in_time_order(runner: FlaskCliRunner, app: Flask) -> 
         subscriber = db.session.scalar(select(Subscriber))
         assert subscriber is not None
         # Recorded after the sign-up (a higher id) for a moment before it.
-        db.session.add(ConsentEvent(subscriber_id=subscriber.id, kind="confirmation_sent",
-                                    occurred_at=clock() - timedelta(minutes=5), method="form"))
-        db.session.add(ConsentEvent(subscriber_id=subscriber.id, kind="confirmed",
-                                    occurred_at=clock() + timedelta(minutes=5), method="form"))
+        db.session.add(
+            ConsentEvent(
+                subscriber_id=subscriber.id,
+                kind="confirmation_sent",
+                occurred_at=clock() - timedelta(minutes=5),
+                method="form",
+            )
+        )
+        db.session.add(
+            ConsentEvent(
+                subscriber_id=subscriber.id,
+                kind="confirmed",
+                occurred_at=clock() + timedelta(minutes=5),
+                method="form",
+            )
+        )
         db.session.commit()
     shown = json.loads(runner.invoke(args=["subscribers", "show", "reader@example.com"]).output)
     times = [event["at"] for event in shown["events"]]
     assert times == sorted(times)
     assert [event["kind"] for event in shown["events"]] == [
-        "confirmation_sent", "requested", "confirmed"]
+        "confirmation_sent",
+        "requested",
+        "confirmed",
+    ]
 
 
-def test_show_includes_every_delivery_and_email(runner: FlaskCliRunner, app: Flask,
-                                                client: FlaskClient, smtp_sink: SmtpSink) -> None:
+def test_show_includes_every_delivery_and_email(
+    runner: FlaskCliRunner, app: Flask, client: FlaskClient, smtp_sink: SmtpSink
+) -> None:
     client.post("/subscribe", data={"email": "reader@example.com"})
     client.post(link_in(smtp_sink.wait_for(1)[0].body("plain"), "confirm"))
     smtp_sink.wait_for(2)
@@ -446,31 +582,46 @@ def test_show_includes_every_delivery_and_email(runner: FlaskCliRunner, app: Fla
         subscriber = db.session.scalar(select(Subscriber))
         assert subscriber is not None
         for number, status in enumerate(("sent", "failed"), start=1):
-            campaign = Campaign(kind="digest", subject=f"Slow mornings, part {number}",
-                                content_hash=f"h{number}", status="sent", created_at=clock(),
-                                html="<p>x</p>", text="x")
+            campaign = Campaign(
+                kind="digest",
+                subject=f"Slow mornings, part {number}",
+                content_hash=f"h{number}",
+                status="sent",
+                created_at=clock(),
+                html="<p>x</p>",
+                text="x",
+            )
             db.session.add(campaign)
             db.session.flush()
-            db.session.add(Delivery(campaign_id=campaign.id, subscriber_id=subscriber.id,
-                                    status=status, attempts=1))
+            db.session.add(
+                Delivery(
+                    campaign_id=campaign.id, subscriber_id=subscriber.id, status=status, attempts=1
+                )
+            )
         db.session.commit()
         assert db.session.scalar(select(func.count()).select_from(OutboxEmail)) == 2
 
     shown = json.loads(runner.invoke(args=["subscribers", "show", "reader@example.com"]).output)
     assert [(d["subject"], d["kind"], d["status"]) for d in shown["deliveries"]] == [
-        ("Slow mornings, part 1", "digest", "sent"), ("Slow mornings, part 2", "digest", "failed")]
+        ("Slow mornings, part 1", "digest", "sent"),
+        ("Slow mornings, part 2", "digest", "failed"),
+    ]
     assert all(d["campaign_id"] for d in shown["deliveries"])
     assert [(e["kind"], e["status"]) for e in shown["emails"]] == [
-        ("confirmation", "sent"), ("welcome", "sent")]
+        ("confirmation", "sent"),
+        ("welcome", "sent"),
+    ]
     assert shown["email"] == "reader@example.com" and PUBLIC_URL not in json.dumps(shown)
 
 
 def test_an_import_racing_a_sign_up_stops_cleanly_and_resumes(
-        runner: FlaskCliRunner, app: Flask, tmp_path: Path) -> None:
+    runner: FlaskCliRunner, app: Flask, tmp_path: Path
+) -> None:
     from sqlalchemy import event, text
 
-    path = write_csv(tmp_path / "list.csv", ["email"], [["first@example.com"],
-                                                        ["racer@example.com"]])
+    path = write_csv(
+        tmp_path / "list.csv", ["email"], [["first@example.com"], ["racer@example.com"]]
+    )
     with app.app_context():
         engine = db.engine
     raced: list[str] = []
@@ -480,10 +631,13 @@ def test_an_import_racing_a_sign_up_stops_cleanly_and_resumes(
         if statement.startswith("INSERT INTO subscribers") and not raced:
             raced.append(statement)
             with engine.begin() as other:
-                other.execute(text(
-                    "INSERT INTO subscribers (email, status, token_generation, created_at, "
-                    "updated_at) VALUES ('racer@example.com', 'pending', 1, :now, :now)"),
-                    {"now": datetime(2026, 11, 2, 9, 0)})
+                other.execute(
+                    text(
+                        "INSERT INTO subscribers (email, status, token_generation, created_at, "
+                        "updated_at) VALUES ('racer@example.com', 'pending', 1, :now, :now)"
+                    ),
+                    {"now": datetime(2026, 11, 2, 9, 0)},
+                )
 
     event.listen(engine, "before_cursor_execute", sign_up_first)
     try:
@@ -491,12 +645,16 @@ def test_an_import_racing_a_sign_up_stops_cleanly_and_resumes(
     finally:
         event.remove(engine, "before_cursor_execute", sign_up_first)
     assert stopped.exit_code == 1, stopped.output
-    assert "Import stopped: another process added one of the addresses on lines 2 to 3" \
+    assert (
+        "Import stopped: another process added one of the addresses on lines 2 to 3"
         in stopped.output
+    )
     assert set(readers(app)) == {"racer@example.com"}
 
     resumed = import_file(runner, path)
     assert resumed.exit_code == 0, resumed.output
     assert "1 new reader confirmed, 1 waiting reader confirmed" in resumed.output
     assert {e: s.status for e, s in readers(app).items()} == {
-        "first@example.com": "confirmed", "racer@example.com": "confirmed"}
+        "first@example.com": "confirmed",
+        "racer@example.com": "confirmed",
+    }

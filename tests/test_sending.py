@@ -46,7 +46,8 @@ from tests.smtp_sink import DROP, Hold, SmtpSink
 FAST = SendOptions(connections=2, retry_delay=0.05, reconnect_delay=0.01, flush_interval=0.05)
 # On SQLite one sender at a time; on PostgreSQL senders share the work (tests/test_senders.py).
 exclusive_lock = pytest.mark.skipif(
-    ON_POSTGRES, reason="on PostgreSQL several senders run at once (tests/test_senders.py)")
+    ON_POSTGRES, reason="on PostgreSQL several senders run at once (tests/test_senders.py)"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -62,33 +63,69 @@ def posts_folder(config: dict[str, Any], tmp_path: Path) -> Path:
 def write_post(folder: Path, slug: str, title: str, date: str) -> None:
     (folder / f"{slug}.md").write_text(
         f"---\ntitle: {title}\ndate: {date}\nsummary: A few calm words.\n---\n\n"
-        "Breathe in for four, out for six.\n", encoding="utf-8")
+        "Breathe in for four, out for six.\n",
+        encoding="utf-8",
+    )
 
 
-def add_readers(session: Session, clock: FrozenClock, count: int, *, status: str = CONFIRMED,
-                start: int = 1, names: bool = True) -> list[str]:
+def add_readers(
+    session: Session,
+    clock: FrozenClock,
+    count: int,
+    *,
+    status: str = CONFIRMED,
+    start: int = 1,
+    names: bool = True,
+) -> list[str]:
     """Insert readers directly (fast); returns their addresses in id order."""
     emails = [f"reader{n}@example.com" for n in range(start, start + count)]
-    session.execute(insert(Subscriber), [
-        {"email": email, "name": f"Reader {n}" if names else None, "status": status,
-         "token_generation": 0, "created_at": clock(), "updated_at": clock()}
-        for n, email in enumerate(emails, start)])
+    session.execute(
+        insert(Subscriber),
+        [
+            {
+                "email": email,
+                "name": f"Reader {n}" if names else None,
+                "status": status,
+                "token_generation": 0,
+                "created_at": clock(),
+                "updated_at": clock(),
+            }
+            for n, email in enumerate(emails, start)
+        ],
+    )
     session.commit()
     return emails
 
 
-def make_campaign(session: Session, clock: FrozenClock, *, subject: str = "Slow mornings",
-                  html: str | None = None, text: str | None = None) -> int:
+def make_campaign(
+    session: Session,
+    clock: FrozenClock,
+    *,
+    subject: str = "Slow mornings",
+    html: str | None = None,
+    text: str | None = None,
+) -> int:
     """A campaign rendered with the reader placeholders, planned for every confirmed reader."""
-    html = html or (f"<html><body><p class=greeting>{placeholders.GREETING}</p>"
-                    "<p>Breathe in for four.</p>"
-                    f'<p><a href="{placeholders.UNSUBSCRIBE_URL}">Unsubscribe</a></p>'
-                    "</body></html>")
-    text = text or (f"{placeholders.GREETING}\n\nBreathe in for four.\n\n"
-                    f"Unsubscribe: {placeholders.UNSUBSCRIBE_URL}\n")
-    campaign = Campaign(kind="digest", subject=subject, preheader=None, status="sending",
-                        content_hash=hashlib.sha256(subject.encode()).hexdigest(),
-                        created_at=clock(), html=html, text=text)
+    html = html or (
+        f"<html><body><p class=greeting>{placeholders.GREETING}</p>"
+        "<p>Breathe in for four.</p>"
+        f'<p><a href="{placeholders.UNSUBSCRIBE_URL}">Unsubscribe</a></p>'
+        "</body></html>"
+    )
+    text = text or (
+        f"{placeholders.GREETING}\n\nBreathe in for four.\n\n"
+        f"Unsubscribe: {placeholders.UNSUBSCRIBE_URL}\n"
+    )
+    campaign = Campaign(
+        kind="digest",
+        subject=subject,
+        preheader=None,
+        status="sending",
+        content_hash=hashlib.sha256(subject.encode()).hexdigest(),
+        created_at=clock(),
+        html=html,
+        text=text,
+    )
     session.add(campaign)
     session.flush()
     plan_deliveries(session, campaign.id, clock())
@@ -100,8 +137,9 @@ def send(app: Flask, campaign_id: int, options: SendOptions = FAST) -> SendRepor
     with app.app_context():
         lock = SendLock(state_dir(app), db.engine)
         with lock:
-            return send_campaign(db.session, get_services(app), campaign_id, lock=lock,
-                                 options=options)
+            return send_campaign(
+                db.session, get_services(app), campaign_id, lock=lock, options=options
+            )
 
 
 def state_dir(app: Flask) -> Path:
@@ -112,8 +150,10 @@ def statuses(session: Session, campaign_id: int) -> dict[str, str]:
     """Each reader's delivery status, by address."""
     session.commit()
     rows = session.execute(
-        select(Subscriber.email, Delivery.status).join(Delivery)
-        .where(Delivery.campaign_id == campaign_id))
+        select(Subscriber.email, Delivery.status)
+        .join(Delivery)
+        .where(Delivery.campaign_id == campaign_id)
+    )
     return dict(rows.all())
 
 
@@ -125,7 +165,8 @@ def copies(sink: SmtpSink) -> Counter[str]:
 
 
 def test_plans_one_delivery_per_confirmed_reader_and_sends_each_once(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     readers = add_readers(session, clock, 12)
     add_readers(session, clock, 2, status="pending", start=100)
     add_readers(session, clock, 2, status="unsubscribed", start=200)
@@ -142,7 +183,8 @@ def test_plans_one_delivery_per_confirmed_reader_and_sends_each_once(
 
 
 def test_a_rerun_after_completion_sends_nothing(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     add_readers(session, clock, 5)
     campaign_id = make_campaign(session, clock)
     send(app, campaign_id)
@@ -152,7 +194,8 @@ def test_a_rerun_after_completion_sends_nothing(
 
 
 def test_reader_parts_are_filled_in_per_reader(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     add_readers(session, clock, 1, names=False)
     add_readers(session, clock, 1, start=2)
     campaign_id = make_campaign(session, clock)
@@ -174,7 +217,8 @@ def test_reader_parts_are_filled_in_per_reader(
 
 
 def test_unsubscribe_link_in_the_message_unsubscribes_that_reader(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     add_readers(session, clock, 2)
     send(app, make_campaign(session, clock))
     received = smtp_sink.to("reader2@example.com")[0]
@@ -182,8 +226,9 @@ def test_unsubscribe_link_in_the_message_unsubscribes_that_reader(
     response = app.test_client().post(path, data={"List-Unsubscribe": "One-Click"})
     assert response.status_code == 200
     session.commit()
-    status = session.scalar(select(Subscriber.status).where(
-        Subscriber.email == "reader2@example.com"))
+    status = session.scalar(
+        select(Subscriber.status).where(Subscriber.email == "reader2@example.com")
+    )
     assert status == "unsubscribed"
 
 
@@ -192,8 +237,8 @@ def test_unsubscribe_link_in_the_message_unsubscribes_that_reader(
 
 @pytest.mark.parametrize("pipelining", [True, False])
 def test_a_5xx_fails_the_delivery_with_the_reply_stored(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        pipelining: bool) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink, pipelining: bool
+) -> None:
     smtp_sink.script.offer_pipelining = pipelining
     add_readers(session, clock, 6)
     smtp_sink.script.rcpt_replies["reader2@example.com"] = "550 5.1.1 No such user here"
@@ -206,17 +251,24 @@ def test_a_5xx_fails_the_delivery_with_the_reply_stored(
     assert not report.complete and report.finished
     got = statuses(session, campaign_id)
     assert got["reader2@example.com"] == got["reader5@example.com"] == "failed"
-    replies = dict(session.execute(select(Subscriber.email, Delivery.smtp_reply).join(Delivery)
-                                   .where(Delivery.status == "failed")).all())
-    assert replies == {"reader2@example.com": "550 5.1.1 No such user here",
-                       "reader5@example.com": "554 5.7.1 Message refused as spam"}
+    replies = dict(
+        session.execute(
+            select(Subscriber.email, Delivery.smtp_reply)
+            .join(Delivery)
+            .where(Delivery.status == "failed")
+        ).all()
+    )
+    assert replies == {
+        "reader2@example.com": "550 5.1.1 No such user here",
+        "reader5@example.com": "554 5.7.1 Message refused as spam",
+    }
     assert len(smtp_sink.messages) == 4
 
 
 @pytest.mark.parametrize("pipelining", [True, False])
 def test_a_4xx_is_deferred_and_retried_within_the_run(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        pipelining: bool) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink, pipelining: bool
+) -> None:
     smtp_sink.script.offer_pipelining = pipelining
     add_readers(session, clock, 4)
     smtp_sink.script.rcpt_sequence["reader3@example.com"] = ["451 4.7.1 Greylisted, try later"]
@@ -227,13 +279,15 @@ def test_a_4xx_is_deferred_and_retried_within_the_run(
 
     assert (report.sent, report.failed, report.deferred) == (4, 0, 0) and report.complete
     assert copies(smtp_sink) == Counter(f"reader{n}@example.com" for n in range(1, 5))
-    attempts = dict(session.execute(select(Subscriber.email, Delivery.attempts)
-                                    .join(Delivery)).all())
+    attempts = dict(
+        session.execute(select(Subscriber.email, Delivery.attempts).join(Delivery)).all()
+    )
     assert attempts["reader3@example.com"] == 2 and attempts["reader4@example.com"] == 3
 
 
 def test_a_lasting_4xx_stays_deferred_for_the_next_run_then_is_sent(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     add_readers(session, clock, 3)
     smtp_sink.script.data_replies["reader2@example.com"] = "421 4.3.2 Not now"  # session drop
     smtp_sink.script.rcpt_replies["reader3@example.com"] = "450 4.2.1 Mailbox busy"
@@ -244,8 +298,9 @@ def test_a_lasting_4xx_stays_deferred_for_the_next_run_then_is_sent(
     # reader2's 421 every time: tried again on a fresh connection, then deferred like a 4xx.
     assert (report.sent, report.deferred) == (1, 2) and not report.complete
     assert report.error is None
-    delivery = session.execute(select(Delivery).join(Subscriber).where(
-        Subscriber.email == "reader3@example.com")).scalar_one()
+    delivery = session.execute(
+        select(Delivery).join(Subscriber).where(Subscriber.email == "reader3@example.com")
+    ).scalar_one()
     assert delivery.status == "deferred" and delivery.smtp_reply == "450 4.2.1 Mailbox busy"
     assert delivery.deferred_since == clock() and delivery.next_attempt_at > clock()
     assert session.get(Campaign, campaign_id).status == "sending"
@@ -260,12 +315,21 @@ def test_a_lasting_4xx_stays_deferred_for_the_next_run_then_is_sent(
 
 
 def test_a_4xx_past_the_give_up_age_fails(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     add_readers(session, clock, 2)
     campaign_id = make_campaign(session, clock)
-    session.execute(update(Delivery).where(Delivery.subscriber_id == 1).values(
-        status="deferred", attempts=9, deferred_since=clock() - timedelta(hours=80),
-        next_attempt_at=clock() - timedelta(minutes=1), smtp_reply="451 later"))
+    session.execute(
+        update(Delivery)
+        .where(Delivery.subscriber_id == 1)
+        .values(
+            status="deferred",
+            attempts=9,
+            deferred_since=clock() - timedelta(hours=80),
+            next_attempt_at=clock() - timedelta(minutes=1),
+            smtp_reply="451 later",
+        )
+    )
     session.commit()
     smtp_sink.script.rcpt_replies["reader1@example.com"] = "451 4.4.1 Still not reachable"
 
@@ -277,7 +341,8 @@ def test_a_4xx_past_the_give_up_age_fails(
 
 
 def test_421_at_the_greeting_reconnects_with_backoff(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     readers = add_readers(session, clock, 6)
     smtp_sink.script.greeting_replies = ["421 4.3.2 Too busy", "421 4.3.2 Too busy"]
     before = smtp_sink.connections
@@ -289,14 +354,17 @@ def test_421_at_the_greeting_reconnects_with_backoff(
 
 @pytest.mark.parametrize("pipelining", [True, False])
 def test_421_mid_session_reconnects_and_sends_each_message_once(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        pipelining: bool) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink, pipelining: bool
+) -> None:
     smtp_sink.script.offer_pipelining = pipelining
     readers = add_readers(session, clock, 10)
     smtp_sink.script.messages_per_session = 3
     before = smtp_sink.connections  # the controller's own readiness check connects once
-    report = send(app, make_campaign(session, clock), SendOptions(
-        connections=1, reconnect_delay=0.01, flush_interval=0.05))
+    report = send(
+        app,
+        make_campaign(session, clock),
+        SendOptions(connections=1, reconnect_delay=0.01, flush_interval=0.05),
+    )
     assert report.sent == 10 and report.complete
     assert copies(smtp_sink) == Counter(readers)
     assert smtp_sink.connections - before == 4
@@ -304,8 +372,8 @@ def test_421_mid_session_reconnects_and_sends_each_message_once(
 
 @pytest.mark.parametrize("pipelining", [True, False])
 def test_a_drop_after_the_final_dot_defers_only_that_message_to_the_next_run(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        pipelining: bool) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink, pipelining: bool
+) -> None:
     smtp_sink.script.offer_pipelining = pipelining
     readers = add_readers(session, clock, 6)
     smtp_sink.script.data_sequence["reader3@example.com"] = [DROP]
@@ -321,18 +389,22 @@ def test_a_drop_after_the_final_dot_defers_only_that_message_to_the_next_run(
 
 
 def test_a_reply_slower_than_the_timeout_defers_each_message_once(
-        config: dict[str, Any], app: Flask, session: Session, clock: FrozenClock,
-        smtp_sink: SmtpSink) -> None:
+    config: dict[str, Any], app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     app.config["SMTP_TIMEOUT"] = 0.3
     readers = add_readers(session, clock, 3)
     smtp_sink.script.data_delay = 0.6
     campaign_id = make_campaign(session, clock)
-    report = send(app, campaign_id, SendOptions(connections=1, reconnect_delay=0.01,
-                                                max_connection_failures=2))
+    report = send(
+        app,
+        campaign_id,
+        SendOptions(connections=1, reconnect_delay=0.01, max_connection_failures=2),
+    )
     assert report.error is None and report.sent == 0 and report.deferred == 3
     assert set(statuses(session, campaign_id).values()) == {"deferred"}
-    assert set(copies(smtp_sink)) <= set(readers) and max(copies(smtp_sink).values(),
-                                                         default=0) <= 1
+    assert (
+        set(copies(smtp_sink)) <= set(readers) and max(copies(smtp_sink).values(), default=0) <= 1
+    )
 
     smtp_sink.script.data_delay = 0.1  # slow, but within the timeout
     app.config["SMTP_TIMEOUT"] = 5
@@ -341,24 +413,37 @@ def test_a_reply_slower_than_the_timeout_defers_each_message_once(
 
 
 def test_an_unreachable_server_stops_the_run_and_leaves_the_rest_queued(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     add_readers(session, clock, 4)
     campaign_id = make_campaign(session, clock)
     smtp_sink.stop()
-    report = send(app, campaign_id, SendOptions(connections=2, reconnect_delay=0.01,
-                                                max_connection_failures=3))
+    report = send(
+        app,
+        campaign_id,
+        SendOptions(connections=2, reconnect_delay=0.01, max_connection_failures=3),
+    )
     assert report.error is not None and "cannot reach SMTP server" in report.error
     assert report.sent == 0 and report.left == 4 and not report.finished
     assert set(statuses(session, campaign_id).values()) == {"queued"}
 
 
-@pytest.mark.parametrize(("login", "settings", "words"), [
-    (("ada", "right"), {"SMTP_USERNAME": "ada", "SMTP_PASSWORD": "wrong"}, "login"),
-    (None, {"SMTP_SECURITY": "starttls"}, "STARTTLS"),
-])
+@pytest.mark.parametrize(
+    ("login", "settings", "words"),
+    [
+        (("ada", "right"), {"SMTP_USERNAME": "ada", "SMTP_PASSWORD": "wrong"}, "login"),
+        (None, {"SMTP_SECURITY": "starttls"}, "STARTTLS"),
+    ],
+)
 def test_a_login_or_tls_failure_stops_before_anything_is_marked(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        login: tuple[str, str] | None, settings: dict[str, str], words: str) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    login: tuple[str, str] | None,
+    settings: dict[str, str],
+    words: str,
+) -> None:
     add_readers(session, clock, 3)
     campaign_id = make_campaign(session, clock)
     sink = SmtpSink(login=login).start()
@@ -374,7 +459,8 @@ def test_a_login_or_tls_failure_stops_before_anything_is_marked(
 
 
 def test_the_rate_is_honoured_across_all_connections(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     add_readers(session, clock, 16)
     campaign_id = make_campaign(session, clock)
     started = time.monotonic()
@@ -385,7 +471,8 @@ def test_the_rate_is_honoured_across_all_connections(
 
 
 def test_a_reader_who_unsubscribes_mid_send_is_skipped(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     add_readers(session, clock, 24)
     campaign_id = make_campaign(session, clock)
     smtp_sink.script.data_delay = 0.03
@@ -398,8 +485,7 @@ def test_a_reader_who_unsubscribes_mid_send_is_skipped(
 
     leaver = threading.Thread(target=leave_while_sending)
     leaver.start()
-    report = send(app, campaign_id, SendOptions(connections=1, batch_size=4,
-                                                flush_interval=0.05))
+    report = send(app, campaign_id, SendOptions(connections=1, batch_size=4, flush_interval=0.05))
     leaver.join()
     assert (report.sent, report.skipped) == (23, 1) and report.complete
     assert statuses(session, campaign_id)["reader20@example.com"] == "skipped"
@@ -424,16 +510,18 @@ def a_421_at_rcpt(app: Flask, sink: SmtpSink) -> None:
     sink.script.rcpt_replies[FAULTY] = "421 4.7.0 Try again later"
 
 
-@pytest.mark.parametrize("fault", [drop_after_the_final_dot, reply_slower_than_the_timeout,
-                                   a_421_at_rcpt])
+@pytest.mark.parametrize(
+    "fault", [drop_after_the_final_dot, reply_slower_than_the_timeout, a_421_at_rcpt]
+)
 def test_one_readers_fault_defers_only_them_and_the_rest_go_once(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        fault: Any) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink, fault: Any
+) -> None:
     readers = add_readers(session, clock, 8)
     fault(app, smtp_sink)
     campaign_id = make_campaign(session, clock)
-    options = SendOptions(connections=1, retry_delay=0.05, reconnect_delay=0.01,
-                          flush_interval=0.05)
+    options = SendOptions(
+        connections=1, retry_delay=0.05, reconnect_delay=0.01, flush_interval=0.05
+    )
 
     report = send(app, campaign_id, options)
 
@@ -443,8 +531,9 @@ def test_one_readers_fault_defers_only_them_and_the_rest_go_once(
     assert got[FAULTY] <= 2
     assert report.error is None and (report.sent, report.deferred) == (7, 1)
     assert not report.complete  # exit status 3
-    delivery = session.execute(select(Delivery).join(Subscriber).where(
-        Subscriber.email == FAULTY)).scalar_one()
+    delivery = session.execute(
+        select(Delivery).join(Subscriber).where(Subscriber.email == FAULTY)
+    ).scalar_one()
     assert delivery.status == "deferred" and delivery.next_attempt_at > clock()
 
     clock.advance(hours=1)  # a later run, the fault still there
@@ -455,8 +544,13 @@ def test_one_readers_fault_defers_only_them_and_the_rest_go_once(
 
 
 def test_a_dropped_reply_defers_and_the_next_run_sends_it_once_more(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, posts_folder: Path) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    posts_folder: Path,
+) -> None:
     readers = add_readers(session, clock, 5)
     digest_ready(runner, posts_folder)
     smtp_sink.script.data_sequence[FAULTY] = [DROP]
@@ -466,8 +560,9 @@ def test_a_dropped_reply_defers_and_the_next_run_sends_it_once_more(
     assert result.exit_code == 3, result.output
     assert "sent 4, failed 0, deferred 1" in result.output
     assert copies(smtp_sink) == Counter(readers)  # the dropped one arrived once already
-    reply = session.scalar(select(Delivery.smtp_reply).join(Subscriber)
-                           .where(Subscriber.email == FAULTY))
+    reply = session.scalar(
+        select(Delivery.smtp_reply).join(Subscriber).where(Subscriber.email == FAULTY)
+    )
     assert reply is not None and "may have" in reply
 
     clock.advance(hours=1)
@@ -476,21 +571,33 @@ def test_a_dropped_reply_defers_and_the_next_run_sends_it_once_more(
     assert copies(smtp_sink) == Counter([*readers, FAULTY])  # its one possible second copy
 
 
-def add_readers_at_domains(session: Session, clock: FrozenClock, count: int,
-                           domains: int = 4) -> list[str]:
+def add_readers_at_domains(
+    session: Session, clock: FrozenClock, count: int, domains: int = 4
+) -> list[str]:
     """Readers spread over ``domains`` mail domains."""
     emails = [f"reader{n}@mail{n % domains}.example" for n in range(1, count + 1)]
-    session.execute(insert(Subscriber), [
-        {"email": email, "name": None, "status": CONFIRMED, "token_generation": 0,
-         "created_at": clock(), "updated_at": clock()} for email in emails])
+    session.execute(
+        insert(Subscriber),
+        [
+            {
+                "email": email,
+                "name": None,
+                "status": CONFIRMED,
+                "token_generation": 0,
+                "created_at": clock(),
+                "updated_at": clock(),
+            }
+            for email in emails
+        ],
+    )
     session.commit()
     return emails
 
 
 @pytest.mark.parametrize("where", ["every_rcpt", "every_data"])
 def test_a_relay_that_refuses_everything_stops_early_and_fails_nobody(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        where: str) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink, where: str
+) -> None:
     add_readers_at_domains(session, clock, 120)
     setattr(smtp_sink.script, where, "552 5.3.4 Mailbox full (quota exceeded)")
     campaign_id = make_campaign(session, clock)
@@ -502,8 +609,7 @@ def test_a_relay_that_refuses_everything_stops_early_and_fails_nobody(
     assert "in a row at 4 domains" in report.error and "nothing was marked failed" in report.error
     assert report.failed == 0 and report.sent == 0 and report.left == 120
     assert set(statuses(session, campaign_id).values()) == {"queued"}
-    tried = session.scalar(select(func.count()).select_from(Delivery)
-                           .where(Delivery.attempts > 0))
+    tried = session.scalar(select(func.count()).select_from(Delivery).where(Delivery.attempts > 0))
     assert tried is not None and tried < 40  # stopped early, not after the whole list
 
     setattr(smtp_sink.script, where, None)  # the author fixed the relay
@@ -513,8 +619,13 @@ def test_a_relay_that_refuses_everything_stops_early_and_fails_nobody(
 
 
 def test_send_digest_stops_at_the_brake_naming_the_reply_and_exits_1(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, posts_folder: Path) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    posts_folder: Path,
+) -> None:
     readers = add_readers_at_domains(session, clock, 60)
     digest_ready(runner, posts_folder)
     smtp_sink.script.every_data = "554 5.7.0 Account suspended"
@@ -522,8 +633,10 @@ def test_send_digest_stops_at_the_brake_naming_the_reply_and_exits_1(
     result = runner.invoke(args=["send-digest", "--yes", "--connections", "1"])
 
     assert result.exit_code == 1, result.output
-    assert ("Stopped: the SMTP server answered '554 5.7.0 Account suspended' to 20 readers in "
-            "a row at 4 domains") in result.output
+    assert (
+        "Stopped: the SMTP server answered '554 5.7.0 Account suspended' to 20 readers in "
+        "a row at 4 domains"
+    ) in result.output
     assert "nothing was marked failed" in result.output
     assert "failed 0" in result.output and "still queued 60" in result.output
     assert "Run `newsletter send-digest` again" in result.output
@@ -535,7 +648,8 @@ def test_send_digest_stops_at_the_brake_naming_the_reply_and_exits_1(
 
 
 def test_refusals_between_messages_that_go_through_do_not_stop_the_run(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     emails = add_readers_at_domains(session, clock, 60)
     for n, email in enumerate(emails, 1):  # many stale addresses, but the relay works
         if n % 10:
@@ -545,7 +659,8 @@ def test_refusals_between_messages_that_go_through_do_not_stop_the_run(
 
 
 def test_a_reader_who_leaves_after_their_batch_was_claimed_gets_nothing(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     readers = add_readers(session, clock, 12)
     hold = smtp_sink.script.holds["reader4@example.com"] = Hold()
     campaign_id = make_campaign(session, clock)
@@ -560,8 +675,9 @@ def test_a_reader_who_leaves_after_their_batch_was_claimed_gets_nothing(
 
     leaver = threading.Thread(target=leave_while_reader4_is_held)
     leaver.start()
-    report = send(app, campaign_id, SendOptions(connections=1, flush_interval=0.05,
-                                                status_check_age=0.0))
+    report = send(
+        app, campaign_id, SendOptions(connections=1, flush_interval=0.05, status_check_age=0.0)
+    )
     leaver.join()
     assert (report.sent, report.skipped) == (11, 1) and report.complete
     assert statuses(session, campaign_id)["reader6@example.com"] == "skipped"
@@ -576,8 +692,14 @@ QUIET_HOUR = Path(__file__).parent / "fixtures" / "campaigns" / "quiet-hour.md"
 
 @pytest.mark.parametrize("command", [["send-digest", "--yes"], ["send-campaign", "--yes"]])
 def test_retry_failed_sends_the_latest_campaigns_failed_deliveries_once(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, posts_folder: Path, command: list[str]) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    posts_folder: Path,
+    command: list[str],
+) -> None:
     readers = add_readers(session, clock, 6)
     refused = readers[1:4]
     for email in refused:  # e.g. a sender address the relay did not allow yet
@@ -625,7 +747,8 @@ def test_read_journal_ignores_a_line_cut_short_by_a_kill() -> None:
 
 
 def test_a_dead_runs_journal_is_folded_in_before_anything_is_sent(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     readers = add_readers(session, clock, 5)
     campaign_id = make_campaign(session, clock)
     ids = list(session.scalars(select(Delivery.id).order_by(Delivery.id)))
@@ -643,7 +766,8 @@ def test_a_dead_runs_journal_is_folded_in_before_anything_is_sent(
 
 
 def test_a_live_runs_journal_is_left_alone(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     add_readers(session, clock, 2)
     campaign_id = make_campaign(session, clock)
     live = Journal(state_dir(app))  # holds its flock like a running sender
@@ -657,33 +781,44 @@ def test_a_live_runs_journal_is_left_alone(
 
 @exclusive_lock
 def test_a_second_lock_holder_is_told_who_holds_it(app: Flask) -> None:
-    with (app.app_context(), SendLock(state_dir(app), db.engine),
-          pytest.raises(SendInProgressError, match=f"another send is running.*pid {os.getpid()}")):
+    with (
+        app.app_context(),
+        SendLock(state_dir(app), db.engine),
+        pytest.raises(SendInProgressError, match=f"another send is running.*pid {os.getpid()}"),
+    ):
         SendLock(state_dir(app), db.engine).acquire()
     with app.app_context(), SendLock(state_dir(app), db.engine) as again:
         assert again.held  # released when the first holder let go
 
 
-def newsletter_process(config: dict[str, Any], tmp_path: Path, *args: str,
-                       **env: str) -> subprocess.Popen[str]:
+def newsletter_process(
+    config: dict[str, Any], tmp_path: Path, *args: str, **env: str
+) -> subprocess.Popen[str]:
     """`newsletter ARGS` in a separate process, on the test's database and SMTP sink."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    environment.update({
-        "NEWSLETTER_DATABASE_URL": config["DATABASE_URL"],
-        "NEWSLETTER_SECRET_KEY": config["SECRET_KEY"],
-        "NEWSLETTER_TESTING": "true",  # the suite's short key is accepted only in tests
-        "NEWSLETTER_PUBLIC_URL": config["PUBLIC_URL"],
-        "NEWSLETTER_SITE_URL": config["SITE_URL"],
-        "NEWSLETTER_MAIL_FROM": config["MAIL_FROM"],
-        "NEWSLETTER_SMTP_HOST": "127.0.0.1",
-        "NEWSLETTER_SMTP_PORT": str(config["SMTP_PORT"]),
-        "NEWSLETTER_POSTS_DIR": config["POSTS_DIR"],
-        "NEWSLETTER_INSTANCE_PATH": str(tmp_path / "instance"),
-        **env,
-    })
-    return subprocess.Popen([sys.executable, "-c", "from newsletter.cli import main; main()",
-                             *args], cwd=tmp_path, env=environment, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    environment.update(
+        {
+            "NEWSLETTER_DATABASE_URL": config["DATABASE_URL"],
+            "NEWSLETTER_SECRET_KEY": config["SECRET_KEY"],
+            "NEWSLETTER_TESTING": "true",  # the suite's short key is accepted only in tests
+            "NEWSLETTER_PUBLIC_URL": config["PUBLIC_URL"],
+            "NEWSLETTER_SITE_URL": config["SITE_URL"],
+            "NEWSLETTER_MAIL_FROM": config["MAIL_FROM"],
+            "NEWSLETTER_SMTP_HOST": "127.0.0.1",
+            "NEWSLETTER_SMTP_PORT": str(config["SMTP_PORT"]),
+            "NEWSLETTER_POSTS_DIR": config["POSTS_DIR"],
+            "NEWSLETTER_INSTANCE_PATH": str(tmp_path / "instance"),
+            **env,
+        }
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", "from newsletter.cli import main; main()", *args],
+        cwd=tmp_path,
+        env=environment,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def sent_in(output: str, campaign_id: int = 1) -> int:
@@ -702,15 +837,22 @@ def digest_ready(runner: FlaskCliRunner, folder: Path, title: str = "Rest Is Not
 
 @pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_and_mails_nobody_twice_but_in_flight_ones(
-        config: dict[str, Any], tmp_path: Path, app: Flask, session: Session,
-        clock: FrozenClock, smtp_sink: SmtpSink, runner: FlaskCliRunner,
-        posts_folder: Path) -> None:
+    config: dict[str, Any],
+    tmp_path: Path,
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    posts_folder: Path,
+) -> None:
     readers = add_readers(session, clock, 200)
     digest_ready(runner, posts_folder)
     smtp_sink.script.data_delay = 0.02
     connections = "3"
-    first = newsletter_process(config, tmp_path, "send-digest", "--yes", "--connections",
-                               connections)
+    first = newsletter_process(
+        config, tmp_path, "send-digest", "--yes", "--connections", connections
+    )
     try:
         smtp_sink.wait_for(40, timeout=30)
     finally:
@@ -721,8 +863,9 @@ def test_a_run_killed_with_sigkill_resumes_and_mails_nobody_twice_but_in_flight_
     assert delivered_before < len(readers)
 
     smtp_sink.script.data_delay = 0.0
-    second = newsletter_process(config, tmp_path, "send-digest", "--yes", "--connections",
-                                connections)
+    second = newsletter_process(
+        config, tmp_path, "send-digest", "--yes", "--connections", connections
+    )
     out, err = second.communicate(timeout=60)
     assert second.returncode == 0, out + err
     assert "Campaign 1" in out and "No new posts since the last digest" in out
@@ -738,9 +881,15 @@ def test_a_run_killed_with_sigkill_resumes_and_mails_nobody_twice_but_in_flight_
 
 @pytest.mark.slow
 def test_two_runs_at_once_never_both_send(
-        config: dict[str, Any], tmp_path: Path, app: Flask, session: Session,
-        clock: FrozenClock, smtp_sink: SmtpSink, runner: FlaskCliRunner,
-        posts_folder: Path) -> None:
+    config: dict[str, Any],
+    tmp_path: Path,
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    posts_folder: Path,
+) -> None:
     """SQLite: the second stops at once. PostgreSQL: it joins in, and nobody gets two."""
     readers = add_readers(session, clock, 150)
     digest_ready(runner, posts_folder)
@@ -769,8 +918,14 @@ def test_two_runs_at_once_never_both_send(
 
 
 def test_send_digest_mails_the_new_posts_and_prints_a_summary(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, posts_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    posts_folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import newsletter.cli.sending
 
     monkeypatch.setattr(newsletter.cli.sending, "PROGRESS_LOG_INTERVAL", 0.0)
@@ -800,8 +955,13 @@ def test_send_digest_mails_the_new_posts_and_prints_a_summary(
 
 
 def test_send_digest_exits_3_when_some_fail_and_campaigns_show_says_why(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, posts_folder: Path) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    posts_folder: Path,
+) -> None:
     add_readers(session, clock, 3)
     digest_ready(runner, posts_folder)
     smtp_sink.script.rcpt_replies["reader2@example.com"] = "550 5.1.1 No such user"
@@ -820,8 +980,13 @@ def test_send_digest_exits_3_when_some_fail_and_campaigns_show_says_why(
 
 
 def test_send_digest_exits_1_and_plans_nothing_when_smtp_is_down(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, posts_folder: Path) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    posts_folder: Path,
+) -> None:
     add_readers(session, clock, 3)
     digest_ready(runner, posts_folder)
     smtp_sink.stop()
@@ -832,8 +997,8 @@ def test_send_digest_exits_1_and_plans_nothing_when_smtp_is_down(
 
 
 def test_send_digest_resumes_an_unfinished_campaign_first(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner) -> None:
+    app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink, runner: FlaskCliRunner
+) -> None:
     readers = add_readers(session, clock, 4)
     campaign_id = make_campaign(session, clock, subject="Interrupted")
     session.execute(update(Delivery).where(Delivery.subscriber_id <= 2).values(status="sent"))
@@ -846,8 +1011,13 @@ def test_send_digest_resumes_an_unfinished_campaign_first(
 
 
 def test_dry_run_says_what_would_be_sent_and_changes_nothing(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, posts_folder: Path) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    posts_folder: Path,
+) -> None:
     add_readers(session, clock, 7)
     digest_ready(runner, posts_folder)
     runner.invoke(args=["fetch-posts"])
@@ -860,8 +1030,13 @@ def test_dry_run_says_what_would_be_sent_and_changes_nothing(
 
 
 def test_to_address_sends_one_test_copy_and_marks_nothing(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, posts_folder: Path) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    posts_folder: Path,
+) -> None:
     add_readers(session, clock, 3)
     digest_ready(runner, posts_folder)
     result = runner.invoke(args=["send-digest", "--to", "Author@Example.com"])
@@ -871,17 +1046,25 @@ def test_to_address_sends_one_test_copy_and_marks_nothing(
     assert received.recipients == ["author@example.com"]
     assert received.body("plain").startswith("Calm Corner")
     assert session.scalars(select(Campaign.id)).all() == []
-    assert session.scalar(select(Post.campaign_id).where(Post.title == "Rest Is Not a Reward")) \
-        is None
+    assert (
+        session.scalar(select(Post.campaign_id).where(Post.title == "Rest Is Not a Reward")) is None
+    )
     bad = runner.invoke(args=["send-digest", "--to", "not an address"])
     assert bad.exit_code == 2 and "--to" in bad.output
 
 
 @pytest.mark.parametrize(("answer", "sent"), [("n\n", 0), ("y\n", 3)])
 def test_a_terminal_is_asked_before_mailing_the_readers(
-        app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink,
-        runner: FlaskCliRunner, posts_folder: Path, monkeypatch: pytest.MonkeyPatch,
-        answer: str, sent: int) -> None:
+    app: Flask,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    runner: FlaskCliRunner,
+    posts_folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: str,
+    sent: int,
+) -> None:
     import newsletter.cli.sending
 
     monkeypatch.setattr(newsletter.cli.sending, "_interactive", lambda: True)
@@ -896,8 +1079,13 @@ def test_a_terminal_is_asked_before_mailing_the_readers(
 
 @exclusive_lock
 def test_send_digest_stops_with_a_clear_message_while_another_run_sends(
-        app: Flask, runner: FlaskCliRunner, session: Session, clock: FrozenClock,
-        smtp_sink: SmtpSink, posts_folder: Path) -> None:
+    app: Flask,
+    runner: FlaskCliRunner,
+    session: Session,
+    clock: FrozenClock,
+    smtp_sink: SmtpSink,
+    posts_folder: Path,
+) -> None:
     add_readers(session, clock, 2)
     digest_ready(runner, posts_folder)
     with SendLock(state_dir(app), db.engine):
@@ -908,7 +1096,8 @@ def test_send_digest_stops_with_a_clear_message_while_another_run_sends(
 
 
 def test_progress_off_a_terminal_is_a_plain_line_every_few_seconds(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import newsletter.cli.sending
 
     monkeypatch.setattr(newsletter.cli.sending, "PROGRESS_LOG_INTERVAL", 0.0)
@@ -929,15 +1118,19 @@ def test_progress_off_a_terminal_is_a_plain_line_every_few_seconds(
     assert capsys.readouterr().out == ""
 
 
-def killed_mid_run(app: Flask, session: Session, clock: FrozenClock, readers: int,
-                   delivered: int) -> tuple[int, Path]:
+def killed_mid_run(
+    app: Flask, session: Session, clock: FrozenClock, readers: int, delivered: int
+) -> tuple[int, Path]:
     """What a sender killed with SIGKILL leaves: its claims on every row, all still queued in
     the database, and its journal holding the ids of the first ``delivered`` (their 250s)."""
     add_readers(session, clock, readers)
     campaign_id = make_campaign(session, clock)
     ids = list(session.scalars(select(Delivery.id).order_by(Delivery.id)))
-    session.execute(update(Delivery).values(claimed_by="sender-host:999:deadbeef0000",
-                                            claimed_until=clock() + timedelta(minutes=10)))
+    session.execute(
+        update(Delivery).values(
+            claimed_by="sender-host:999:deadbeef0000", claimed_until=clock() + timedelta(minutes=10)
+        )
+    )
     session.commit()
     journal = state_dir(app) / "journal-999-deadbeef0000.log"
     journal.parent.mkdir(parents=True, exist_ok=True)
@@ -946,7 +1139,8 @@ def killed_mid_run(app: Flask, session: Session, clock: FrozenClock, readers: in
 
 
 def test_campaigns_fold_in_what_a_killed_send_left_before_counting(
-        app: Flask, session: Session, clock: FrozenClock, runner: FlaskCliRunner) -> None:
+    app: Flask, session: Session, clock: FrozenClock, runner: FlaskCliRunner
+) -> None:
     campaign_id, journal = killed_mid_run(app, session, clock, readers=5, delivered=3)
 
     listed = runner.invoke(args=["campaigns"])
@@ -961,12 +1155,14 @@ def test_campaigns_fold_in_what_a_killed_send_left_before_counting(
     assert "Deliveries: sent 3, failed 0, deferred 0, skipped 0, queued 2 (of 5)." in shown.output
     # The dead sender's claims are released too, so the next run takes those rows at once.
     session.commit()
-    assert session.scalars(select(Delivery.claimed_by).where(Delivery.status == "queued")
-                           ).all() == [None, None]
+    assert session.scalars(
+        select(Delivery.claimed_by).where(Delivery.status == "queued")
+    ).all() == [None, None]
 
 
 def test_stats_fold_in_what_a_killed_send_left_before_counting(
-        app: Flask, session: Session, clock: FrozenClock, runner: FlaskCliRunner) -> None:
+    app: Flask, session: Session, clock: FrozenClock, runner: FlaskCliRunner
+) -> None:
     campaign_id, journal = killed_mid_run(app, session, clock, readers=5, delivered=3)
 
     result = runner.invoke(args=["stats", "--format", "json"])
@@ -978,7 +1174,8 @@ def test_stats_fold_in_what_a_killed_send_left_before_counting(
 
 
 def test_campaigns_show_a_killed_send_that_had_delivered_everything_as_sent(
-        app: Flask, session: Session, clock: FrozenClock, runner: FlaskCliRunner) -> None:
+    app: Flask, session: Session, clock: FrozenClock, runner: FlaskCliRunner
+) -> None:
     campaign_id, journal = killed_mid_run(app, session, clock, readers=3, delivered=3)
 
     shown = runner.invoke(args=["campaigns", "show", str(campaign_id)])
@@ -991,7 +1188,8 @@ def test_campaigns_show_a_killed_send_that_had_delivered_everything_as_sent(
 
 @exclusive_lock
 def test_campaigns_say_so_while_a_send_is_running(
-        app: Flask, session: Session, clock: FrozenClock, runner: FlaskCliRunner) -> None:
+    app: Flask, session: Session, clock: FrozenClock, runner: FlaskCliRunner
+) -> None:
     campaign_id, journal = killed_mid_run(app, session, clock, readers=2, delivered=1)
     with SendLock(state_dir(app), db.engine):  # a sender is at work: its journal is its own
         listed = runner.invoke(args=["campaigns"])
@@ -1000,7 +1198,8 @@ def test_campaigns_say_so_while_a_send_is_running(
         assert result.exit_code == 0, result.output
         assert result.output.endswith(
             "A send is running now: these counts are live and keep moving (the last few "
-            "seconds' messages show once it writes them).\n")
+            "seconds' messages show once it writes them).\n"
+        )
     assert journal.exists()
 
 
@@ -1009,16 +1208,26 @@ def test_campaigns_with_none_yet(runner: FlaskCliRunner) -> None:
     assert result.exit_code == 0 and "No campaigns yet" in result.output
 
 
-@pytest.mark.parametrize(("settings", "variable"), [
-    ({"DKIM_DOMAIN": "blog.example.com"}, "NEWSLETTER_DKIM_SELECTOR"),
-    ({"DKIM_DOMAIN": "blog.example.com", "DKIM_SELECTOR": "s1",
-      "DKIM_PRIVATE_KEY": "/nonexistent/dkim.pem"}, "NEWSLETTER_DKIM_PRIVATE_KEY"),
-    ({"SEND_CONNECTIONS": 0}, "NEWSLETTER_SEND_CONNECTIONS"),
-    ({"SEND_RATE": "fast"}, "NEWSLETTER_SEND_RATE"),
-    ({"DEFER_GIVE_UP_HOURS": -1}, "NEWSLETTER_DEFER_GIVE_UP_HOURS"),
-])
+@pytest.mark.parametrize(
+    ("settings", "variable"),
+    [
+        ({"DKIM_DOMAIN": "blog.example.com"}, "NEWSLETTER_DKIM_SELECTOR"),
+        (
+            {
+                "DKIM_DOMAIN": "blog.example.com",
+                "DKIM_SELECTOR": "s1",
+                "DKIM_PRIVATE_KEY": "/nonexistent/dkim.pem",
+            },
+            "NEWSLETTER_DKIM_PRIVATE_KEY",
+        ),
+        ({"SEND_CONNECTIONS": 0}, "NEWSLETTER_SEND_CONNECTIONS"),
+        ({"SEND_RATE": "fast"}, "NEWSLETTER_SEND_RATE"),
+        ({"DEFER_GIVE_UP_HOURS": -1}, "NEWSLETTER_DEFER_GIVE_UP_HOURS"),
+    ],
+)
 def test_bad_sending_settings_stop_start_up_naming_the_variable(
-        config: dict[str, Any], settings: dict[str, Any], variable: str) -> None:
+    config: dict[str, Any], settings: dict[str, Any], variable: str
+) -> None:
     from newsletter import create_app
     from newsletter.config import ConfigError
 
@@ -1027,8 +1236,16 @@ def test_bad_sending_settings_stop_start_up_naming_the_variable(
 
 
 def test_sending_settings_become_the_default_options(config: dict[str, Any]) -> None:
-    options = SendOptions.from_config({**config, "SEND_RATE": 12.5, "SEND_CONNECTIONS": 3,
-                                       "DEFER_RETRY_SECONDS": 30, "DEFER_GIVE_UP_HOURS": 24},
-                                      connections=None, rate=40)
+    options = SendOptions.from_config(
+        {
+            **config,
+            "SEND_RATE": 12.5,
+            "SEND_CONNECTIONS": 3,
+            "DEFER_RETRY_SECONDS": 30,
+            "DEFER_GIVE_UP_HOURS": 24,
+        },
+        connections=None,
+        rate=40,
+    )
     assert (options.connections, options.rate, options.retry_delay) == (3, 40, 30)
     assert options.give_up_after == timedelta(hours=24)

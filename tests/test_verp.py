@@ -14,12 +14,16 @@ from newsletter.bounces.verp import (
     verp_address,
 )
 
-CONFIG = {"SECRET_KEY": "test-secret", "BOUNCE_ADDRESS": "bounces@example.com",
-          "MAIL_FROM": "hello@example.com"}
+CONFIG = {
+    "SECRET_KEY": "test-secret",
+    "BOUNCE_ADDRESS": "bounces@example.com",
+    "MAIL_FROM": "hello@example.com",
+}
 
 
-@pytest.mark.parametrize(("campaign", "subscriber"),
-                         [(0, 1), (1, 1), (127, 128), (10_000, 1_000_000), (2**40, 2**31)])
+@pytest.mark.parametrize(
+    ("campaign", "subscriber"), [(0, 1), (1, 1), (127, 128), (10_000, 1_000_000), (2**40, 2**31)]
+)
 def test_token_round_trips(campaign: int, subscriber: int) -> None:
     token = make_token("test-secret", campaign, subscriber)
     assert token == token.lower() and token.isalnum()
@@ -39,7 +43,9 @@ def test_address_is_short_and_case_insensitive() -> None:
 def test_tampered_token_is_rejected() -> None:
     token = make_token("test-secret", 5, 42)
     for position in range(len(token)):
-        changed = token[:position] + ("a" if token[position] != "a" else "b") + token[position + 1:]
+        changed = (
+            token[:position] + ("a" if token[position] != "a" else "b") + token[position + 1 :]
+        )
         with pytest.raises(InvalidVerpError):
             read_token("test-secret", changed)
 

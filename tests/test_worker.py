@@ -55,14 +55,19 @@ def ready(app: Flask, readers: int = 2) -> list[str]:
 
 
 def worker_for(app: Flask, clock: FrozenClock, worker_id: str = "test:1:a") -> Worker:
-    return Worker(app, out=io.StringIO(), sleep=lambda seconds: clock.advance(seconds=seconds),
-                  worker_id=worker_id)
+    return Worker(
+        app,
+        out=io.StringIO(),
+        sleep=lambda seconds: clock.advance(seconds=seconds),
+        worker_id=worker_id,
+    )
 
 
 def digests_to(sink: SmtpSink, emails: list[str]) -> Counter[str]:
     """How many digest copies each reader got."""
-    return Counter(address for message in sink.messages for address in message.recipients
-                   if address in emails)
+    return Counter(
+        address for message in sink.messages for address in message.recipients if address in emails
+    )
 
 
 def count(app: Flask, model: Any) -> int:
@@ -73,7 +78,8 @@ def count(app: Flask, model: Any) -> int:
 
 
 def test_a_new_post_between_ticks_is_mailed_once_and_no_new_post_means_no_mail(
-        posts: Path, make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    posts: Path, make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     app = make_app()
     emails = ready(app)
     worker = worker_for(app, clock)
@@ -93,14 +99,17 @@ def test_a_new_post_between_ticks_is_mailed_once_and_no_new_post_means_no_mail(
     assert len(smtp_sink.messages) == len(emails)
     assert count(app, Campaign) == 1
     log = worker.out.getvalue()  # type: ignore[attr-defined]
-    assert re.search(r"2026-11-02T09:01:00Z digest tick tick=2026-11-02T09:01Z "
-                     r"outcome='digest 1 sent to 2'", log), log
+    assert re.search(
+        r"2026-11-02T09:01:00Z digest tick tick=2026-11-02T09:01Z "
+        r"outcome='digest 1 sent to 2'",
+        log,
+    ), log
     assert "outcome='no new posts'" in log
 
 
 def test_a_missed_tick_sends_once_when_the_worker_starts_within_the_catch_up(
-        posts: Path, config: dict[str, Any], make_app: Any, clock: FrozenClock,
-        smtp_sink: SmtpSink) -> None:
+    posts: Path, config: dict[str, Any], make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     config["DIGEST_SCHEDULE"] = "0 8 * * *"
     app = make_app()
     clock.now = clock.now.replace(hour=7)
@@ -121,8 +130,8 @@ def test_a_missed_tick_sends_once_when_the_worker_starts_within_the_catch_up(
 
 
 def test_a_tick_missed_by_more_than_the_catch_up_is_skipped(
-        posts: Path, config: dict[str, Any], make_app: Any, clock: FrozenClock,
-        smtp_sink: SmtpSink) -> None:
+    posts: Path, config: dict[str, Any], make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     config.update(DIGEST_SCHEDULE="0 8 * * *", DIGEST_CATCHUP_HOURS=1)
     app = make_app()
     ready(app)
@@ -135,7 +144,8 @@ def test_a_tick_missed_by_more_than_the_catch_up_is_skipped(
 
 
 def test_many_missed_ticks_make_one_digest(
-        posts: Path, make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    posts: Path, make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     app = make_app()
     emails = ready(app)
     write_post(posts, "rain", "Rain on the Roof", "2026-11-01")
@@ -146,7 +156,8 @@ def test_many_missed_ticks_make_one_digest(
 
 
 def test_two_workers_at_the_same_tick_make_one_digest(
-        posts: Path, make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    posts: Path, make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     """Two workers on one database (PostgreSQL: two machines; SQLite: two started by mistake)
     wake at the same moment, tick after tick: each tick makes one digest."""
     app = make_app()
@@ -158,8 +169,9 @@ def test_two_workers_at_the_same_tick_make_one_digest(
         start = threading.Barrier(2)
         errors: list[BaseException] = []
 
-        def run(worker: Worker, start: threading.Barrier = start,
-                errors: list[BaseException] = errors) -> None:
+        def run(
+            worker: Worker, start: threading.Barrier = start, errors: list[BaseException] = errors
+        ) -> None:
             try:
                 start.wait()
                 worker.run_once()
@@ -203,7 +215,8 @@ def approval_link(sink: SmtpSink) -> str:
 
 
 def test_an_approved_digest_is_sent_once_after_the_authors_post(
-        approving: Path, make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    approving: Path, make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     clock.now = clock.now.replace(hour=7, minute=59)
     app = make_app()
     emails = ready(app)
@@ -245,7 +258,8 @@ def test_an_approved_digest_is_sent_once_after_the_authors_post(
 
 
 def test_an_unapproved_digest_lapses_and_its_posts_wait_for_the_next(
-        approving: Path, make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    approving: Path, make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     clock.now = clock.now.replace(hour=7, minute=59)
     app = make_app()
     emails = ready(app)
@@ -266,8 +280,9 @@ def test_an_unapproved_digest_lapses_and_its_posts_wait_for_the_next(
     assert lapsed.status_code == 400 and "lapsed" in lapsed.text
     assert client.get(first_link).status_code == 400
     with app.app_context():
-        statuses = list(db.session.scalars(select(DigestApproval.status)
-                                           .order_by(DigestApproval.id)))
+        statuses = list(
+            db.session.scalars(select(DigestApproval.status).order_by(DigestApproval.id))
+        )
         db.session.remove()
     assert statuses == [APPROVAL_LAPSED, "pending"]
     # The next approval carries the same post, and approving it sends it.
@@ -279,7 +294,8 @@ def test_an_unapproved_digest_lapses_and_its_posts_wait_for_the_next(
 
 
 def test_a_tampered_approval_link_is_refused(
-        approving: Path, make_app: Any, clock: FrozenClock) -> None:
+    approving: Path, make_app: Any, clock: FrozenClock
+) -> None:
     app = make_app()
     response = app.test_client().post("/digest/approve/eyJhIjoxfQ.forged")
     assert response.status_code == 400 and "not valid" in response.text
@@ -289,8 +305,8 @@ def test_a_tampered_approval_link_is_refused(
 
 
 def test_queued_jobs_run_with_their_progress_in_the_table(
-        posts: Path, config: dict[str, Any], make_app: Any, clock: FrozenClock,
-        smtp_sink: SmtpSink) -> None:
+    posts: Path, config: dict[str, Any], make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     config["DIGEST_SCHEDULE"] = ""
     app = make_app()
     emails = ready(app, readers=3)
@@ -318,7 +334,8 @@ def test_queued_jobs_run_with_their_progress_in_the_table(
 
 
 def test_the_worker_sends_the_outbox_when_web_processes_only_queue(
-        make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     app = make_app(OUTBOX_SEND_AFTER_REQUEST=False)
     response = app.test_client().post("/subscribe", data={"email": "ada@example.com"})
     assert response.status_code in (200, 303)
@@ -328,7 +345,8 @@ def test_the_worker_sends_the_outbox_when_web_processes_only_queue(
 
 
 def test_healthz_and_status_say_whether_a_worker_runs(
-        posts: Path, make_app: Any, clock: FrozenClock) -> None:
+    posts: Path, make_app: Any, clock: FrozenClock
+) -> None:
     app = make_app()
     client = app.test_client()
     assert client.get("/healthz").json["worker"]["status"] == "not running"
@@ -350,7 +368,8 @@ def test_healthz_and_status_say_whether_a_worker_runs(
 
 
 def test_an_error_is_logged_kept_for_healthz_and_the_loop_goes_on(
-        posts: Path, make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink) -> None:
+    posts: Path, make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
     app = make_app()
     emails = ready(app)
     posts.rename(posts.with_name("gone"))  # the folder vanished: sync fails
@@ -366,16 +385,20 @@ def test_an_error_is_logged_kept_for_healthz_and_the_loop_goes_on(
     assert digests_to(smtp_sink, emails) == {email: 1 for email in emails}
 
 
-@pytest.mark.parametrize(("setting", "value", "words"), [
-    ("DIGEST_SCHEDULE", "0 8 * * fry", "NEWSLETTER_DIGEST_SCHEDULE: day of week"),
-    ("TIMEZONE", "Europe/Atlantis", "NEWSLETTER_TIMEZONE: unknown time zone"),
-    ("DIGEST_APPROVAL", "yes please", "NEWSLETTER_DIGEST_APPROVAL: expected true or false"),
-    ("AUTHOR_EMAIL", "not an address", "NEWSLETTER_AUTHOR_EMAIL: expected an address"),
-    ("DIGEST_CATCHUP_HOURS", "-1", "NEWSLETTER_DIGEST_CATCHUP_HOURS"),
-    ("FEED_POLL_MINUTES", "0", "NEWSLETTER_FEED_POLL_MINUTES"),
-])
+@pytest.mark.parametrize(
+    ("setting", "value", "words"),
+    [
+        ("DIGEST_SCHEDULE", "0 8 * * fry", "NEWSLETTER_DIGEST_SCHEDULE: day of week"),
+        ("TIMEZONE", "Europe/Atlantis", "NEWSLETTER_TIMEZONE: unknown time zone"),
+        ("DIGEST_APPROVAL", "yes please", "NEWSLETTER_DIGEST_APPROVAL: expected true or false"),
+        ("AUTHOR_EMAIL", "not an address", "NEWSLETTER_AUTHOR_EMAIL: expected an address"),
+        ("DIGEST_CATCHUP_HOURS", "-1", "NEWSLETTER_DIGEST_CATCHUP_HOURS"),
+        ("FEED_POLL_MINUTES", "0", "NEWSLETTER_FEED_POLL_MINUTES"),
+    ],
+)
 def test_bad_worker_settings_stop_start_up_naming_the_variable(
-        make_app: Any, setting: str, value: str, words: str) -> None:
+    make_app: Any, setting: str, value: str, words: str
+) -> None:
     from newsletter.config import ConfigError
 
     with pytest.raises(ConfigError, match=re.escape(words)):

@@ -62,14 +62,14 @@ def holding_sink() -> Iterator[HoldingSink]:
 
 def process_env(config: dict[str, Any], tmp_path: Path, **extra: Any) -> dict[str, str]:
     """The test's settings as NEWSLETTER_* variables for a child process."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith("NEWSLETTER_")}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NEWSLETTER_")}
     settings = {key: value for key, value in config.items() if key != "TESTING"}
     # A child runs as in production, where a short key is refused.
     settings["SECRET_KEY"] = "worker-process-test-key-" + "k" * 24
     settings.update(extra)
-    env.update({f"NEWSLETTER_{key}": str(value) for key, value in settings.items()
-                if value is not None})
+    env.update(
+        {f"NEWSLETTER_{key}": str(value) for key, value in settings.items() if value is not None}
+    )
     env["NEWSLETTER_INSTANCE_PATH"] = str(tmp_path / "instance")
     return env
 
@@ -100,12 +100,19 @@ class Output:
         """Wait for a line containing any of ``texts``."""
         with self._cond:
             return self._cond.wait_for(
-                lambda: any(text in line for line in self.lines for text in texts), GUARD)
+                lambda: any(text in line for line in self.lines for text in texts), GUARD
+            )
 
 
 def start_worker(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[str], Output]:
-    process = subprocess.Popen([NEWSLETTER, "worker"], env=env, cwd=cwd, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [NEWSLETTER, "worker"],
+        env=env,
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     return process, Output(process)
 
 
@@ -118,16 +125,17 @@ def statuses(app: Flask) -> Counter[str]:
 
 @pytest.mark.slow
 def test_sigterm_mid_send_exits_0_and_a_restart_mails_everyone_exactly_once(
-        config: dict[str, Any], make_app: Any, holding_sink: HoldingSink,
-        tmp_path: Path) -> None:
+    config: dict[str, Any], make_app: Any, holding_sink: HoldingSink, tmp_path: Path
+) -> None:
     folder = tmp_path / "posts"
     folder.mkdir()
     config.update(POSTS_DIR=str(folder), SMTP_PORT=holding_sink.port)
     app = make_app()
     emails = ready(app, readers=20)
     write_post(folder, "rain", "Rain on the Roof", "2026-11-02")
-    env = process_env(config, tmp_path, DIGEST_SCHEDULE="* * * * *", WORKER_POLL_SECONDS=0.2,
-                      SEND_CONNECTIONS=1)
+    env = process_env(
+        config, tmp_path, DIGEST_SCHEDULE="* * * * *", WORKER_POLL_SECONDS=0.2, SEND_CONNECTIONS=1
+    )
 
     process, output = start_worker(env, tmp_path)
     try:
@@ -179,15 +187,26 @@ def _get(url: str) -> int:
 
 @pytest.mark.slow
 def test_serve_answers_http_and_its_worker_sends_the_confirmation_email(
-        config: dict[str, Any], make_app: Any, smtp_sink: SmtpSink, tmp_path: Path) -> None:
+    config: dict[str, Any], make_app: Any, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
     make_app()  # the database is migrated already; this checks the settings load
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = process_env(config, tmp_path, PUBLIC_URL=base, OUTBOX_SEND_AFTER_REQUEST="false",
-                      WORKER_POLL_SECONDS=0.2)
-    process = subprocess.Popen([NEWSLETTER, "serve", "--bind", f"127.0.0.1:{port}",
-                                "--workers", "1"], env=env, cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = process_env(
+        config,
+        tmp_path,
+        PUBLIC_URL=base,
+        OUTBOX_SEND_AFTER_REQUEST="false",
+        WORKER_POLL_SECONDS=0.2,
+    )
+    process = subprocess.Popen(
+        [NEWSLETTER, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         # Ready when it answers: a readiness handshake, bounded only by the guard.
         deadline = threading.Event()
@@ -205,8 +224,9 @@ def test_serve_answers_http_and_its_worker_sends_the_confirmation_email(
         finally:
             timer.cancel()
         form = urllib.parse.urlencode({"email": "ada@example.com"}).encode()
-        request = urllib.request.Request(f"{base}/subscribe", data=form,
-                                         headers={"Accept": "text/html"})
+        request = urllib.request.Request(
+            f"{base}/subscribe", data=form, headers={"Accept": "text/html"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
         # Web processes only queue (OUTBOX_SEND_AFTER_REQUEST=false): the worker sends it.
@@ -226,8 +246,14 @@ def test_serve_answers_http_and_its_worker_sends_the_confirmation_email(
 
 def distinct_claimers(app: Flask) -> int:
     with app.app_context():
-        found = db.session.scalar(select(func.count(func.distinct(Delivery.claimed_by)))
-                                  .where(Delivery.claimed_by.is_not(None))) or 0
+        found = (
+            db.session.scalar(
+                select(func.count(func.distinct(Delivery.claimed_by))).where(
+                    Delivery.claimed_by.is_not(None)
+                )
+            )
+            or 0
+        )
         db.session.remove()
     return int(found)
 
@@ -236,8 +262,8 @@ def distinct_claimers(app: Flask) -> int:
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_two_worker_processes_on_postgres_make_one_digest_and_share_the_sending(
-        config: dict[str, Any], make_app: Any, holding_sink: HoldingSink,
-        tmp_path: Path) -> None:
+    config: dict[str, Any], make_app: Any, holding_sink: HoldingSink, tmp_path: Path
+) -> None:
     folder = tmp_path / "posts"
     folder.mkdir()
     config.update(POSTS_DIR=str(folder), SMTP_PORT=holding_sink.port)
@@ -246,8 +272,14 @@ def test_two_worker_processes_on_postgres_make_one_digest_and_share_the_sending(
     write_post(folder, "rain", "Rain on the Roof", "2026-11-02")
     # A rate of 2 messages a second per worker makes each claim 20 rows, so the digest is
     # more than one worker's claim.
-    env = process_env(config, tmp_path, DIGEST_SCHEDULE="* * * * *", WORKER_POLL_SECONDS=0.2,
-                      SEND_CONNECTIONS=1, SEND_RATE=2)
+    env = process_env(
+        config,
+        tmp_path,
+        DIGEST_SCHEDULE="* * * * *",
+        WORKER_POLL_SECONDS=0.2,
+        SEND_CONNECTIONS=1,
+        SEND_RATE=2,
+    )
     workers = [start_worker(env, tmp_path) for _ in range(2)]
     try:
         # The first to claim the tick composes and starts sending; hold its third message
@@ -266,8 +298,9 @@ def test_two_worker_processes_on_postgres_make_one_digest_and_share_the_sending(
         holding_sink.wait_for(len(emails), timeout=GUARD)
         for process, output in workers:
             # The tick's winner reports its send with the tick, the other as a helper.
-            assert output.seen("outcome='digest 1 sent to", "sent campaign=1"), \
-                "".join(output.lines)
+            assert output.seen("outcome='digest 1 sent to", "sent campaign=1"), "".join(
+                output.lines
+            )
             process.send_signal(signal.SIGTERM)
         for process, output in workers:
             assert process.wait(GUARD) == 0, "".join(output.lines)
@@ -282,21 +315,33 @@ def test_two_worker_processes_on_postgres_make_one_digest_and_share_the_sending(
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(Campaign)) == 1
         db.session.remove()
-    sent_by = [sum(int(n) for n in re.findall(r"(?:sent campaign=1 sent=|digest 1 sent to )(\d+)",
-                                              "".join(output.lines)))
-               for _, output in workers]
+    sent_by = [
+        sum(
+            int(n)
+            for n in re.findall(
+                r"(?:sent campaign=1 sent=|digest 1 sent to )(\d+)", "".join(output.lines)
+            )
+        )
+        for _, output in workers
+    ]
     assert sum(sent_by) == len(emails) and all(sent_by), sent_by
 
 
 def test_serve_migrates_the_embedded_default_database_itself(
-        config: dict[str, Any], tmp_path: Path) -> None:
+    config: dict[str, Any], tmp_path: Path
+) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = process_env(config, tmp_path, PUBLIC_URL=base)
     del env["NEWSLETTER_DATABASE_URL"]  # the embedded default, instance/newsletter.sqlite
-    process = subprocess.Popen([NEWSLETTER, "serve", "--bind", f"127.0.0.1:{port}",
-                                "--workers", "1", "--no-worker"], env=env, cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [NEWSLETTER, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--no-worker"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = threading.Event()
         timer = threading.Timer(GUARD, deadline.set)

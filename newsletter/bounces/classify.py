@@ -24,10 +24,16 @@ UNRECOGNISED = "unrecognised"
 _STATUS_CODE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 # A full mailbox is temporary whatever class the server gave it (RFC 3463 X.2.2), and so are
 # the usual wordings of it.
-_MAILBOX_FULL = re.compile(r"\b[45]\.2\.2\b|mailbox (is )?full|over ?quota|quota exceeded|"
-                           r"disk quota|insufficient (system )?storage", re.IGNORECASE)
-_AUTO_SUBJECT = re.compile(r"^\s*(out of (the )?office|auto(matic)?[ -]?(reply|response)|"
-                           r"autoreply|auto:|abwesenheit|vacation|away from)", re.IGNORECASE)
+_MAILBOX_FULL = re.compile(
+    r"\b[45]\.2\.2\b|mailbox (is )?full|over ?quota|quota exceeded|"
+    r"disk quota|insufficient (system )?storage",
+    re.IGNORECASE,
+)
+_AUTO_SUBJECT = re.compile(
+    r"^\s*(out of (the )?office|auto(matic)?[ -]?(reply|response)|"
+    r"autoreply|auto:|abwesenheit|vacation|away from)",
+    re.IGNORECASE,
+)
 # Headers that carry the address a bounce was sent to, in the order they are trusted.
 _RECIPIENT_HEADERS = ("X-Original-To", "Delivered-To", "Envelope-To", "X-Envelope-To", "To")
 
@@ -120,8 +126,9 @@ def _classify_dsn(msg: Message) -> Classification | None:
         action = str(block.get("Action", "")).strip().lower()
         if action not in ("failed", "delayed"):
             continue  # delivered, relayed, expanded: good news, not a bounce
-        recipient = _clean_address(str(block.get("Original-Recipient")
-                                       or block.get("Final-Recipient") or ""))
+        recipient = _clean_address(
+            str(block.get("Original-Recipient") or block.get("Final-Recipient") or "")
+        )
         status_field = str(block.get("Status", ""))
         status = _STATUS_CODE.search(status_field)
         code = status.group(0) if status else None
@@ -140,8 +147,13 @@ def _classify_dsn(msg: Message) -> Classification | None:
     index = kinds.index(HARD) if HARD in kinds else 0
     _recipient, code, diagnostic = failed[index]
     diagnostic = diagnostic.removesuffix(str(code or "")).strip() or diagnostic
-    return Classification(kinds[index], [r for r, _c, _d in failed if r],
-                          _candidate_addresses(msg), code, diagnostic or None)
+    return Classification(
+        kinds[index],
+        [r for r, _c, _d in failed if r],
+        _candidate_addresses(msg),
+        code,
+        diagnostic or None,
+    )
 
 
 def _classify_arf(msg: Message) -> Classification:
@@ -159,8 +171,13 @@ def _classify_arf(msg: Message) -> Classification:
         for address in _header_addresses(original, ("To",)):
             if address not in recipients:
                 recipients.append(address)
-    return Classification(COMPLAINT, recipients, _candidate_addresses(msg), None,
-                          f"feedback report: {feedback or 'abuse'}")
+    return Classification(
+        COMPLAINT,
+        recipients,
+        _candidate_addresses(msg),
+        None,
+        f"feedback report: {feedback or 'abuse'}",
+    )
 
 
 def _is_auto_reply(msg: Message) -> bool:
@@ -198,7 +215,7 @@ def _line_after(text: str, addresses: Iterable[bytes | str]) -> str | None:
     lines = [" ".join(line.split()) for line in text.splitlines()]
     for number, line in enumerate(lines):
         if any(name.lower() in line.lower() for name in names):
-            rest = [lines[number]] + [x for x in lines[number + 1:number + 3] if x]
+            rest = [lines[number]] + [x for x in lines[number + 1 : number + 3] if x]
             return " ".join(rest)[:500]
     return None
 
@@ -218,10 +235,12 @@ def _classify_with_flufl(msg: Message) -> Classification | None:
     if kind == HARD and (_MAILBOX_FULL.search(text) or (status and status.group(1) == "4")):
         kind = SOFT
     addresses = permanent or temporary
-    recipients = sorted(a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a)
-                        for a in addresses)
-    return Classification(kind, recipients, _candidate_addresses(msg),
-                          status.group(0) if status else None, diagnostic)
+    recipients = sorted(
+        a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a) for a in addresses
+    )
+    return Classification(
+        kind, recipients, _candidate_addresses(msg), status.group(0) if status else None, diagnostic
+    )
 
 
 def classify(msg: Message) -> Classification:

@@ -23,15 +23,24 @@ HARD_BOUNCE_RATE_PROBLEM = 0.05
 
 def bounce_processing_enabled(config: Mapping[str, Any]) -> bool:
     """Whether bounces reach the newsletter: a bounce mailbox or a provider webhook is set."""
-    return bool(config.get("BOUNCE_MAILBOX") or config.get("SES_TOPIC_ARNS")
-                or config.get("MAILGUN_SIGNING_KEY") or config.get("POSTMARK_WEBHOOK_USER"))
+    return bool(
+        config.get("BOUNCE_MAILBOX")
+        or config.get("SES_TOPIC_ARNS")
+        or config.get("MAILGUN_SIGNING_KEY")
+        or config.get("POSTMARK_WEBHOOK_USER")
+    )
 
 
-def last_campaign_figures(session: Session, config: Mapping[str, Any]
-                          ) -> CampaignBounceFigures | None:
+def last_campaign_figures(
+    session: Session, config: Mapping[str, Any]
+) -> CampaignBounceFigures | None:
     """The figures of the newest campaign that reached anyone; None before the first."""
-    newest = session.scalar(select(Delivery.campaign_id).where(Delivery.status == SENT)
-                            .order_by(Delivery.campaign_id.desc()).limit(1))
+    newest = session.scalar(
+        select(Delivery.campaign_id)
+        .where(Delivery.status == SENT)
+        .order_by(Delivery.campaign_id.desc())
+        .limit(1)
+    )
     if newest is None:
         return None
     return campaign_bounce_figures(session, [newest], config)[newest]
@@ -57,9 +66,9 @@ class CampaignBounceFigures:
         return self.complaints / self.sent if self.sent else 0.0
 
 
-def campaign_bounce_figures(session: Session, campaign_ids: Iterable[int],
-                            config: Mapping[str, Any] | None = None
-                            ) -> dict[int, CampaignBounceFigures]:
+def campaign_bounce_figures(
+    session: Session, campaign_ids: Iterable[int], config: Mapping[str, Any] | None = None
+) -> dict[int, CampaignBounceFigures]:
     """Figures for each campaign in ``campaign_ids``, with warnings past the thresholds
     (NEWSLETTER_COMPLAINT_RATE_WARNING, NEWSLETTER_HARD_BOUNCE_RATE_WARNING)."""
     ids = list(campaign_ids)
@@ -67,15 +76,20 @@ def campaign_bounce_figures(session: Session, campaign_ids: Iterable[int],
     if not ids:
         return figures
     for cid, sent in session.execute(
-            select(Delivery.campaign_id, func.count()).where(
-                Delivery.campaign_id.in_(ids), Delivery.status == SENT)
-            .group_by(Delivery.campaign_id)):
+        select(Delivery.campaign_id, func.count())
+        .where(Delivery.campaign_id.in_(ids), Delivery.status == SENT)
+        .group_by(Delivery.campaign_id)
+    ):
         figures[cid].sent = int(sent or 0)
     for campaign, kind, readers in session.execute(
-            select(BounceRecord.campaign_id, BounceRecord.kind,
-                   func.count(func.distinct(BounceRecord.subscriber_id)))
-            .where(BounceRecord.campaign_id.in_(ids))
-            .group_by(BounceRecord.campaign_id, BounceRecord.kind)):
+        select(
+            BounceRecord.campaign_id,
+            BounceRecord.kind,
+            func.count(func.distinct(BounceRecord.subscriber_id)),
+        )
+        .where(BounceRecord.campaign_id.in_(ids))
+        .group_by(BounceRecord.campaign_id, BounceRecord.kind)
+    ):
         if campaign is None:
             continue
         if kind == HARD:
@@ -92,8 +106,9 @@ def campaign_bounce_figures(session: Session, campaign_ids: Iterable[int],
     return figures
 
 
-def bounce_warnings(figures: CampaignBounceFigures, complaint_limit: float,
-                    bounce_limit: float) -> list[str]:
+def bounce_warnings(
+    figures: CampaignBounceFigures, complaint_limit: float, bounce_limit: float
+) -> list[str]:
     """The warnings for one campaign's figures, each naming what to do."""
     warnings = []
     if figures.complaint_rate > complaint_limit:
@@ -101,10 +116,12 @@ def bounce_warnings(figures: CampaignBounceFigures, complaint_limit: float,
             f"Complaint rate {figures.complaint_rate:.2%} is over {complaint_limit:.2%}: Gmail "
             "and Yahoo block senders over 0.3%. Check the sign-up form for abuse (sign-ups the "
             "readers did not make), stop mailing any old imported segment, and make the "
-            "unsubscribe link easy to find.")
+            "unsubscribe link easy to find."
+        )
     if figures.hard_bounce_rate > bounce_limit:
         warnings.append(
             f"Hard-bounce rate {figures.hard_bounce_rate:.2%} is over {bounce_limit:.2%}: "
             "providers suspend senders with many bounces. Remove old imported segments (the "
-            "bounced readers are already suppressed) and check the sign-up form for abuse.")
+            "bounced readers are already suppressed) and check the sign-up form for abuse."
+        )
     return warnings

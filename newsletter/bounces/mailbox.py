@@ -82,19 +82,31 @@ class MaildirMailbox:
 class ImapMailbox:
     """One IMAP folder; TLS from the start (imaps) or STARTTLS (imap), never plain text."""
 
-    def __init__(self, host: str, port: int | None, user: str, password: str, folder: str,
-                 *, implicit_tls: bool, processed_folder: str = "Processed",
-                 ssl_context: ssl.SSLContext | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int | None,
+        user: str,
+        password: str,
+        folder: str,
+        *,
+        implicit_tls: bool,
+        processed_folder: str = "Processed",
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         context = ssl_context or ssl.create_default_context()
         try:
             if implicit_tls:
                 self._imap: imaplib.IMAP4 = imaplib.IMAP4_SSL(
-                    host, port or 993, ssl_context=context, timeout=timeout)
+                    host, port or 993, ssl_context=context, timeout=timeout
+                )
             else:
                 self._imap = imaplib.IMAP4(host, port or 143, timeout=timeout)
         except (OSError, imaplib.IMAP4.error) as err:
-            raise MailboxError(f"IMAP {host}: {err}: check NEWSLETTER_BOUNCE_MAILBOX (host, "
-                               "port)") from err
+            raise MailboxError(
+                f"IMAP {host}: {err}: check NEWSLETTER_BOUNCE_MAILBOX (host, port)"
+            ) from err
         try:
             if not implicit_tls:
                 self._imap.starttls(ssl_context=context)
@@ -102,8 +114,10 @@ class ImapMailbox:
             status, _ = self._imap.select(_quote(folder))
         except (OSError, imaplib.IMAP4.error) as err:
             self._imap.shutdown()
-            raise MailboxError(f"IMAP {host}: {err}: check NEWSLETTER_BOUNCE_MAILBOX (host, "
-                               "port, user, password, folder)") from err
+            raise MailboxError(
+                f"IMAP {host}: {err}: check NEWSLETTER_BOUNCE_MAILBOX (host, "
+                "port, user, password, folder)"
+            ) from err
         if status != "OK":
             raise MailboxError(f"IMAP {host}: no folder {folder!r}")
         self._processed = processed_folder
@@ -144,11 +158,23 @@ class ImapMailbox:
 class Pop3Mailbox:
     """POP3 over TLS. POP3 has no folders: a processed message is deleted."""
 
-    def __init__(self, host: str, port: int | None, user: str, password: str, *,
-                 ssl_context: ssl.SSLContext | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int | None,
+        user: str,
+        password: str,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         try:
-            self._pop = poplib.POP3_SSL(host, port or 995, timeout=timeout,
-                                        context=ssl_context or ssl.create_default_context())
+            self._pop = poplib.POP3_SSL(
+                host,
+                port or 995,
+                timeout=timeout,
+                context=ssl_context or ssl.create_default_context(),
+            )
         except (OSError, poplib.error_proto) as err:
             raise MailboxError(f"POP3 {host}: {err}: check NEWSLETTER_BOUNCE_MAILBOX") from err
         try:
@@ -175,26 +201,41 @@ def _quote(folder: str) -> str:
     return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def open_mailbox(url: str, *, processed_folder: str = "Processed",
-                 ssl_context: ssl.SSLContext | None = None,
-                 timeout: float = 30.0) -> Mailbox:
+def open_mailbox(
+    url: str,
+    *,
+    processed_folder: str = "Processed",
+    ssl_context: ssl.SSLContext | None = None,
+    timeout: float = 30.0,
+) -> Mailbox:
     """Open the mailbox NEWSLETTER_BOUNCE_MAILBOX names."""
     parts = urlsplit(url)
     if parts.scheme not in SCHEMES:
-        raise MailboxError(f"unknown mailbox scheme {parts.scheme!r}: use imaps://, imap:// "
-                           "(STARTTLS), pop3s:// or maildir:///path")
+        raise MailboxError(
+            f"unknown mailbox scheme {parts.scheme!r}: use imaps://, imap:// "
+            "(STARTTLS), pop3s:// or maildir:///path"
+        )
     if parts.scheme == "maildir":
         return MaildirMailbox(unquote(parts.netloc + parts.path), processed_folder)
     if not parts.hostname or not parts.username:
         raise MailboxError(f"{parts.scheme}:// needs user:password@host")
     user, password = unquote(parts.username), unquote(parts.password or "")
     if parts.scheme == "pop3s":
-        return Pop3Mailbox(parts.hostname, parts.port, user, password,
-                           ssl_context=ssl_context, timeout=timeout)
+        return Pop3Mailbox(
+            parts.hostname, parts.port, user, password, ssl_context=ssl_context, timeout=timeout
+        )
     folder = unquote(parts.path.lstrip("/")) or "INBOX"
-    return ImapMailbox(parts.hostname, parts.port, user, password, folder,
-                       implicit_tls=parts.scheme == "imaps", processed_folder=processed_folder,
-                       ssl_context=ssl_context, timeout=timeout)
+    return ImapMailbox(
+        parts.hostname,
+        parts.port,
+        user,
+        password,
+        folder,
+        implicit_tls=parts.scheme == "imaps",
+        processed_folder=processed_folder,
+        ssl_context=ssl_context,
+        timeout=timeout,
+    )
 
 
 @dataclass
@@ -210,8 +251,9 @@ class ProcessReport:
         table[key] = table.get(key, 0) + 1
 
 
-def match_reader(session: Session, config: Mapping[str, Any],
-                 found: Classification) -> tuple[int, int | None] | None:
+def match_reader(
+    session: Session, config: Mapping[str, Any], found: Classification
+) -> tuple[int, int | None] | None:
     """(subscriber id, campaign id) through a VERP token, else through the failed recipient's
     address; None if neither names a reader."""
     claim: VerpClaim | None = None
@@ -235,9 +277,14 @@ def match_reader(session: Session, config: Mapping[str, Any],
     return None
 
 
-def process_message(session: Session, config: Mapping[str, Any],
-                    clock: Callable[[], datetime], raw: bytes, source: str,
-                    report: ProcessReport) -> bool:
+def process_message(
+    session: Session,
+    config: Mapping[str, Any],
+    clock: Callable[[], datetime],
+    raw: bytes,
+    source: str,
+    report: ProcessReport,
+) -> bool:
     """Classify and apply one message; True if it was handled (to be moved away)."""
     message = email.message_from_bytes(raw, policy=email.policy.compat32)
     found = classify(message)
@@ -252,15 +299,26 @@ def process_message(session: Session, config: Mapping[str, Any],
         report.unmatched += 1
         return True
     subscriber_id, campaign_id = matched
-    result = apply_outcome(session, config, clock, Outcome(
-        subscriber_id, found.kind, source, campaign_id, found.status_code, found.diagnostic))
+    result = apply_outcome(
+        session,
+        config,
+        clock,
+        Outcome(
+            subscriber_id, found.kind, source, campaign_id, found.status_code, found.diagnostic
+        ),
+    )
     report.count(report.results, result)
     return True
 
 
-def process_mailbox(session: Session, config: Mapping[str, Any],
-                    clock: Callable[[], datetime], box: Mailbox, *,
-                    delete: bool = False) -> ProcessReport:
+def process_mailbox(
+    session: Session,
+    config: Mapping[str, Any],
+    clock: Callable[[], datetime],
+    box: Mailbox,
+    *,
+    delete: bool = False,
+) -> ProcessReport:
     """Read every message waiting in ``box``, apply each, and move the handled ones to the
     processed folder (or delete them); unrecognised ones stay and are counted."""
     report = ProcessReport()
@@ -273,15 +331,23 @@ def process_mailbox(session: Session, config: Mapping[str, Any],
     return report
 
 
-def process_configured_mailbox(session: Session, config: Mapping[str, Any],
-                               clock: Callable[[], datetime], *,
-                               delete: bool = False) -> ProcessReport:
+def process_configured_mailbox(
+    session: Session,
+    config: Mapping[str, Any],
+    clock: Callable[[], datetime],
+    *,
+    delete: bool = False,
+) -> ProcessReport:
     """One run over NEWSLETTER_BOUNCE_MAILBOX: what ``newsletter process-bounces`` does, and
     what a background worker calls every few minutes when the mailbox is set."""
     if not config.get("BOUNCE_MAILBOX"):
         raise MailboxError(
             "NEWSLETTER_BOUNCE_MAILBOX is not set: set it to imaps://user:password@host/INBOX, "
-            "imap://... (STARTTLS), pop3s://... or maildir:///path")
-    box = open_mailbox(config["BOUNCE_MAILBOX"], processed_folder=config["BOUNCE_PROCESSED_FOLDER"],
-                       timeout=float(config["SMTP_TIMEOUT"]))
+            "imap://... (STARTTLS), pop3s://... or maildir:///path"
+        )
+    box = open_mailbox(
+        config["BOUNCE_MAILBOX"],
+        processed_folder=config["BOUNCE_PROCESSED_FOLDER"],
+        timeout=float(config["SMTP_TIMEOUT"]),
+    )
     return process_mailbox(session, config, clock, box, delete=delete)

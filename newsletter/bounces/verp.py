@@ -118,8 +118,9 @@ def verp_address(config: Mapping[str, Any], campaign_id: int, subscriber_id: int
     return f"{address_local}@{domain}"
 
 
-def envelope_sender_for(config: Mapping[str, Any], campaign_id: int | None,
-                        subscriber_id: int | None) -> str:
+def envelope_sender_for(
+    config: Mapping[str, Any], campaign_id: int | None, subscriber_id: int | None
+) -> str:
     """The envelope sender (MAIL FROM) for one message: the VERP address when
     NEWSLETTER_BOUNCE_ADDRESS is set, else MAIL_FROM as before. ``campaign_id`` None (or 0)
     is a transactional email; ``subscriber_id`` None (no reader, a test message) gets MAIL_FROM.
@@ -131,7 +132,8 @@ def envelope_sender_for(config: Mapping[str, Any], campaign_id: int | None,
 
 def claim_from_address(config: Mapping[str, Any], address: str) -> VerpClaim | None:
     """The claim in ``address`` if it is a VERP address of this list's bounce address with a
-    genuine token; None if it is not one of ours. A forged token raises :class:`InvalidVerpError`."""
+    genuine token; None if it is not one of ours. A forged token raises
+    :class:`InvalidVerpError`."""
     bounce_address = config.get("BOUNCE_ADDRESS")
     if not bounce_address:
         return None
@@ -142,4 +144,4 @@ def claim_from_address(config: Mapping[str, Any], address: str) -> VerpClaim | N
     prefix = f"{base_local}{DELIMITER}".lower()
     if not local.lower().startswith(prefix):
         return None
-    return read_token(config["SECRET_KEY"], local[len(prefix):])
+    return read_token(config["SECRET_KEY"], local[len(prefix) :])

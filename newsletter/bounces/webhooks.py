@@ -69,16 +69,31 @@ def check_sns_url(url: str) -> None:
     """Refuse any URL but https on an SNS host, before anything is fetched."""
     parts = urlsplit(url)
     if parts.scheme != "https" or not SNS_HOST.match(parts.hostname or "") or parts.port:
-        raise WebhookRefusedError(403, "signing certificate or subscribe URL is not on an "
-                                  "sns.<region>.amazonaws.com host")
+        raise WebhookRefusedError(
+            403, "signing certificate or subscribe URL is not on an sns.<region>.amazonaws.com host"
+        )
 
 
 _SNS_FIELDS = {
     "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
-    "SubscriptionConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token",
-                                 "TopicArn", "Type"),
-    "UnsubscribeConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token",
-                                "TopicArn", "Type"),
+    "SubscriptionConfirmation": (
+        "Message",
+        "MessageId",
+        "SubscribeURL",
+        "Timestamp",
+        "Token",
+        "TopicArn",
+        "Type",
+    ),
+    "UnsubscribeConfirmation": (
+        "Message",
+        "MessageId",
+        "SubscribeURL",
+        "Timestamp",
+        "Token",
+        "TopicArn",
+        "Type",
+    ),
 }
 
 
@@ -116,8 +131,9 @@ def check_fresh(when: datetime, now: datetime, max_age: float) -> None:
 def remember_once(session: Session, key: str, now: datetime, max_age: float) -> None:
     """Record ``key`` as seen, refusing it if it was seen within the freshness window (a
     replay); older keys are forgotten, since a stale request is refused anyway."""
-    session.execute(delete(WebhookReplay).where(
-        WebhookReplay.seen_at < now - timedelta(seconds=2 * max_age)))
+    session.execute(
+        delete(WebhookReplay).where(WebhookReplay.seen_at < now - timedelta(seconds=2 * max_age))
+    )
     if session.get(WebhookReplay, key[:200]) is not None:
         session.rollback()
         raise WebhookRefusedError(403, "replayed request: refused")
@@ -129,9 +145,15 @@ def remember_once(session: Session, key: str, now: datetime, max_age: float) -> 
         raise WebhookRefusedError(403, "replayed request: refused") from None
 
 
-def verify_sns(message: Mapping[str, Any], config: Mapping[str, Any], now: datetime,
-               fetch: CertificateFetcher, cache: dict[str, Any]) -> None:
-    """Check an SNS message's topic, freshness and signature; :class:`WebhookRefusedError` if not."""
+def verify_sns(
+    message: Mapping[str, Any],
+    config: Mapping[str, Any],
+    now: datetime,
+    fetch: CertificateFetcher,
+    cache: dict[str, Any],
+) -> None:
+    """Check an SNS message's topic, freshness and signature; raise
+    :class:`WebhookRefusedError` if one fails."""
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
@@ -157,11 +179,15 @@ def verify_sns(message: Mapping[str, Any], config: Mapping[str, Any], now: datet
             pem = fetch(cert_url)
         except OSError as err:
             # Amazon unreachable for a moment: a 5xx makes SNS deliver the message again later.
-            raise WebhookRefusedError(502, f"cannot fetch the SNS signing certificate: {err}") from err
+            raise WebhookRefusedError(
+                502, f"cannot fetch the SNS signing certificate: {err}"
+            ) from err
         try:
             certificate = x509.load_pem_x509_certificate(pem)
         except ValueError as err:
-            raise WebhookRefusedError(400, f"cannot load the SNS signing certificate: {err}") from err
+            raise WebhookRefusedError(
+                400, f"cannot load the SNS signing certificate: {err}"
+            ) from err
         key = certificate.public_key()
         if not isinstance(key, rsa.RSAPublicKey):
             raise WebhookRefusedError(400, "the SNS signing certificate has no RSA key")
@@ -182,31 +208,42 @@ def ses_events(notification: Mapping[str, Any]) -> list[Event]:
         bounce = notification.get("bounce") or {}
         severity = HARD if bounce.get("bounceType") == "Permanent" else SOFT
         for item in bounce.get("bouncedRecipients") or []:
-            events.append(Event(str(item.get("emailAddress", "")), severity, item.get("status"),
-                                item.get("diagnosticCode") or bounce.get("bounceSubType"),
-                                sender))
+            events.append(
+                Event(
+                    str(item.get("emailAddress", "")),
+                    severity,
+                    item.get("status"),
+                    item.get("diagnosticCode") or bounce.get("bounceSubType"),
+                    sender,
+                )
+            )
     elif kind == "Complaint":
         complaint = notification.get("complaint") or {}
         for item in complaint.get("complainedRecipients") or []:
-            events.append(Event(str(item.get("emailAddress", "")), COMPLAINT, None,
-                                f"feedback: {complaint.get('complaintFeedbackType', 'abuse')}",
-                                sender))
+            events.append(
+                Event(
+                    str(item.get("emailAddress", "")),
+                    COMPLAINT,
+                    None,
+                    f"feedback: {complaint.get('complaintFeedbackType', 'abuse')}",
+                    sender,
+                )
+            )
     return events
 
 
-def verify_mailgun(signature: Mapping[str, Any], config: Mapping[str, Any],
-                   now: datetime) -> str:
+def verify_mailgun(signature: Mapping[str, Any], config: Mapping[str, Any], now: datetime) -> str:
     """Check a Mailgun signature block; returns its token (the replay key)."""
     timestamp, token = str(signature.get("timestamp", "")), str(signature.get("token", ""))
     given = str(signature.get("signature", ""))
     if not timestamp.isdigit() or not token or not given:
         raise WebhookRefusedError(403, "unsigned request: refused")
-    expected = hmac.new(str(config["MAILGUN_SIGNING_KEY"]).encode(),
-                        (timestamp + token).encode(), hashlib.sha256).hexdigest()
+    expected = hmac.new(
+        str(config["MAILGUN_SIGNING_KEY"]).encode(), (timestamp + token).encode(), hashlib.sha256
+    ).hexdigest()
     if not hmac.compare_digest(expected, given.lower()):
         raise WebhookRefusedError(403, "bad signature")
-    check_fresh(datetime.fromtimestamp(int(timestamp), now.tzinfo), now,
-                config["WEBHOOK_MAX_AGE"])
+    check_fresh(datetime.fromtimestamp(int(timestamp), now.tzinfo), now, config["WEBHOOK_MAX_AGE"])
     return token
 
 
@@ -219,9 +256,15 @@ def mailgun_events(data: Mapping[str, Any]) -> list[Event]:
         status = data.get("delivery-status") or {}
         kind = HARD if data.get("severity") == "permanent" else SOFT
         code = status.get("code")
-        return [Event(recipient, kind, str(code) if code else None,
-                      status.get("description") or status.get("message")
-                      or data.get("reason"), sender)]
+        return [
+            Event(
+                recipient,
+                kind,
+                str(code) if code else None,
+                status.get("description") or status.get("message") or data.get("reason"),
+                sender,
+            )
+        ]
     if name == "complained":
         return [Event(recipient, COMPLAINT, None, "complaint (Mailgun)", sender)]
     return []
@@ -233,16 +276,26 @@ def verify_postmark(authorization: tuple[str, str] | None, config: Mapping[str, 
         raise WebhookRefusedError(403, "unsigned request: refused")
     user, password = authorization
     good_user = hmac.compare_digest(user.encode(), str(config["POSTMARK_WEBHOOK_USER"]).encode())
-    good_password = hmac.compare_digest(password.encode(),
-                                        str(config["POSTMARK_WEBHOOK_PASSWORD"]).encode())
+    good_password = hmac.compare_digest(
+        password.encode(), str(config["POSTMARK_WEBHOOK_PASSWORD"]).encode()
+    )
     if not (good_user and good_password):
         raise WebhookRefusedError(403, "bad credentials")
 
 
 # Postmark bounce types that mean the address is gone; the rest are temporary or not bounces.
 _POSTMARK_HARD = {"HardBounce", "BadEmailAddress", "ManuallyDeactivated", "AddressChange"}
-_POSTMARK_SOFT = {"SoftBounce", "Transient", "DnsError", "MailFrontier", "Blocked",
-                  "SMTPApiError", "InboundError", "DMARCPolicy", "TemplateRenderingFailed"}
+_POSTMARK_SOFT = {
+    "SoftBounce",
+    "Transient",
+    "DnsError",
+    "MailFrontier",
+    "Blocked",
+    "SMTPApiError",
+    "InboundError",
+    "DMARCPolicy",
+    "TemplateRenderingFailed",
+}
 
 
 def postmark_event(body: Mapping[str, Any]) -> tuple[list[Event], str, datetime]:
@@ -263,13 +316,27 @@ def postmark_event(body: Mapping[str, Any]) -> tuple[list[Event], str, datetime]
     when = _parse_time(body.get("BouncedAt") or body.get("ReceivedAt") or "")
     if kind is None:
         return [], event_id, when
-    return ([Event(str(body.get("Email", "")), kind, None,
-                   str(body.get("Description") or body.get("Details") or kind_name))],
-            event_id, when)
+    return (
+        [
+            Event(
+                str(body.get("Email", "")),
+                kind,
+                None,
+                str(body.get("Description") or body.get("Details") or kind_name),
+            )
+        ],
+        event_id,
+        when,
+    )
 
 
-def apply_events(session: Session, config: Mapping[str, Any], clock: Callable[[], datetime],
-                 events: list[Event], source: str) -> list[str]:
+def apply_events(
+    session: Session,
+    config: Mapping[str, Any],
+    clock: Callable[[], datetime],
+    events: list[Event],
+    source: str,
+) -> list[str]:
     """Apply each event to its reader (VERP token first, then the address); returns results."""
     results = []
     for event in events:
@@ -287,14 +354,25 @@ def apply_events(session: Session, config: Mapping[str, Any], clock: Callable[[]
                 address = normalise_address(event.address)
             except InvalidAddressError:
                 continue
-            subscriber_id = session.scalar(select(Subscriber.id).where(
-                Subscriber.email == address))
+            subscriber_id = session.scalar(select(Subscriber.id).where(Subscriber.email == address))
         if subscriber_id is None:
             results.append("unmatched")
             continue
-        results.append(apply_outcome(session, config, clock, Outcome(
-            subscriber_id, event.kind, source, campaign_id, event.status_code,
-            event.diagnostic)))
+        results.append(
+            apply_outcome(
+                session,
+                config,
+                clock,
+                Outcome(
+                    subscriber_id,
+                    event.kind,
+                    source,
+                    campaign_id,
+                    event.status_code,
+                    event.diagnostic,
+                ),
+            )
+        )
     return results
 
 

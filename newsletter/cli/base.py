@@ -28,7 +28,6 @@ def _services() -> Any:
     return get_services()
 
 
-
 def _one_line(err: Exception) -> str:
     """The first line of a database error's own message, without SQLAlchemy's decoration."""
     cause = getattr(err, "orig", None) or err

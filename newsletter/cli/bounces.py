@@ -1,5 +1,4 @@
-"""``newsletter process-bounces``: read the bounce mailbox and apply what it holds.
-"""
+"""``newsletter process-bounces``: read the bounce mailbox and apply what it holds."""
 
 from __future__ import annotations
 
@@ -19,8 +18,11 @@ _RESULT_LABELS = {
 
 @register
 @click.command("process-bounces")
-@click.option("--delete", is_flag=True,
-              help="Delete processed messages instead of moving them to the processed folder.")
+@click.option(
+    "--delete",
+    is_flag=True,
+    help="Delete processed messages instead of moving them to the processed folder.",
+)
 @with_appcontext
 def process_bounces_command(delete: bool) -> None:
     """Read new bounces, complaints and auto-replies from NEWSLETTER_BOUNCE_MAILBOX, apply them
@@ -30,16 +32,18 @@ def process_bounces_command(delete: bool) -> None:
     from ..services import get_services
 
     try:
-        report = process_configured_mailbox(db.session(), current_app.config,
-                                            get_services().clock, delete=delete)
+        report = process_configured_mailbox(
+            db.session(), current_app.config, get_services().clock, delete=delete
+        )
     except MailboxError as err:
         raise click.ClickException(str(err)) from None
     handled = sum(report.kinds.values()) - report.unrecognised
-    click.echo(f"Processed {handled} message(s); {report.unrecognised} unrecognised "
-               f"(left in the mailbox); {report.unmatched} about nobody on the list.")
+    click.echo(
+        f"Processed {handled} message(s); {report.unrecognised} unrecognised "
+        f"(left in the mailbox); {report.unmatched} about nobody on the list."
+    )
     for kind, number in sorted(report.kinds.items()):
         click.echo(f"  {kind}: {number}")
     for result, label in _RESULT_LABELS.items():
         if report.results.get(result):
             click.echo(f"  {label}: {report.results[result]}")
-

@@ -25,16 +25,22 @@ def campaigns_group(ctx: click.Context) -> None:
     live = _fold_interrupted_sends()
     campaigns = list_campaigns(db.session)
     if not campaigns:
-        click.echo("No campaigns yet: `newsletter send-digest` or `newsletter send-campaign "
-                   "FILE.md` sends the first.")
+        click.echo(
+            "No campaigns yet: `newsletter send-digest` or `newsletter send-campaign "
+            "FILE.md` sends the first."
+        )
         return
-    click.echo(f"{'ID':>5}  {'KIND':<12}  {'CREATED (UTC)':<16}  {'STATUS':<8}  {'SENT':>7}  "
-               f"{'FAILED':>6}  {'DEFER':>5}  {'SKIP':>5}  {'QUEUED':>6}  SUBJECT")
+    click.echo(
+        f"{'ID':>5}  {'KIND':<12}  {'CREATED (UTC)':<16}  {'STATUS':<8}  {'SENT':>7}  "
+        f"{'FAILED':>6}  {'DEFER':>5}  {'SKIP':>5}  {'QUEUED':>6}  SUBJECT"
+    )
     for c in campaigns:
         n = c.counts
-        click.echo(f"{c.id:>5}  {c.kind:<12}  {c.created_at:%Y-%m-%d %H:%M}  {c.status:<8}  "
-                   f"{n.get('sent', 0):>7}  {n.get('failed', 0):>6}  {n.get('deferred', 0):>5}  "
-                   f"{n.get('skipped', 0):>5}  {n.get('queued', 0):>6}  {c.subject}")
+        click.echo(
+            f"{c.id:>5}  {c.kind:<12}  {c.created_at:%Y-%m-%d %H:%M}  {c.status:<8}  "
+            f"{n.get('sent', 0):>7}  {n.get('failed', 0):>6}  {n.get('deferred', 0):>5}  "
+            f"{n.get('skipped', 0):>5}  {n.get('queued', 0):>6}  {c.subject}"
+        )
     if live:
         click.echo(live)
 
@@ -47,8 +53,10 @@ def _fold_interrupted_sends() -> str | None:
 
     if fold_interrupted(db.session, _send_lock(), _services().clock()):
         return None
-    return ("A send is running now: these counts are live and keep moving (the last few "
-            "seconds' messages show once it writes them).")
+    return (
+        "A send is running now: these counts are live and keep moving (the last few "
+        "seconds' messages show once it writes them)."
+    )
 
 
 @campaigns_group.command("show")
@@ -70,15 +78,19 @@ def campaigns_show(campaign_id: int) -> None:
     click.echo(f'Campaign {c.id} ({c.kind}): "{c.subject}"')
     finished = f", finished {c.finished_at:%Y-%m-%d %H:%M}" if c.finished_at else ""
     click.echo(f"Status {c.status}; created {c.created_at:%Y-%m-%d %H:%M} UTC{finished}.")
-    counts = ", ".join(f"{status} {c.counts.get(status, 0):,}" for status in
-                       ("sent", "failed", "deferred", "skipped", "queued"))
+    counts = ", ".join(
+        f"{status} {c.counts.get(status, 0):,}"
+        for status in ("sent", "failed", "deferred", "skipped", "queued")
+    )
     click.echo(f"Deliveries: {counts} (of {c.total:,}).")
     if details.problems:
         click.echo("Not delivered:")
         for p in details.problems:
             tries = f"{p.attempts} attempt{'' if p.attempts == 1 else 's'}"
-            click.echo(f"  {p.email or '(erased reader)'}  {p.status}  {tries}  "
-                       f"{p.reply or '(no reply recorded)'}")
+            click.echo(
+                f"  {p.email or '(erased reader)'}  {p.status}  {tries}  "
+                f"{p.reply or '(no reply recorded)'}"
+            )
         if details.more_problems:
             click.echo(f"  ... and {details.more_problems:,} more.")
     if live:

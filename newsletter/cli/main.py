@@ -47,18 +47,25 @@ def _create_app() -> Flask:
     where = _display_url(app.config["SQLALCHEMY_DATABASE_URI"])
     try:
         problem = schema_problem(app)
-        if problem and (command == "demo" or (command in _MIGRATES_DEFAULT_DATABASE
-                                              and app.config["DATABASE_IS_DEFAULT"])):
+        if problem and (
+            command == "demo"
+            or (command in _MIGRATES_DEFAULT_DATABASE and app.config["DATABASE_IS_DEFAULT"])
+        ):
             upgrade_schema(app)
             problem = None
     except SQLAlchemyError as err:
         raise click.ClickException(
             f"cannot use the database {where}: {_one_line(err)}. Check "
-            "NEWSLETTER_DATABASE_URL and that the database server is running.") from None
+            "NEWSLETTER_DATABASE_URL and that the database server is running."
+        ) from None
     if problem:
-        hint = (" (this is the default database in ./instance: run `newsletter` in the folder "
-                "that holds the service's .env and instance folder, or set "
-                "NEWSLETTER_DATABASE_URL)" if app.config["DATABASE_IS_DEFAULT"] else "")
+        hint = (
+            " (this is the default database in ./instance: run `newsletter` in the folder "
+            "that holds the service's .env and instance folder, or set "
+            "NEWSLETTER_DATABASE_URL)"
+            if app.config["DATABASE_IS_DEFAULT"]
+            else ""
+        )
         raise click.ClickException(f"{problem}. Database: {where}{hint}.")
     return app
 
@@ -98,10 +105,17 @@ def main() -> None:
     """Entry point of the ``newsletter`` console script."""
     group = NewsletterGroup(
         help="A self-hosted newsletter: subscriptions with double opt-in, digests of new posts, "
-             "one-click unsubscribe. Settings come from NEWSLETTER_* variables and a .env file.",
-        params=[click.Option(["--version"], is_flag=True, expose_value=False, is_eager=True,
-                             help="Show the name and version of newsletter and exit.",
-                             callback=_print_version)],
+        "one-click unsubscribe. Settings come from NEWSLETTER_* variables and a .env file.",
+        params=[
+            click.Option(
+                ["--version"],
+                is_flag=True,
+                expose_value=False,
+                is_eager=True,
+                help="Show the name and version of newsletter and exit.",
+                callback=_print_version,
+            )
+        ],
     )
     group.main(prog_name="newsletter")
 

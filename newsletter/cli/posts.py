@@ -13,9 +13,14 @@ from .base import EXIT_ERROR, _services, register
 
 @register
 @click.command("fetch-posts")
-@click.option("--backfill", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Also mail the newest N posts already published that were never mailed: "
-                   "the next digest carries them (default: none; works on any sync).")
+@click.option(
+    "--backfill",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Also mail the newest N posts already published that were never mailed: "
+    "the next digest carries them (default: none; works on any sync).",
+)
 @with_appcontext
 def fetch_posts_command(backfill: int | None) -> None:
     """Sync posts from NEWSLETTER_FEED_URL or NEWSLETTER_POSTS_DIR and list what is new."""
@@ -40,8 +45,10 @@ def fetch_posts_command(backfill: int | None) -> None:
         click.echo("No new posts.")
     click.echo(f"Updated {report.updated}, unchanged {report.unchanged}.")
     if report.duplicates:
-        click.echo(f"Skipped {report.duplicates} entr{'y' if report.duplicates == 1 else 'ies'} "
-                   "repeating an id seen earlier in the source.")
+        click.echo(
+            f"Skipped {report.duplicates} entr{'y' if report.duplicates == 1 else 'ies'} "
+            "repeating an id seen earlier in the source."
+        )
 
 
 def _backfill_lines(report: Any) -> list[str]:
@@ -52,33 +59,46 @@ def _backfill_lines(report: Any) -> list[str]:
     if report.first_sync:
         published = len(archived) + len(backfilled)
         if archived and backfilled:
-            return [f"First sync of {report.source}: the newest {len(backfilled)} of the "
-                    f"{published} posts already published go into the next digest ({flag}); "
-                    f"the other {len(archived)} are recorded as sent before and will not be "
-                    "mailed."]
+            return [
+                f"First sync of {report.source}: the newest {len(backfilled)} of the "
+                f"{published} posts already published go into the next digest ({flag}); "
+                f"the other {len(archived)} are recorded as sent before and will not be "
+                "mailed."
+            ]
         if archived:
-            return [f"First sync of {report.source}: {len(archived)} post(s) already published "
-                    "are recorded as sent before and will not be mailed (`newsletter "
-                    "fetch-posts --backfill N` mails the newest N, now or later)."]
+            return [
+                f"First sync of {report.source}: {len(archived)} post(s) already published "
+                "are recorded as sent before and will not be mailed (`newsletter "
+                "fetch-posts --backfill N` mails the newest N, now or later)."
+            ]
         if backfilled:
-            return [f"First sync of {report.source}: all {published} post(s) already published "
-                    f"go into the next digest ({flag})."]
+            return [
+                f"First sync of {report.source}: all {published} post(s) already published "
+                f"go into the next digest ({flag})."
+            ]
         if n:
-            return [f"First sync of {report.source}: no post is published there yet, so "
-                    f"{flag} found none to mail."]
+            return [
+                f"First sync of {report.source}: no post is published there yet, so "
+                f"{flag} found none to mail."
+            ]
         return []
     if n is None:
         return []
     if n == 0:
         return [f"{flag} marks no post as new."]
     if backfilled:
-        return [f"{flag}: {len(backfilled)} post(s) published before and never mailed go "
-                "into the next digest:", *(f"  {title}" for title in backfilled)]
+        return [
+            f"{flag}: {len(backfilled)} post(s) published before and never mailed go "
+            "into the next digest:",
+            *(f"  {title}" for title in backfilled),
+        ]
     found = report.backfill_found
     if found:
         which = f"the newest {found}" if found == n else f"all {found}"
-        return [f"{flag}: {which} published post(s) never mailed are already new, waiting for "
-                "the next digest; nothing changed."]
+        return [
+            f"{flag}: {which} published post(s) never mailed are already new, waiting for "
+            "the next digest; nothing changed."
+        ]
     return [f"{flag}: no published post is left that was never mailed; nothing changed."]
 
 
@@ -98,13 +118,23 @@ def _sync_posts_for_digest(services: Any, backfill: int | None) -> Any:
 
 @register
 @click.command("preview-digest")
-@click.option("--output", "output", default="preview", show_default=True,
-              type=click.Path(file_okay=False, writable=True),
-              help="Folder to write digest.html, digest.txt and digest.eml into.")
+@click.option(
+    "--output",
+    "output",
+    default="preview",
+    show_default=True,
+    type=click.Path(file_okay=False, writable=True),
+    help="Folder to write digest.html, digest.txt and digest.eml into.",
+)
 @click.option("--open", "open_browser", is_flag=True, help="Open digest.html in a web browser.")
-@click.option("--backfill", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Count the newest N posts already published that were never mailed as "
-                   "new (as `fetch-posts --backfill N` does).")
+@click.option(
+    "--backfill",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Count the newest N posts already published that were never mailed as "
+    "new (as `fetch-posts --backfill N` does).",
+)
 @with_appcontext
 def preview_digest_command(output: str, open_browser: bool, backfill: int | None) -> None:
     """Write the next digest as a sample reader would get it; marks nothing as sent."""
@@ -125,9 +155,11 @@ def preview_digest_command(output: str, open_browser: bool, backfill: int | None
         click.echo("No new posts since the last digest: nothing to preview, nothing written.")
         archived = len(synced.archived_titles)
         if synced.first_sync and archived:
-            click.echo(f"(This was the first sync of {synced.source}: its {archived} published "
-                       f"post{'s were' if archived != 1 else ' was'} recorded as sent before. "
-                       "Posts added from now on go into the next digest.)")
+            click.echo(
+                f"(This was the first sync of {synced.source}: its {archived} published "
+                f"post{'s were' if archived != 1 else ' was'} recorded as sent before. "
+                "Posts added from now on go into the next digest.)"
+            )
         return
     paths = preview.write(output)
     count = len(preview.titles)

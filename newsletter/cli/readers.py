@@ -34,15 +34,15 @@ def subscribers_show(email: str) -> None:
         raise click.BadParameter(str(err), param_hint="EMAIL") from None
     if subscriber is None:
         if is_suppressed(db.session, _services(), email):
-            click.echo(f"No reader with the address {email}: it was erased, and only a keyed "
-                       "hash of it is kept (so imports refuse it).", err=True)
+            click.echo(
+                f"No reader with the address {email}: it was erased, and only a keyed "
+                "hash of it is kept (so imports refuse it).",
+                err=True,
+            )
         else:
             click.echo(f"No reader with the address {email}.", err=True)
         sys.exit(EXIT_ERROR)
     click.echo(json.dumps(describe(db.session, subscriber), indent=2, ensure_ascii=False))
-
-
-
 
 
 def _send_now(services: Any) -> None:
@@ -55,14 +55,20 @@ def _send_now(services: Any) -> None:
     transport = services.open_transport()
     try:
         while True:
-            report = deliver_queued(db.session, transport, sender=services.config["MAIL_FROM"],
-                                    now=services.clock(),
-                                    max_attempts=services.config["OUTBOX_MAX_ATTEMPTS"])
+            report = deliver_queued(
+                db.session,
+                transport,
+                sender=services.config["MAIL_FROM"],
+                now=services.clock(),
+                max_attempts=services.config["OUTBOX_MAX_ATTEMPTS"],
+            )
             sent += report.sent
             if report.errors:
-                click.echo(f"SMTP problem: {report.errors[0]}. The emails stay queued; the "
-                           "running service or `newsletter send-queued` sends them later.",
-                           err=True)
+                click.echo(
+                    f"SMTP problem: {report.errors[0]}. The emails stay queued; the "
+                    "running service or `newsletter send-queued` sends them later.",
+                    err=True,
+                )
                 break
             if not report.sent:
                 break
@@ -80,11 +86,17 @@ _STATUS = click.Choice(["pending", "confirmed", "unsubscribed", "erased", "bounc
 
 
 @subscribers_group.command("list")
-@click.option("--status", type=_STATUS, help="Only readers with this status "
-              "(default: all but the erased).")
-@click.option("--format", "fmt", type=click.Choice(["text", "csv", "json"]), default="text",
-              show_default=True, help="text: a table to read; csv: the export's columns; "
-                                      "json: a list of readers, for scripts.")
+@click.option(
+    "--status", type=_STATUS, help="Only readers with this status (default: all but the erased)."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "csv", "json"]),
+    default="text",
+    show_default=True,
+    help="text: a table to read; csv: the export's columns; json: a list of readers, for scripts.",
+)
 @with_appcontext
 def subscribers_list(status: str | None, fmt: str) -> None:
     """List readers with their status and subscription dates."""
@@ -97,21 +109,29 @@ def subscribers_list(status: str | None, fmt: str) -> None:
     if fmt == "json":
         click.echo("[", nl=False)
         for number, reader in enumerate(iter_readers(db.session, status)):
-            item = {"id": reader.id, "email": reader.email, "name": reader.name,
-                    "status": reader.status, "subscribed_at": iso(reader.subscribed_at),
-                    "confirmed_at": iso(reader.confirmed_at) or None,
-                    "unsubscribed_at": iso(reader.unsubscribed_at) or None,
-                    "source": reader.source}
-            click.echo(("," if number else "") + "\n  " + json.dumps(item, ensure_ascii=False),
-                       nl=False)
+            item = {
+                "id": reader.id,
+                "email": reader.email,
+                "name": reader.name,
+                "status": reader.status,
+                "subscribed_at": iso(reader.subscribed_at),
+                "confirmed_at": iso(reader.confirmed_at) or None,
+                "unsubscribed_at": iso(reader.unsubscribed_at) or None,
+                "source": reader.source,
+            }
+            click.echo(
+                ("," if number else "") + "\n  " + json.dumps(item, ensure_ascii=False), nl=False
+            )
         click.echo("\n]")
         return
     count = 0
     click.echo(f"{'id':>7}  {'email':<40}  {'status':<12}  {'subscribed':<10}  name")
     for reader in iter_readers(db.session, status):
         email = reader.email or "(erased)"
-        click.echo(f"{reader.id:>7}  {email:<40}  {reader.status:<12}  "
-                   f"{reader.subscribed_at.date().isoformat():<10}  {reader.name or ''}")
+        click.echo(
+            f"{reader.id:>7}  {email:<40}  {reader.status:<12}  "
+            f"{reader.subscribed_at.date().isoformat():<10}  {reader.name or ''}"
+        )
         count += 1
     click.echo(f"{count} reader{'s' if count != 1 else ''}.")
 
@@ -141,25 +161,38 @@ def _print_problems(title: str, problems: Any) -> None:
 
 @subscribers_group.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--consent-note", required=True,
-              help="Where and how these readers agreed to get the newsletter (kept with each "
-                   "reader as proof), e.g. 'sign-up sheet at the May 2025 workshop'.")
-@click.option("--require-confirmation", is_flag=True,
-              help="Make them pending and send each the double-opt-in email instead.")
-@click.option("--skip-invalid", is_flag=True,
-              help="Import the valid rows even when some are invalid.")
+@click.option(
+    "--consent-note",
+    required=True,
+    help="Where and how these readers agreed to get the newsletter (kept with each "
+    "reader as proof), e.g. 'sign-up sheet at the May 2025 workshop'.",
+)
+@click.option(
+    "--require-confirmation",
+    is_flag=True,
+    help="Make them pending and send each the double-opt-in email instead.",
+)
+@click.option(
+    "--skip-invalid", is_flag=True, help="Import the valid rows even when some are invalid."
+)
 @with_appcontext
-def subscribers_import(file: Path, consent_note: str, require_confirmation: bool,
-                       skip_invalid: bool) -> None:
+def subscribers_import(
+    file: Path, consent_note: str, require_confirmation: bool, skip_invalid: bool
+) -> None:
     """Import readers from a CSV file: email, and optionally name, subscribed_at, source."""
     from ..db import db
     from ..readers import ImportInterruptedError, ReadersError, import_readers
 
     services = _services()
     try:
-        report = import_readers(db.session, services, file, consent_note=consent_note,
-                                require_confirmation=require_confirmation,
-                                skip_invalid=skip_invalid)
+        report = import_readers(
+            db.session,
+            services,
+            file,
+            consent_note=consent_note,
+            require_confirmation=require_confirmation,
+            skip_invalid=skip_invalid,
+        )
     except ImportInterruptedError as err:
         click.echo(f"Import stopped: {err}", err=True)
         sys.exit(EXIT_ERROR)
@@ -169,8 +202,11 @@ def subscribers_import(file: Path, consent_note: str, require_confirmation: bool
         sys.exit(EXIT_ERROR)
     _print_problems("Invalid rows", report.invalid)
     if not report.committed:
-        click.echo(f"Nothing imported: {report.invalid.count} of {report.rows} rows are invalid. "
-                   "Fix them, or run again with --skip-invalid to import the rest.", err=True)
+        click.echo(
+            f"Nothing imported: {report.invalid.count} of {report.rows} rows are invalid. "
+            "Fix them, or run again with --skip-invalid to import the rest.",
+            err=True,
+        )
         sys.exit(EXIT_ERROR)
     _print_problems("Unsubscribed, not re-activated", report.unsubscribed)
     _print_problems("Erased at the reader's request, refused", report.erased)
@@ -178,26 +214,41 @@ def subscribers_import(file: Path, consent_note: str, require_confirmation: bool
     _print_problems("Duplicates in the file, merged", report.duplicates)
     state = "pending (asked to confirm)" if require_confirmation else "confirmed"
     # Every row is counted once, so the parts add up to the rows read.
-    click.echo(f"Read {_count(report.rows, 'row')} from {file.name}: "
-               f"{_count(report.added, 'new reader')} {state}, "
-               f"{_count(report.confirmed_pending, 'waiting reader')} confirmed, "
-               f"{report.already_present} "
-               f"already here, {report.duplicates.count} repeated in the file (merged), "
-               f"{report.unsubscribed.count} unsubscribed and "
-               f"{report.erased.count} erased refused, {report.skipped.count} skipped, "
-               f"{report.invalid.count} invalid.")
+    click.echo(
+        f"Read {_count(report.rows, 'row')} from {file.name}: "
+        f"{_count(report.added, 'new reader')} {state}, "
+        f"{_count(report.confirmed_pending, 'waiting reader')} confirmed, "
+        f"{report.already_present} "
+        f"already here, {report.duplicates.count} repeated in the file (merged), "
+        f"{report.unsubscribed.count} unsubscribed and "
+        f"{report.erased.count} erased refused, {report.skipped.count} skipped, "
+        f"{report.invalid.count} invalid."
+    )
     if require_confirmation:
-        click.echo(f"Confirmation emails queued: {report.confirmations_queued}"
-                   + (f" ({report.confirmations_held} held back: one went to them recently)"
-                      if report.confirmations_held else "") + ".")
+        click.echo(
+            f"Confirmation emails queued: {report.confirmations_queued}"
+            + (
+                f" ({report.confirmations_held} held back: one went to them recently)"
+                if report.confirmations_held
+                else ""
+            )
+            + "."
+        )
         _send_now(services)
 
 
 @subscribers_group.command("export")
-@click.option("--status", type=_STATUS, help="Only readers with this status "
-              "(default: all but the erased). Import brings back only confirmed ones.")
-@click.option("--output", type=click.Path(dir_okay=False, writable=True, path_type=Path),
-              help="Write to this file instead of standard output.")
+@click.option(
+    "--status",
+    type=_STATUS,
+    help="Only readers with this status "
+    "(default: all but the erased). Import brings back only confirmed ones.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write to this file instead of standard output.",
+)
 @with_appcontext
 def subscribers_export(status: str | None, output: Path | None) -> None:
     """Write readers as CSV with their consent dates (the file imports again as it is)."""
@@ -240,10 +291,12 @@ def subscribers_add(email: str, name: str | None) -> None:
         click.echo(f"Asked {email} to confirm: the double-opt-in email is queued.")
         _send_now(services)
     else:
-        click.echo(f"{email} is waiting to confirm; a confirmation email went to them recently, "
-                   "so no new one was sent (at most one per "
-                   f"{services.config['CONFIRMATION_MIN_INTERVAL'] // 60} minutes and "
-                   f"{services.config['CONFIRMATIONS_PER_DAY']} a day).")
+        click.echo(
+            f"{email} is waiting to confirm; a confirmation email went to them recently, "
+            "so no new one was sent (at most one per "
+            f"{services.config['CONFIRMATION_MIN_INTERVAL'] // 60} minutes and "
+            f"{services.config['CONFIRMATIONS_PER_DAY']} a day)."
+        )
 
 
 @subscribers_group.command("unsubscribe")
@@ -276,11 +329,16 @@ def _count(number: int, noun: str) -> str:
 
 def _scrub_note(scrubbed: bool | None) -> None:
     if scrubbed is False:
-        click.echo("The database file could not be compacted because other connections kept it "
-                   "busy; run the command again (it is safe to repeat).", err=True)
+        click.echo(
+            "The database file could not be compacted because other connections kept it "
+            "busy; run the command again (it is safe to repeat).",
+            err=True,
+        )
     elif scrubbed is None:
-        click.echo("On PostgreSQL, run VACUUM FULL on subscribers, consent_events, outbox and "
-                   "deliveries to remove the old row versions from the data files.")
+        click.echo(
+            "On PostgreSQL, run VACUUM FULL on subscribers, consent_events, outbox and "
+            "deliveries to remove the old row versions from the data files."
+        )
 
 
 @subscribers_group.command("erase")
@@ -302,18 +360,24 @@ def subscribers_erase(email: str, yes: bool) -> None:
         _address_or_fail(err)
         return
     if report.outcome == "erased":
-        click.echo(f"Erased reader {report.subscriber_id}: address, name, IP addresses and user "
-                   f"agents removed from the reader, {_count(report.events, 'consent event')}, "
-                   f"{_count(report.emails, 'email')} and "
-                   f"{_count(report.deliveries, 'delivery record')}. An 'erased' event and a "
-                   "keyed hash of the address remain, so imports refuse it.")
+        click.echo(
+            f"Erased reader {report.subscriber_id}: address, name, IP addresses and user "
+            f"agents removed from the reader, {_count(report.events, 'consent event')}, "
+            f"{_count(report.emails, 'email')} and "
+            f"{_count(report.deliveries, 'delivery record')}. An 'erased' event and a "
+            "keyed hash of the address remain, so imports refuse it."
+        )
     elif report.outcome == "already_erased":
-        click.echo("Already erased: nothing personal is held about this address"
-                   + (f" (cleared {report.emails} leftover emails)" if report.emails else "")
-                   + ".")
+        click.echo(
+            "Already erased: nothing personal is held about this address"
+            + (f" (cleared {report.emails} leftover emails)" if report.emails else "")
+            + "."
+        )
     else:
-        click.echo("No reader had this address; nothing personal is held. Its keyed hash is now "
-                   "on the suppression list, so imports refuse it.")
+        click.echo(
+            "No reader had this address; nothing personal is held. Its keyed hash is now "
+            "on the suppression list, so imports refuse it."
+        )
     _scrub_note(report.file_scrubbed)
 
 
@@ -331,8 +395,10 @@ def purge_command(dry_run: bool) -> None:
     report = purge_pending(db.session, services, dry_run=dry_run)
     days = services.config["PENDING_RETENTION_DAYS"]
     verb = "Would remove" if dry_run else "Removed"
-    click.echo(f"{verb} {report.removed} sign-up{'s' if report.removed != 1 else ''} not "
-               f"confirmed within {days} days (last asked before "
-               f"{report.cutoff.date().isoformat()}).")
+    click.echo(
+        f"{verb} {report.removed} sign-up{'s' if report.removed != 1 else ''} not "
+        f"confirmed within {days} days (last asked before "
+        f"{report.cutoff.date().isoformat()})."
+    )
     if report.removed and not dry_run:
         _scrub_note(report.file_scrubbed)

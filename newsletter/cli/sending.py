@@ -24,21 +24,26 @@ def send_queued_command() -> None:
     services = _services()
     transport = services.open_transport()
     try:
-        report = deliver_queued(db.session, transport, sender=current_app.config["MAIL_FROM"],
-                                now=services.clock(),
-                                max_attempts=current_app.config["OUTBOX_MAX_ATTEMPTS"],
-                                due_only=False)
+        report = deliver_queued(
+            db.session,
+            transport,
+            sender=current_app.config["MAIL_FROM"],
+            now=services.clock(),
+            max_attempts=current_app.config["OUTBOX_MAX_ATTEMPTS"],
+            due_only=False,
+        )
     finally:
         transport.close()
     click.echo(f"Sent {report.sent}, will retry {report.retrying}, gave up on {report.failed}.")
     for error in report.errors:
         click.echo(f"SMTP problem: {error}", err=True)
     if report.errors:
-        click.echo("The unsent emails stay queued; run `newsletter send-queued` again once the "
-                   "SMTP server is reachable.", err=True)
+        click.echo(
+            "The unsent emails stay queued; run `newsletter send-queued` again once the "
+            "SMTP server is reachable.",
+            err=True,
+        )
         sys.exit(3)
-
-
 
 
 PROGRESS_LOG_INTERVAL = 5.0  # seconds between progress lines when output is not a terminal
@@ -69,11 +74,18 @@ class _SendProgress:
         self._started = self._logged = time.monotonic()
         if self.quiet:
             return
-        click.echo(f'Sending campaign {report.campaign_id} "{report.subject}": '
-                   f"{report.total:,} deliver{'y' if report.total == 1 else 'ies'} to make.")
+        click.echo(
+            f'Sending campaign {report.campaign_id} "{report.subject}": '
+            f"{report.total:,} deliver{'y' if report.total == 1 else 'ies'} to make."
+        )
         if self.terminal and report.total:
-            self._bar = click.progressbar(length=report.total, label="Sending", show_pos=True,
-                                          show_eta=True, item_show_func=lambda rate: rate)
+            self._bar = click.progressbar(
+                length=report.total,
+                label="Sending",
+                show_pos=True,
+                show_eta=True,
+                item_show_func=lambda rate: rate,
+            )
             self._bar.__enter__()
 
     def update(self, done: int) -> None:
@@ -87,8 +99,10 @@ class _SendProgress:
             self._bar.update(done - self._shown, f"{rate:,.0f}/s")
         elif now - self._logged >= PROGRESS_LOG_INTERVAL and done < self._total:
             left = (self._total - done) / rate if rate else 0
-            click.echo(f"  {done:,} of {self._total:,} done, {rate:,.0f} messages/s, "
-                       f"about {left:,.0f}s left")
+            click.echo(
+                f"  {done:,} of {self._total:,} done, {rate:,.0f} messages/s, "
+                f"about {left:,.0f}s left"
+            )
             self._logged = now
         self._shown = done
 
@@ -103,8 +117,9 @@ def _send_lock() -> Any:
     from ..sending import SendLock, sending_state_dir
 
     app = current_app
-    return SendLock(sending_state_dir(app.config["SQLALCHEMY_DATABASE_URI"], app.instance_path),
-                    db.engine)
+    return SendLock(
+        sending_state_dir(app.config["SQLALCHEMY_DATABASE_URI"], app.instance_path), db.engine
+    )
 
 
 def _summary(report: Any, quiet: bool, resume: str = "newsletter send-digest") -> None:
@@ -112,18 +127,23 @@ def _summary(report: Any, quiet: bool, resume: str = "newsletter send-digest") -
     the command that resumes it."""
     if not quiet or not report.complete:
         left = f", still queued {report.left:,}" if report.left else ""
-        click.echo(f'Campaign {report.campaign_id} "{report.subject}": sent {report.sent:,}, '
-                   f"failed {report.failed:,}, deferred {report.deferred:,}, "
-                   f"skipped {report.skipped:,}{left} in {report.elapsed:.1f}s "
-                   f"({report.rate:,.0f} messages per second).")
+        click.echo(
+            f'Campaign {report.campaign_id} "{report.subject}": sent {report.sent:,}, '
+            f"failed {report.failed:,}, deferred {report.deferred:,}, "
+            f"skipped {report.skipped:,}{left} in {report.elapsed:.1f}s "
+            f"({report.rate:,.0f} messages per second)."
+        )
     if report.error:
         click.echo(f"Stopped: {report.error}", err=True)
-        click.echo(f"Run `{resume}` again to resume: it sends what is left and "
-                   "nothing twice.", err=True)
+        click.echo(
+            f"Run `{resume}` again to resume: it sends what is left and nothing twice.", err=True
+        )
     elif report.failed or report.deferred:
-        click.echo(f"See who and why: newsletter campaigns show {report.campaign_id}"
-                   + (" (deferred ones are retried by the next run)" if report.deferred
-                      else ""), err=True)
+        click.echo(
+            f"See who and why: newsletter campaigns show {report.campaign_id}"
+            + (" (deferred ones are retried by the next run)" if report.deferred else ""),
+            err=True,
+        )
 
 
 def _ask_before_sending(subject: str, titles: Any, readers: int) -> bool:
@@ -137,31 +157,71 @@ def _ask_before_sending(subject: str, titles: Any, readers: int) -> bool:
 
 @register
 @click.command("send-digest")
-@click.option("--dry-run", is_flag=True,
-              help="Say what would be sent and to how many readers, from the posts already "
-                   "fetched; change nothing.")
-@click.option("--to", "to_address", metavar="ADDRESS",
-              help="Send the next digest to this one address as a test; marks nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Say what would be sent and to how many readers, from the posts already "
+    "fetched; change nothing.",
+)
+@click.option(
+    "--to",
+    "to_address",
+    metavar="ADDRESS",
+    help="Send the next digest to this one address as a test; marks nothing.",
+)
 @click.option("--yes", is_flag=True, help="Do not ask before mailing the readers.")
-@click.option("--rate", type=click.FloatRange(min=0.01), metavar="N",
-              help="At most N messages per second over all connections "
-                   "(default: NEWSLETTER_SEND_RATE, else no cap).")
-@click.option("--connections", type=click.IntRange(1, 50), metavar="N",
-              help="Parallel SMTP connections (default: NEWSLETTER_SEND_CONNECTIONS, 4).")
-@click.option("--workers", type=click.IntRange(1, 32), default=1, metavar="N",
-              help="Sender processes on this machine, each with --connections connections "
-                   "and its share of --rate (PostgreSQL only; default 1).")
-@click.option("--worker", "as_worker", is_flag=True, hidden=True,
-              help="Internal: one of --workers N's processes.")
-@click.option("--retry-failed", "retry", is_flag=True,
-              help="First put the failed deliveries of the latest digest back in the queue "
-                   "(once the cause is fixed), then send as usual.")
-@click.option("--quiet", is_flag=True,
-              help="No progress and no summary unless something went wrong (for cron).")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.01),
+    metavar="N",
+    help="At most N messages per second over all connections "
+    "(default: NEWSLETTER_SEND_RATE, else no cap).",
+)
+@click.option(
+    "--connections",
+    type=click.IntRange(1, 50),
+    metavar="N",
+    help="Parallel SMTP connections (default: NEWSLETTER_SEND_CONNECTIONS, 4).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 32),
+    default=1,
+    metavar="N",
+    help="Sender processes on this machine, each with --connections connections "
+    "and its share of --rate (PostgreSQL only; default 1).",
+)
+@click.option(
+    "--worker",
+    "as_worker",
+    is_flag=True,
+    hidden=True,
+    help="Internal: one of --workers N's processes.",
+)
+@click.option(
+    "--retry-failed",
+    "retry",
+    is_flag=True,
+    help="First put the failed deliveries of the latest digest back in the queue "
+    "(once the cause is fixed), then send as usual.",
+)
+@click.option(
+    "--quiet",
+    is_flag=True,
+    help="No progress and no summary unless something went wrong (for cron).",
+)
 @with_appcontext
-def send_digest_command(dry_run: bool, to_address: str | None, yes: bool, rate: float | None,
-                        connections: int | None, workers: int, as_worker: bool, retry: bool,
-                        quiet: bool) -> None:
+def send_digest_command(
+    dry_run: bool,
+    to_address: str | None,
+    yes: bool,
+    rate: float | None,
+    connections: int | None,
+    workers: int,
+    as_worker: bool,
+    retry: bool,
+    quiet: bool,
+) -> None:
     """Mail the new posts to every confirmed reader, and finish any unfinished digest.
 
     Exit status: 0 all sent (or skipped: the reader left), 3 some failed or were deferred,
@@ -188,20 +248,24 @@ def send_digest_command(dry_run: bool, to_address: str | None, yes: bool, rate: 
     if dry_run and to_address:
         raise click.UsageError("use either --dry-run or --to, not both")
     if retry and (dry_run or to_address):
-        raise click.UsageError("--retry-failed sends to readers; use it without --dry-run and "
-                               "--to")
+        raise click.UsageError("--retry-failed sends to readers; use it without --dry-run and --to")
     try:
         if as_worker:
-            _send_as_worker(services, SendOptions.from_config(
-                services.config, rate=rate, connections=connections))
+            _send_as_worker(
+                services,
+                SendOptions.from_config(services.config, rate=rate, connections=connections),
+            )
             return
         if dry_run:
             _show_plan(plan_digest(db.session, services))
             return
         if to_address:
             subject = send_test_digest(db.session, services, to_address)
-            click.echo(f'Sent "{subject}" to {to_address} as a test; nothing was marked.'
-                       if subject else "No new posts since the last digest: nothing to send.")
+            click.echo(
+                f'Sent "{subject}" to {to_address} as a test; nothing was marked.'
+                if subject
+                else "No new posts since the last digest: nothing to send."
+            )
             return
         options = SendOptions.from_config(services.config, rate=rate, connections=connections)
         lock = _send_lock()
@@ -210,16 +274,22 @@ def send_digest_command(dry_run: bool, to_address: str | None, yes: bool, rate: 
             if not lock.shared:
                 raise click.UsageError(
                     "--workers needs PostgreSQL: SQLite takes one writer at a time, so run one "
-                    "sender process and raise --connections instead")
+                    "sender process and raise --connections instead"
+                )
             senders = SenderProcesses(_worker_argv(options, workers), workers)
         lock.acquire()
         try:
             if retry:
                 _retry_failed(services, DIGEST)
-            run = send_digest(db.session, services, lock=lock, options=options,
-                              progress=_SendProgress(quiet, sys.stdout.isatty()),
-                              confirm=None if yes or not _interactive() else _ask_before_sending,
-                              senders=senders)
+            run = send_digest(
+                db.session,
+                services,
+                lock=lock,
+                options=options,
+                progress=_SendProgress(quiet, sys.stdout.isatty()),
+                confirm=None if yes or not _interactive() else _ask_before_sending,
+                senders=senders,
+            )
         finally:
             lock.release()
     except InvalidAddressError as err:
@@ -228,8 +298,11 @@ def send_digest_command(dry_run: bool, to_address: str | None, yes: bool, rate: 
         click.echo(f"send-digest: {err}", err=True)
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
-        click.echo("\nInterrupted. Every message sent so far is recorded; run "
-                   "`newsletter send-digest` again to send the rest.", err=True)
+        click.echo(
+            "\nInterrupted. Every message sent so far is recorded; run "
+            "`newsletter send-digest` again to send the rest.",
+            err=True,
+        )
         sys.exit(EXIT_ERROR)
     for report in run.reports:
         _summary(report, quiet)
@@ -257,16 +330,25 @@ def _retry_failed(services: Any, kind: str) -> None:
         click.echo(f"No {kind} has been sent yet: no failed deliveries to retry.")
         return
     campaign_id, count = moved
-    click.echo(f"Moved {count:,} failed deliver{'y' if count == 1 else 'ies'} of campaign "
-               f"{campaign_id} back to the queue.")
+    click.echo(
+        f"Moved {count:,} failed deliver{'y' if count == 1 else 'ies'} of campaign "
+        f"{campaign_id} back to the queue."
+    )
 
 
 def _worker_argv(options: Any, workers: int) -> list[str]:
     """The command line of one of ``--workers N``'s processes: this command in worker mode,
     with the same settings (inherited environment and working directory) and its share of the
     rate."""
-    argv = [sys.executable, "-c", "from newsletter.cli import main; main()", "send-digest",
-            "--worker", "--connections", str(options.connections)]
+    argv = [
+        sys.executable,
+        "-c",
+        "from newsletter.cli import main; main()",
+        "send-digest",
+        "--worker",
+        "--connections",
+        str(options.connections),
+    ]
     if options.rate:
         argv += ["--rate", repr(max(options.rate / workers, 0.01))]
     return argv
@@ -281,8 +363,9 @@ def _send_as_worker(services: Any, options: Any) -> None:
     lock = _send_lock()
     lock.acquire()
     try:
-        send_unfinished(db.session, services, lock=lock, options=options,
-                        progress=WorkerProgress(sys.stdout))
+        send_unfinished(
+            db.session, services, lock=lock, options=options, progress=WorkerProgress(sys.stdout)
+        )
     finally:
         lock.release()
 
@@ -293,13 +376,16 @@ def _show_plan(plan: Any) -> None:
     if plan.subject is None:
         click.echo("No new posts since the last digest: nothing new would be sent.")
     else:
-        click.echo(f'Would send "{plan.subject}" to {plan.readers:,} confirmed reader'
-                   f"{'' if plan.readers == 1 else 's'}:")
+        click.echo(
+            f'Would send "{plan.subject}" to {plan.readers:,} confirmed reader'
+            f"{'' if plan.readers == 1 else 's'}:"
+        )
         for title in plan.titles:
             click.echo(f"  - {title}")
-    click.echo("(Dry run: nothing was fetched, planned or sent. `newsletter fetch-posts` brings "
-               "in new posts first.)")
-
+    click.echo(
+        "(Dry run: nothing was fetched, planned or sent. `newsletter fetch-posts` brings "
+        "in new posts first.)"
+    )
 
 
 def _ask_before_sending_campaign(subject: str, readers: int) -> bool:
@@ -312,28 +398,59 @@ def _ask_before_sending_campaign(subject: str, readers: int) -> bool:
 @register
 @click.command("send-campaign")
 @click.argument("file", metavar="FILE.md", type=click.Path(path_type=Path), required=False)
-@click.option("--dry-run", is_flag=True,
-              help="Say what would be sent and to how many readers; change nothing.")
-@click.option("--to", "to_address", metavar="ADDRESS",
-              help="Send it to this one address as a test; creates no campaign, marks nothing.")
-@click.option("--again", is_flag=True,
-              help="Send it although the same subject and body were sent before. (A copy that "
-                   "was interrupted is resumed instead, never sent twice.)")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Say what would be sent and to how many readers; change nothing.",
+)
+@click.option(
+    "--to",
+    "to_address",
+    metavar="ADDRESS",
+    help="Send it to this one address as a test; creates no campaign, marks nothing.",
+)
+@click.option(
+    "--again",
+    is_flag=True,
+    help="Send it although the same subject and body were sent before. (A copy that "
+    "was interrupted is resumed instead, never sent twice.)",
+)
 @click.option("--yes", is_flag=True, help="Do not ask before mailing the readers.")
-@click.option("--rate", type=click.FloatRange(min=0.01), metavar="N",
-              help="At most N messages per second over all connections "
-                   "(default: NEWSLETTER_SEND_RATE, else no cap).")
-@click.option("--connections", type=click.IntRange(1, 50), metavar="N",
-              help="Parallel SMTP connections (default: NEWSLETTER_SEND_CONNECTIONS, 4).")
-@click.option("--retry-failed", "retry", is_flag=True,
-              help="Instead of a FILE: put the failed deliveries of the latest announcement "
-                   "back in the queue (once the cause is fixed) and send them.")
-@click.option("--quiet", is_flag=True,
-              help="No progress and no summary unless something went wrong.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.01),
+    metavar="N",
+    help="At most N messages per second over all connections "
+    "(default: NEWSLETTER_SEND_RATE, else no cap).",
+)
+@click.option(
+    "--connections",
+    type=click.IntRange(1, 50),
+    metavar="N",
+    help="Parallel SMTP connections (default: NEWSLETTER_SEND_CONNECTIONS, 4).",
+)
+@click.option(
+    "--retry-failed",
+    "retry",
+    is_flag=True,
+    help="Instead of a FILE: put the failed deliveries of the latest announcement "
+    "back in the queue (once the cause is fixed) and send them.",
+)
+@click.option(
+    "--quiet", is_flag=True, help="No progress and no summary unless something went wrong."
+)
 @with_appcontext
-def send_campaign_command(file: Path | None, dry_run: bool, to_address: str | None,
-                          again: bool, yes: bool, rate: float | None, connections: int | None,
-                          retry: bool, quiet: bool) -> None:
+def send_campaign_command(
+    file: Path | None,
+    dry_run: bool,
+    to_address: str | None,
+    again: bool,
+    yes: bool,
+    rate: float | None,
+    connections: int | None,
+    retry: bool,
+    quiet: bool,
+) -> None:
     """Mail an announcement written in Markdown (FILE.md) to every confirmed reader; run it
     again after an interruption to resume it.
 
@@ -361,8 +478,10 @@ def send_campaign_command(file: Path | None, dry_run: bool, to_address: str | No
         raise click.UsageError("use either --dry-run or --to, not both")
     if retry:
         if file is not None or dry_run or to_address or again:
-            raise click.UsageError("--retry-failed retries the latest announcement: use it "
-                                   "without FILE.md, --dry-run, --to and --again")
+            raise click.UsageError(
+                "--retry-failed retries the latest announcement: use it "
+                "without FILE.md, --dry-run, --to and --again"
+            )
         _retry_failed_announcement(services, rate, connections, quiet)
         return
     if file is None:
@@ -382,9 +501,15 @@ def send_campaign_command(file: Path | None, dry_run: bool, to_address: str | No
         lock.acquire()
         try:
             run = send_announcement(
-                db.session, services, announcement, lock=lock, options=options,
-                progress=_SendProgress(quiet, sys.stdout.isatty()), again=again,
-                confirm=None if yes or not _interactive() else _ask_before_sending_campaign)
+                db.session,
+                services,
+                announcement,
+                lock=lock,
+                options=options,
+                progress=_SendProgress(quiet, sys.stdout.isatty()),
+                again=again,
+                confirm=None if yes or not _interactive() else _ask_before_sending_campaign,
+            )
         finally:
             lock.release()
     except InvalidAddressError as err:
@@ -393,19 +518,27 @@ def send_campaign_command(file: Path | None, dry_run: bool, to_address: str | No
         click.echo(f"send-campaign: {err}", err=True)
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
-        click.echo(f"\nInterrupted. Every message sent so far is recorded; run `{resume}` "
-                   "again to send the rest.", err=True)
+        click.echo(
+            f"\nInterrupted. Every message sent so far is recorded; run `{resume}` "
+            "again to send the rest.",
+            err=True,
+        )
         sys.exit(EXIT_ERROR)
     for report in run.reports:
         _summary(report, quiet, resume)
     if run.resumed_this:
         if not quiet:
-            click.echo("This announcement had been interrupted: it was resumed, and nobody "
-                       "gets it twice." + (" (--again sends a fresh copy once this one is "
-                                           "finished.)" if again else ""))
+            click.echo(
+                "This announcement had been interrupted: it was resumed, and nobody "
+                "gets it twice."
+                + (" (--again sends a fresh copy once this one is finished.)" if again else "")
+            )
     elif run.waiting:
-        click.echo(f'An earlier announcement had been interrupted and was finished first; run '
-                   f'`{resume}` again to send "{run.subject}".', err=True)
+        click.echo(
+            f"An earlier announcement had been interrupted and was finished first; run "
+            f'`{resume}` again to send "{run.subject}".',
+            err=True,
+        )
         sys.exit(EXIT_INCOMPLETE)
     elif run.declined:
         click.echo("Not sent.")
@@ -417,8 +550,9 @@ def send_campaign_command(file: Path | None, dry_run: bool, to_address: str | No
         sys.exit(EXIT_INCOMPLETE)
 
 
-def _retry_failed_announcement(services: Any, rate: float | None, connections: int | None,
-                               quiet: bool) -> None:
+def _retry_failed_announcement(
+    services: Any, rate: float | None, connections: int | None, quiet: bool
+) -> None:
     """``send-campaign --retry-failed``: requeue the latest announcement's failed deliveries
     and send what is left of every unfinished announcement."""
     from ..campaigns import ANNOUNCEMENT
@@ -434,17 +568,25 @@ def _retry_failed_announcement(services: Any, rate: float | None, connections: i
         try:
             check_smtp(services)
             _retry_failed(services, ANNOUNCEMENT)
-            reports = send_unfinished(db.session, services, lock=lock, kind=ANNOUNCEMENT,
-                                      options=options,
-                                      progress=_SendProgress(quiet, sys.stdout.isatty()))
+            reports = send_unfinished(
+                db.session,
+                services,
+                lock=lock,
+                kind=ANNOUNCEMENT,
+                options=options,
+                progress=_SendProgress(quiet, sys.stdout.isatty()),
+            )
         finally:
             lock.release()
     except (SmtpError, SendError) as err:
         click.echo(f"send-campaign: {err}", err=True)
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
-        click.echo(f"\nInterrupted. Every message sent so far is recorded; run `{resume}` "
-                   "again to send the rest.", err=True)
+        click.echo(
+            f"\nInterrupted. Every message sent so far is recorded; run `{resume}` "
+            "again to send the rest.",
+            err=True,
+        )
         sys.exit(EXIT_ERROR)
     for report in reports:
         _summary(report, quiet, resume)
@@ -458,20 +600,27 @@ def _show_campaign_plan(plan: Any, again: bool) -> None:
     resumes = plan.resumes
     readers = f"{plan.readers:,} confirmed reader{'' if plan.readers == 1 else 's'}"
     if resumes is not None:
-        click.echo(f'Would resume campaign {resumes.id} "{plan.subject}", which was '
-                   f"interrupted: {resumes.left:,} deliveries left. Nobody gets it twice.")
+        click.echo(
+            f'Would resume campaign {resumes.id} "{plan.subject}", which was '
+            f"interrupted: {resumes.left:,} deliveries left. Nobody gets it twice."
+        )
     elif plan.copies and not again:
         last = plan.copies[-1]
-        click.echo(f'Would refuse: "{plan.subject}" was already sent as campaign {last.id} on '
-                   f"{last.created_at:%Y-%m-%d %H:%M} UTC (--again sends it anyway).")
+        click.echo(
+            f'Would refuse: "{plan.subject}" was already sent as campaign {last.id} on '
+            f"{last.created_at:%Y-%m-%d %H:%M} UTC (--again sends it anyway)."
+        )
     elif plan.other_unfinished:
         for campaign_id, subject, left in plan.other_unfinished:
-            click.echo(f'Would first finish the interrupted campaign {campaign_id} "{subject}": '
-                       f"{left:,} deliveries left.")
+            click.echo(
+                f'Would first finish the interrupted campaign {campaign_id} "{subject}": '
+                f"{left:,} deliveries left."
+            )
         click.echo(f'Then, on the next run, "{plan.subject}" to {readers}.')
     else:
-        again_note = f" (again: sent before as campaign {plan.copies[-1].id})" \
-            if plan.copies else ""
+        again_note = (
+            f" (again: sent before as campaign {plan.copies[-1].id})" if plan.copies else ""
+        )
         click.echo(f'Would send "{plan.subject}" to {readers}{again_note}.')
         click.echo(f"Preheader: {plan.preheader}")
     click.echo("(Dry run: nothing was planned or sent.)")
@@ -480,11 +629,15 @@ def _show_campaign_plan(plan: Any, again: bool) -> None:
 @register
 @click.command("preview-campaign")
 @click.argument("file", metavar="FILE.md", type=click.Path(path_type=Path))
-@click.option("--output", "output", default="preview", show_default=True,
-              type=click.Path(file_okay=False, writable=True),
-              help="Folder to write campaign.html, campaign.txt and campaign.eml into.")
-@click.option("--open", "open_browser", is_flag=True,
-              help="Open campaign.html in a web browser.")
+@click.option(
+    "--output",
+    "output",
+    default="preview",
+    show_default=True,
+    type=click.Path(file_okay=False, writable=True),
+    help="Folder to write campaign.html, campaign.txt and campaign.eml into.",
+)
+@click.option("--open", "open_browser", is_flag=True, help="Open campaign.html in a web browser.")
 @with_appcontext
 def preview_campaign_command(file: Path, output: str, open_browser: bool) -> None:
     """Write an announcement (FILE.md) as a sample reader would get it; sends nothing."""

@@ -28,9 +28,11 @@ def init_db_command() -> None:
     try:
         before, after = upgrade_schema(current_app)  # type: ignore[arg-type]
     except (SQLAlchemyError, OSError) as err:
-        raise click.ClickException(f"cannot create the schema in {where}: {_one_line(err)}. "
-                                   "Check NEWSLETTER_DATABASE_URL and that the database server "
-                                   "is running.") from None
+        raise click.ClickException(
+            f"cannot create the schema in {where}: {_one_line(err)}. "
+            "Check NEWSLETTER_DATABASE_URL and that the database server "
+            "is running."
+        ) from None
     if before == after:
         click.echo(f"Database {where} is up to date (schema {after}).")
     elif before is None:
@@ -39,11 +41,14 @@ def init_db_command() -> None:
         click.echo(f"Upgraded {where} from schema {before} to {after}.")
 
 
-
 @register
 @click.command("doctor")
-@click.option("--send-test", "send_test", metavar="ADDRESS",
-              help="Also send one test message to ADDRESS (nothing is sent otherwise).")
+@click.option(
+    "--send-test",
+    "send_test",
+    metavar="ADDRESS",
+    help="Also send one test message to ADDRESS (nothing is sent otherwise).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON, for scripts.")
 @with_appcontext
 def doctor_command(send_test: str | None, as_json: bool) -> None:
@@ -52,11 +57,18 @@ def doctor_command(send_test: str | None, as_json: bool) -> None:
     from ..doctor import DoctorInputs, exit_code, run_doctor, summary
 
     services = _services()
-    checks = run_doctor(DoctorInputs(current_app.config, db.session(), services.clock,
-                                     services.tokens.unsubscribe_token), send_test=send_test)
+    checks = run_doctor(
+        DoctorInputs(
+            current_app.config, db.session(), services.clock, services.tokens.unsubscribe_token
+        ),
+        send_test=send_test,
+    )
     if as_json:
-        click.echo(json.dumps({"checks": [c.as_dict() for c in checks],
-                               "summary": summary(checks)}, indent=2))
+        click.echo(
+            json.dumps(
+                {"checks": [c.as_dict() for c in checks], "summary": summary(checks)}, indent=2
+            )
+        )
     else:
         width = max(len(c.label) for c in checks)
         for check in checks:
@@ -68,13 +80,16 @@ def doctor_command(send_test: str | None, as_json: bool) -> None:
     sys.exit(exit_code(checks))
 
 
-
 @register
 @click.command("demo")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=5000, show_default=True, type=int, help="Web port.")
-@click.option("--smtp-port", default=0, type=int,
-              help="Port of the demo's mail catcher (default: any free port).")
+@click.option(
+    "--smtp-port",
+    default=0,
+    type=int,
+    help="Port of the demo's mail catcher (default: any free port).",
+)
 @with_appcontext
 def demo_command(host: str, port: int, smtp_port: int) -> None:
     """Run the service with a local mail catcher and sample posts: nothing to set up."""
@@ -90,8 +105,13 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
         raise click.UsageError("run the demo as `newsletter demo` (or set NEWSLETTER_DEMO=1)")
     upgrade_schema(app)
     catcher = MailCatcher(mailbox_dir(app), port=smtp_port).start()
-    app.config.update(SMTP_HOST="127.0.0.1", SMTP_PORT=catcher.port, SMTP_SECURITY="none",
-                      SMTP_USERNAME=None, SMTP_PASSWORD=None)
+    app.config.update(
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT=catcher.port,
+        SMTP_SECURITY="none",
+        SMTP_USERNAME=None,
+        SMTP_PASSWORD=None,
+    )
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     app.config["PUBLIC_URL"] = base
     # There is no blog and no privacy policy in the demo: its own pages stand in, so every link
@@ -104,10 +124,14 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
     try:
         # Only the sample folder's posts are kept unmailed; a feed of the author's own stays as
         # its first sync leaves it.
-        waiting = prepare_sample_digest(db.session, _services(),
-                                        keep_unmailed=app.config["POSTS_DIR"] == str(posts))
-        digest = (f"{base}/demo/digest   (a preview of {_count(waiting, 'sample post')})"
-                  if waiting else "none waiting: add a post to the sample folder")
+        waiting = prepare_sample_digest(
+            db.session, _services(), keep_unmailed=app.config["POSTS_DIR"] == str(posts)
+        )
+        digest = (
+            f"{base}/demo/digest   (a preview of {_count(waiting, 'sample post')})"
+            if waiting
+            else "none waiting: add a post to the sample folder"
+        )
     except PostSourceError as err:
         db.session.rollback()
         digest = f"none: cannot read the posts ({err})"
@@ -120,7 +144,7 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
   Sample blog:    {base}/demo/blog
   Mail catcher:   SMTP on 127.0.0.1:{catcher.port}
   Sample posts:   {posts}
-  Database:       {_display_url(app.config['SQLALCHEMY_DATABASE_URI'])}
+  Database:       {_display_url(app.config["SQLALCHEMY_DATABASE_URI"])}
 
   Press Ctrl+C to stop.
 """)
@@ -130,11 +154,13 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
         catcher.stop()
 
 
-
 @register
 @click.command("embed-snippet")
-@click.option("--page-url", help="The blog page the form sits on, where a reader without "
-              "JavaScript comes back to (default: NEWSLETTER_SITE_URL).")
+@click.option(
+    "--page-url",
+    help="The blog page the form sits on, where a reader without "
+    "JavaScript comes back to (default: NEWSLETTER_SITE_URL).",
+)
 @click.option("--no-script", is_flag=True, help="Only the plain form, without the script.")
 @with_appcontext
 def embed_snippet_command(page_url: str | None, no_script: bool) -> None:
@@ -148,13 +174,20 @@ def embed_snippet_command(page_url: str | None, no_script: bool) -> None:
         parts = urlsplit(page_url)
         origin = f"{parts.scheme}://{parts.netloc}".lower()
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise click.BadParameter("expected the page's full http(s) URL",
-                                     param_hint="--page-url")
+            raise click.BadParameter(
+                "expected the page's full http(s) URL", param_hint="--page-url"
+            )
         if origin not in config["ALLOWED_ORIGINS"]:
-            click.echo(f"Note: {origin} is not in NEWSLETTER_ALLOWED_ORIGINS, so the form's "
-                       "script will be refused and readers without script will land on this "
-                       "service's thank-you page. Add it there.", err=True)
+            click.echo(
+                f"Note: {origin} is not in NEWSLETTER_ALLOWED_ORIGINS, so the form's "
+                "script will be refused and readers without script will land on this "
+                "service's thank-you page. Add it there.",
+                err=True,
+            )
     elif not config["ALLOWED_ORIGINS"]:
-        click.echo("Note: NEWSLETTER_ALLOWED_ORIGINS is empty; set it to the blog's origin "
-                   "(https://blog.example.com) so the form may post from there.", err=True)
+        click.echo(
+            "Note: NEWSLETTER_ALLOWED_ORIGINS is empty; set it to the blog's origin "
+            "(https://blog.example.com) so the form may post from there.",
+            err=True,
+        )
     click.echo(render_snippet(config, page_url, with_script=not no_script), nl=False)

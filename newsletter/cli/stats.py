@@ -13,11 +13,21 @@ from .campaigns import _fold_interrupted_sends
 
 @register
 @click.command("stats")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="text: tables to read; json: the same figures, for "
-                                      "scripts.")
-@click.option("--weeks", default=12, show_default=True, type=click.IntRange(1, 104),
-              help="How many weeks of sign-ups, confirmations and withdrawals to show (1-104).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: tables to read; json: the same figures, for scripts.",
+)
+@click.option(
+    "--weeks",
+    default=12,
+    show_default=True,
+    type=click.IntRange(1, 104),
+    help="How many weeks of sign-ups, confirmations and withdrawals to show (1-104).",
+)
 @with_appcontext
 def stats_command(fmt: str, weeks: int) -> None:
     """Readers by status, weekly sign-ups, confirmations and withdrawals, the confirmation rate

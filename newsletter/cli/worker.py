@@ -15,9 +15,12 @@ from .base import register
 
 @register
 @click.command("worker")
-@click.option("--status", is_flag=True,
-              help="Print what the workers last reported (last tick, next tick, last error) "
-                   "and exit: 0 when one is running, 1 when none is.")
+@click.option(
+    "--status",
+    is_flag=True,
+    help="Print what the workers last reported (last tick, next tick, last error) "
+    "and exit: 0 when one is running, 1 when none is.",
+)
 @click.option("--json", "as_json", is_flag=True, help="With --status: as JSON.")
 @with_appcontext
 def worker_command(status: bool, as_json: bool) -> None:
@@ -29,8 +32,9 @@ def worker_command(status: bool, as_json: bool) -> None:
 
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     if status:
-        report = worker_status(db.session, get_services().clock(),
-                               app.config["WORKER_POLL_SECONDS"])
+        report = worker_status(
+            db.session, get_services().clock(), app.config["WORKER_POLL_SECONDS"]
+        )
         if as_json:
             click.echo(json.dumps(report, indent=2))
         else:
@@ -46,12 +50,23 @@ def worker_command(status: bool, as_json: bool) -> None:
 
 @register
 @click.command("serve")
-@click.option("--bind", default="127.0.0.1:8000", show_default=True, metavar="HOST:PORT",
-              help="Where the web server listens (behind a TLS proxy).")
-@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
-              help="Web server processes (gunicorn) or 4x as many threads (waitress).")
-@click.option("--no-worker", is_flag=True,
-              help="Only the web server (run `newsletter worker` elsewhere).")
+@click.option(
+    "--bind",
+    default="127.0.0.1:8000",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where the web server listens (behind a TLS proxy).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Web server processes (gunicorn) or 4x as many threads (waitress).",
+)
+@click.option(
+    "--no-worker", is_flag=True, help="Only the web server (run `newsletter worker` elsewhere)."
+)
 @with_appcontext
 def serve_command(bind: str, workers: int, no_worker: bool) -> None:
     """Run the whole service: a production web server plus one worker, stopped together by
@@ -63,4 +78,3 @@ def serve_command(bind: str, workers: int, no_worker: bool) -> None:
     except ServeError as err:
         raise click.ClickException(str(err)) from None
     sys.exit(code)
-

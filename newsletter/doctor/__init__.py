@@ -90,8 +90,11 @@ def run_doctor(inputs: DoctorInputs, *, send_test: str | None = None) -> list[Ch
     if schema.status is Status.OK:
         checks += check_list(inputs)
     else:
-        checks.append(problem("list", "readers", "not checked: the database schema is not "
-                                                 "current", schema.to_do))
+        checks.append(
+            problem(
+                "list", "readers", "not checked: the database schema is not current", schema.to_do
+            )
+        )
     return checks
 
 

@@ -52,8 +52,10 @@ def check_healthz(public_url: str) -> Check:
     """PUBLIC_URL/healthz answers from this machine: readers' links reach the service."""
     url = f"{public_url}/healthz"
     status, body, error = _request(url)
-    start = "start the web server (e.g. gunicorn app:app) behind NEWSLETTER_PUBLIC_URL, or fix " \
-            "NEWSLETTER_PUBLIC_URL to where it runs"
+    start = (
+        "start the web server (e.g. gunicorn app:app) behind NEWSLETTER_PUBLIC_URL, or fix "
+        "NEWSLETTER_PUBLIC_URL to where it runs"
+    )
     if status is None:
         return problem(AREA, "healthz", f"{url} did not answer: {error}", start)
     try:
@@ -61,9 +63,13 @@ def check_healthz(public_url: str) -> Check:
     except (ValueError, AttributeError):
         healthy = False
     if not healthy:
-        return problem(AREA, "healthz", f"{url} answered {status}, not the service's health "
-                                        f"report: {body[:120].decode('utf-8', 'replace')!r}",
-                       f"{start}; a 503 means the service cannot reach its database")
+        return problem(
+            AREA,
+            "healthz",
+            f"{url} answered {status}, not the service's health "
+            f"report: {body[:120].decode('utf-8', 'replace')!r}",
+            f"{start}; a 503 means the service cannot reach its database",
+        )
     return ok(AREA, "healthz", f"{url} answers 200")
 
 
@@ -73,12 +79,21 @@ def check_one_click(public_url: str, token: str) -> Check:
     status, body, error = _request(url, b"List-Unsubscribe=One-Click")
     if status == 200:
         return ok(AREA, "one-click-unsubscribe", "a one-click POST on a test link answers 200")
-    found = (f"did not answer: {error}" if status is None
-             else f"answered {status}: {body[:120].decode('utf-8', 'replace')!r}")
-    to_do = ("check that the server at NEWSLETTER_PUBLIC_URL runs this version with the same "
-             "NEWSLETTER_SECRET_KEY, and that the proxy passes POST to /unsubscribe/")
-    return problem(AREA, "one-click-unsubscribe", f"a one-click POST to {public_url}"
-                                                  f"/unsubscribe/... {found}", to_do)
+    found = (
+        f"did not answer: {error}"
+        if status is None
+        else f"answered {status}: {body[:120].decode('utf-8', 'replace')!r}"
+    )
+    to_do = (
+        "check that the server at NEWSLETTER_PUBLIC_URL runs this version with the same "
+        "NEWSLETTER_SECRET_KEY, and that the proxy passes POST to /unsubscribe/"
+    )
+    return problem(
+        AREA,
+        "one-click-unsubscribe",
+        f"a one-click POST to {public_url}/unsubscribe/... {found}",
+        to_do,
+    )
 
 
 def check_schema(inputs: DoctorInputs) -> Check:
@@ -93,9 +108,12 @@ def check_schema(inputs: DoctorInputs) -> Check:
         current = MigrationContext.configure(connection).get_current_revision()
     except SQLAlchemyError as err:
         inputs.session.rollback()
-        return problem(AREA, "schema", f"cannot read the database: {err.__class__.__name__}: "
-                                       f"{str(err).splitlines()[0]}",
-                       "check NEWSLETTER_DATABASE_URL and that the database server runs")
+        return problem(
+            AREA,
+            "schema",
+            f"cannot read the database: {err.__class__.__name__}: {str(err).splitlines()[0]}",
+            "check NEWSLETTER_DATABASE_URL and that the database server runs",
+        )
     head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
     if current == head:
         return ok(AREA, "schema", f"current (revision {head})")
@@ -122,20 +140,27 @@ def check_imported(inputs: DoctorInputs) -> Check:
     session = inputs.session
     event = ConsentEvent
     imported = exists().where(event.subscriber_id == Subscriber.id, event.kind == IMPORTED)
-    confirmed_themselves = exists().where(event.subscriber_id == Subscriber.id,
-                                          event.kind == CONFIRMED_EVENT)
+    confirmed_themselves = exists().where(
+        event.subscriber_id == Subscriber.id, event.kind == CONFIRMED_EVENT
+    )
     confirmed = select(func.count()).select_from(Subscriber).where(Subscriber.status == CONFIRMED)
     total = session.scalar(confirmed) or 0
     unconfirmed = session.scalar(confirmed.where(imported, ~confirmed_themselves)) or 0
     if not total:
         return ok(LIST_AREA, "imported", "no confirmed readers yet")
     share = unconfirmed / total
-    found = (f"{unconfirmed} of {total} confirmed readers ({share:.0%}) were imported without "
-             "double opt-in")
+    found = (
+        f"{unconfirmed} of {total} confirmed readers ({share:.0%}) were imported without "
+        "double opt-in"
+    )
     if share >= IMPORTED_SHARE_WARN:
-        return warn(LIST_AREA, "imported", found,
-                    "send them a re-permission message first, or import with "
-                    "--require-confirmation; readers who never asked complain most")
+        return warn(
+            LIST_AREA,
+            "imported",
+            found,
+            "send them a re-permission message first, or import with "
+            "--require-confirmation; readers who never asked complain most",
+        )
     return ok(LIST_AREA, "imported", found)
 
 
@@ -151,13 +176,17 @@ def check_bounces(inputs: DoctorInputs) -> Check:
     if last is None:
         return ok(LIST_AREA, "bounces", "no campaign sent yet")
     complaints = "complaint" if last.complaints == 1 else "complaints"
-    found = (f"campaign {last.campaign_id}: {last.hard_bounces} hard bounces "
-             f"({last.hard_bounce_rate:.1%}), {last.complaints} {complaints} "
-             f"({last.complaint_rate:.1%}) of {last.sent} sent")
+    found = (
+        f"campaign {last.campaign_id}: {last.hard_bounces} hard bounces "
+        f"({last.hard_bounce_rate:.1%}), {last.complaints} {complaints} "
+        f"({last.complaint_rate:.1%}) of {last.sent} sent"
+    )
     if not last.warnings:
         return ok(LIST_AREA, "bounces", found)
     to_do = " ".join(last.warnings)
-    if (last.complaint_rate > bounce_figures.COMPLAINT_RATE_PROBLEM
-            or last.hard_bounce_rate > bounce_figures.HARD_BOUNCE_RATE_PROBLEM):
+    if (
+        last.complaint_rate > bounce_figures.COMPLAINT_RATE_PROBLEM
+        or last.hard_bounce_rate > bounce_figures.HARD_BOUNCE_RATE_PROBLEM
+    ):
         return problem(LIST_AREA, "bounces", found, to_do)
     return warn(LIST_AREA, "bounces", found, to_do)

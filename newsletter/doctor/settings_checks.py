@@ -37,18 +37,28 @@ def check_settings(config: Mapping[str, Any]) -> list[Check]:
 def check_secret_key(config: Mapping[str, Any]) -> Check:
     """The key that signs confirm and unsubscribe links must not be guessable."""
     key = str(config.get("SECRET_KEY") or "")
-    change = (f"set NEWSLETTER_SECRET_KEY to the output of {NEW_SECRET} (links in emails "
-              "already sent stop working when the key changes, so do it before the first send)")
+    change = (
+        f"set NEWSLETTER_SECRET_KEY to the output of {NEW_SECRET} (links in emails "
+        "already sent stop working when the key changes, so do it before the first send)"
+    )
     if config.get("DEMO") and key == DEMO_SECRET:
         return ok(AREA, "secret-key", "the demo's built-in key (fine for the demo only)")
     if key == DEMO_SECRET:
         return problem(AREA, "secret-key", "the demo's built-in key, known to everyone", change)
     if len(key) < MIN_SECRET_LENGTH or len(set(key)) < MIN_DISTINCT_CHARACTERS:
-        return problem(AREA, "secret-key",
-                       f"{len(key)} characters, {len(set(key))} distinct: easy to guess", change)
+        return problem(
+            AREA,
+            "secret-key",
+            f"{len(key)} characters, {len(set(key))} distinct: easy to guess",
+            change,
+        )
     if len(key) < STRONG_SECRET_LENGTH:
-        return warn(AREA, "secret-key",
-                    f"{len(key)} characters (at least {STRONG_SECRET_LENGTH} recommended)", change)
+        return warn(
+            AREA,
+            "secret-key",
+            f"{len(key)} characters (at least {STRONG_SECRET_LENGTH} recommended)",
+            change,
+        )
     return ok(AREA, "secret-key", f"{len(key)} characters")
 
 
@@ -59,11 +69,15 @@ def check_public_url(config: Mapping[str, Any]) -> Check:
         return ok(AREA, "public-url", f"{url} uses https")
     if config.get("DEMO"):
         return ok(AREA, "public-url", f"{url} (http is fine for the demo)")
-    return problem(AREA, "public-url", f"{url} is not https: unsubscribe links look phishy and "
-                                       "mail clients' one-click unsubscribe is refused",
-                   "serve the service over https (a reverse proxy with a certificate, e.g. "
-                   "Caddy or nginx with Let's Encrypt) and set NEWSLETTER_PUBLIC_URL="
-                   f"https://{urlsplit(url).netloc}")
+    return problem(
+        AREA,
+        "public-url",
+        f"{url} is not https: unsubscribe links look phishy and "
+        "mail clients' one-click unsubscribe is refused",
+        "serve the service over https (a reverse proxy with a certificate, e.g. "
+        "Caddy or nginx with Let's Encrypt) and set NEWSLETTER_PUBLIC_URL="
+        f"https://{urlsplit(url).netloc}",
+    )
 
 
 def origin_of(url: str) -> str:
@@ -98,24 +112,38 @@ def check_allowed_origins(config: Mapping[str, Any]) -> list[Check]:
     setting = "NEWSLETTER_ALLOWED_ORIGINS"
     if origin not in allowed:
         listed = ",".join([*config["ALLOWED_ORIGINS"], origin])
-        return [problem(AREA, "allowed-origins",
-                        f"the blog's origin {origin} (NEWSLETTER_SITE_URL) is not allowed: "
-                        "sign-up forms on the blog are refused",
-                        f"set {setting}={listed}")]
+        return [
+            problem(
+                AREA,
+                "allowed-origins",
+                f"the blog's origin {origin} (NEWSLETTER_SITE_URL) is not allowed: "
+                "sign-up forms on the blog are refused",
+                f"set {setting}={listed}",
+            )
+        ]
     checks = [ok(AREA, "allowed-origins", f"{origin} may post sign-ups")]
     twin = _other_variant(origin)
     if twin and twin not in allowed:
         answer = _answers_itself(twin, config)
         if answer:
             listed = ",".join([*config["ALLOWED_ORIGINS"], twin])
-            checks.append(warn(AREA, "allowed-origins-twin",
-                               f"the site also answers on {twin} ({answer}), which is not "
-                               "allowed: a form on that address is refused",
-                               f"set {setting}={listed}, or redirect {twin} to {origin}"))
+            checks.append(
+                warn(
+                    AREA,
+                    "allowed-origins-twin",
+                    f"the site also answers on {twin} ({answer}), which is not "
+                    "allowed: a form on that address is refused",
+                    f"set {setting}={listed}, or redirect {twin} to {origin}",
+                )
+            )
         else:
-            checks.append(ok(AREA, "allowed-origins-twin",
-                             f"{twin} does not serve the site itself (no address, no answer "
-                             "or a redirect)"))
+            checks.append(
+                ok(
+                    AREA,
+                    "allowed-origins-twin",
+                    f"{twin} does not serve the site itself (no address, no answer or a redirect)",
+                )
+            )
     return checks
 
 
@@ -182,10 +210,12 @@ def check_alignment(config: Mapping[str, Any]) -> Check:
     if "." not in from_domain:
         if config.get("DEMO"):
             return ok(AREA, "from-domain", f"{from_domain} (a local name is fine for the demo)")
-        return problem(AREA, "from-domain",
-                       f"NEWSLETTER_MAIL_FROM={config['MAIL_FROM']} is on a local name",
-                       "set NEWSLETTER_MAIL_FROM to an address on your own domain, "
-                       "e.g. news@yourblog.com")
+        return problem(
+            AREA,
+            "from-domain",
+            f"NEWSLETTER_MAIL_FROM={config['MAIL_FROM']} is on a local name",
+            "set NEWSLETTER_MAIL_FROM to an address on your own domain, e.g. news@yourblog.com",
+        )
     dkim_domain = str(config.get("DKIM_DOMAIN") or "").lower()
     bounce = envelope_domain(config)
     found = []
@@ -194,23 +224,32 @@ def check_alignment(config: Mapping[str, Any]) -> Check:
     if aligned(from_domain, bounce):
         found.append(f"envelope {bounce} (SPF)")
     if not found:
-        return problem(AREA, "from-domain",
-                       f"From domain {from_domain} aligns with neither the DKIM domain "
-                       f"({dkim_domain or 'none'}) nor the envelope domain ({bounce}): DMARC "
-                       "fails",
-                       f"set NEWSLETTER_DKIM_DOMAIN={from_domain} (with its selector and key)")
+        return problem(
+            AREA,
+            "from-domain",
+            f"From domain {from_domain} aligns with neither the DKIM domain "
+            f"({dkim_domain or 'none'}) nor the envelope domain ({bounce}): DMARC "
+            "fails",
+            f"set NEWSLETTER_DKIM_DOMAIN={from_domain} (with its selector and key)",
+        )
     if not dkim_domain:
-        return warn(AREA, "from-domain",
-                    f"From domain {from_domain} aligns only through SPF ({bounce}); mail is not "
-                    "DKIM-signed here",
-                    "set NEWSLETTER_DKIM_DOMAIN, NEWSLETTER_DKIM_SELECTOR and "
-                    "NEWSLETTER_DKIM_PRIVATE_KEY (Gmail and Yahoo want DKIM for bulk mail), "
-                    "unless your relay signs for this domain")
+        return warn(
+            AREA,
+            "from-domain",
+            f"From domain {from_domain} aligns only through SPF ({bounce}); mail is not "
+            "DKIM-signed here",
+            "set NEWSLETTER_DKIM_DOMAIN, NEWSLETTER_DKIM_SELECTOR and "
+            "NEWSLETTER_DKIM_PRIVATE_KEY (Gmail and Yahoo want DKIM for bulk mail), "
+            "unless your relay signs for this domain",
+        )
     if dkim_domain and not aligned(from_domain, dkim_domain):
-        return warn(AREA, "from-domain",
-                    f"DKIM signs for {dkim_domain}, not {from_domain}; DMARC aligns through "
-                    "SPF only, which forwarding breaks",
-                    f"set NEWSLETTER_DKIM_DOMAIN={from_domain} and publish its key")
+        return warn(
+            AREA,
+            "from-domain",
+            f"DKIM signs for {dkim_domain}, not {from_domain}; DMARC aligns through "
+            "SPF only, which forwarding breaks",
+            f"set NEWSLETTER_DKIM_DOMAIN={from_domain} and publish its key",
+        )
     return ok(AREA, "from-domain", f"From domain {from_domain} aligns with {' and '.join(found)}")
 
 
@@ -221,8 +260,12 @@ def check_postal_address(config: Mapping[str, Any]) -> Check:
         return ok(AREA, "postal-address", "set (shown in every footer)")
     if config.get("DEMO"):
         return ok(AREA, "postal-address", "not set (fine for the demo)")
-    return warn(AREA, "postal-address", "not set: footers carry no postal address (CAN-SPAM)",
-                "set NEWSLETTER_POSTAL_ADDRESS to a postal address or PO box")
+    return warn(
+        AREA,
+        "postal-address",
+        "not set: footers carry no postal address (CAN-SPAM)",
+        "set NEWSLETTER_POSTAL_ADDRESS to a postal address or PO box",
+    )
 
 
 def check_privacy_policy(config: Mapping[str, Any]) -> Check:
@@ -232,7 +275,9 @@ def check_privacy_policy(config: Mapping[str, Any]) -> Check:
         return ok(AREA, "privacy-policy", f"{url}")
     if config.get("DEMO"):
         return ok(AREA, "privacy-policy", "not set (fine for the demo)")
-    return problem(AREA, "privacy-policy",
-                   "not set: the consent text points readers to a privacy policy they cannot "
-                   "find (GDPR)",
-                   "publish a privacy policy and set NEWSLETTER_PRIVACY_POLICY_URL to it")
+    return problem(
+        AREA,
+        "privacy-policy",
+        "not set: the consent text points readers to a privacy policy they cannot find (GDPR)",
+        "publish a privacy policy and set NEWSLETTER_PRIVACY_POLICY_URL to it",
+    )

@@ -42,10 +42,14 @@ def _as_utc(value: object) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-
-
-def parse_feed(body: bytes, *, url: str | None = None, content_type: str | None = None,
-               site_url: str | None = None, where: str = "the feed") -> list[SourcePost]:
+def parse_feed(
+    body: bytes,
+    *,
+    url: str | None = None,
+    content_type: str | None = None,
+    site_url: str | None = None,
+    where: str = "the feed",
+) -> list[SourcePost]:
     """The posts of an RSS, Atom or JSON feed, in the feed's order.
 
     ``url`` is where the feed came from (resolves relative links); ``where`` names it in errors.
@@ -62,15 +66,17 @@ def parse_feed(body: bytes, *, url: str | None = None, content_type: str | None 
     if not parsed.entries and not parsed.get("version"):
         problem = parsed.get("bozo_exception")
         detail = f" ({_one_line(problem)})" if problem else ""
-        raise PostSourceError(f"{where} is not an RSS, Atom or JSON feed{detail}; point "
-                              "NEWSLETTER_FEED_URL at the feed itself, not the blog's page")
+        raise PostSourceError(
+            f"{where} is not an RSS, Atom or JSON feed{detail}; point "
+            "NEWSLETTER_FEED_URL at the feed itself, not the blog's page"
+        )
     feed_author = parsed.feed.get("author")
-    return [_from_feed_entry(entry, base=base, feed_author=feed_author)
-            for entry in parsed.entries]
+    return [_from_feed_entry(entry, base=base, feed_author=feed_author) for entry in parsed.entries]
 
 
-def _from_feed_entry(entry: dict[str, Any], *, base: str | None,
-                     feed_author: str | None = None) -> SourcePost:
+def _from_feed_entry(
+    entry: dict[str, Any], *, base: str | None, feed_author: str | None = None
+) -> SourcePost:
     url = _absolute_url(entry.get("link"), base)
     contents = entry.get("content") or []
     content = _best_content(contents)
@@ -138,18 +144,22 @@ def _feed_image(entry: dict[str, Any]) -> str | None:
     return str(image["href"]) if isinstance(image, Mapping) and image.get("href") else None
 
 
-def _parse_json_feed(body: bytes, *, url: str | None, site_url: str | None,
-                     where: str) -> list[SourcePost]:
+def _parse_json_feed(
+    body: bytes, *, url: str | None, site_url: str | None, where: str
+) -> list[SourcePost]:
     """JSON Feed 1.0/1.1 (https://jsonfeed.org/version/1.1): simple enough to read directly."""
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PostSourceError(f"{where} is not valid JSON ({_one_line(err)}); check "
-                              "NEWSLETTER_FEED_URL points at an RSS, Atom or JSON feed") from None
+        raise PostSourceError(
+            f"{where} is not valid JSON ({_one_line(err)}); check "
+            "NEWSLETTER_FEED_URL points at an RSS, Atom or JSON feed"
+        ) from None
     items = document.get("items") if isinstance(document, dict) else None
     if not isinstance(items, list):
-        raise PostSourceError(f"{where} is JSON but not a JSON Feed (no \"items\" list); check "
-                              "NEWSLETTER_FEED_URL")
+        raise PostSourceError(
+            f'{where} is JSON but not a JSON Feed (no "items" list); check NEWSLETTER_FEED_URL'
+        )
     base = url or _absolute_url(_text(document.get("home_page_url")), None) or site_url
     return [_from_json_item(item, base=base) for item in items if isinstance(item, dict)]
 
@@ -162,8 +172,7 @@ def _from_json_item(item: Mapping[str, Any], *, base: str | None) -> SourcePost:
     authors = item.get("authors") or ([item["author"]] if item.get("author") else [])
     names = [_text(a.get("name")) for a in authors if isinstance(a, dict)]
     return _make_post(
-        key=_key(_text(item.get("id")), url,
-                 fallback=f"{_text(item.get('title'))}\n{content}"),
+        key=_key(_text(item.get("id")), url, fallback=f"{_text(item.get('title'))}\n{content}"),
         title=html.escape(_text(item.get("title")), quote=False),  # JSON Feed titles are text
         url=url,
         content_html=content or None,

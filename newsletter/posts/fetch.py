@@ -38,8 +38,9 @@ class FetchedFeed:
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
     """Follow redirects to http(s) only; urllib would also follow one to ftp."""
 
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
-                         newurl: str) -> urllib.request.Request | None:
+    def redirect_request(
+        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
         if urlsplit(newurl).scheme.lower() not in ("http", "https"):
             return None  # urllib then raises HTTPError for the 3xx, reported below
         return super().redirect_request(req, fp, code, msg, headers, newurl)
@@ -84,8 +85,9 @@ def _shut_down(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
-def _watched_connection(base: type[http.client.HTTPConnection],
-                        deadline: _Deadline) -> Callable[..., http.client.HTTPConnection]:
+def _watched_connection(
+    base: type[http.client.HTTPConnection], deadline: _Deadline
+) -> Callable[..., http.client.HTTPConnection]:
     """A connection class like ``base`` whose sockets ``deadline`` watches (the TCP socket
     from the start, so connecting and the TLS handshake count too; then the TLS socket)."""
 
@@ -117,23 +119,33 @@ class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
         self._connection = _watched_connection(http.client.HTTPSConnection, deadline)
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(self._connection, req,  # type: ignore[arg-type]
-                            context=self._context)  # type: ignore[attr-defined]
+        return self.do_open(
+            self._connection,
+            req,  # type: ignore[arg-type]
+            context=self._context,
+        )  # type: ignore[attr-defined]
 
 
 def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
-    return urllib.request.build_opener(_HttpOnlyRedirects, _WatchedHTTPHandler(deadline),
-                                       _WatchedHTTPSHandler(deadline))
+    return urllib.request.build_opener(
+        _HttpOnlyRedirects, _WatchedHTTPHandler(deadline), _WatchedHTTPSHandler(deadline)
+    )
 
 
-def fetch_feed(url: str, *, etag: str | None = None, last_modified: str | None = None,
-               timeout: float = 20.0, max_bytes: int = 10 * 1024 * 1024,
-               user_agent: str = "newsletter") -> FetchedFeed:
+def fetch_feed(
+    url: str,
+    *,
+    etag: str | None = None,
+    last_modified: str | None = None,
+    timeout: float = 20.0,
+    max_bytes: int = 10 * 1024 * 1024,
+    user_agent: str = "newsletter",
+) -> FetchedFeed:
     """GET a feed with a timeout, a size cap and conditional-GET validators."""
     headers = {
         "User-Agent": user_agent,
         "Accept": "application/rss+xml, application/atom+xml, application/feed+json, "
-                  "application/json;q=0.9, application/xml;q=0.9, text/xml;q=0.8, */*;q=0.5",
+        "application/json;q=0.9, application/xml;q=0.9, text/xml;q=0.8, */*;q=0.5",
         "Accept-Encoding": "gzip",
     }
     if etag:
@@ -151,18 +163,24 @@ def fetch_feed(url: str, *, etag: str | None = None, last_modified: str | None =
                 raise _too_big(url, max_bytes)
             gzipped = response.headers.get("Content-Encoding", "").lower() in ("gzip", "x-gzip")
             body = _read_capped(response, url, max_bytes, deadline, gzipped=gzipped)
-            return FetchedFeed(body=body, url=response.geturl(),
-                               content_type=response.headers.get("Content-Type"),
-                               etag=response.headers.get("ETag"),
-                               last_modified=response.headers.get("Last-Modified"))
+            return FetchedFeed(
+                body=body,
+                url=response.geturl(),
+                content_type=response.headers.get("Content-Type"),
+                etag=response.headers.get("ETag"),
+                last_modified=response.headers.get("Last-Modified"),
+            )
     except urllib.error.HTTPError as err:
         with err:  # closes the error's response, which holds the socket
             if deadline.expired.is_set():
                 raise _timed_out(url, timeout) from None
             if err.code == 304:
-                return FetchedFeed(body=None, url=url,
-                                   etag=err.headers.get("ETag") or etag,
-                                   last_modified=err.headers.get("Last-Modified") or last_modified)
+                return FetchedFeed(
+                    body=None,
+                    url=url,
+                    etag=err.headers.get("ETag") or etag,
+                    last_modified=err.headers.get("Last-Modified") or last_modified,
+                )
             if 300 <= err.code < 400:
                 problem = "redirected to an address that is not http(s)"
             elif err.code >= 500:
@@ -175,19 +193,23 @@ def fetch_feed(url: str, *, etag: str | None = None, last_modified: str | None =
     except urllib.error.URLError as err:
         if isinstance(err.reason, TimeoutError) or deadline.expired.is_set():
             raise _timed_out(url, timeout) from None
-        raise PostSourceError(f"could not reach {url} ({_one_line(err.reason)}); check "
-                              "NEWSLETTER_FEED_URL and the network") from None
+        raise PostSourceError(
+            f"could not reach {url} ({_one_line(err.reason)}); check "
+            "NEWSLETTER_FEED_URL and the network"
+        ) from None
     except (OSError, http.client.HTTPException) as err:
         if deadline.expired.is_set():  # the deadline shut the socket: that is the failure
             raise _timed_out(url, timeout) from None
-        raise PostSourceError(f"reading {url} failed ({_one_line(err) or type(err).__name__});"
-                              " try again later") from None
+        raise PostSourceError(
+            f"reading {url} failed ({_one_line(err) or type(err).__name__}); try again later"
+        ) from None
     finally:
         deadline.cancel()
 
 
-def _read_capped(response: Any, url: str, max_bytes: int, deadline: _Deadline, *,
-                 gzipped: bool) -> bytes:
+def _read_capped(
+    response: Any, url: str, max_bytes: int, deadline: _Deadline, *, gzipped: bool
+) -> bytes:
     """The body, refusing more than ``max_bytes`` (after decompression) or a late finish."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
     chunks: list[bytes] = []
@@ -224,21 +246,29 @@ def read_feed_file(path: Path, max_bytes: int) -> bytes:
             raise _too_big(str(path), max_bytes)
         return path.read_bytes()
     except FileNotFoundError:
-        raise PostSourceError(f"there is no feed file {path}; set NEWSLETTER_FEED_URL to your "
-                              "feed's http(s) URL or to an existing file") from None
+        raise PostSourceError(
+            f"there is no feed file {path}; set NEWSLETTER_FEED_URL to your "
+            "feed's http(s) URL or to an existing file"
+        ) from None
     except OSError as err:
-        raise PostSourceError(f"cannot read the feed file {path} ({err.strerror or err}); "
-                              "check NEWSLETTER_FEED_URL and the file's permissions") from None
+        raise PostSourceError(
+            f"cannot read the feed file {path} ({err.strerror or err}); "
+            "check NEWSLETTER_FEED_URL and the file's permissions"
+        ) from None
 
 
 def _too_big(where: str, max_bytes: int) -> PostSourceError:
-    return PostSourceError(f"{where} is larger than {max_bytes:,} bytes; raise "
-                           "NEWSLETTER_FEED_MAX_BYTES if the feed really is that big")
+    return PostSourceError(
+        f"{where} is larger than {max_bytes:,} bytes; raise "
+        "NEWSLETTER_FEED_MAX_BYTES if the feed really is that big"
+    )
 
 
 def _timed_out(url: str, timeout: float) -> PostSourceError:
-    return PostSourceError(f"the feed at {url} did not finish within {timeout:g} seconds; try "
-                           "again later or raise NEWSLETTER_FEED_TIMEOUT")
+    return PostSourceError(
+        f"the feed at {url} did not finish within {timeout:g} seconds; try "
+        "again later or raise NEWSLETTER_FEED_TIMEOUT"
+    )
 
 
 def _one_line(value: object) -> str:

@@ -15,8 +15,9 @@ from .feeds import _as_utc, _text
 from .fetch import _one_line
 from .source import _MARKDOWN_SUFFIXES, PostSourceError, SourcePost, _key, _make_post
 
-_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*\r?$\n?",
-                           re.DOTALL | re.MULTILINE)
+_FRONT_MATTER = re.compile(
+    r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*\r?$\n?", re.DOTALL | re.MULTILINE
+)
 _DATED_NAME = re.compile(r"\A(\d{4}-\d{2}-\d{2})-")
 _TRUE_WORDS = {"true", "yes", "on", "1"}
 
@@ -28,11 +29,15 @@ def read_posts_dir(folder: Path, *, site_url: str) -> list[SourcePost]:
     Jekyll's ``_drafts``); a page bundle's ``index.md`` takes its slug from its folder.
     """
     if not folder.is_dir():
-        raise PostSourceError(f"there is no folder {folder}; set NEWSLETTER_POSTS_DIR to the "
-                              "folder of your Markdown posts")
+        raise PostSourceError(
+            f"there is no folder {folder}; set NEWSLETTER_POSTS_DIR to the "
+            "folder of your Markdown posts"
+        )
     paths = sorted(
-        path for path in folder.rglob("*")
-        if path.suffix.lower() in _MARKDOWN_SUFFIXES and path.is_file()
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in _MARKDOWN_SUFFIXES
+        and path.is_file()
         and not any(part.startswith(("_", ".")) for part in path.relative_to(folder).parts)
     )
     return [_read_markdown_post(path, site_url=site_url.rstrip("/")) for path in paths]
@@ -57,8 +62,10 @@ def _read_markdown_post(path: Path, *, site_url: str) -> SourcePost:
     if published is None and dated_name:  # Jekyll's 2026-11-02-title.md
         published = _as_utc(dated_name.group(1))
     if meta.get("date") not in (None, "") and published is None:
-        raise PostSourceError(f"{path}: the date {meta['date']!r} is not a date; write it as "
-                              "2026-11-02 or 2026-11-02T08:00:00Z")
+        raise PostSourceError(
+            f"{path}: the date {meta['date']!r} is not a date; write it as "
+            "2026-11-02 or 2026-11-02T08:00:00Z"
+        )
     draft = _truthy(meta.get("draft")) or meta.get("published") is False
     return _make_post(
         key=_key(url, fallback=str(path)),
@@ -78,8 +85,9 @@ def _read_markdown_post(path: Path, *, site_url: str) -> SourcePost:
 def _split_front_matter(text: str, path: Path) -> tuple[dict[str, Any], str]:
     """The YAML front matter as a dict, and the Markdown after it."""
     if text.startswith("+++"):
-        raise PostSourceError(f"{path}: TOML front matter (+++) is not supported; write it as "
-                              "YAML between --- lines")
+        raise PostSourceError(
+            f"{path}: TOML front matter (+++) is not supported; write it as YAML between --- lines"
+        )
     if not re.match(r"---[ \t]*\r?\n", text):
         return {}, text
     match = _FRONT_MATTER.match(text)
@@ -91,13 +99,14 @@ def _split_front_matter(text: str, path: Path) -> tuple[dict[str, Any], str]:
         mark = getattr(err, "problem_mark", None)
         line = f"line {mark.line + 2}: " if mark is not None else ""
         problem = getattr(err, "problem", None) or err
-        raise PostSourceError(f"{path}: the front matter is not valid YAML ({line}"
-                              f"{_one_line(problem)}); fix it") from None
+        raise PostSourceError(
+            f"{path}: the front matter is not valid YAML ({line}{_one_line(problem)}); fix it"
+        ) from None
     if meta is None:
         meta = {}
     if not isinstance(meta, dict):
         raise PostSourceError(f"{path}: the front matter must be key: value lines")
-    return meta, text[match.end():]
+    return meta, text[match.end() :]
 
 
 def _truthy(value: object) -> bool:

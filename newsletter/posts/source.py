@@ -35,9 +35,8 @@ class NoPostSourceError(PostSourceError):
     def __init__(self) -> None:
         super().__init__(
             "no post source is configured: set NEWSLETTER_FEED_URL to your blog's feed (an "
-            "http(s) URL or a file) or NEWSLETTER_POSTS_DIR to a folder of Markdown posts")
-
-
+            "http(s) URL or a file) or NEWSLETTER_POSTS_DIR to a folder of Markdown posts"
+        )
 
 
 @dataclass(frozen=True)
@@ -54,8 +53,11 @@ class PostSource:
 
     def describe(self) -> str:
         """For messages: what the author configured, in her words."""
-        return {"url": "the feed at {}", "file": "the feed file {}",
-                "folder": "the Markdown folder {}"}[self.kind].format(self.location)
+        return {
+            "url": "the feed at {}",
+            "file": "the feed file {}",
+            "folder": "the Markdown folder {}",
+        }[self.kind].format(self.location)
 
 
 def post_source(config: Mapping[str, Any]) -> PostSource:
@@ -72,8 +74,6 @@ def post_source(config: Mapping[str, Any]) -> PostSource:
     if folder:
         return PostSource("folder", str(Path(folder).expanduser().resolve()))
     raise NoPostSourceError()
-
-
 
 
 @dataclass(frozen=True)
@@ -96,9 +96,14 @@ class SourcePost:
     def content_hash(self) -> str:
         """A sha256 over everything stored, so an edit anywhere is seen as an update."""
         fields = {
-            "title": self.title, "url": self.url, "subtitle": self.subtitle,
-            "author": self.author, "summary": self.summary, "content": self.content_html,
-            "image": self.image_url, "draft": self.draft,
+            "title": self.title,
+            "url": self.url,
+            "subtitle": self.subtitle,
+            "author": self.author,
+            "summary": self.summary,
+            "content": self.content_html,
+            "image": self.image_url,
+            "draft": self.draft,
             "published": self.published_at.isoformat() if self.published_at else None,
             "updated": self.updated_at.isoformat() if self.updated_at else None,
         }
@@ -127,11 +132,20 @@ def _key(*candidates: str | None, fallback: str) -> str:
     return key
 
 
-def _make_post(*, key: str, title: str | None, url: str | None, content_html: str | None,
-               summary: str | None = None, subtitle: str | None = None,
-               author: str | None = None, image_url: str | None = None,
-               published_at: datetime | None = None, updated_at: datetime | None = None,
-               draft: bool = False) -> SourcePost:
+def _make_post(
+    *,
+    key: str,
+    title: str | None,
+    url: str | None,
+    content_html: str | None,
+    summary: str | None = None,
+    subtitle: str | None = None,
+    author: str | None = None,
+    image_url: str | None = None,
+    published_at: datetime | None = None,
+    updated_at: datetime | None = None,
+    draft: bool = False,
+) -> SourcePost:
     """Sanitise and fit one post. ``summary`` is the source's own (HTML or text), if any."""
     content = sanitise_html(content_html, url) if content_html else None
     text_summary = summarise(summary) if summary else ""

@@ -61,7 +61,7 @@ class SyncReport:
 
 
 def read_source(
-    source: PostSource, config: Mapping[str, Any], state: SourceState | None = None,
+    source: PostSource, config: Mapping[str, Any], state: SourceState | None = None
 ) -> tuple[list[SourcePost] | None, FetchedFeed | None]:
     """Everything the source holds (None when a conditional GET says nothing changed)."""
     if source.kind == "folder":
@@ -80,8 +80,13 @@ def read_source(
     )
     if fetched.body is None:
         return None, fetched
-    posts = parse_feed(fetched.body, url=fetched.url, content_type=fetched.content_type,
-                       site_url=config["SITE_URL"], where=source.location)
+    posts = parse_feed(
+        fetched.body,
+        url=fetched.url,
+        content_type=fetched.content_type,
+        site_url=config["SITE_URL"],
+        where=source.location,
+    )
     return posts, fetched
 
 
@@ -115,16 +120,18 @@ def sync_posts(session: Session, services: Services, *, backfill: int | None = N
         session.commit()
     except IntegrityError:
         session.rollback()
-        raise PostSourceError("another sync of the posts ran at the same time; run it "
-                              "again") from None
+        raise PostSourceError(
+            "another sync of the posts ran at the same time; run it again"
+        ) from None
     except BaseException:
         session.rollback()
         raise
     return report
 
 
-def _store(session: Session, posts: list[SourcePost], report: SyncReport, *, now: datetime,
-           backfill: int) -> None:
+def _store(
+    session: Session, posts: list[SourcePost], report: SyncReport, *, now: datetime, backfill: int
+) -> None:
     """Insert new posts, update edited ones; on a first sync, archive the published ones."""
     unique: dict[str, SourcePost] = {}
     for post in posts:
@@ -144,13 +151,24 @@ def _store(session: Session, posts: list[SourcePost], report: SyncReport, *, now
         report.backfilled_titles = [p.title for p in published[:backfill]]
     for post in fresh:
         archived = post.key in archive
-        session.add(Post(
-            source_key=post.key, url=post.url, title=post.title, subtitle=post.subtitle,
-            author=post.author, summary=post.summary, content_html=post.content_html,
-            image_url=post.image_url, published_at=post.published_at or now,
-            updated_at=post.updated_at, first_seen_at=now, content_hash=post.content_hash,
-            draft=post.draft, archived=archived,
-        ))
+        session.add(
+            Post(
+                source_key=post.key,
+                url=post.url,
+                title=post.title,
+                subtitle=post.subtitle,
+                author=post.author,
+                summary=post.summary,
+                content_html=post.content_html,
+                image_url=post.image_url,
+                published_at=post.published_at or now,
+                updated_at=post.updated_at,
+                first_seen_at=now,
+                content_hash=post.content_hash,
+                draft=post.draft,
+                archived=archived,
+            )
+        )
         if archived:
             report.archived_titles.append(post.title)
         else:
@@ -179,7 +197,8 @@ def _backfill(session: Session, report: SyncReport, count: int, *, now: datetime
         select(Post)
         .where(Post.campaign_id.is_(None), Post.draft.is_(False), newest <= now)
         .order_by(newest.desc(), Post.id)  # ties: the order the first sync stored them in
-        .limit(count)).all()
+        .limit(count)
+    ).all()
     report.backfill_found = len(never_mailed)
     for post in never_mailed:
         if post.archived:
@@ -190,7 +209,7 @@ def _backfill(session: Session, report: SyncReport, count: int, *, now: datetime
 def _load_posts(session: Session, keys: list[str]) -> dict[str, Post]:
     found: dict[str, Post] = {}
     for start in range(0, len(keys), 500):  # stay under SQLite's bound-parameter limit
-        chunk = keys[start:start + 500]
+        chunk = keys[start : start + 500]
         for post in session.execute(select(Post).where(Post.source_key.in_(chunk))).scalars():
             found[post.source_key] = post
     return found

@@ -4,18 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import (
-    select,
-    update,
-)
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ..models import (
-    FAILED,
-    QUEUED,
-    SENDING,
-    SENT,
-)
+from ..models import FAILED, QUEUED, SENDING, SENT
 from ..services import Services
 from .engine import _CampaignRun
 from .lock import SendLock, recover
@@ -33,9 +25,15 @@ from .options import (
 )
 
 
-def send_campaign(session: Session, services: Services, campaign_id: int, *, lock: SendLock,
-                  options: SendOptions | None = None,
-                  progress: Progress | None = None) -> SendReport:
+def send_campaign(
+    session: Session,
+    services: Services,
+    campaign_id: int,
+    *,
+    lock: SendLock,
+    options: SendOptions | None = None,
+    progress: Progress | None = None,
+) -> SendReport:
     """Send what is left of a campaign: queued rows and deferred rows now due, and (with the
     shared lock, PostgreSQL) rows other senders held when they died.
 
@@ -49,20 +47,26 @@ def send_campaign(session: Session, services: Services, campaign_id: int, *, loc
         recover(session, lock, services.clock())
     c = _campaigns
     campaign = session.execute(
-        select(c.c.id, c.c.subject, c.c.html, c.c.text, c.c.created_at, c.c.status,
-               c.c.content_hash).where(c.c.id == campaign_id)).one_or_none()
+        select(
+            c.c.id, c.c.subject, c.c.html, c.c.text, c.c.created_at, c.c.status, c.c.content_hash
+        ).where(c.c.id == campaign_id)
+    ).one_or_none()
     session.commit()
     if campaign is None:
-        raise CampaignNotFoundError(f"there is no campaign {campaign_id}; `newsletter campaigns` "
-                               "lists them")
+        raise CampaignNotFoundError(
+            f"there is no campaign {campaign_id}; `newsletter campaigns` lists them"
+        )
     if campaign.status == SENT:
         return SendReport(campaign_id=campaign_id, subject=campaign.subject, finished=True)
-    run = _CampaignRun(session, services, campaign, lock,
-                       options or SendOptions.from_config(services.config),
-                       progress or _NoProgress())
+    run = _CampaignRun(
+        session,
+        services,
+        campaign,
+        lock,
+        options or SendOptions.from_config(services.config),
+        progress or _NoProgress(),
+    )
     return run.execute()
-
-
 
 
 def retry_failed(session: Session, kind: str, now: datetime) -> tuple[int, int] | None:
@@ -71,18 +75,25 @@ def retry_failed(session: Session, kind: str, now: datetime) -> tuple[int, int] 
     deliveries moved), or None when there is no such campaign. Readers who left meanwhile
     are skipped when their turn comes, as always."""
     c, d = _campaigns, _deliveries
-    latest = session.scalar(select(c.c.id).where(c.c.kind == kind)
-                            .order_by(c.c.id.desc()).limit(1))
+    latest = session.scalar(select(c.c.id).where(c.c.kind == kind).order_by(c.c.id.desc()).limit(1))
     if latest is None:
         session.rollback()
         return None
-    result = session.execute(update(d).where(d.c.campaign_id == latest, d.c.status == FAILED)
-                             .values(status=QUEUED, next_attempt_at=None, deferred_since=None,
-                                     claimed_until=None, claimed_by=None, updated_at=now))
+    result = session.execute(
+        update(d)
+        .where(d.c.campaign_id == latest, d.c.status == FAILED)
+        .values(
+            status=QUEUED,
+            next_attempt_at=None,
+            deferred_since=None,
+            claimed_until=None,
+            claimed_by=None,
+            updated_at=now,
+        )
+    )
     moved = int(result.rowcount or 0)  # type: ignore[attr-defined]
     if moved:
-        session.execute(update(c).where(c.c.id == latest)
-                        .values(status=SENDING, finished_at=None))
+        session.execute(update(c).where(c.c.id == latest).values(status=SENDING, finished_at=None))
     session.commit()
     log.info("moved %d failed deliveries of campaign %d back to the queue", moved, latest)
     return latest, moved
@@ -96,17 +107,24 @@ def unfinished_campaigns(session: Session, kind: str | None = None) -> list[int]
     return list(session.scalars(query.order_by(_campaigns.c.id)))
 
 
-def send_unfinished(session: Session, services: Services, *, lock: SendLock,
-                    kind: str | None = DIGEST, options: SendOptions | None = None,
-                    progress: Progress | None = None) -> list[SendReport]:
+def send_unfinished(
+    session: Session,
+    services: Services,
+    *,
+    lock: SendLock,
+    kind: str | None = DIGEST,
+    options: SendOptions | None = None,
+    progress: Progress | None = None,
+) -> list[SendReport]:
     """Send what is left of every unfinished campaign (of ``kind``), oldest first, stopping
     after one that SMTP trouble stopped. Other senders may be at it too (PostgreSQL)."""
     if not lock.recovered:
         recover(session, lock, services.clock())
     reports = []
     for campaign_id in unfinished_campaigns(session, kind):
-        report = send_campaign(session, services, campaign_id, lock=lock, options=options,
-                               progress=progress)
+        report = send_campaign(
+            session, services, campaign_id, lock=lock, options=options, progress=progress
+        )
         reports.append(report)
         if report.error:
             break  # SMTP trouble: the later ones wait for the next run

@@ -11,24 +11,10 @@ from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from typing import Any
 
-from sqlalchemy import (
-    bindparam,
-    func,
-    literal_column,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import bindparam, func, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
-from ..models import (
-    CONFIRMED,
-    DEFERRED,
-    FAILED,
-    QUEUED,
-    SENT,
-    SKIPPED,
-)
+from ..models import CONFIRMED, DEFERRED, FAILED, QUEUED, SENT, SKIPPED
 from ..rendering import RenderedEmail
 from ..services import Services
 from ..smtp import (
@@ -63,8 +49,15 @@ class _CampaignRun:
     database except for the 250 marks on PostgreSQL) and ``connections`` sender threads, each
     with its own SMTP connection."""
 
-    def __init__(self, session: Session, services: Services, campaign: Any,
-                 lock: SendLock, options: SendOptions, progress: Progress) -> None:
+    def __init__(
+        self,
+        session: Session,
+        services: Services,
+        campaign: Any,
+        lock: SendLock,
+        options: SendOptions,
+        progress: Progress,
+    ) -> None:
         self.session = session
         self.services = services
         self.clock = services.clock
@@ -124,8 +117,10 @@ class _CampaignRun:
             assert self.lock.engine is not None
             self.marks = _DatabaseMarks(self.lock.engine, self.clock)
             self._lease_renewed(time.monotonic())  # every claim from now on ends later
-        threads = [threading.Thread(target=self._sender, name=f"smtp-{n + 1}", daemon=True)
-                   for n in range(self.options.connections)]
+        threads = [
+            threading.Thread(target=self._sender, name=f"smtp-{n + 1}", daemon=True)
+            for n in range(self.options.connections)
+        ]
         committed = False
         try:
             for thread in threads:
@@ -152,8 +147,9 @@ class _CampaignRun:
                 report.elapsed = time.monotonic() - started
                 self.progress.finish(report)
         if self._thread_error is not None:
-            raise SendError(f"a sender thread failed: {self._thread_error!r}") \
-                from self._thread_error
+            raise SendError(
+                f"a sender thread failed: {self._thread_error!r}"
+            ) from self._thread_error
         return report
 
     def _feed(self) -> None:
@@ -218,8 +214,12 @@ class _CampaignRun:
                 seen, since = held, now
             elif now - since > 2 * self._lease_seconds:
                 # Renewed all along but not moving: leave them to their sender or a later run.
-                log.warning("%d deliveries held by another sender have not moved for %.0fs; "
-                            "leaving them to it", held, now - since)
+                log.warning(
+                    "%d deliveries held by another sender have not moved for %.0fs; "
+                    "leaving them to it",
+                    held,
+                    now - since,
+                )
                 return False
             deadline = now + poll
             while not self.stop.is_set() and time.monotonic() < deadline:
@@ -230,10 +230,19 @@ class _CampaignRun:
     def _held_elsewhere(self) -> int:
         d = _deliveries
         now, _ = self._lease_clock()
-        held = self.session.scalar(select(func.count()).select_from(d).where(
-            d.c.campaign_id == self.campaign_id, d.c.status == QUEUED,
-            d.c.claimed_until >= now,
-            or_(d.c.claimed_by.is_(None), d.c.claimed_by != self.sender_id))) or 0
+        held = (
+            self.session.scalar(
+                select(func.count())
+                .select_from(d)
+                .where(
+                    d.c.campaign_id == self.campaign_id,
+                    d.c.status == QUEUED,
+                    d.c.claimed_until >= now,
+                    or_(d.c.claimed_by.is_(None), d.c.claimed_by != self.sender_id),
+                )
+            )
+            or 0
+        )
         self.session.commit()
         return held
 
@@ -242,13 +251,16 @@ class _CampaignRun:
         database server's on PostgreSQL (machines' clocks may differ), ours on SQLite."""
         if self.shared:
             now = "(statement_timestamp() AT TIME ZONE 'UTC')"
-            return (literal_column(now),
-                    literal_column(f"{now} + interval '{self._lease_seconds:.3f} seconds'"))
+            return (
+                literal_column(now),
+                literal_column(f"{now} + interval '{self._lease_seconds:.3f} seconds'"),
+            )
         current = self.clock()
         return current, current + self.options.lease
 
-    def _claim(self, *, status: str = QUEUED, after: int = 0,
-               ids: Sequence[int] | None = None) -> Sequence[Any]:
+    def _claim(
+        self, *, status: str = QUEUED, after: int = 0, ids: Sequence[int] | None = None
+    ) -> Sequence[Any]:
         """Claim the next batch: rows nobody holds, locked against other senders, with the
         reader's current status (a reader who left since planning is skipped)."""
         d, s = _deliveries, _subscribers
@@ -256,11 +268,20 @@ class _CampaignRun:
         self.session.commit()  # read the readers' status afresh, not from an older snapshot
         self._claimed_at = time.monotonic()
         query = (
-            select(d.c.id, d.c.subscriber_id, d.c.attempts, d.c.deferred_since,
-                   s.c.email, s.c.name, s.c.status.label("reader_status"))
+            select(
+                d.c.id,
+                d.c.subscriber_id,
+                d.c.attempts,
+                d.c.deferred_since,
+                s.c.email,
+                s.c.name,
+                s.c.status.label("reader_status"),
+            )
             .join_from(d, s, d.c.subscriber_id == s.c.id)
-            .where(d.c.campaign_id == self.campaign_id,
-                   or_(d.c.claimed_until.is_(None), d.c.claimed_until < now))
+            .where(
+                d.c.campaign_id == self.campaign_id,
+                or_(d.c.claimed_until.is_(None), d.c.claimed_until < now),
+            )
         )
         if ids is not None:
             query = query.where(d.c.id.in_(ids), d.c.status == DEFERRED)
@@ -268,12 +289,18 @@ class _CampaignRun:
             query = query.where(d.c.status == status, d.c.id > after)
             if status == DEFERRED:
                 query = query.where(d.c.next_attempt_at <= self.clock())
-        query = (query.order_by(d.c.id).limit(self.options.claim_size())
-                 .with_for_update(skip_locked=True, of=d))
+        query = (
+            query.order_by(d.c.id)
+            .limit(self.options.claim_size())
+            .with_for_update(skip_locked=True, of=d)
+        )
         rows = self.session.execute(query).all()
         if rows:
-            self.session.execute(update(d).where(d.c.id.in_([r.id for r in rows]))
-                                 .values(claimed_until=until, claimed_by=self.sender_id))
+            self.session.execute(
+                update(d)
+                .where(d.c.id.in_([r.id for r in rows]))
+                .values(claimed_until=until, claimed_by=self.sender_id)
+            )
         self.session.commit()
         return rows
 
@@ -284,9 +311,15 @@ class _CampaignRun:
         started = time.monotonic()
         _, until = self._lease_clock()
         d = _deliveries
-        self.session.execute(update(d).where(
-            d.c.campaign_id == self.campaign_id, d.c.status.in_((QUEUED, DEFERRED)),
-            d.c.claimed_by == self.sender_id).values(claimed_until=until))
+        self.session.execute(
+            update(d)
+            .where(
+                d.c.campaign_id == self.campaign_id,
+                d.c.status.in_((QUEUED, DEFERRED)),
+                d.c.claimed_by == self.sender_id,
+            )
+            .values(claimed_until=until)
+        )
         self.session.commit()
         self._lease_renewed(started)
 
@@ -301,8 +334,17 @@ class _CampaignRun:
             if row.reader_status != CONFIRMED or not row.email:
                 self.outcomes.append(_Outcome(SKIPPED, row.id))
                 continue
-            self._put(_Work(row.id, row.subscriber_id, row.email, row.name, row.attempts,
-                            row.deferred_since, checked_at=self._claimed_at))
+            self._put(
+                _Work(
+                    row.id,
+                    row.subscriber_id,
+                    row.email,
+                    row.name,
+                    row.attempts,
+                    row.deferred_since,
+                    checked_at=self._claimed_at,
+                )
+            )
         self._tick()
 
     def _put(self, item: _Work) -> None:
@@ -339,8 +381,10 @@ class _CampaignRun:
         """One indexed query for every waiting message's reader: those who left since their
         row was claimed are marked withdrawn, and the sender skips them."""
         started = time.monotonic()
-        if not (self._check_wanted.is_set()
-                or started - self._last_check >= self.options.status_check_age / 2):
+        if not (
+            self._check_wanted.is_set()
+            or started - self._last_check >= self.options.status_check_age / 2
+        ):
             return
         self._check_wanted.clear()
         self._last_check = started
@@ -352,8 +396,13 @@ class _CampaignRun:
         self.session.commit()  # a fresh snapshot: see withdrawals committed until now
         gone: set[int] = set()
         for chunk in _chunks(sorted({item.subscriber_id for item in items})):
-            gone.update(self.session.scalars(select(s.c.id).where(
-                s.c.id.in_(chunk), or_(s.c.status != CONFIRMED, s.c.email.is_(None)))))
+            gone.update(
+                self.session.scalars(
+                    select(s.c.id).where(
+                        s.c.id.in_(chunk), or_(s.c.status != CONFIRMED, s.c.email.is_(None))
+                    )
+                )
+            )
         self.session.commit()
         with self._checked:
             for item in items:
@@ -362,8 +411,10 @@ class _CampaignRun:
             self._checked.notify_all()
 
     def _flush_if_due(self) -> None:
-        if (len(self.outcomes) >= self.options.batch_size
-                or time.monotonic() - self._last_flush >= self.options.flush_interval):
+        if (
+            len(self.outcomes) >= self.options.batch_size
+            or time.monotonic() - self._last_flush >= self.options.flush_interval
+        ):
             self._flush()
 
     def _flush(self) -> None:
@@ -382,27 +433,61 @@ class _CampaignRun:
         d = _deliveries
         mark_sent(self.session, sent, now)
         for chunk in _chunks(skipped):
-            self.session.execute(update(d).where(d.c.id.in_(chunk)).values(
-                status=SKIPPED, updated_at=now, claimed_until=None, claimed_by=None,
-                next_attempt_at=None))
+            self.session.execute(
+                update(d)
+                .where(d.c.id.in_(chunk))
+                .values(
+                    status=SKIPPED,
+                    updated_at=now,
+                    claimed_until=None,
+                    claimed_by=None,
+                    next_attempt_at=None,
+                )
+            )
         if replies:
             self.session.execute(
-                update(d).where(d.c.id == bindparam("b_id")).values(
-                    status=bindparam("b_status"), attempts=d.c.attempts + 1,
-                    smtp_reply=bindparam("b_reply"), deferred_since=bindparam("b_since"),
-                    next_attempt_at=bindparam("b_next"), updated_at=now, claimed_until=None,
-                    claimed_by=None),
-                [{"b_id": o.delivery_id, "b_status": o.status, "b_reply": o.reply,
-                  "b_since": o.deferred_since,
-                  "b_next": (now + backoff(o.attempts + 1, self.options.retry_delay)
-                             if o.status == DEFERRED else None)} for o in replies])
+                update(d)
+                .where(d.c.id == bindparam("b_id"))
+                .values(
+                    status=bindparam("b_status"),
+                    attempts=d.c.attempts + 1,
+                    smtp_reply=bindparam("b_reply"),
+                    deferred_since=bindparam("b_since"),
+                    next_attempt_at=bindparam("b_next"),
+                    updated_at=now,
+                    claimed_until=None,
+                    claimed_by=None,
+                ),
+                [
+                    {
+                        "b_id": o.delivery_id,
+                        "b_status": o.status,
+                        "b_reply": o.reply,
+                        "b_since": o.deferred_since,
+                        "b_next": (
+                            now + backoff(o.attempts + 1, self.options.retry_delay)
+                            if o.status == DEFERRED
+                            else None
+                        ),
+                    }
+                    for o in replies
+                ],
+            )
         if requeue:
             # Back in the queue, as if never tried: the server was at fault, not the reader.
             self.session.execute(
-                update(d).where(d.c.id == bindparam("b_id")).values(
-                    status=QUEUED, smtp_reply=bindparam("b_reply"), next_attempt_at=None,
-                    updated_at=now, claimed_until=None, claimed_by=None),
-                [{"b_id": o.delivery_id, "b_reply": o.reply} for o in requeue])
+                update(d)
+                .where(d.c.id == bindparam("b_id"))
+                .values(
+                    status=QUEUED,
+                    smtp_reply=bindparam("b_reply"),
+                    next_attempt_at=None,
+                    updated_at=now,
+                    claimed_until=None,
+                    claimed_by=None,
+                ),
+                [{"b_id": o.delivery_id, "b_reply": o.reply} for o in requeue],
+            )
         self.session.commit()
         self._count(batch)
 
@@ -441,7 +526,8 @@ class _CampaignRun:
                     f"readers in a row at {len(self._streak_domains)} domains, so the fault is "
                     "the server's (a full disk, a suspended account, a quota), not theirs; "
                     "nothing was marked failed: those deliveries and the rest stay queued. Fix "
-                    "the cause with the server or its operator, then send again")
+                    "the cause with the server or its operator, then send again"
+                )
         return requeue
 
     def _uncount(self, outcome: _Outcome) -> None:
@@ -473,7 +559,8 @@ class _CampaignRun:
                 if tries < IN_RUN_RETRIES and not outcome.unknown:
                     self._retries[delivery_id] = tries + 1
                     self._retry_due[delivery_id] = (
-                        time.monotonic() + self.options.retry_delay * 2 ** tries)
+                        time.monotonic() + self.options.retry_delay * 2**tries
+                    )
             if not retry:
                 self._done += 1
         report.deferred = len(self._deferred)
@@ -482,11 +569,20 @@ class _CampaignRun:
     def _count_due(self) -> int:
         d = _deliveries
         now = self.clock()
-        return self.session.scalar(
-            select(func.count()).select_from(d).where(
-                d.c.campaign_id == self.campaign_id,
-                or_(d.c.status == QUEUED, (d.c.status == DEFERRED) & (d.c.next_attempt_at <= now)))
-        ) or 0
+        return (
+            self.session.scalar(
+                select(func.count())
+                .select_from(d)
+                .where(
+                    d.c.campaign_id == self.campaign_id,
+                    or_(
+                        d.c.status == QUEUED,
+                        (d.c.status == DEFERRED) & (d.c.next_attempt_at <= now),
+                    ),
+                )
+            )
+            or 0
+        )
 
     def _shut_down(self, threads: Sequence[threading.Thread]) -> None:
         """Let every sender finish the message in its hands, then stop it."""
@@ -503,9 +599,11 @@ class _CampaignRun:
     def _finish(self) -> None:
         """Release this sender's unworked claims; the campaign is sent when no row is left."""
         d = _deliveries
-        self.session.execute(update(d).where(d.c.campaign_id == self.campaign_id,
-                                             d.c.claimed_by == self.sender_id)
-                             .values(claimed_until=None, claimed_by=None))
+        self.session.execute(
+            update(d)
+            .where(d.c.campaign_id == self.campaign_id, d.c.claimed_by == self.sender_id)
+            .values(claimed_until=None, claimed_by=None)
+        )
         settle_campaign(self.session, self.report, self.clock())
 
     # the sending side (one thread per connection)
@@ -561,8 +659,9 @@ class _CampaignRun:
             except SmtpOutcomeUnknownError as err:
                 # The server may have it (RFC 5321 4.1.1.4): sending it again at once could
                 # mail a copy per try. Deferred: the next run tries once more, after backoff.
-                self.outcomes.append(self._deferral(
-                    item, f"{err}; tried again by a later run", unknown=True))
+                self.outcomes.append(
+                    self._deferral(item, f"{err}; tried again by a later run", unknown=True)
+                )
                 return
             except SmtpRejectedError as err:
                 self.outcomes.append(self._rejected(item, err))
@@ -576,14 +675,19 @@ class _CampaignRun:
                 if connected:
                     refused += 1
                     if refused >= 2:
-                        self.outcomes.append(self._deferral(
-                            item, f"{err.code} {err.reply or ''}".strip() if err.code
-                            else str(err)))
+                        self.outcomes.append(
+                            self._deferral(
+                                item,
+                                f"{err.code} {err.reply or ''}".strip() if err.code else str(err),
+                            )
+                        )
                         return
                 failures += 1
                 if failures >= self.options.max_connection_failures:
-                    self._halt(f"stopped after {failures} failed attempts in a row to reach "
-                               f"the SMTP server ({err}); the rest stay queued")
+                    self._halt(
+                        f"stopped after {failures} failed attempts in a row to reach "
+                        f"the SMTP server ({err}); the rest stay queued"
+                    )
                     return
                 log.warning("SMTP connection problem (%s); reconnecting in %.2fs", err, delay)
                 self.stop.wait(delay)
@@ -622,8 +726,10 @@ class _CampaignRun:
         except self.marks.errors as err:
             # The feeder writes it with the batch if it still can; else it is this
             # connection's one message in flight, sent again later.
-            self._halt(f"cannot record deliveries in the database ({err.__class__.__name__}: "
-                       f"{str(err).splitlines()[0] if str(err) else ''}); the rest stay queued")
+            self._halt(
+                f"cannot record deliveries in the database ({err.__class__.__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); the rest stay queued"
+            )
             self.outcomes.append(_Outcome(SENT, delivery_id))
             return
         self.outcomes.append(_Outcome(SENT, delivery_id, in_db=True))
@@ -631,8 +737,9 @@ class _CampaignRun:
     def _rejected(self, item: _Work, err: SmtpRejectedError) -> _Outcome:
         reply = f"{err.code} {err.reply or ''}".strip()
         if not err.temporary:
-            return _Outcome(FAILED, item.delivery_id, reply, item.attempts,
-                            domain=_domain(item.email))
+            return _Outcome(
+                FAILED, item.delivery_id, reply, item.attempts, domain=_domain(item.email)
+            )
         return self._deferral(item, reply)
 
     def _deferral(self, item: _Work, reply: str, *, unknown: bool = False) -> _Outcome:
@@ -641,11 +748,23 @@ class _CampaignRun:
         since = item.deferred_since or now
         if now - since >= self.options.give_up_after:
             hours = self.options.give_up_after.total_seconds() / 3600
-            return _Outcome(FAILED, item.delivery_id,
-                            f"gave up after {hours:g} hours of temporary failures: {reply}",
-                            item.attempts, since, domain=_domain(item.email))
-        return _Outcome(DEFERRED, item.delivery_id, reply, item.attempts, since,
-                        unknown=unknown, domain=_domain(item.email))
+            return _Outcome(
+                FAILED,
+                item.delivery_id,
+                f"gave up after {hours:g} hours of temporary failures: {reply}",
+                item.attempts,
+                since,
+                domain=_domain(item.email),
+            )
+        return _Outcome(
+            DEFERRED,
+            item.delivery_id,
+            reply,
+            item.attempts,
+            since,
+            unknown=unknown,
+            domain=_domain(item.email),
+        )
 
     def _halt(self, reason: str) -> None:
         if self.report.error is None:

@@ -6,20 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import (
-    func,
-    select,
-    update,
-)
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from ..models import (
-    DEFERRED,
-    FAILED,
-    QUEUED,
-    SENDING,
-    SENT,
-)
+from ..models import DEFERRED, FAILED, QUEUED, SENDING, SENT
 from .ledger import _chunks
 from .lock import SendLock, recover
 from .options import (
@@ -74,8 +64,10 @@ def _counts(session: Session, campaign_ids: Sequence[int]) -> dict[int, dict[str
     counts: dict[int, dict[str, int]] = {cid: {} for cid in campaign_ids}
     for chunk in _chunks(campaign_ids):
         for campaign_id, status, count in session.execute(
-                select(d.c.campaign_id, d.c.status, func.count())
-                .where(d.c.campaign_id.in_(chunk)).group_by(d.c.campaign_id, d.c.status)):
+            select(d.c.campaign_id, d.c.status, func.count())
+            .where(d.c.campaign_id.in_(chunk))
+            .group_by(d.c.campaign_id, d.c.status)
+        ):
             counts[campaign_id][status] = count
     return counts
 
@@ -83,8 +75,9 @@ def _counts(session: Session, campaign_ids: Sequence[int]) -> dict[int, dict[str
 def list_campaigns(session: Session, limit: int | None = None) -> list[CampaignSummary]:
     """Every campaign, newest first, with its counts."""
     c = _campaigns
-    query = (select(c.c.id, c.c.kind, c.c.subject, c.c.status, c.c.created_at, c.c.finished_at)
-             .order_by(c.c.created_at.desc(), c.c.id.desc()))
+    query = select(
+        c.c.id, c.c.kind, c.c.subject, c.c.status, c.c.created_at, c.c.finished_at
+    ).order_by(c.c.created_at.desc(), c.c.id.desc())
     if limit:
         query = query.limit(limit)
     rows = session.execute(query).all()
@@ -110,10 +103,14 @@ def fold_interrupted(session: Session, lock: SendLock, now: datetime) -> bool:
     try:
         recover(session, lock, now)
         c, d = _campaigns, _deliveries
-        waiting = select(d.c.id).where(d.c.campaign_id == c.c.id,
-                                       d.c.status.in_((QUEUED, DEFERRED))).exists()
-        session.execute(update(c).where(c.c.status == SENDING, ~waiting)
-                        .values(status=SENT, finished_at=now))
+        waiting = (
+            select(d.c.id)
+            .where(d.c.campaign_id == c.c.id, d.c.status.in_((QUEUED, DEFERRED)))
+            .exists()
+        )
+        session.execute(
+            update(c).where(c.c.status == SENDING, ~waiting).values(status=SENT, finished_at=now)
+        )
         session.commit()
     finally:
         lock.release()
@@ -123,16 +120,26 @@ def fold_interrupted(session: Session, lock: SendLock, now: datetime) -> bool:
 def describe_campaign(session: Session, campaign_id: int, limit: int = 100) -> CampaignDetails:
     """One campaign's counts and its failed and deferred deliveries with their replies."""
     c, d, s = _campaigns, _deliveries, _subscribers
-    row = session.execute(select(c.c.id, c.c.kind, c.c.subject, c.c.status, c.c.created_at,
-                                 c.c.finished_at).where(c.c.id == campaign_id)).one_or_none()
+    row = session.execute(
+        select(c.c.id, c.c.kind, c.c.subject, c.c.status, c.c.created_at, c.c.finished_at).where(
+            c.c.id == campaign_id
+        )
+    ).one_or_none()
     if row is None:
-        raise CampaignNotFoundError(f"there is no campaign {campaign_id}; `newsletter campaigns` "
-                               "lists them")
+        raise CampaignNotFoundError(
+            f"there is no campaign {campaign_id}; `newsletter campaigns` lists them"
+        )
     summary = CampaignSummary(*row, counts=_counts(session, [campaign_id])[campaign_id])
     problem = d.c.campaign_id == campaign_id, d.c.status.in_((FAILED, DEFERRED))
-    problems = [DeliveryProblem(*r) for r in session.execute(
-        select(s.c.email, d.c.status, d.c.attempts, d.c.smtp_reply, d.c.updated_at)
-        .join_from(d, s, d.c.subscriber_id == s.c.id).where(*problem)
-        .order_by(d.c.status.desc(), d.c.id).limit(limit))]
+    problems = [
+        DeliveryProblem(*r)
+        for r in session.execute(
+            select(s.c.email, d.c.status, d.c.attempts, d.c.smtp_reply, d.c.updated_at)
+            .join_from(d, s, d.c.subscriber_id == s.c.id)
+            .where(*problem)
+            .order_by(d.c.status.desc(), d.c.id)
+            .limit(limit)
+        )
+    ]
     total = summary.counts.get(FAILED, 0) + summary.counts.get(DEFERRED, 0)
     return CampaignDetails(summary, problems, max(0, total - len(problems)))

@@ -7,22 +7,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import (
-    func,
-    insert,
-    literal,
-    select,
-    update,
-)
+from sqlalchemy import func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from ..db import UTCDateTime
-from ..models import (
-    CONFIRMED,
-    DEFERRED,
-    QUEUED,
-    SENT,
-)
+from ..models import CONFIRMED, DEFERRED, QUEUED, SENT
 from .options import ID_CHUNK, MAX_BACKOFF, SendReport, _campaigns, _deliveries, _subscribers
 
 
@@ -32,38 +21,61 @@ def plan_deliveries(session: Session, campaign_id: int, now: datetime) -> int:
     Runs in the caller's transaction (plan in the one that creates the campaign, then commit).
     """
     readers = (
-        select(literal(campaign_id), _subscribers.c.id, literal(QUEUED), literal(0),
-               literal(now, UTCDateTime()))
+        select(
+            literal(campaign_id),
+            _subscribers.c.id,
+            literal(QUEUED),
+            literal(0),
+            literal(now, UTCDateTime()),
+        )
         .where(_subscribers.c.status == CONFIRMED, _subscribers.c.email.is_not(None))
         .order_by(_subscribers.c.id)
     )
-    result = session.execute(insert(_deliveries).from_select(
-        ["campaign_id", "subscriber_id", "status", "attempts", "updated_at"], readers))
+    result = session.execute(
+        insert(_deliveries).from_select(
+            ["campaign_id", "subscriber_id", "status", "attempts", "updated_at"], readers
+        )
+    )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def confirmed_readers(session: Session) -> int:
     """How many readers a campaign planned now would go to."""
-    return session.scalar(select(func.count()).select_from(_subscribers).where(
-        _subscribers.c.status == CONFIRMED, _subscribers.c.email.is_not(None))) or 0
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(_subscribers)
+            .where(_subscribers.c.status == CONFIRMED, _subscribers.c.email.is_not(None))
+        )
+        or 0
+    )
 
 
 def _chunks(ids: Sequence[int], size: int = ID_CHUNK) -> Iterator[Sequence[int]]:
     for start in range(0, len(ids), size):
-        yield ids[start:start + size]
+        yield ids[start : start + size]
 
 
-def mark_sent(session: Session, ids: Sequence[int], now: datetime, *,
-              only_unsent: bool = False) -> int:
+def mark_sent(
+    session: Session, ids: Sequence[int], now: datetime, *, only_unsent: bool = False
+) -> int:
     """Bulk-mark deliveries sent (in the caller's transaction); returns rows changed."""
     changed = 0
     for chunk in _chunks(ids):
         statement = update(_deliveries).where(_deliveries.c.id.in_(chunk))
         if only_unsent:
             statement = statement.where(_deliveries.c.status != SENT)
-        result = session.execute(statement.values(
-            status=SENT, attempts=_deliveries.c.attempts + 1, updated_at=now,
-            next_attempt_at=None, claimed_until=None, claimed_by=None, smtp_reply=None))
+        result = session.execute(
+            statement.values(
+                status=SENT,
+                attempts=_deliveries.c.attempts + 1,
+                updated_at=now,
+                next_attempt_at=None,
+                claimed_until=None,
+                claimed_by=None,
+                smtp_reply=None,
+            )
+        )
         changed += int(result.rowcount or 0)  # type: ignore[attr-defined]
     return changed
 
@@ -101,20 +113,26 @@ class _Outcome:
     domain: str = ""  # the reader's mail domain, for the brake
     requeue: bool = False  # the brake put it back in the queue (not the reader's fault)
 
+
 def settle_campaign(session: Session, report: SendReport, now: datetime) -> None:
     """Put what is left of the report's campaign into it (still queued, deferred) and mark the
     campaign sent when no row is left to try; commits."""
     d = _deliveries
-    counts: dict[str, int] = dict(session.execute(
-        select(d.c.status, func.count()).where(d.c.campaign_id == report.campaign_id,
-                                               d.c.status.in_((QUEUED, DEFERRED)))
-        .group_by(d.c.status)).all())
+    counts: dict[str, int] = dict(
+        session.execute(
+            select(d.c.status, func.count())
+            .where(d.c.campaign_id == report.campaign_id, d.c.status.in_((QUEUED, DEFERRED)))
+            .group_by(d.c.status)
+        ).all()
+    )
     report.left = counts.get(QUEUED, 0)
     # Every delivery still waiting for a retry, including ones deferred by earlier runs.
     report.deferred = counts.get(DEFERRED, 0)
     if not counts:
-        session.execute(update(_campaigns).where(
-            _campaigns.c.id == report.campaign_id, _campaigns.c.status != SENT)
-            .values(status=SENT, finished_at=now))
+        session.execute(
+            update(_campaigns)
+            .where(_campaigns.c.id == report.campaign_id, _campaigns.c.status != SENT)
+            .values(status=SENT, finished_at=now)
+        )
         report.finished = True
     session.commit()

@@ -12,17 +12,11 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import (
-    text,
-    update,
-)
+from sqlalchemy import text, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session
 
-from ..models import (
-    DEFERRED,
-    QUEUED,
-)
+from ..models import DEFERRED, QUEUED
 from .ledger import mark_sent
 from .options import COMPOSE_WAIT, JOURNAL_GLOB, SendError, SendInProgressError, _deliveries, log
 
@@ -93,11 +87,13 @@ class SendLock:
                         "another send is running for this database"
                         + (f" ({holder})" if holder else "")
                         + "; wait for it to finish (it resumes any unfinished campaign), or "
-                          "stop that process first") from None
+                        "stop that process first"
+                    ) from None
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                      .encode(), 0)
+        os.pwrite(
+            fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0
+        )
         self._fd = fd
         self._held = True
 
@@ -119,20 +115,23 @@ class SendLock:
         try:
             deadline = time.monotonic() + wait
             while not connection.scalar(
-                    text("SELECT pg_try_advisory_lock(:key, hashtext(current_schema()))"), key):
+                text("SELECT pg_try_advisory_lock(:key, hashtext(current_schema()))"), key
+            ):
                 connection.commit()
                 if time.monotonic() >= deadline:
                     raise SendInProgressError(
                         f"another process has been composing a campaign for over {wait:.0f}s; "
                         "run `newsletter send-digest` again once it is done (it joins in "
-                        "sending whatever that process planned)")
+                        "sending whatever that process planned)"
+                    )
                 time.sleep(0.1)
             connection.commit()  # the lock is the session's; no transaction stays open
             try:
                 yield
             finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:key, "
-                                        "hashtext(current_schema()))"), key)
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(:key, hashtext(current_schema()))"), key
+                )
                 connection.commit()
         finally:
             connection.close()
@@ -186,7 +185,7 @@ def _sender_suffix(journal: Path) -> str:
 
 def read_journal(data: bytes) -> list[int]:
     """The ids in a journal; a last line cut short by a kill (no newline) is ignored."""
-    complete = data[:data.rfind(b"\n") + 1]
+    complete = data[: data.rfind(b"\n") + 1]
     return [int(line) for line in complete.split(b"\n") if line.strip()]
 
 
@@ -216,8 +215,13 @@ def fold_journals(session: Session, directory: Path, now: datetime) -> int:
             # Its process is gone, so its claims need not wait for the lease to run out.
             released = release_claims(session, sender_suffix=_sender_suffix(path))
             session.commit()
-            log.info("folded %d delivered id(s) and released %d claimed row(s) left by an "
-                     "interrupted sender (%s)", len(ids), released, path.name)
+            log.info(
+                "folded %d delivered id(s) and released %d claimed row(s) left by an "
+                "interrupted sender (%s)",
+                len(ids),
+                released,
+                path.name,
+            )
             path.unlink()
         finally:
             os.close(fd)
@@ -235,9 +239,14 @@ def _still_there(fd: int, path: Path) -> bool:
 def release_claims(session: Session, *, sender_suffix: str) -> int:
     """Give back the unsent rows a sender holds (in the caller's transaction)."""
     d = _deliveries
-    result = session.execute(update(d).where(
-        d.c.claimed_by.endswith(sender_suffix, autoescape=True),
-        d.c.status.in_((QUEUED, DEFERRED))).values(claimed_until=None, claimed_by=None))
+    result = session.execute(
+        update(d)
+        .where(
+            d.c.claimed_by.endswith(sender_suffix, autoescape=True),
+            d.c.status.in_((QUEUED, DEFERRED)),
+        )
+        .values(claimed_until=None, claimed_by=None)
+    )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
@@ -252,8 +261,11 @@ def recover(session: Session, lock: SendLock, now: datetime) -> int:
         raise SendError("recover() needs the send lock")
     folded = fold_journals(session, lock.directory, now)
     if not lock.shared:
-        session.execute(update(_deliveries).where(_deliveries.c.claimed_until.is_not(None))
-                        .values(claimed_until=None, claimed_by=None))
+        session.execute(
+            update(_deliveries)
+            .where(_deliveries.c.claimed_until.is_not(None))
+            .values(claimed_until=None, claimed_by=None)
+        )
     session.commit()
     lock.recovered = True
     return folded

@@ -7,18 +7,12 @@ from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 
-from sqlalchemy import (
-    bindparam,
-    create_engine,
-    update,
-)
+from sqlalchemy import bindparam, create_engine, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from ..models import (
-    SENT,
-)
+from ..models import SENT
 from .options import _deliveries
 
 
@@ -41,15 +35,27 @@ class _DatabaseMarks:
         self._connections: list[Connection] = []
         self._lock = threading.Lock()
         d = _deliveries
-        compiled = update(d).where(d.c.id == bindparam("b_id")).values(
-            status=SENT, attempts=d.c.attempts + 1, updated_at=bindparam("b_now"),
-            next_attempt_at=None, claimed_until=None, claimed_by=None, smtp_reply=None,
-        ).compile(dialect=self._engine.dialect)
+        compiled = (
+            update(d)
+            .where(d.c.id == bindparam("b_id"))
+            .values(
+                status=SENT,
+                attempts=d.c.attempts + 1,
+                updated_at=bindparam("b_now"),
+                next_attempt_at=None,
+                claimed_until=None,
+                claimed_by=None,
+                smtp_reply=None,
+            )
+            .compile(dialect=self._engine.dialect)
+        )
         self._sql = str(compiled)
         self._params = dict(compiled.params)
         # What record() raises when the database cannot take the mark.
         self.errors: tuple[type[Exception], ...] = (
-            SQLAlchemyError, self._engine.dialect.loaded_dbapi.Error)
+            SQLAlchemyError,
+            self._engine.dialect.loaded_dbapi.Error,
+        )
 
     def record(self, delivery_id: int) -> None:
         """Mark one delivery sent and committed; raises one of :attr:`errors`."""

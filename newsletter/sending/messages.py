@@ -14,19 +14,25 @@ from ..smtp import Transport
 from ..subscriptions import list_headers
 
 
-def campaign_template(services: Services, rendered: RenderedEmail,
-                      date: datetime) -> MessageTemplate:
+def campaign_template(
+    services: Services, rendered: RenderedEmail, date: datetime
+) -> MessageTemplate:
     """A campaign's whole message, serialised once with a slot for each reader's parts:
     From, To, Subject, Date, Message-ID, Reply-To, List-Id, List-Unsubscribe(-Post), the text
     part and the HTML part; DKIM-signed per reader when configured."""
     config = services.config
     headers = {"Reply-To": config["REPLY_TO"]} if config.get("REPLY_TO") else {}
     headers.update(list_headers(config, placeholders.UNSUBSCRIBE_URL))
-    return MessageTemplate.build(rendered, sender=config["MAIL_FROM"],
-                                 sender_name=config.get("MAIL_FROM_NAME"), headers=headers,
-                                 date=date, dkim=services.cached(  # keys parsed once
-                                     DkimSigner.cache_key(config),
-                                     lambda: DkimSigner.from_config(config)))
+    return MessageTemplate.build(
+        rendered,
+        sender=config["MAIL_FROM"],
+        sender_name=config.get("MAIL_FROM_NAME"),
+        headers=headers,
+        date=date,
+        dkim=services.cached(  # keys parsed once
+            DkimSigner.cache_key(config), lambda: DkimSigner.from_config(config)
+        ),
+    )
 
 
 class ReaderFactory:
@@ -45,7 +51,9 @@ class ReaderFactory:
             recipient=email,
             unsubscribe_url=self._unsubscribe + self._tokens.unsubscribe_token(subscriber_id),
             message_id=f"<c{self._campaign_id}.r{subscriber_id}.{self._id_suffix}>",
-            greeting=reader_greeting(name), name=name)
+            greeting=reader_greeting(name),
+            name=name,
+        )
 
 
 def connect_transport(transport: Transport) -> bool:

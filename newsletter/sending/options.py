@@ -10,11 +10,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from ..errors import NewsletterError
-from ..models import (
-    Campaign,
-    Delivery,
-    Subscriber,
-)
+from ..models import Campaign, Delivery, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +47,6 @@ class SendInProgressError(SendError):
 
 class CampaignNotFoundError(SendError):
     """No campaign has that id."""
-
-
 
 
 @dataclass(frozen=True)

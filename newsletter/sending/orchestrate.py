@@ -6,20 +6,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import make_msgid
 
-from sqlalchemy import (
-    func,
-    select,
-)
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..mail import (
-    ReaderParts,
-    reader_greeting,
-)
-from ..models import (
-    DEFERRED,
-    QUEUED,
-)
+from ..mail import ReaderParts, reader_greeting
+from ..models import DEFERRED, QUEUED
 from ..rendering import RenderedEmail
 from ..services import Services
 from .campaigns import send_unfinished, unfinished_campaigns
@@ -61,10 +52,16 @@ class DigestRun:
 Confirm = Callable[[str, Sequence[str], int], bool]
 
 
-def send_digest(session: Session, services: Services, *, lock: SendLock,
-                options: SendOptions | None = None, progress: Progress | None = None,
-                confirm: Confirm | None = None,
-                senders: SenderProcesses | None = None) -> DigestRun:
+def send_digest(
+    session: Session,
+    services: Services,
+    *,
+    lock: SendLock,
+    options: SendOptions | None = None,
+    progress: Progress | None = None,
+    confirm: Confirm | None = None,
+    senders: SenderProcesses | None = None,
+) -> DigestRun:
     """Sync posts, compose the digest of new posts and plan one delivery per confirmed reader
     (only one process at a time does this), then send every unfinished digest, oldest first:
     one an earlier run left, the new one, and one another sender composed meanwhile (several
@@ -85,8 +82,7 @@ def send_digest(session: Session, services: Services, *, lock: SendLock,
             raise
     session.expunge_all()  # nothing from the ORM is kept while sending
     if senders is None:
-        reports = send_unfinished(session, services, lock=lock, options=options,
-                                  progress=progress)
+        reports = send_unfinished(session, services, lock=lock, options=options, progress=progress)
     elif unfinished_campaigns(session, DIGEST):
         reports = senders.run(session, services, progress or _NoProgress())
     else:
@@ -100,8 +96,9 @@ def send_digest(session: Session, services: Services, *, lock: SendLock,
     return run
 
 
-def _compose_digest(session: Session, services: Services, run: DigestRun,
-                    confirm: Confirm | None) -> int | None:
+def _compose_digest(
+    session: Session, services: Services, run: DigestRun, confirm: Confirm | None
+) -> int | None:
     """Sync the posts and, if any are new, create the digest campaign and plan its deliveries
     in one transaction; returns its id. Why nothing was composed goes into ``run``."""
     from .. import digest, posts
@@ -150,10 +147,17 @@ def plan_digest(session: Session, services: Services) -> DigestPlan:
     d = _deliveries
     unfinished = []
     for campaign_id in unfinished_campaigns(session, DIGEST):
-        subject = session.scalar(select(_campaigns.c.subject)
-                                 .where(_campaigns.c.id == campaign_id)) or ""
-        left = session.scalar(select(func.count()).select_from(d).where(
-            d.c.campaign_id == campaign_id, d.c.status.in_((QUEUED, DEFERRED)))) or 0
+        subject = (
+            session.scalar(select(_campaigns.c.subject).where(_campaigns.c.id == campaign_id)) or ""
+        )
+        left = (
+            session.scalar(
+                select(func.count())
+                .select_from(d)
+                .where(d.c.campaign_id == campaign_id, d.c.status.in_((QUEUED, DEFERRED)))
+            )
+            or 0
+        )
         unfinished.append((campaign_id, subject, left))
     chosen = digest.select_digest_posts(session, services)
     subject = digest.subject_of(chosen, services.config) if chosen else None
@@ -184,24 +188,31 @@ def send_test_digest(session: Session, services: Services, address: str) -> str 
     return rendered.subject
 
 
-def send_test_copy(session: Session, services: Services, rendered: RenderedEmail,
-                   address: str) -> None:
+def send_test_copy(
+    session: Session, services: Services, rendered: RenderedEmail, address: str
+) -> None:
     """Send one copy of a campaign's email to ``address`` as a test, marking nothing. A reader
     testing gets their own working unsubscribe link; anyone else a harmless test one."""
     template = campaign_template(services, rendered, services.clock())
-    reader = session.execute(select(_subscribers.c.id, _subscribers.c.name)
-                             .where(_subscribers.c.email == address)).one_or_none()
+    reader = session.execute(
+        select(_subscribers.c.id, _subscribers.c.name).where(_subscribers.c.email == address)
+    ).one_or_none()
     session.rollback()
     if reader is not None:
         unsubscribe = services.public_url(
-            f"unsubscribe/{services.tokens.unsubscribe_token(reader.id)}")
+            f"unsubscribe/{services.tokens.unsubscribe_token(reader.id)}"
+        )
     else:
         unsubscribe = services.public_url(TEST_UNSUBSCRIBE_PATH)
     name = reader.name if reader is not None else None
     domain = str(services.config["MAIL_FROM"]).rpartition("@")[2] or "localhost"
-    parts = ReaderParts(recipient=address, unsubscribe_url=unsubscribe,
-                        message_id=make_msgid("test", domain=domain),
-                        greeting=reader_greeting(name), name=name)
+    parts = ReaderParts(
+        recipient=address,
+        unsubscribe_url=unsubscribe,
+        message_id=make_msgid("test", domain=domain),
+        greeting=reader_greeting(name),
+        name=name,
+    )
     transport = services.open_transport()
     try:
         data = template.personalise(parts, eight_bit=connect_transport(transport))

@@ -69,11 +69,15 @@ class SenderProcesses:
         """Start the workers, relay their progress, wait for them all; one report per campaign
         (sent, failed and skipped added up; what is left counted afresh). Raises SendError if
         every worker failed before reporting anything."""
-        processes = [subprocess.Popen(self.argv, stdout=subprocess.PIPE, text=True)
-                     for _ in range(self.count)]
+        processes = [
+            subprocess.Popen(self.argv, stdout=subprocess.PIPE, text=True)
+            for _ in range(self.count)
+        ]
         events: queue.Queue[tuple[int, str | None]] = queue.Queue()
-        readers = [threading.Thread(target=_relay_lines, args=(n, p.stdout, events), daemon=True)
-                   for n, p in enumerate(processes)]
+        readers = [
+            threading.Thread(target=_relay_lines, args=(n, p.stdout, events), daemon=True)
+            for n, p in enumerate(processes)
+        ]
         for reader in readers:
             reader.start()
         merged: dict[int, _Merged] = {}
@@ -91,8 +95,9 @@ class SenderProcesses:
             raise
         for process in processes:
             process.wait()
-        problems = [(n, _ended(process)) for n, process in enumerate(processes)
-                    if process.returncode != 0]
+        problems = [
+            (n, _ended(process)) for n, process in enumerate(processes) if process.returncode != 0
+        ]
         if not merged:
             if problems:
                 raise SendError("; ".join(problem for _, problem in problems))
@@ -107,8 +112,13 @@ class SenderProcesses:
             settle_campaign(session, report, services.clock())
         return reports
 
-    def _follow(self, events: queue.Queue[tuple[int, str | None]], merged: dict[int, _Merged],
-                current: dict[int, int], progress: Progress) -> None:
+    def _follow(
+        self,
+        events: queue.Queue[tuple[int, str | None]],
+        merged: dict[int, _Merged],
+        current: dict[int, int],
+        progress: Progress,
+    ) -> None:
         """Add up what the workers say until every one has closed its output."""
         open_outputs = self.count
         active: _Merged | None = None  # the campaign the progress display shows
@@ -124,8 +134,10 @@ class SenderProcesses:
                 continue
             if event["event"] == "start":
                 started = SendReport.from_dict(event["report"])
-                entry = merged.setdefault(started.campaign_id, _Merged(
-                    SendReport(campaign_id=started.campaign_id, subject=started.subject)))
+                entry = merged.setdefault(
+                    started.campaign_id,
+                    _Merged(SendReport(campaign_id=started.campaign_id, subject=started.subject)),
+                )
                 entry.report.total = max(entry.report.total, started.total)
                 entry.started.add(worker)
                 current[worker] = started.campaign_id
@@ -156,8 +168,9 @@ class SenderProcesses:
             progress.finish(active.report)
 
 
-def _relay_lines(worker: int, output: IO[str] | None,
-                 events: queue.Queue[tuple[int, str | None]]) -> None:
+def _relay_lines(
+    worker: int, output: IO[str] | None, events: queue.Queue[tuple[int, str | None]]
+) -> None:
     """Pass a worker's output lines on, then None when it closes."""
     if output is not None:
         with output:
@@ -169,5 +182,7 @@ def _relay_lines(worker: int, output: IO[str] | None,
 def _ended(process: subprocess.Popen[str]) -> str:
     code = process.returncode
     how = f"was killed by signal {-code}" if code < 0 else f"stopped with exit status {code}"
-    return (f"a sender process (pid {process.pid}) {how} (what it sent is not counted above); "
-            "what it held went to the other senders, and anything left goes with the next run")
+    return (
+        f"a sender process (pid {process.pid}) {how} (what it sent is not counted above); "
+        "what it held went to the other senders, and anything left goes with the next run"
+    )

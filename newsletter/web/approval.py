@@ -14,8 +14,10 @@ from ..services import get_services
 bp = Blueprint("approval", __name__)
 
 # The preview is the digest's own HTML (inline styles, remote images) in a sandboxed frame.
-PAGE_CSP = ("default-src 'none'; style-src 'self' 'unsafe-inline'; img-src https: http: data:; "
-            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+PAGE_CSP = (
+    "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src https: http: data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 def _page(template: str, status: int = 200, **values: Any) -> Any:
@@ -40,8 +42,11 @@ def approve_digest(token: str) -> Any:
         approve(db.session, get_services(), token)
     except ApprovalError as err:
         return _page("message.html", 400, title="Digest approval", message=str(err))
-    return _page("message.html", title="Approved",
-                 message="Thank you: the digest is approved, and the worker is sending it now.")
+    return _page(
+        "message.html",
+        title="Approved",
+        message="Thank you: the digest is approved, and the worker is sending it now.",
+    )
 
 
 def init_app(app: Flask) -> None:

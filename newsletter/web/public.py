@@ -77,8 +77,10 @@ def _origin_allowed(origin: str | None) -> bool:
     service's own, or the very origin the request was sent to (the hosted page opened as
     localhost rather than PUBLIC_URL's 127.0.0.1, say: a browser cannot fake that, and a
     script that can fake it can fake any Origin). "null" only when configured."""
-    return origin is not None and (origin in current_app.config["ALLOWED_ORIGINS"]
-                                   or origin in (_own_origin(), _origin_of(request.host_url)))
+    return origin is not None and (
+        origin in current_app.config["ALLOWED_ORIGINS"]
+        or origin in (_own_origin(), _origin_of(request.host_url))
+    )
 
 
 def _warn_refused_origin(origin: str) -> None:
@@ -86,7 +88,8 @@ def _warn_refused_origin(origin: str) -> None:
     reader sees only an error, and a www. or staging address is an easy slip."""
     origin = origin[:200]  # a header can be long; this is only for the log
     state = current_app.extensions.setdefault(
-        "newsletter.origin_warnings", {"lock": threading.Lock(), "last": {}})
+        "newsletter.origin_warnings", {"lock": threading.Lock(), "last": {}}
+    )
     now = get_services().clock()
     last: dict[str, datetime] = state["last"]
     with state["lock"]:
@@ -101,15 +104,21 @@ def _warn_refused_origin(origin: str) -> None:
                 return
         last[origin] = now
     allowed = ", ".join(current_app.config["ALLOWED_ORIGINS"]) or "(empty)"
-    log.warning("Refused a sign-up from origin %r: it is not in NEWSLETTER_ALLOWED_ORIGINS "
-                "(now %s). If that form is yours, add the origin exactly as shown (scheme, "
-                "www. or not, port) to NEWSLETTER_ALLOWED_ORIGINS.", origin, allowed)
+    log.warning(
+        "Refused a sign-up from origin %r: it is not in NEWSLETTER_ALLOWED_ORIGINS "
+        "(now %s). If that form is yours, add the origin exactly as shown (scheme, "
+        "www. or not, port) to NEWSLETTER_ALLOWED_ORIGINS.",
+        origin,
+        allowed,
+    )
 
 
 def _has_bad_characters(value: str, *, controls: bool) -> bool:
     """Lone surrogates (invalid Unicode, unstorable) or, with ``controls``, control codes."""
-    return any(0xD800 <= ord(c) <= 0xDFFF or (controls and (ord(c) < 32 or 0x7F <= ord(c) < 0xA0))
-               for c in value)
+    return any(
+        0xD800 <= ord(c) <= 0xDFFF or (controls and (ord(c) < 32 or 0x7F <= ord(c) < 0xA0))
+        for c in value
+    )
 
 
 def _check_fields(fields: dict[str, Any]) -> None:
@@ -122,8 +131,11 @@ def _check_fields(fields: dict[str, Any]) -> None:
             abort(400, description=f"The field {key!r} must be text.")
         # The address and ``next`` get their own, more helpful, messages further on.
         if _has_bad_characters(value, controls=key in ("name", "source")):
-            abort(400, description=f"The field {key!r} contains characters that are not allowed "
-                                   "(control characters or invalid Unicode). Please retype it.")
+            abort(
+                400,
+                description=f"The field {key!r} contains characters that are not allowed "
+                "(control characters or invalid Unicode). Please retype it.",
+            )
 
 
 def _safe_next(next_url: str) -> str | None:
@@ -133,16 +145,23 @@ def _safe_next(next_url: str) -> str | None:
     if not next_url:
         return None
     if _has_bad_characters(next_url, controls=True) or len(next_url) > 2048:
-        abort(400, description="The 'next' address is not a valid web address: it must be one "
-                               "line, like https://blog.example.com/thanks.")
+        abort(
+            400,
+            description="The 'next' address is not a valid web address: it must be one "
+            "line, like https://blog.example.com/thanks.",
+        )
     try:
         parts = urlsplit(next_url)
     except ValueError:
-        abort(400, description="The 'next' address is not a valid web address: it must be one "
-                               "line, like https://blog.example.com/thanks.")
+        abort(
+            400,
+            description="The 'next' address is not a valid web address: it must be one "
+            "line, like https://blog.example.com/thanks.",
+        )
     origin = _origin_of(next_url)
-    allowed = [o for o in [*current_app.config["ALLOWED_ORIGINS"], _own_origin()]
-               if o and o == origin]
+    allowed = [
+        o for o in [*current_app.config["ALLOWED_ORIGINS"], _own_origin()] if o and o == origin
+    ]
     if not allowed:
         return None
     safe = "/%:@!$&'()*+,;=-._~"
@@ -156,7 +175,9 @@ def _safe_next(next_url: str) -> str | None:
 
 def _request_info(method: str, source: str | None = None) -> RequestInfo:
     return RequestInfo(
-        method=method, ip=request.remote_addr, user_agent=request.user_agent.string or None,
+        method=method,
+        ip=request.remote_addr,
+        user_agent=request.user_agent.string or None,
         source_url=source,
     )
 
@@ -172,16 +193,20 @@ def _subscribe_fields() -> dict[str, Any]:
         try:
             body = request.get_json(silent=True)
         except RecursionError:
-            abort(400, description="The JSON body is nested too deeply. Send one flat object, "
-                                   'such as {"email": "ada@example.com"}.')
+            abort(
+                400,
+                description="The JSON body is nested too deeply. Send one flat object, "
+                'such as {"email": "ada@example.com"}.',
+            )
         if not isinstance(body, dict):
             abort(400, description="The request body must be a JSON object.")
         return body
     return request.form.to_dict()
 
 
-def _answer(ok: bool, message: str, status: int, *, page: str = "subscribe.html",
-            **context: Any) -> Response | tuple[str, int]:
+def _answer(
+    ok: bool, message: str, status: int, *, page: str = "subscribe.html", **context: Any
+) -> Response | tuple[str, int]:
     if _wants_json():
         return jsonify(ok=ok, message=message), status
     return render_template(page, message=message, ok=ok, **context), status
@@ -199,8 +224,13 @@ def subscribe() -> Any:
     origin = request.headers.get("Origin")
     if origin and not _origin_allowed(origin.lower()):
         _warn_refused_origin(origin.lower())
-        return _answer(False, "This site may not sign readers up here: its origin is not in "
-                       "NEWSLETTER_ALLOWED_ORIGINS.", 403, form={})
+        return _answer(
+            False,
+            "This site may not sign readers up here: its origin is not in "
+            "NEWSLETTER_ALLOWED_ORIGINS.",
+            403,
+            form={},
+        )
     fields = _subscribe_fields()
     _check_fields(fields)
     form = {k: str(fields.get(k) or "") for k in ("email", "name")}
@@ -212,7 +242,10 @@ def subscribe() -> Any:
     services = get_services()
     allowed = services.rate_limiter.hit(
         f"subscribe-ip:{request.remote_addr}",
-        limit=current_app.config["SUBSCRIBE_RATE_LIMIT"], window_seconds=60, now=services.clock())
+        limit=current_app.config["SUBSCRIBE_RATE_LIMIT"],
+        window_seconds=60,
+        now=services.clock(),
+    )
     if not allowed:
         db.session.commit()  # the database limiter counts in the request's transaction
         response = _answer(False, RATE_LIMITED, 429, form=form)
@@ -220,7 +253,9 @@ def subscribe() -> Any:
     source = str(fields.get("source") or "") or request.referrer
     try:
         subscriptions.subscribe(
-            db.session, services, str(fields.get("email") or ""),
+            db.session,
+            services,
+            str(fields.get("email") or ""),
             name=str(fields.get("name") or "") or None,
             info=_request_info(method, source[:2048] if source else None),
         )
@@ -302,8 +337,11 @@ def confirm(token: str) -> Any:
         db.session.rollback()
         return _bad_link()
     _wake_outbox()
-    return render_template("message.html", title="You're subscribed!",
-                           message="Thank you for confirming. New posts will come to your inbox.")
+    return render_template(
+        "message.html",
+        title="You're subscribed!",
+        message="Thank you for confirming. New posts will come to your inbox.",
+    )
 
 
 @bp.post("/confirm/<token>/resend")
@@ -316,9 +354,12 @@ def resend(token: str) -> Any:
         subscriptions.resend_confirmation(db.session, services, expired, _request_info("form"))
         _wake_outbox()
         # The same answer whatever happened, like the subscribe form.
-        return render_template("message.html", title="Check your inbox",
-                               message="If your subscription is still waiting for confirmation, "
-                                       "a new link is on its way.")
+        return render_template(
+            "message.html",
+            title="Check your inbox",
+            message="If your subscription is still waiting for confirmation, "
+            "a new link is on its way.",
+        )
     except InvalidTokenError:
         return _bad_link()
     return redirect(url_for("web.confirm_page", token=token), code=303)
@@ -342,22 +383,30 @@ def unsubscribe(token: str) -> Any:
     try:
         subscriber_id = services.tokens.read_unsubscribe_token(token)
         if subscriber_id == PROBE_SUBSCRIBER_ID:  # `newsletter doctor` checking the route
-            return Response("Unsubscribe works (a test link: nothing changed).\n", status=200,
-                            mimetype="text/plain")
-        subscriptions.unsubscribe(db.session, services, subscriber_id,
-                                  _request_info("one-click" if one_click else "form"))
+            return Response(
+                "Unsubscribe works (a test link: nothing changed).\n",
+                status=200,
+                mimetype="text/plain",
+            )
+        subscriptions.unsubscribe(
+            db.session, services, subscriber_id, _request_info("one-click" if one_click else "form")
+        )
     except (InvalidTokenError, subscriptions.ReaderNotFoundError):
         db.session.rollback()
         if one_click:
-            return Response("This unsubscribe link is not valid.\n", status=400,
-                            mimetype="text/plain")
+            return Response(
+                "This unsubscribe link is not valid.\n", status=400, mimetype="text/plain"
+            )
         return _bad_link()
     if one_click:
         return Response("You have been unsubscribed.\n", status=200, mimetype="text/plain")
-    return render_template("message.html", title="You're unsubscribed",
-                           message="You will get no more emails from us. "
-                                   "Changed your mind? You can subscribe again any time.",
-                           show_subscribe=True)
+    return render_template(
+        "message.html",
+        title="You're unsubscribed",
+        message="You will get no more emails from us. "
+        "Changed your mind? You can subscribe again any time.",
+        show_subscribe=True,
+    )
 
 
 @bp.get("/healthz")
@@ -372,12 +421,14 @@ def healthz() -> Any:
         problem = schema_problem(current_app)
     except SQLAlchemyError:
         db.session.rollback()
-        return jsonify(ok=False, database="unreachable",
-                       message="the database cannot be reached"), 503
+        return jsonify(
+            ok=False, database="unreachable", message="the database cannot be reached"
+        ), 503
     if problem:
         return jsonify(ok=False, database="schema", message=problem), 503
-    worker = worker_status(db.session, get_services().clock(),
-                           current_app.config["WORKER_POLL_SECONDS"])
+    worker = worker_status(
+        db.session, get_services().clock(), current_app.config["WORKER_POLL_SECONDS"]
+    )
     return jsonify(ok=True, database="ok", worker=worker), 200
 
 
@@ -389,9 +440,10 @@ def index() -> Any:
 
 def _bad_link() -> tuple[str, int]:
     return render_template(
-        "message.html", title="Oops! Something went wrong...",
+        "message.html",
+        title="Oops! Something went wrong...",
         message="This link is not valid. It may have been cut short by your email program, or "
-                "replaced by a newer one. Please use the link in the most recent email from us."
+        "replaced by a newer one. Please use the link in the most recent email from us.",
     ), 400
 
 
@@ -402,8 +454,9 @@ def _error_page(err: HTTPException) -> Any:
         message = err.description or OOPS
     if request.path.startswith("/subscribe") and _wants_json():
         return jsonify(ok=False, message=message), err.code
-    return render_template("message.html", title="Oops! Something went wrong...",
-                           message=message), err.code
+    return render_template(
+        "message.html", title="Oops! Something went wrong...", message=message
+    ), err.code
 
 
 SECURITY_HEADERS = {
@@ -435,8 +488,12 @@ def init_app(app: Flask) -> None:
 
     @app.context_processor
     def _site() -> dict[str, Any]:
-        return {"site_name": app.config["SITE_NAME"], "site_url": app.config["SITE_URL"],
-                "privacy_policy_url": app.config["PRIVACY_POLICY_URL"],
-                "consent_text": app.config["CONSENT_TEXT"],
-                "consent_html": consent_html(app.config["CONSENT_TEXT"],
-                                             app.config["PRIVACY_POLICY_URL"])}
+        return {
+            "site_name": app.config["SITE_NAME"],
+            "site_url": app.config["SITE_URL"],
+            "privacy_policy_url": app.config["PRIVACY_POLICY_URL"],
+            "consent_text": app.config["CONSENT_TEXT"],
+            "consent_html": consent_html(
+                app.config["CONSENT_TEXT"], app.config["PRIVACY_POLICY_URL"]
+            ),
+        }

@@ -48,8 +48,9 @@ def ses() -> Response:
             hooks.check_sns_url(str(message.get("SubscribeURL", "")))
             fetch(message["SubscribeURL"])
             return _answer("subscription confirmed")
-        hooks.remember_once(session, f"sns:{message.get('MessageId')}", now,
-                            config["WEBHOOK_MAX_AGE"])
+        hooks.remember_once(
+            session, f"sns:{message.get('MessageId')}", now, config["WEBHOOK_MAX_AGE"]
+        )
         if message["Type"] != "Notification":
             return _answer("ok")
         try:
@@ -96,8 +97,11 @@ def postmark() -> Response:
     services = get_services()
     session = db.session()
     auth = request.authorization
-    credentials = ((auth.username or "", auth.password or "")
-                   if auth is not None and auth.type == "basic" else None)
+    credentials = (
+        (auth.username or "", auth.password or "")
+        if auth is not None and auth.type == "basic"
+        else None
+    )
     try:
         hooks.verify_postmark(credentials, config)
         body = hooks.parse_json(request.get_data())
@@ -106,8 +110,9 @@ def postmark() -> Response:
         now = services.clock()
         events, event_id, when = hooks.postmark_event(body)
         hooks.check_fresh(when, now, config["WEBHOOK_MAX_AGE"])
-        hooks.remember_once(session, f"postmark:{body.get('RecordType')}:{event_id}", now,
-                            config["WEBHOOK_MAX_AGE"])
+        hooks.remember_once(
+            session, f"postmark:{body.get('RecordType')}:{event_id}", now, config["WEBHOOK_MAX_AGE"]
+        )
         hooks.apply_events(session, config, services.clock, events, "postmark")
     except hooks.WebhookRefusedError as err:
         return _refused(err)
