@@ -233,6 +233,7 @@ class Worker:
 
     def _outbox(self, session: Session) -> None:
         """Send queued confirmation, welcome and approval emails."""
+        from .bounces.verp import envelope_senders
         from .outbox import deliver_queued
 
         transport = self.services.open_transport()
@@ -240,7 +241,7 @@ class Worker:
             report = deliver_queued(
                 session,
                 transport,
-                sender=self.services.config["MAIL_FROM"],
+                sender=envelope_senders(self.services.config, None),
                 now=self.now(),
                 max_attempts=self.services.config["OUTBOX_MAX_ATTEMPTS"],
             )
