@@ -66,7 +66,7 @@ def _echo_bounce_figures(campaign_id: int) -> None:
     from ..bounces.figures import campaign_bounce_figures
     from ..db import db
 
-    figures = campaign_bounce_figures(db.session, [campaign_id], current_app.config)[campaign_id]
+    figures = campaign_bounce_figures(db.session(), [campaign_id], current_app.config)[campaign_id]
     click.echo(f"Bounces and complaints: {figures.summary()}.")
     for warning in figures.warnings:
         click.echo(f"Warning: {warning}")
