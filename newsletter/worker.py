@@ -1,5 +1,6 @@
 """The worker: one long-running loop that sends the digest on its schedule (or asks the author
-first), polls the posts, sends the outbox, purges stale sign-ups daily and runs queued jobs.
+first), polls the posts, reads the bounce mailbox, sends the outbox, purges stale sign-ups daily
+and runs queued jobs.
 
 Several workers may run at once (two started by mistake on one machine, or one per machine on
 PostgreSQL). Each schedule tick makes at most one digest: the first worker to insert the tick's
@@ -57,6 +58,7 @@ class WorkerSettings:
     approval: bool
     author_email: str | None
     feed_poll: timedelta
+    bounce_poll: timedelta | None  # None: no NEWSLETTER_BOUNCE_MAILBOX to read
     catchup: timedelta
     poll_seconds: float
 
@@ -70,6 +72,9 @@ class WorkerSettings:
             approval=bool(config.get("DIGEST_APPROVAL")),
             author_email=config.get("AUTHOR_EMAIL") or None,
             feed_poll=timedelta(minutes=float(config.get("FEED_POLL_MINUTES") or 60)),
+            bounce_poll=timedelta(minutes=float(config.get("BOUNCE_POLL_MINUTES") or 5))
+            if config.get("BOUNCE_MAILBOX")
+            else None,
             catchup=timedelta(hours=float(config.get("DIGEST_CATCHUP_HOURS") or 0)),
             poll_seconds=float(config.get("WORKER_POLL_SECONDS") or 5.0),
         )
@@ -107,6 +112,7 @@ class Worker:
         self.last_error_at: datetime | None = None
         self._tick_seen: datetime | None = None  # the newest tick this worker has dealt with
         self._last_poll: datetime | None = None
+        self._last_bounce_poll: datetime | None = None
         self._last_purge: datetime | None = None
         self._interruptible = False
 
@@ -175,7 +181,8 @@ class Worker:
             self._interruptible = False
 
     def run_once(self) -> None:
-        """One round: heartbeat, outbox, posts, schedule, approvals, sending, jobs, purge."""
+        """One round: heartbeat, outbox, posts, bounces, schedule, approvals, sending, jobs,
+        purge."""
         from .db import db
 
         with self.app.app_context():
@@ -186,6 +193,7 @@ class Worker:
                 for action in (
                     self._outbox,
                     self._poll_posts,
+                    self._poll_bounces,
                     self._digest_tick,
                     self._approvals,
                     self._help_send,
@@ -233,6 +241,7 @@ class Worker:
 
     def _outbox(self, session: Session) -> None:
         """Send queued confirmation, welcome and approval emails."""
+        from .bounces.verp import envelope_senders
         from .outbox import deliver_queued
 
         transport = self.services.open_transport()
@@ -240,7 +249,7 @@ class Worker:
             report = deliver_queued(
                 session,
                 transport,
-                sender=self.services.config["MAIL_FROM"],
+                sender=envelope_senders(self.services.config, None),
                 now=self.now(),
                 max_attempts=self.services.config["OUTBOX_MAX_ATTEMPTS"],
             )
@@ -270,6 +279,29 @@ class Worker:
             updated=report.updated,
             not_modified=report.not_modified or None,
         )
+
+    def _poll_bounces(self, session: Session) -> None:
+        """Read NEWSLETTER_BOUNCE_MAILBOX every NEWSLETTER_BOUNCE_POLL_MINUTES, as
+        ``newsletter process-bounces`` does."""
+        from .bounces.mailbox import process_configured_mailbox
+
+        every = self.settings.bounce_poll
+        now = self.now()
+        if every is None or (
+            self._last_bounce_poll is not None and now - self._last_bounce_poll < every
+        ):
+            return
+        self._last_bounce_poll = now
+        report = process_configured_mailbox(session, self.services.config, self.services.clock)
+        handled = sum(report.kinds.values()) - report.unrecognised
+        if handled or report.unrecognised:
+            self.log(
+                "bounces processed",
+                handled=handled,
+                unrecognised=report.unrecognised,
+                unmatched=report.unmatched or None,
+                **{kind.replace("-", "_"): n for kind, n in sorted(report.kinds.items())},
+            )
 
     def _digest_tick(self, session: Session) -> None:
         """At a tick (or on start, for a tick missed within the catch-up window), claim it and

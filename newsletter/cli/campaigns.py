@@ -59,6 +59,19 @@ def _fold_interrupted_sends() -> str | None:
     )
 
 
+def _echo_bounce_figures(campaign_id: int) -> None:
+    """The campaign's bounce and complaint counts and rates, and any warning they call for."""
+    from flask import current_app
+
+    from ..bounces.figures import campaign_bounce_figures
+    from ..db import db
+
+    figures = campaign_bounce_figures(db.session(), [campaign_id], current_app.config)[campaign_id]
+    click.echo(f"Bounces and complaints: {figures.summary()}.")
+    for warning in figures.warnings:
+        click.echo(f"Warning: {warning}")
+
+
 @campaigns_group.command("show")
 @click.argument("campaign_id", type=int, metavar="ID")
 @with_appcontext
@@ -83,6 +96,7 @@ def campaigns_show(campaign_id: int) -> None:
         for status in ("sent", "failed", "deferred", "skipped", "queued")
     )
     click.echo(f"Deliveries: {counts} (of {c.total:,}).")
+    _echo_bounce_figures(c.id)
     if details.problems:
         click.echo("Not delivered:")
         for p in details.problems:

@@ -48,6 +48,7 @@ def subscribers_show(email: str) -> None:
 def _send_now(services: Any) -> None:
     """Hand the emails just queued to SMTP; if it is down they stay queued for the service's
     background sender or `newsletter send-queued`."""
+    from ..bounces.verp import envelope_senders
     from ..db import db
     from ..outbox import deliver_queued
 
@@ -58,7 +59,7 @@ def _send_now(services: Any) -> None:
             report = deliver_queued(
                 db.session,
                 transport,
-                sender=services.config["MAIL_FROM"],
+                sender=envelope_senders(services.config, None),
                 now=services.clock(),
                 max_attempts=services.config["OUTBOX_MAX_ATTEMPTS"],
             )

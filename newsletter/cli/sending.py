@@ -18,6 +18,7 @@ from .base import EXIT_ERROR, EXIT_INCOMPLETE, _services, register
 @with_appcontext
 def send_queued_command() -> None:
     """Send the queued confirmation and welcome emails now, retrying ones that failed."""
+    from ..bounces.verp import envelope_senders
     from ..db import db
     from ..outbox import deliver_queued
 
@@ -27,7 +28,7 @@ def send_queued_command() -> None:
         report = deliver_queued(
             db.session,
             transport,
-            sender=current_app.config["MAIL_FROM"],
+            sender=envelope_senders(current_app.config, None),
             now=services.clock(),
             max_attempts=current_app.config["OUTBOX_MAX_ATTEMPTS"],
             due_only=False,

@@ -96,7 +96,7 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
     from werkzeug.serving import run_simple
 
     from ..db import db, upgrade_schema
-    from ..demo import mailbox_dir, prepare_sample_digest, write_sample_posts
+    from ..demo import DemoWorker, mailbox_dir, prepare_sample_digest, write_sample_posts
     from ..mailcatcher import MailCatcher
     from ..posts import PostSourceError
 
@@ -148,9 +148,11 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
 
   Press Ctrl+C to stop.
 """)
+    worker = DemoWorker(app).start()  # sends the emails and polls the posts, as under `serve`
     try:
         run_simple(host, port, app, threaded=True, use_reloader=False)
     finally:
+        worker.stop()
         catcher.stop()
 
 

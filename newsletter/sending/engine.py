@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
+from ..bounces.verp import envelope_senders
 from ..models import CONFIRMED, DEFERRED, FAILED, QUEUED, SENT, SKIPPED
 from ..rendering import RenderedEmail
 from ..services import Services
@@ -66,7 +67,8 @@ class _CampaignRun:
         self.progress = progress
         self.lock = lock
         self.shared = lock.shared  # other senders may be working on this campaign too
-        self.sender_address = str(services.config["MAIL_FROM"])
+        # The envelope sender per reader: VERP when NEWSLETTER_BOUNCE_ADDRESS is set.
+        self.envelope_sender = envelope_senders(services.config, campaign.id)
         rendered = RenderedEmail(subject=campaign.subject, html=campaign.html, text=campaign.text)
         self.template = campaign_template(services, rendered, campaign.created_at)
         self.reader = ReaderFactory(services, campaign.id, campaign.content_hash)
@@ -655,7 +657,9 @@ class _CampaignRun:
                 if item.withdrawn:
                     self.outcomes.append(_Outcome(SKIPPED, item.delivery_id))
                     return
-                (send_prepared or transport.send)(self.sender_address, item.email, data)
+                (send_prepared or transport.send)(
+                    self.envelope_sender(item.subscriber_id), item.email, data
+                )
             except SmtpOutcomeUnknownError as err:
                 # The server may have it (RFC 5321 4.1.1.4): sending it again at once could
                 # mail a copy per try. Deferred: the next run tries once more, after backoff.
