@@ -302,8 +302,8 @@ class OutboxSender:
 
     def _run(self) -> None:
         from . import ratelimit
+        from .appctx import get_services
         from .db import db
-        from .services import get_services
 
         transport: Transport | None = None
         while not self._stop.is_set():

@@ -10,9 +10,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from newsletter.appctx import get_services
 from newsletter.db import db
 from newsletter.models import ConsentEvent, Subscriber
-from newsletter.services import get_services
 from tests.conftest import FrozenClock, link_in, wait_for_outbox
 from tests.smtp_sink import SmtpSink
 

@@ -23,7 +23,7 @@ def register(command: CommandT) -> CommandT:
 
 
 def _services() -> Any:
-    from ..services import get_services
+    from ..appctx import get_services
 
     return get_services()
 

@@ -27,9 +27,9 @@ _RESULT_LABELS = {
 def process_bounces_command(delete: bool) -> None:
     """Read new bounces, complaints and auto-replies from NEWSLETTER_BOUNCE_MAILBOX, apply them
     to the readers, and move processed messages away; unrecognised ones stay."""
+    from ..appctx import get_services
     from ..bounces.mailbox import MailboxError, process_configured_mailbox
     from ..db import db
-    from ..services import get_services
 
     try:
         report = process_configured_mailbox(

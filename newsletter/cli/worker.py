@@ -26,8 +26,8 @@ from .base import register
 def worker_command(status: bool, as_json: bool) -> None:
     """Run the worker: the scheduled digest (NEWSLETTER_DIGEST_SCHEDULE), post polling, the
     outbox, daily purge and queued jobs. Stops cleanly on SIGTERM or Ctrl-C."""
+    from ..appctx import get_services
     from ..db import db
-    from ..services import get_services
     from ..worker import Worker, worker_status
 
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]

@@ -7,9 +7,9 @@ from typing import Any
 
 from flask import Blueprint, Flask, render_template
 
+from ..appctx import get_services
 from ..approval import APPROVE_PATH, ApprovalError, approve, view_approval
 from ..db import db
-from ..services import get_services
 
 bp = Blueprint("approval", __name__)
 

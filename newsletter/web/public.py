@@ -25,9 +25,9 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .. import subscriptions
 from ..addresses import InvalidAddressError
+from ..appctx import get_services
 from ..db import db
 from ..embed import consent_html
-from ..services import get_services
 from ..subscriptions import RequestInfo
 from ..tokens import PROBE_SUBSCRIBER_ID, ExpiredTokenError, InvalidTokenError
 
