@@ -276,7 +276,7 @@ def naive_loop(env: dict[str, str], port: int, count: int) -> float:
     from newsletter.db import db
     from newsletter.mail import build_message, reader_greeting
     from newsletter.models import Campaign, Delivery, Post, Subscriber
-    from newsletter.subscriptions import list_headers
+    from newsletter.transactional import list_headers
 
     app = make_app(env)
     with app.app_context():

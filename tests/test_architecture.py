@@ -60,3 +60,17 @@ def test_post_sources_do_not_reach_the_mail_transport(path: Path) -> None:
         if name.startswith(("newsletter.services", "newsletter.smtp", "newsletter.mail"))
     }
     assert reached == set(), f"{_module(path)} imports {sorted(reached)}"
+
+
+def test_consent_leaves_email_formatting_to_transactional() -> None:
+    """``subscriptions`` decides who gets what; ``transactional`` says how an email looks."""
+    formatting = {
+        name
+        for name in _imports(PACKAGE / "subscriptions.py")
+        if name.startswith(("newsletter.mail", "newsletter.placeholders", "email."))
+    }
+    assert formatting == set()
+    import newsletter.subscriptions as subscriptions
+
+    assert not hasattr(subscriptions, "list_headers")
+    assert not hasattr(subscriptions, "email_context")
