@@ -69,7 +69,7 @@ def digest_preview() -> Any:
     from .db import db
     from .digest import preview_digest
 
-    preview = preview_digest(db.session, get_services())
+    preview = preview_digest(db.session(), get_services())
     if preview is None:
         return render_template(
             "message.html",

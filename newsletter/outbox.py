@@ -317,14 +317,14 @@ class OutboxSender:
                 transport = transport or services.open_transport()
                 try:
                     report = deliver_queued(
-                        db.session,
+                        db.session(),
                         transport,
                         sender=services.config["MAIL_FROM"],
                         now=services.clock(),
                         max_attempts=services.config["OUTBOX_MAX_ATTEMPTS"],
                     )
                     if not woken:
-                        ratelimit.sweep(db.session, services.clock())
+                        ratelimit.sweep(db.session(), services.clock())
                 except Exception:  # keep the thread alive; the rows stay queued
                     log.exception("the background outbox sender failed; will try again")
                     db.session.rollback()

@@ -29,11 +29,11 @@ def subscribers_show(email: str) -> None:
     from ..subscriptions import describe, find_subscriber, is_suppressed
 
     try:
-        subscriber = find_subscriber(db.session, email)
+        subscriber = find_subscriber(db.session(), email)
     except InvalidAddressError as err:
         raise click.BadParameter(str(err), param_hint="EMAIL") from None
     if subscriber is None:
-        if is_suppressed(db.session, _services(), email):
+        if is_suppressed(db.session(), _services(), email):
             click.echo(
                 f"No reader with the address {email}: it was erased, and only a keyed "
                 "hash of it is kept (so imports refuse it).",
@@ -42,7 +42,7 @@ def subscribers_show(email: str) -> None:
         else:
             click.echo(f"No reader with the address {email}.", err=True)
         sys.exit(EXIT_ERROR)
-    click.echo(json.dumps(describe(db.session, subscriber), indent=2, ensure_ascii=False))
+    click.echo(json.dumps(describe(db.session(), subscriber), indent=2, ensure_ascii=False))
 
 
 def _send_now(services: Any) -> None:
@@ -56,7 +56,7 @@ def _send_now(services: Any) -> None:
     try:
         while True:
             report = deliver_queued(
-                db.session,
+                db.session(),
                 transport,
                 sender=services.config["MAIL_FROM"],
                 now=services.clock(),
@@ -104,11 +104,11 @@ def subscribers_list(status: str | None, fmt: str) -> None:
     from ..readers import export_readers, iso, iter_readers
 
     if fmt == "csv":
-        export_readers(db.session, sys.stdout, status)
+        export_readers(db.session(), sys.stdout, status)
         return
     if fmt == "json":
         click.echo("[", nl=False)
-        for number, reader in enumerate(iter_readers(db.session, status)):
+        for number, reader in enumerate(iter_readers(db.session(), status)):
             item = {
                 "id": reader.id,
                 "email": reader.email,
@@ -126,7 +126,7 @@ def subscribers_list(status: str | None, fmt: str) -> None:
         return
     count = 0
     click.echo(f"{'id':>7}  {'email':<40}  {'status':<12}  {'subscribed':<10}  name")
-    for reader in iter_readers(db.session, status):
+    for reader in iter_readers(db.session(), status):
         email = reader.email or "(erased)"
         click.echo(
             f"{reader.id:>7}  {email:<40}  {reader.status:<12}  "
@@ -143,7 +143,7 @@ def subscribers_count() -> None:
     from ..db import db
     from ..readers import count_by_status
 
-    counts = count_by_status(db.session)
+    counts = count_by_status(db.session())
     for status, number in counts.items():
         click.echo(f"{status:<14}{number:>8}")
     click.echo(f"{'total':<14}{sum(counts.values()):>8}")
@@ -186,7 +186,7 @@ def subscribers_import(
     services = _services()
     try:
         report = import_readers(
-            db.session,
+            db.session(),
             services,
             file,
             consent_note=consent_note,
@@ -256,10 +256,10 @@ def subscribers_export(status: str | None, output: Path | None) -> None:
     from ..readers import export_readers
 
     if output is None:
-        export_readers(db.session, sys.stdout, status)
+        export_readers(db.session(), sys.stdout, status)
         return
     with output.open("w", newline="", encoding="utf-8") as handle:
-        count = export_readers(db.session, handle, status)
+        count = export_readers(db.session(), handle, status)
     click.echo(f"Wrote {count} reader{'s' if count != 1 else ''} to {output}.")
 
 
@@ -275,7 +275,7 @@ def subscribers_add(email: str, name: str | None) -> None:
 
     services = _services()
     try:
-        outcome = add_reader(db.session, services, email, name=name)
+        outcome = add_reader(db.session(), services, email, name=name)
     except InvalidAddressError as err:
         db.session.rollback()
         _address_or_fail(err)
@@ -310,7 +310,7 @@ def subscribers_unsubscribe(email: str) -> None:
     from ..subscriptions import ReaderNotFoundError
 
     try:
-        subscriber, changed = unsubscribe_reader(db.session, _services(), email)
+        subscriber, changed = unsubscribe_reader(db.session(), _services(), email)
     except InvalidAddressError as err:
         _address_or_fail(err)
         return
@@ -355,7 +355,7 @@ def subscribers_erase(email: str, yes: bool) -> None:
     if not yes:
         click.confirm(f"Erase {email} for good? This cannot be undone", abort=True)
     try:
-        report = erase_reader(db.session, _services(), email)
+        report = erase_reader(db.session(), _services(), email)
     except InvalidAddressError as err:
         _address_or_fail(err)
         return
@@ -392,7 +392,7 @@ def purge_command(dry_run: bool) -> None:
     from ..privacy import purge_pending
 
     services = _services()
-    report = purge_pending(db.session, services, dry_run=dry_run)
+    report = purge_pending(db.session(), services, dry_run=dry_run)
     days = services.config["PENDING_RETENTION_DAYS"]
     verb = "Would remove" if dry_run else "Removed"
     click.echo(

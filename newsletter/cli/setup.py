@@ -26,7 +26,7 @@ def init_db_command() -> None:
     url = current_app.config["SQLALCHEMY_DATABASE_URI"]
     where = _display_url(url)
     try:
-        before, after = upgrade_schema(current_app)  # type: ignore[arg-type]
+        before, after = upgrade_schema(current_app)
     except (SQLAlchemyError, OSError) as err:
         raise click.ClickException(
             f"cannot create the schema in {where}: {_one_line(err)}. "
@@ -125,7 +125,7 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
         # Only the sample folder's posts are kept unmailed; a feed of the author's own stays as
         # its first sync leaves it.
         waiting = prepare_sample_digest(
-            db.session, _services(), keep_unmailed=app.config["POSTS_DIR"] == str(posts)
+            db.session(), _services(), keep_unmailed=app.config["POSTS_DIR"] == str(posts)
         )
         digest = (
             f"{base}/demo/digest   (a preview of {_count(waiting, 'sample post')})"

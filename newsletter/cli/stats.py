@@ -36,7 +36,7 @@ def stats_command(fmt: str, weeks: int) -> None:
     from ..stats import format_stats, list_stats
 
     live = _fold_interrupted_sends()
-    stats = list_stats(db.session, _services().clock(), weeks=weeks)
+    stats = list_stats(db.session(), _services().clock(), weeks=weeks)
     if fmt == "json":
         click.echo(json.dumps(stats.as_dict(), indent=2, ensure_ascii=False))
     else:

@@ -33,7 +33,7 @@ def worker_command(status: bool, as_json: bool) -> None:
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     if status:
         report = worker_status(
-            db.session, get_services().clock(), app.config["WORKER_POLL_SECONDS"]
+            db.session(), get_services().clock(), app.config["WORKER_POLL_SECONDS"]
         )
         if as_json:
             click.echo(json.dumps(report, indent=2))
