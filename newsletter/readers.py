@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -65,9 +65,8 @@ MAX_SOURCE = 2048
 MAX_NOTE = 1000
 _EXTRA = "\x00extra"  # csv.DictReader's key for fields beyond the header
 
-# Core tables for the bulk statements (Base types __table__ as any FromClause).
-SUBSCRIBERS = cast(Table, Subscriber.__table__)
-EVENTS = cast(Table, ConsentEvent.__table__)
+SUBSCRIBERS = Subscriber.__table__
+EVENTS = ConsentEvent.__table__
 
 
 class ReadersError(NewsletterError):

@@ -76,8 +76,8 @@ class NewsletterGroup(FlaskGroup):
     loading the app (so a missing setting cannot hide them), and the app is built only when a
     command needs it. Flask's --app and --debug options do not apply here and are left out."""
 
-    def __init__(self, **extra: object) -> None:
-        super().__init__(create_app=_create_app, add_version_option=False, **extra)
+    def __init__(self, *, help: str, params: list[click.Parameter]) -> None:
+        super().__init__(create_app=_create_app, add_version_option=False, help=help, params=params)
         self.params = [p for p in self.params if p.name not in ("app", "debug")]
         for command in COMMANDS:
             self.add_command(command)
