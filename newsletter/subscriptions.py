@@ -231,18 +231,7 @@ def resend_confirmation(
         return False  # the reader left (or was erased) since that link was made
     now = services.clock()
     subscriber.updated_at = now
-    subscriber.link_key = subscriber.link_key or new_link_key()
-    session.flush()
-    queued = _queue_confirmation(
-        session,
-        services,
-        subscriber.id,
-        subscriber.email or "",
-        subscriber.token_generation,
-        subscriber.link_key,
-        now,
-    )
-    if queued is None:
+    if not queue_confirmation(session, services, subscriber, now):
         session.rollback()
         return False
     session.commit()

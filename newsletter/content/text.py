@@ -11,36 +11,12 @@ from html.parser import HTMLParser
 SUMMARY_WORDS = 60
 
 # Removed with everything inside: code, styles and widgets are not words.
-_SKIPPED = {"script", "style", "template", "noscript", "head", "title", "svg", "math"}
+_SKIPPED = frozenset({"script", "style", "template", "noscript", "head", "title", "svg", "math"})
 # Elements that start a paragraph of their own (lists are counted apart, for their numbers).
-_BLOCKS = {
-    "address",
-    "article",
-    "aside",
-    "blockquote",
-    "dd",
-    "div",
-    "dl",
-    "dt",
-    "figcaption",
-    "figure",
-    "footer",
-    "h1",
-    "h2",
-    "h3",
-    "h4",
-    "h5",
-    "h6",
-    "header",
-    "hr",
-    "main",
-    "nav",
-    "p",
-    "pre",
-    "section",
-    "table",
-    "tr",
-}
+_SECTIONS = {"address", "article", "aside", "footer", "header", "main", "nav", "section"}
+_PARAGRAPHS = {"blockquote", "div", "figcaption", "figure", "hr", "p", "pre"}
+_HEADINGS = {f"h{level}" for level in range(1, 7)}
+_BLOCKS = frozenset(_SECTIONS | _PARAGRAPHS | _HEADINGS | {"dl", "dt", "dd", "table", "tr"})
 _LISTS = {"ul", "ol"}
 _CELLS = {"td", "th"}
 # A nested list item's indent, kept apart from spaces so that trimming each line keeps it.
