@@ -67,7 +67,7 @@ from .sending import (
     unfinished_campaigns,
 )
 from .services import Services
-from .subscriptions import email_context
+from .transactional import email_context
 
 ANNOUNCEMENT = "announcement"  # the campaign kind
 TEMPLATE = "campaign"  # emails/campaign.html + emails/campaign.txt

@@ -66,11 +66,11 @@ EMAIL_PAGE_POLICY = (
 @bp.get("/digest")
 def digest_preview() -> Any:
     """The next digest as a sample reader would get it (what `preview-digest` writes)."""
+    from .appctx import get_services
     from .db import db
     from .digest import preview_digest
-    from .services import get_services
 
-    preview = preview_digest(db.session, get_services())
+    preview = preview_digest(db.session(), get_services())
     if preview is None:
         return render_template(
             "message.html",

@@ -34,7 +34,7 @@ from .models import SENDING, Campaign, Post
 from .posts import SUMMARY_WORDS, sanitise_html, summarise
 from .rendering import RenderedEmail, TemplateError, write_preview
 from .services import Services
-from .subscriptions import email_context
+from .transactional import email_context
 
 DIGEST = "digest"  # the campaign kind
 TEMPLATE = "digest"  # emails/digest.html + emails/digest.txt

@@ -397,7 +397,8 @@ def _header_block(
 
 def _fold(name: str, value: str) -> bytes:
     """``Name: value`` folded and RFC 2047-encoded as needed, CRLF-terminated."""
-    return SMTP_POLICY.header_factory(name, value).fold(policy=SMTP_POLICY).encode("ascii")
+    folded: str = SMTP_POLICY.header_factory(name, value).fold(policy=SMTP_POLICY)
+    return folded.encode("ascii")
 
 
 def _split_slots(text: str, context: str) -> list[bytes | _Slot]:

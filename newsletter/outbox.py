@@ -306,8 +306,8 @@ class OutboxSender:
 
     def _run(self) -> None:
         from . import ratelimit
+        from .appctx import get_services
         from .db import db
-        from .services import get_services
 
         transport: Transport | None = None
         while not self._stop.is_set():
@@ -321,14 +321,14 @@ class OutboxSender:
                 transport = transport or services.open_transport()
                 try:
                     report = deliver_queued(
-                        db.session,
+                        db.session(),
                         transport,
                         sender=envelope_senders(services.config, None),
                         now=services.clock(),
                         max_attempts=services.config["OUTBOX_MAX_ATTEMPTS"],
                     )
                     if not woken:
-                        ratelimit.sweep(db.session, services.clock())
+                        ratelimit.sweep(db.session(), services.clock())
                 except Exception:  # keep the thread alive; the rows stay queued
                     log.exception("the background outbox sender failed; will try again")
                     db.session.rollback()

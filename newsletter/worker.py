@@ -96,7 +96,7 @@ class Worker:
         sleep: Callable[[float], None] | None = None,
         worker_id: str | None = None,
     ) -> None:
-        from .services import get_services
+        from .appctx import get_services
 
         self.app = app
         self.services = get_services(app)

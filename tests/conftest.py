@@ -18,8 +18,9 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy.orm import Session
 
 from newsletter import create_app
+from newsletter.appctx import get_services
 from newsletter.db import db, upgrade_schema
-from newsletter.services import Services, get_services
+from newsletter.services import Services
 from tests.smtp_sink import SmtpSink
 
 PUBLIC_URL = "http://newsletter.test"

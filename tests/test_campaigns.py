@@ -26,6 +26,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from newsletter import placeholders
+from newsletter.appctx import get_services
 from newsletter.campaigns import (
     ANNOUNCEMENT,
     Announcement,
@@ -38,7 +39,7 @@ from newsletter.campaigns import (
 from newsletter.db import db
 from newsletter.models import CONFIRMED, Campaign, Delivery, Subscriber
 from newsletter.sending import SendLock, SendOptions, sending_state_dir
-from newsletter.services import Services, get_services
+from newsletter.services import Services
 from tests.conftest import BLOG_ORIGIN, PUBLIC_URL, FrozenClock
 from tests.smtp_sink import SmtpSink
 from tests.test_mail import rsa_key

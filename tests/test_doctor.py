@@ -25,6 +25,7 @@ from flask import Flask
 from sqlalchemy import func, select, text
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from newsletter.appctx import get_services
 from newsletter.db import db
 from newsletter.doctor import (
     Check,
@@ -47,7 +48,6 @@ from newsletter.models import (
     ConsentEvent,
     Subscriber,
 )
-from newsletter.services import get_services
 from newsletter.tokens import PROBE_SUBSCRIBER_ID
 from tests.dns_server import DnsServer
 from tests.smtp_sink import SmtpSink

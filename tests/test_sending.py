@@ -25,6 +25,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from newsletter import placeholders
+from newsletter.appctx import get_services
 from newsletter.db import db
 from newsletter.models import CONFIRMED, Campaign, Delivery, Post, Subscriber
 from newsletter.sending import (
@@ -38,7 +39,6 @@ from newsletter.sending import (
     send_campaign,
     sending_state_dir,
 )
-from newsletter.services import get_services
 from newsletter.subscriptions import RequestInfo, unsubscribe
 from tests.conftest import ON_POSTGRES, PUBLIC_URL, FrozenClock
 from tests.smtp_sink import DROP, Hold, SmtpSink

@@ -11,7 +11,7 @@ from ..mail import MessageTemplate, ReaderParts, reader_greeting
 from ..rendering import RenderedEmail
 from ..services import Services
 from ..smtp import Transport
-from ..subscriptions import list_headers
+from ..transactional import list_headers
 
 
 def campaign_template(
