@@ -9,9 +9,10 @@ from typing import Any
 from flask.testing import FlaskCliRunner
 from sqlalchemy.orm import Session
 
+from newsletter.appctx import get_services
 from newsletter.bounces.rules import Outcome, apply_outcome
 from newsletter.db import db
-from newsletter.services import Services, get_services
+from newsletter.services import Services
 from tests.bounce_helpers import add_campaign, add_delivery, add_reader
 from tests.conftest import FrozenClock
 
