@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from . import outbox, placeholders
 from .addresses import address_hash, normalise_address
 from .errors import NewsletterError
-from .mail import MessageTemplate, ReaderParts
+from .mail import MessageTemplate, ReaderParts, mail_domain
 from .models import (
     CONFIRMED,
     CONFIRMED_EVENT,
@@ -258,11 +258,10 @@ def _parts(
     confirm_url: str = "",
     unsubscribe_url: str = "",
 ) -> ReaderParts:
-    domain = services.config["MAIL_FROM"].rpartition("@")[2]
     return ReaderParts(
         recipient=address,
         unsubscribe_url=unsubscribe_url,
-        message_id=make_msgid(domain=domain),
+        message_id=make_msgid(domain=mail_domain(services.config["MAIL_FROM"])),
         confirm_url=confirm_url,
         date=format_datetime(now),
     )

@@ -310,18 +310,21 @@ class Worker:
             lock.release()
 
     def _send_digest(self, session: Session, lock: Any) -> str:
-        from .sending import send_digest
+        from .digest import DigestComposer
+        from .sending import NotComposed, send_new_campaign
 
         with self._interrupt_while_sending() as progress:
-            run = send_digest(session, self.services, lock=lock, progress=progress)
-        if run.sync_error:
-            raise RuntimeError(f"cannot read the posts: {run.sync_error}")
-        sent = sum(report.sent for report in run.reports)
-        if run.report is not None:
-            return f"digest {run.report.campaign_id} sent to {sent}"
-        if run.no_readers:
+            outcome = send_new_campaign(
+                session, self.services, DigestComposer(), lock=lock, progress=progress
+            )
+        if outcome.not_composed is NotComposed.SOURCE_ERROR:
+            raise RuntimeError(f"cannot read the posts: {outcome.problem}")
+        sent = sum(report.sent for report in outcome.reports)
+        if outcome.report is not None:
+            return f"digest {outcome.report.campaign_id} sent to {sent}"
+        if outcome.not_composed is NotComposed.NO_READERS:
             return "no confirmed readers yet"
-        return "no new posts" + (f"; resumed, sent {sent}" if run.resumed else "")
+        return "no new posts" + (f"; resumed, sent {sent}" if outcome.resumed else "")
 
     def _ask_for_approval(self, session: Session, tick: datetime) -> str:
         from .approval import lapse_expired, prepare_approval

@@ -44,9 +44,9 @@ from tests.conftest import ON_POSTGRES, PUBLIC_URL, FrozenClock
 from tests.smtp_sink import DROP, Hold, SmtpSink
 
 FAST = SendOptions(connections=2, retry_delay=0.05, reconnect_delay=0.01, flush_interval=0.05)
-# On SQLite one sender at a time; on PostgreSQL senders share the work (tests/test_senders.py).
+# On SQLite one sender at a time; on PostgreSQL senders share the work (tests/test_sending_processes.py).
 exclusive_lock = pytest.mark.skipif(
-    ON_POSTGRES, reason="on PostgreSQL several senders run at once (tests/test_senders.py)"
+    ON_POSTGRES, reason="on PostgreSQL several senders run at once (tests/test_sending_processes.py)"
 )
 
 

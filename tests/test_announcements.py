@@ -26,18 +26,18 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from newsletter import placeholders
-from newsletter.campaigns import (
+from newsletter.announcements import (
     ANNOUNCEMENT,
     Announcement,
+    AnnouncementComposer,
     CampaignFileError,
     RenderedCampaign,
     read_announcement,
     render_campaign,
-    send_announcement,
 )
 from newsletter.db import db
 from newsletter.models import CONFIRMED, Campaign, Delivery, Subscriber
-from newsletter.sending import SendLock, SendOptions, sending_state_dir
+from newsletter.sending import SendLock, SendOptions, send_new_campaign, sending_state_dir
 from newsletter.services import Services, get_services
 from tests.conftest import BLOG_ORIGIN, PUBLIC_URL, FrozenClock
 from tests.smtp_sink import SmtpSink
@@ -657,10 +657,10 @@ def interrupt(app: Flask, path: Path, smtp_sink: SmtpSink, stuck: str) -> None:
     with app.app_context():
         lock = SendLock(state_dir(app), db.engine)
         with lock:
-            run = send_announcement(
+            run = send_new_campaign(
                 db.session(),
                 get_services(app),
-                read_announcement(path),
+                AnnouncementComposer(read_announcement(path)),
                 lock=lock,
                 options=SendOptions(
                     connections=1,
