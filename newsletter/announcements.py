@@ -47,6 +47,7 @@ from .digest import html_to_text
 from .errors import NewsletterError
 from .models import DEFERRED, QUEUED, SENDING, Campaign, Delivery, Subscriber
 from .posts import sanitise_html
+from .posts.sanitise import _REMOVED_WITH_CONTENT
 from .rendering import RenderedEmail
 from .sending import (
     Backlog,
@@ -357,12 +358,7 @@ def _has_substance(html: str) -> bool:
 # convention (*strong*, _emphasis_); links read "text (url)", as in the digest's text part.
 _BLOCK_TAGS = {
     "p",
-    "h1",
-    "h2",
-    "h3",
-    "h4",
-    "h5",
-    "h6",
+    *(f"h{level}" for level in range(1, 7)),
     "ul",
     "ol",
     "blockquote",
@@ -373,25 +369,8 @@ _BLOCK_TAGS = {
     "dl",
     "li",
 }
-# Raw inline HTML whose content is never shown (the sanitiser removes it with its content).
-_HIDDEN_TAGS = {
-    "script",
-    "style",
-    "iframe",
-    "object",
-    "embed",
-    "form",
-    "template",
-    "noscript",
-    "svg",
-    "math",
-    "audio",
-    "video",
-    "canvas",
-    "select",
-    "textarea",
-    "button",
-}
+# Raw inline HTML whose content is never shown: what the sanitiser removes with its content.
+_HIDDEN_TAGS = _REMOVED_WITH_CONTENT
 _TRAILING_ARROWS = " \t:→⟶➔➜➝➞»›>"
 # A line break the author asked for (<br>, or two spaces at a line's end); other newlines in
 # a paragraph are Markdown's soft breaks and are re-wrapped.

@@ -354,7 +354,6 @@ class Worker:
     def _approvals(self, session: Session) -> None:
         """Lapse approvals whose time ran out; compose and send the approved ones."""
         from .approval import approved_waiting, compose_approved, lapse_expired
-        from .sending import send_unfinished
 
         lapsed = lapse_expired(session, self.now())
         if lapsed:
@@ -374,35 +373,29 @@ class Worker:
                 if campaign_id is not None:
                     self.log("approved digest composed", approval=approval_id, campaign=campaign_id)
             session.expunge_all()
-            with self._interrupt_while_sending() as progress:
-                reports = send_unfinished(session, self.services, lock=lock, progress=progress)
-            for report in reports:
-                self.log(
-                    "sent",
-                    campaign=report.campaign_id,
-                    sent=report.sent,
-                    failed=report.failed,
-                    deferred=report.deferred,
-                    left=report.left,
-                )
+            self._send_unfinished(session, lock)
         finally:
             lock.release()
 
     def _help_send(self, session: Session) -> None:
         """Send what is left of unfinished digests (another worker's, or one a stopped run
         left), when rows are due."""
-        from .sending import send_unfinished
-
         if not due_deliveries(session, self.now()):
             return
         lock = self._lock()
         if lock is None:
             return
         try:
-            with self._interrupt_while_sending() as progress:
-                reports = send_unfinished(session, self.services, lock=lock, progress=progress)
+            self._send_unfinished(session, lock)
         finally:
             lock.release()
+
+    def _send_unfinished(self, session: Session, lock: Any) -> None:
+        """Send what is left of the unfinished digests, logging each campaign's counts."""
+        from .sending import send_unfinished
+
+        with self._interrupt_while_sending() as progress:
+            reports = send_unfinished(session, self.services, lock=lock, progress=progress)
         for report in reports:
             self.log(
                 "sent",

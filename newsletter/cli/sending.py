@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,26 @@ def _exit_status(reports: Any, *, error: bool = False) -> None:
         sys.exit(EXIT_INCOMPLETE)
 
 
+def send_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The --yes, --rate and --connections options of send-digest and send-campaign."""
+    command = click.option(
+        "--connections",
+        type=click.IntRange(1, 50),
+        metavar="N",
+        help="Parallel SMTP connections (default: NEWSLETTER_SEND_CONNECTIONS, 4).",
+    )(command)
+    command = click.option(
+        "--rate",
+        type=click.FloatRange(min=0.01),
+        metavar="N",
+        help="At most N messages per second over all connections "
+        "(default: NEWSLETTER_SEND_RATE, else no cap).",
+    )(command)
+    return click.option("--yes", is_flag=True, help="Do not ask before mailing the readers.")(
+        command
+    )
+
+
 @register
 @click.command("send-digest")
 @click.option(
@@ -244,20 +265,7 @@ def _exit_status(reports: Any, *, error: bool = False) -> None:
     metavar="ADDRESS",
     help="Send the next digest to this one address as a test; marks nothing.",
 )
-@click.option("--yes", is_flag=True, help="Do not ask before mailing the readers.")
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=0.01),
-    metavar="N",
-    help="At most N messages per second over all connections "
-    "(default: NEWSLETTER_SEND_RATE, else no cap).",
-)
-@click.option(
-    "--connections",
-    type=click.IntRange(1, 50),
-    metavar="N",
-    help="Parallel SMTP connections (default: NEWSLETTER_SEND_CONNECTIONS, 4).",
-)
+@send_options
 @click.option(
     "--workers",
     type=click.IntRange(1, 32),
@@ -445,20 +453,7 @@ def _show_plan(plan: Any) -> None:
     help="Send it although the same subject and body were sent before. (A copy that "
     "was interrupted is resumed instead, never sent twice.)",
 )
-@click.option("--yes", is_flag=True, help="Do not ask before mailing the readers.")
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=0.01),
-    metavar="N",
-    help="At most N messages per second over all connections "
-    "(default: NEWSLETTER_SEND_RATE, else no cap).",
-)
-@click.option(
-    "--connections",
-    type=click.IntRange(1, 50),
-    metavar="N",
-    help="Parallel SMTP connections (default: NEWSLETTER_SEND_CONNECTIONS, 4).",
-)
+@send_options
 @click.option(
     "--retry-failed",
     "retry",
@@ -618,23 +613,44 @@ def _show_campaign_plan(plan: Any, again: bool) -> None:
     click.echo("(Dry run: nothing was planned or sent.)")
 
 
+def preview_options(stem: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The --output and --open options of preview-digest and preview-campaign."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = click.option(
+            "--open", "open_browser", is_flag=True, help=f"Open {stem}.html in a web browser."
+        )(command)
+        return click.option(
+            "--output",
+            "output",
+            default="preview",
+            show_default=True,
+            type=click.Path(file_okay=False, writable=True),
+            help=f"Folder to write {stem}.html, {stem}.txt and {stem}.eml into.",
+        )(command)
+
+    return decorate
+
+
+def write_preview(preview: Any, output: str, open_browser: bool, heading: str) -> None:
+    """Write a preview's files, list them under ``heading`` and open the HTML if asked."""
+    import webbrowser
+
+    paths = preview.write(output)
+    click.echo(heading)
+    for path in paths:
+        click.echo(f"  {path}")
+    if open_browser:
+        webbrowser.open(paths[0].resolve().as_uri())
+
+
 @register
 @click.command("preview-campaign")
 @click.argument("file", metavar="FILE.md", type=click.Path(path_type=Path))
-@click.option(
-    "--output",
-    "output",
-    default="preview",
-    show_default=True,
-    type=click.Path(file_okay=False, writable=True),
-    help="Folder to write campaign.html, campaign.txt and campaign.eml into.",
-)
-@click.option("--open", "open_browser", is_flag=True, help="Open campaign.html in a web browser.")
+@preview_options("campaign")
 @with_appcontext
 def preview_campaign_command(file: Path, output: str, open_browser: bool) -> None:
     """Write an announcement (FILE.md) as a sample reader would get it; sends nothing."""
-    import webbrowser
-
     from ..announcements import CampaignError, preview_campaign, read_announcement
     from ..rendering import TemplateError
 
@@ -646,9 +662,4 @@ def preview_campaign_command(file: Path, output: str, open_browser: bool) -> Non
     except CampaignError as err:
         click.echo(f"preview-campaign: {err}", err=True)
         sys.exit(EXIT_ERROR)
-    paths = preview.write(output)
-    click.echo(f"Announcement: {preview.subject}")
-    for path in paths:
-        click.echo(f"  {path}")
-    if open_browser:
-        webbrowser.open(paths[0].resolve().as_uri())
+    write_preview(preview, output, open_browser, f"Announcement: {preview.subject}")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from .campaigns import retry_failed as retry_failed
 from .campaigns import send_campaign as send_campaign
+from .campaigns import send_each as send_each
 from .campaigns import send_unfinished as send_unfinished
 from .campaigns import unfinished_campaigns as unfinished_campaigns
 from .history import describe_campaign as describe_campaign

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -120,12 +121,33 @@ def send_unfinished(
     after one that SMTP trouble stopped. Other senders may be at it too (PostgreSQL)."""
     if not lock.recovered:
         recover(session, lock, services.clock())
+    return send_each(
+        session,
+        services,
+        unfinished_campaigns(session, kind),
+        lock=lock,
+        options=options,
+        progress=progress,
+    )
+
+
+def send_each(
+    session: Session,
+    services: Services,
+    campaign_ids: Sequence[int],
+    *,
+    lock: SendLock,
+    options: SendOptions | None = None,
+    progress: Progress | None = None,
+) -> list[SendReport]:
+    """Send what is left of each campaign in turn, stopping after one that SMTP trouble
+    stopped (the later ones wait for the next run)."""
     reports = []
-    for campaign_id in unfinished_campaigns(session, kind):
+    for campaign_id in campaign_ids:
         report = send_campaign(
             session, services, campaign_id, lock=lock, options=options, progress=progress
         )
         reports.append(report)
         if report.error:
-            break  # SMTP trouble: the later ones wait for the next run
+            break
     return reports

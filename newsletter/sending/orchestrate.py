@@ -23,7 +23,7 @@ from ..mail import ReaderParts, mail_domain, reader_greeting
 from ..models import DEFERRED, QUEUED
 from ..rendering import RenderedEmail
 from ..services import Services
-from .campaigns import send_campaign, unfinished_campaigns
+from .campaigns import send_each, send_unfinished, unfinished_campaigns
 from .ledger import confirmed_readers, plan_deliveries
 from .lock import SendLock, recover
 from .messages import campaign_template, check_smtp, connect_transport
@@ -131,9 +131,9 @@ def send_new_campaign(
     composer: Composer,
     *,
     lock: SendLock,
+    confirm: Confirm | None = None,
     options: SendOptions | None = None,
     progress: Progress | None = None,
-    confirm: Confirm | None = None,
     senders: SenderProcesses | None = None,
 ) -> SendOutcome:
     """Compose a new campaign with ``composer`` and send it to every confirmed reader.
@@ -154,29 +154,28 @@ def send_new_campaign(
     backlog = composer.backlog(session)
     session.rollback()
     if backlog.campaign_ids:
-        for campaign_id in backlog.campaign_ids:
-            report = send_campaign(
-                session, services, campaign_id, lock=lock, options=options, progress=progress
-            )
-            outcome.resumed.append(report)
-            if report.error:
-                return outcome  # SMTP trouble: the rest waits for the next run
+        outcome.resumed = send_each(
+            session, services, backlog.campaign_ids, lock=lock, options=options, progress=progress
+        )
         if backlog.final:
             outcome.not_composed = NotComposed.RESUMED
             return outcome
+        if outcome.stopped:
+            return outcome  # SMTP trouble: the rest waits for the next run
         if any(report.total for report in outcome.resumed):
             outcome.not_composed = NotComposed.WAITING
             return outcome
     new_id = _compose(session, services, composer, lock, outcome, confirm)
     session.expunge_all()  # nothing from the ORM is kept while sending
-    if composer.sends_unfinished:
-        reports = _send_unfinished(
-            session, services, composer.kind, lock, options, progress, senders
+    if not composer.sends_unfinished:
+        ids = [new_id] if new_id is not None else []
+        reports = send_each(session, services, ids, lock=lock, options=options, progress=progress)
+    elif senders is None:
+        reports = send_unfinished(
+            session, services, lock=lock, kind=composer.kind, options=options, progress=progress
         )
-    elif new_id is not None:
-        reports = [
-            send_campaign(session, services, new_id, lock=lock, options=options, progress=progress)
-        ]
+    elif unfinished_campaigns(session, composer.kind):
+        reports = senders.run(session, services, progress or _NoProgress())
     else:
         reports = []
     session.commit()
@@ -222,30 +221,6 @@ def _compose(
             session.rollback()  # nothing half-made survives the composing lock
             raise
     return campaign_id
-
-
-def _send_unfinished(
-    session: Session,
-    services: Services,
-    kind: str,
-    lock: SendLock,
-    options: SendOptions,
-    progress: Progress | None,
-    senders: SenderProcesses | None,
-) -> list[SendReport]:
-    """Send every unfinished campaign of ``kind``, oldest first, here or by ``senders``."""
-    ids = unfinished_campaigns(session, kind)
-    if senders is not None:
-        return senders.run(session, services, progress or _NoProgress()) if ids else []
-    reports = []
-    for campaign_id in ids:
-        report = send_campaign(
-            session, services, campaign_id, lock=lock, options=options, progress=progress
-        )
-        reports.append(report)
-        if report.error:
-            break  # SMTP trouble: the later ones wait for the next run
-    return reports
 
 
 def unfinished_summary(
