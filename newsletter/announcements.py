@@ -57,7 +57,7 @@ from .sending import (
     send_test_copy,
     unfinished_campaigns,
 )
-from .sending.orchestrate import unfinished_summary
+from .sending.orchestrate import add_campaign, unfinished_summary
 from .sending.preview import EmailPreview, preview_campaign_email
 from .services import Services
 from .subscriptions import email_context
@@ -744,18 +744,14 @@ class AnnouncementComposer:
     def compose(self, session: Session, services: Services, draft: Draft) -> int:
         """Add the announcement's campaign."""
         rendered = self.rendered or render_campaign(self.announcement, services)
-        campaign = Campaign(
+        campaign = add_campaign(
+            session,
+            services,
             kind=ANNOUNCEMENT,
-            subject=self.announcement.subject,
+            email=rendered.email,
             preheader=rendered.preheader,
-            html=rendered.email.html,
-            text=rendered.email.text,
             content_hash=self.announcement.content_hash,
-            status=SENDING,
-            created_at=services.clock(),
         )
-        session.add(campaign)
-        session.flush()
         return campaign.id
 
 

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from . import placeholders
 from .addresses import normalise_address
-from .models import SENDING, Campaign, Post
+from .models import Campaign, Post
 from .posts import SUMMARY_WORDS, PostSourceError, sanitise_html, summarise, sync_posts
 from .rendering import RenderedEmail, TemplateError
 from .sending.ledger import confirmed_readers
@@ -35,6 +35,7 @@ from .sending.orchestrate import (
     Draft,
     NotComposed,
     SendOutcome,
+    add_campaign,
     send_test_copy,
     unfinished_summary,
 )
@@ -249,18 +250,14 @@ def create_digest_campaign(session: Session, services: Services, posts: Sequence
     if taken:
         raise ValueError(f"already in a digest: {', '.join(taken)}")
     rendered = render(posts, services)
-    campaign = Campaign(
+    campaign = add_campaign(
+        session,
+        services,
         kind=DIGEST,
-        subject=rendered.email.subject,
+        email=rendered.email,
         preheader=rendered.preheader,
-        html=rendered.email.html,
-        text=rendered.email.text,
         content_hash=posts_key(posts),
-        status=SENDING,
-        created_at=services.clock(),
     )
-    session.add(campaign)
-    session.flush()
     for post in posts:
         post.campaign_id = campaign.id
     session.flush()

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..mail import ReaderParts, mail_domain, reader_greeting
-from ..models import DEFERRED, QUEUED
+from ..models import DEFERRED, QUEUED, SENDING, Campaign
 from ..rendering import RenderedEmail
 from ..services import Services
 from .campaigns import send_each, send_unfinished, unfinished_campaigns
@@ -221,6 +221,32 @@ def _compose(
             session.rollback()  # nothing half-made survives the composing lock
             raise
     return campaign_id
+
+
+def add_campaign(
+    session: Session,
+    services: Services,
+    *,
+    kind: str,
+    email: RenderedEmail,
+    preheader: str,
+    content_hash: str,
+) -> Campaign:
+    """Add a ``sending`` campaign of ``kind`` for the email rendered once; flushes (so it has
+    its id), does not commit: the caller plans its deliveries in the same transaction."""
+    campaign = Campaign(
+        kind=kind,
+        subject=email.subject,
+        preheader=preheader,
+        html=email.html,
+        text=email.text,
+        content_hash=content_hash,
+        status=SENDING,
+        created_at=services.clock(),
+    )
+    session.add(campaign)
+    session.flush()
+    return campaign
 
 
 def unfinished_summary(
