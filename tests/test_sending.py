@@ -3,13 +3,9 @@ resuming after SIGKILL, one run at a time, and the `send-digest` / `campaigns` c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -24,7 +20,6 @@ from flask.testing import FlaskCliRunner
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from newsletter import placeholders
 from newsletter.db import db
 from newsletter.models import CONFIRMED, Campaign, Delivery, Post, Subscriber
 from newsletter.sending import (
@@ -33,20 +28,33 @@ from newsletter.sending import (
     SendLock,
     SendOptions,
     SendReport,
-    plan_deliveries,
     read_journal,
     send_campaign,
-    sending_state_dir,
 )
 from newsletter.services import get_services
 from newsletter.subscriptions import RequestInfo, unsubscribe
-from tests.conftest import ON_POSTGRES, PUBLIC_URL, FrozenClock
+from tests.conftest import (
+    ON_POSTGRES,
+    PUBLIC_URL,
+    FrozenClock,
+    add_readers,
+    copies,
+    digest_ready,
+    make_campaign,
+    newsletter_process,
+    sent_in,
+    state_dir,
+    statuses,
+    write_post,
+)
 from tests.smtp_sink import DROP, Hold, SmtpSink
 
 FAST = SendOptions(connections=2, retry_delay=0.05, reconnect_delay=0.01, flush_interval=0.05)
-# On SQLite one sender at a time; on PostgreSQL senders share the work (tests/test_sending_processes.py).
+# On SQLite one sender at a time; on PostgreSQL senders share the work
+# (tests/test_sending_processes.py).
 exclusive_lock = pytest.mark.skipif(
-    ON_POSTGRES, reason="on PostgreSQL several senders run at once (tests/test_sending_processes.py)"
+    ON_POSTGRES,
+    reason="on PostgreSQL several senders run at once (tests/test_sending_processes.py)",
 )
 
 
@@ -60,79 +68,6 @@ def posts_folder(config: dict[str, Any], tmp_path: Path) -> Path:
     return folder
 
 
-def write_post(folder: Path, slug: str, title: str, date: str) -> None:
-    (folder / f"{slug}.md").write_text(
-        f"---\ntitle: {title}\ndate: {date}\nsummary: A few calm words.\n---\n\n"
-        "Breathe in for four, out for six.\n",
-        encoding="utf-8",
-    )
-
-
-def add_readers(
-    session: Session,
-    clock: FrozenClock,
-    count: int,
-    *,
-    status: str = CONFIRMED,
-    start: int = 1,
-    names: bool = True,
-) -> list[str]:
-    """Insert readers directly (fast); returns their addresses in id order."""
-    emails = [f"reader{n}@example.com" for n in range(start, start + count)]
-    session.execute(
-        insert(Subscriber),
-        [
-            {
-                "email": email,
-                "name": f"Reader {n}" if names else None,
-                "status": status,
-                "token_generation": 0,
-                "created_at": clock(),
-                "updated_at": clock(),
-            }
-            for n, email in enumerate(emails, start)
-        ],
-    )
-    session.commit()
-    return emails
-
-
-def make_campaign(
-    session: Session,
-    clock: FrozenClock,
-    *,
-    subject: str = "Slow mornings",
-    html: str | None = None,
-    text: str | None = None,
-) -> int:
-    """A campaign rendered with the reader placeholders, planned for every confirmed reader."""
-    html = html or (
-        f"<html><body><p class=greeting>{placeholders.GREETING}</p>"
-        "<p>Breathe in for four.</p>"
-        f'<p><a href="{placeholders.UNSUBSCRIBE_URL}">Unsubscribe</a></p>'
-        "</body></html>"
-    )
-    text = text or (
-        f"{placeholders.GREETING}\n\nBreathe in for four.\n\n"
-        f"Unsubscribe: {placeholders.UNSUBSCRIBE_URL}\n"
-    )
-    campaign = Campaign(
-        kind="digest",
-        subject=subject,
-        preheader=None,
-        status="sending",
-        content_hash=hashlib.sha256(subject.encode()).hexdigest(),
-        created_at=clock(),
-        html=html,
-        text=text,
-    )
-    session.add(campaign)
-    session.flush()
-    plan_deliveries(session, campaign.id, clock())
-    session.commit()
-    return campaign.id
-
-
 def send(app: Flask, campaign_id: int, options: SendOptions = FAST) -> SendReport:
     with app.app_context():
         lock = SendLock(state_dir(app), db.engine)
@@ -140,25 +75,6 @@ def send(app: Flask, campaign_id: int, options: SendOptions = FAST) -> SendRepor
             return send_campaign(
                 db.session, get_services(app), campaign_id, lock=lock, options=options
             )
-
-
-def state_dir(app: Flask) -> Path:
-    return sending_state_dir(app.config["SQLALCHEMY_DATABASE_URI"], app.instance_path)
-
-
-def statuses(session: Session, campaign_id: int) -> dict[str, str]:
-    """Each reader's delivery status, by address."""
-    session.commit()
-    rows = session.execute(
-        select(Subscriber.email, Delivery.status)
-        .join(Delivery)
-        .where(Delivery.campaign_id == campaign_id)
-    )
-    return dict(rows.all())
-
-
-def copies(sink: SmtpSink) -> Counter[str]:
-    return Counter(r.lower() for m in sink.messages for r in m.recipients)
 
 
 # --- the ledger and the happy path ----------------------------------------------------------
@@ -789,50 +705,6 @@ def test_a_second_lock_holder_is_told_who_holds_it(app: Flask) -> None:
         SendLock(state_dir(app), db.engine).acquire()
     with app.app_context(), SendLock(state_dir(app), db.engine) as again:
         assert again.held  # released when the first holder let go
-
-
-def newsletter_process(
-    config: dict[str, Any], tmp_path: Path, *args: str, **env: str
-) -> subprocess.Popen[str]:
-    """`newsletter ARGS` in a separate process, on the test's database and SMTP sink."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    environment.update(
-        {
-            "NEWSLETTER_DATABASE_URL": config["DATABASE_URL"],
-            "NEWSLETTER_SECRET_KEY": config["SECRET_KEY"],
-            "NEWSLETTER_TESTING": "true",  # the suite's short key is accepted only in tests
-            "NEWSLETTER_PUBLIC_URL": config["PUBLIC_URL"],
-            "NEWSLETTER_SITE_URL": config["SITE_URL"],
-            "NEWSLETTER_MAIL_FROM": config["MAIL_FROM"],
-            "NEWSLETTER_SMTP_HOST": "127.0.0.1",
-            "NEWSLETTER_SMTP_PORT": str(config["SMTP_PORT"]),
-            "NEWSLETTER_POSTS_DIR": config["POSTS_DIR"],
-            "NEWSLETTER_INSTANCE_PATH": str(tmp_path / "instance"),
-            **env,
-        }
-    )
-    return subprocess.Popen(
-        [sys.executable, "-c", "from newsletter.cli import main; main()", *args],
-        cwd=tmp_path,
-        env=environment,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-
-def sent_in(output: str, campaign_id: int = 1) -> int:
-    """How many a `send-digest` summary says it sent for one campaign."""
-    match = re.search(rf'Campaign {campaign_id} ".*": sent ([\d,]+),', output)
-    assert match, output
-    return int(match.group(1).replace(",", ""))
-
-
-def digest_ready(runner: FlaskCliRunner, folder: Path, title: str = "Rest Is Not a Reward") -> None:
-    """A first sync (which records the older post as already published), then a new post."""
-    first = runner.invoke(args=["fetch-posts"])
-    assert first.exit_code == 0, first.output
-    write_post(folder, title.lower().replace(" ", "-"), title, "2020-06-01")
 
 
 @pytest.mark.slow

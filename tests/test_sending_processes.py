@@ -23,21 +23,21 @@ from sqlalchemy.orm import Session
 from newsletter.db import db
 from newsletter.models import Campaign, Delivery
 from newsletter.sending import SendInProgressError, SendLock, SendOptions, _DatabaseMarks
-from tests.conftest import ON_POSTGRES, FrozenClock, needs_postgres
-from tests.smtp_sink import SmtpSink
-from tests.test_sending import (
-    FAST,
+from tests.conftest import (
+    ON_POSTGRES,
+    FrozenClock,
     add_readers,
     copies,
     digest_ready,
     make_campaign,
+    needs_postgres,
     newsletter_process,
-    posts_folder,
-    send,
     sent_in,
     state_dir,
     statuses,
 )
+from tests.smtp_sink import SmtpSink
+from tests.test_sending import FAST, posts_folder, send
 
 __all__ = ["posts_folder"]  # a fixture shared with test_sending
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from ..models import FAILED, QUEUED, SENDING, SENT
 from ..services import Services
-from .engine import _CampaignRun
+from .engine import CampaignSender
 from .lock import SendLock, recover
 from .options import (
     DIGEST,
@@ -34,9 +35,11 @@ def send_campaign(
     lock: SendLock,
     options: SendOptions | None = None,
     progress: Progress | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> SendReport:
     """Send what is left of a campaign: queued rows and deferred rows now due, and (with the
-    shared lock, PostgreSQL) rows other senders held when they died.
+    shared lock, PostgreSQL) rows other senders held when they died. ``monotonic`` times
+    leases, the rate and status checks.
 
     Needs the send lock; folds in what an interrupted run left first. Never raises for SMTP
     trouble: a run stopped by it has ``report.error`` set and leaves the rest queued.
@@ -59,15 +62,16 @@ def send_campaign(
         )
     if campaign.status == SENT:
         return SendReport(campaign_id=campaign_id, subject=campaign.subject, finished=True)
-    run = _CampaignRun(
+    sender = CampaignSender(
         session,
         services,
         campaign,
         lock,
         options or SendOptions.from_config(services.config),
         progress or _NoProgress(),
+        monotonic,
     )
-    return run.execute()
+    return sender.execute()
 
 
 def retry_failed(session: Session, kind: str, now: datetime) -> tuple[int, int] | None:
