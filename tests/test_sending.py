@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import threading
-import time
 from collections import Counter
 from dataclasses import replace
 from datetime import timedelta
@@ -27,6 +26,7 @@ from newsletter.sending import (
     SendInProgressError,
     SendLock,
     SendOptions,
+    SendPace,
     SendReport,
     read_journal,
     send_campaign,
@@ -68,12 +68,13 @@ def posts_folder(config: dict[str, Any], tmp_path: Path) -> Path:
     return folder
 
 
-def send(app: Flask, campaign_id: int, options: SendOptions = FAST) -> SendReport:
+def send(app: Flask, campaign_id: int, options: SendOptions = FAST, **engine: Any) -> SendReport:
+    """Send one campaign under the send lock; ``engine``: its clock and pace, if given."""
     with app.app_context():
         lock = SendLock(state_dir(app), db.engine)
         with lock:
             return send_campaign(
-                db.session, get_services(app), campaign_id, lock=lock, options=options
+                db.session, get_services(app), campaign_id, lock=lock, options=options, **engine
             )
 
 
@@ -374,16 +375,43 @@ def test_a_login_or_tls_failure_stops_before_anything_is_marked(
     assert not sink.messages
 
 
+class Ticks:
+    """A monotonic clock that moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_pace_spaces_slots_over_all_callers_by_one_over_the_rate() -> None:
+    ticks, stopped = Ticks(), threading.Event()
+    stopped.set()  # the waits are computed, not slept
+    pace = SendPace(20, ticks)
+    # Sixteen callers at the same instant (four connections' worth) get slots 1/20 s apart.
+    assert [pace.wait(stopped) for _ in range(16)] == pytest.approx([n / 20 for n in range(16)])
+    assert pace.next_slot == pytest.approx(16 / 20)
+    ticks.now = 10.0  # a caller long after the last slot goes at once
+    assert pace.wait(stopped) == 0.0
+    assert pace.wait(stopped) == pytest.approx(1 / 20)
+    assert SendPace(None, ticks).wait(stopped) == 0.0  # no cap: nobody waits
+
+
 def test_the_rate_is_honoured_across_all_connections(
     app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink
 ) -> None:
+    """Every connection takes its slot from the one pace on the injected clock: with time
+    standing still, sixteen messages at 20 a second use the slots 0 to 15/20 s."""
     add_readers(session, clock, 16)
     campaign_id = make_campaign(session, clock)
-    started = time.monotonic()
-    report = send(app, campaign_id, SendOptions(connections=4, rate=20, flush_interval=0.05))
-    elapsed = time.monotonic() - started
+    ticks = Ticks()
+    pace = SendPace(20, ticks)
+    options = SendOptions(connections=4, rate=20, flush_interval=0.05)
+    report = send(app, campaign_id, options, monotonic=ticks, pace=pace)
     assert report.sent == 16
-    assert 15 / 20 <= elapsed < 3.0
+    assert copies(smtp_sink) == Counter(f"reader{n}@example.com" for n in range(1, 17))
+    assert pace.next_slot == pytest.approx(16 / 20)
 
 
 def test_a_reader_who_unsubscribes_mid_send_is_skipped(
@@ -765,15 +793,24 @@ def test_two_runs_at_once_never_both_send(
     """SQLite: the second stops at once. PostgreSQL: it joins in, and nobody gets two."""
     readers = add_readers(session, clock, 150)
     digest_ready(runner, posts_folder)
-    smtp_sink.script.data_delay = 0.05  # about 40 messages a second over two connections
+    # A handshake instead of a race: the sink holds the first sender at the fourth reader (on
+    # every connection) until the second process has started.
+    hold = Hold()
+    for reader in readers[3:]:
+        smtp_sink.script.holds[reader] = hold
     first = newsletter_process(config, tmp_path, "send-digest", "--yes", "--connections", "2")
     try:
-        smtp_sink.wait_for(3, timeout=30)
+        assert hold.reached.wait(30), "the first sender never reached the held reader"
         second = newsletter_process(config, tmp_path, "send-digest", "--yes")
-        out, err = second.communicate(timeout=30)
-        assert len(smtp_sink.messages) < len(readers) or ON_POSTGRES  # the first still sent
+        assert second.stdout is not None
+        # Its first line: it is sending (PostgreSQL), or the end of its output (SQLite: refused).
+        started = second.stdout.readline()
+        assert len(smtp_sink.messages) < len(readers)  # the first is still at it
     finally:
+        hold.release.set()
         first_out, first_err = first.communicate(timeout=60)
+    out, err = second.communicate(timeout=60)
+    out = started + out
     assert first.returncode == 0, first_out + first_err
     if ON_POSTGRES:
         assert second.returncode == 0, out + err

@@ -65,6 +65,7 @@ from .orchestrate import NotComposed as NotComposed
 from .orchestrate import SendOutcome as SendOutcome
 from .orchestrate import send_new_campaign as send_new_campaign
 from .orchestrate import send_test_copy as send_test_copy
+from .pace import SendPace as SendPace
 from .preview import EmailPreview as EmailPreview
 from .preview import preview_campaign_email as preview_campaign_email
 from .processes import SenderProcesses as SenderProcesses

@@ -25,6 +25,7 @@ from .options import (
     _NoProgress,
     log,
 )
+from .pace import SendPace
 
 
 def send_campaign(
@@ -36,10 +37,11 @@ def send_campaign(
     options: SendOptions | None = None,
     progress: Progress | None = None,
     monotonic: Callable[[], float] = time.monotonic,
+    pace: SendPace | None = None,
 ) -> SendReport:
     """Send what is left of a campaign: queued rows and deferred rows now due, and (with the
     shared lock, PostgreSQL) rows other senders held when they died. ``monotonic`` times
-    leases, the rate and status checks.
+    leases, the rate and status checks; ``pace`` (default: ``options.rate``) spaces messages.
 
     Needs the send lock; folds in what an interrupted run left first. Never raises for SMTP
     trouble: a run stopped by it has ``report.error`` set and leaves the rest queued.
@@ -70,6 +72,7 @@ def send_campaign(
         options or SendOptions.from_config(services.config),
         progress or _NoProgress(),
         monotonic,
+        pace,
     )
     return sender.execute()
 

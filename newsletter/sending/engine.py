@@ -48,7 +48,8 @@ class CampaignSender:
     """One run of one campaign: a feeding thread (the caller's, the only one touching the
     database except for the 250 marks on PostgreSQL) and ``connections`` sender threads, each
     with its own SMTP connection. Leases, the rate and the age of status checks are timed by
-    ``monotonic`` (injected, so tests drive time instead of sleeping)."""
+    ``monotonic`` (injected, so tests drive time instead of sleeping); ``pace`` is shared by its
+    connections (by default one at ``options.rate``)."""
 
     def __init__(
         self,
@@ -59,6 +60,7 @@ class CampaignSender:
         options: SendOptions,
         progress: Progress,
         monotonic: Callable[[], float] = time.monotonic,
+        pace: SendPace | None = None,
     ) -> None:
         self.session = session
         self.monotonic = monotonic
@@ -74,7 +76,7 @@ class CampaignSender:
         self.template = campaign_template(services, rendered, campaign.created_at)
         self.reader = ReaderFactory(services, campaign.id, campaign.content_hash)
         self.report = SendReport(campaign_id=campaign.id, subject=campaign.subject)
-        self.limiter = SendPace(options.rate, monotonic)
+        self.limiter = pace or SendPace(options.rate, monotonic)
         self.stop = threading.Event()
         self.work: queue.Queue[_Work | None] = queue.Queue(maxsize=8 * options.connections)
         self.outcomes: deque[_Outcome] = deque()  # appended by senders, drained by the feeder

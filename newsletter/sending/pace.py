@@ -17,6 +17,12 @@ class SendPace:
         self._next = 0.0
         self._lock = threading.Lock()
 
+    @property
+    def next_slot(self) -> float:
+        """When (on the pace's clock) the next caller's slot begins, at the earliest."""
+        with self._lock:
+            return self._next
+
     def wait(self, stop: threading.Event) -> float:
         """Block until this caller's slot (returns early when ``stop`` is set); returns how
         long the slot was ahead."""
