@@ -34,7 +34,6 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import markdown
-import yaml
 from markdown.treeprocessors import Treeprocessor
 from markdown.util import AMP_SUBSTITUTE, HTML_PLACEHOLDER_RE
 from markupsafe import Markup
@@ -43,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from . import placeholders
 from .addresses import normalise_address
+from .content.frontmatter import FrontMatterError, split_front_matter
 from .digest import html_to_text
 from .errors import NewsletterError
 from .models import DEFERRED, QUEUED, SENDING, Campaign, Delivery, Subscriber
@@ -99,11 +99,6 @@ class AlreadySentError(CampaignError):
 
 
 # --- the file ---------------------------------------------------------------------------------
-
-_FRONT_MATTER_START = re.compile(r"---[ \t]*\r?\n")
-_FRONT_MATTER = re.compile(
-    r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*\r?$\n?", re.DOTALL | re.MULTILINE
-)
 
 
 @dataclass(frozen=True)
@@ -172,33 +167,21 @@ def read_announcement(path: str | Path) -> Announcement:
 
 
 def _front_matter(content: str, path: Path) -> tuple[dict[Any, Any], str]:
-    if not _FRONT_MATTER_START.match(content):
+    try:
+        split = split_front_matter(content)
+    except FrontMatterError as err:
+        hint = {
+            "unclosed": "; add one after the subject",
+            "yaml": "; put a value that holds a colon in quotes",
+            "shape": " (subject, preheader)",
+        }[err.kind]
+        raise CampaignFileError(f"{path}: {err}{hint}") from None
+    if not split.present:
         raise CampaignFileError(
             f"{path}: no front matter; start the file with a --- line, "
             "then `subject: ...`, then another --- line"
         )
-    match = _FRONT_MATTER.match(content)
-    if match is None:
-        raise CampaignFileError(
-            f"{path}: the front matter has no closing --- line; add one after the subject"
-        )
-    try:
-        meta = yaml.safe_load(match.group(1))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f"line {mark.line + 2}: " if mark is not None else ""
-        problem = " ".join(str(getattr(err, "problem", None) or err).split())
-        raise CampaignFileError(
-            f"{path}: the front matter is not valid YAML ({line}{problem});"
-            " put a value that holds a colon in quotes"
-        ) from None
-    if meta is None:
-        meta = {}
-    if not isinstance(meta, dict):
-        raise CampaignFileError(
-            f"{path}: the front matter must be `key: value` lines (subject, preheader)"
-        )
-    return meta, content[match.end() :]
+    return split.meta, split.body
 
 
 def _one_line(value: object, key: str, path: Path) -> str:
