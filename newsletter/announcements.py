@@ -239,7 +239,7 @@ def resolve_url(url: str | None, base: str) -> str | None:
     return absolute if parts.scheme.lower() == "mailto" and parts.path else None
 
 
-class _ButtonFinder(Treeprocessor):
+class _ButtonFinder(Treeprocessor):  # type: ignore[misc]  # markdown has no types
     """Turns each paragraph holding only ``[[label]](url)`` into a token paragraph (which
     survives sanitising and is swapped for the button afterwards); elsewhere a double-bracket
     link just loses its inner brackets."""
@@ -279,7 +279,7 @@ def _is_button_link(element: etree.Element) -> bool:
     return element.tag == "a" and len(words) > 2 and words[0] == "[" and words[-1] == "]"
 
 
-class _TreeKeeper(Treeprocessor):
+class _TreeKeeper(Treeprocessor):  # type: ignore[misc]  # markdown has no types
     """Keeps the finished element tree, for the plain-text part."""
 
     tree: etree.Element | None = None
@@ -604,7 +604,7 @@ class _TextWriter:
 
 def _plain(words: str) -> str:
     """Tree text with Python-Markdown's encoded characters (in autolinks) decoded."""
-    return _OBFUSCATED.sub(lambda match: unescape("&" + match.group(1)), words)
+    return str(_OBFUSCATED.sub(lambda match: unescape("&" + match.group(1)), words))
 
 
 def _indent_code(code: str) -> str:

@@ -33,7 +33,7 @@ def fetch_posts_command(backfill: int | None) -> None:
     from ..posts import PostSourceError, sync_posts
 
     try:
-        report = sync_posts(db.session, _services(), backfill=backfill)
+        report = sync_posts(db.session(), _services(), backfill=backfill)
     except PostSourceError as err:
         click.echo(f"Cannot read the posts: {err}", err=True)
         sys.exit(EXIT_ERROR)
@@ -115,7 +115,7 @@ def _sync_posts_for_digest(services: Any, backfill: int | None) -> Any:
     from ..db import db
 
     try:
-        return posts.sync_posts(db.session, services, backfill=backfill)
+        return posts.sync_posts(db.session(), services, backfill=backfill)
     except posts.PostSourceError as err:
         click.echo(f"Cannot read the posts: {err}", err=True)
         sys.exit(EXIT_ERROR)
@@ -138,7 +138,7 @@ def preview_digest_command(output: str, open_browser: bool, backfill: int | None
     services = _services()
     synced = _sync_posts_for_digest(services, backfill)
     try:
-        preview = preview_digest(db.session, services)
+        preview = preview_digest(db.session(), services)
     except TemplateError as err:
         click.echo(f"Email template problem: {err}", err=True)
         sys.exit(EXIT_ERROR)

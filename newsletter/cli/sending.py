@@ -27,7 +27,7 @@ def send_queued_command() -> None:
     transport = services.open_transport()
     try:
         report = deliver_queued(
-            db.session,
+            db.session(),
             transport,
             sender=current_app.config["MAIL_FROM"],
             now=services.clock(),
@@ -209,7 +209,7 @@ def _send_new(
         if retry_kind is not None:
             _retry_failed(_services(), retry_kind)
         return send_new_campaign(
-            db.session,
+            db.session(),
             _services(),
             composer,
             lock=lock,
@@ -331,10 +331,10 @@ def send_digest_command(
             _send_as_worker(services, options)
             return
         if dry_run:
-            _show_plan(plan_digest(db.session, services))
+            _show_plan(plan_digest(db.session(), services))
             return
         if to_address:
-            subject = send_test_digest(db.session, services, to_address)
+            subject = send_test_digest(db.session(), services, to_address)
             click.echo(
                 f'Sent "{subject}" to {to_address} as a test; nothing was marked.'
                 if subject
@@ -370,7 +370,7 @@ def _retry_failed(services: Any, kind: str) -> None:
     from ..db import db
     from ..sending import retry_failed
 
-    moved = retry_failed(db.session, kind, services.clock())
+    moved = retry_failed(db.session(), kind, services.clock())
     if moved is None:
         click.echo(f"No {kind} has been sent yet: no failed deliveries to retry.")
         return
@@ -409,7 +409,7 @@ def _send_as_worker(services: Any, options: Any) -> None:
     lock.acquire()
     try:
         send_unfinished(
-            db.session, services, lock=lock, options=options, progress=WorkerProgress(sys.stdout)
+            db.session(), services, lock=lock, options=options, progress=WorkerProgress(sys.stdout)
         )
     finally:
         lock.release()
@@ -514,10 +514,10 @@ def send_campaign_command(
     with _stops_cleanly("send-campaign", resume, problems):
         announcement = read_announcement(file)
         if dry_run:
-            _show_campaign_plan(plan_campaign(db.session, services, announcement), again)
+            _show_campaign_plan(plan_campaign(db.session(), services, announcement), again)
             return
         if to_address:
-            subject = send_test_campaign(db.session, services, announcement, to_address)
+            subject = send_test_campaign(db.session(), services, announcement, to_address)
             click.echo(f'Sent "{subject}" to {to_address} as a test; nothing was marked.')
             return
         outcome = _send_new(
@@ -569,7 +569,7 @@ def _retry_failed_announcement(
             check_smtp(services)
             _retry_failed(services, ANNOUNCEMENT)
             reports = send_unfinished(
-                db.session,
+                db.session(),
                 services,
                 lock=lock,
                 kind=ANNOUNCEMENT,

@@ -9,7 +9,6 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import make_msgid
 from pathlib import Path
-from typing import cast
 
 from ..mail import ReaderParts, mail_domain, reader_greeting
 from ..rendering import RenderedEmail, TemplateError, write_preview
@@ -53,7 +52,7 @@ def preview_campaign_email(
     data = campaign_template(services, rendered, services.clock()).personalise(reader)
     # The .html and .txt files are the reader's parts read back out of that very message.
     # With the default policy the parser makes EmailMessage objects.
-    message = cast(EmailMessage, BytesParser(policy=email_policy.default).parsebytes(data))
+    message = BytesParser(policy=email_policy.default).parsebytes(data)
     return EmailPreview(
         name=name,
         subject=rendered.subject,
