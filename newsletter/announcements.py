@@ -727,14 +727,8 @@ class AnnouncementComposer:
     def compose(self, session: Session, services: Services, draft: Draft) -> int:
         """Add the announcement's campaign."""
         rendered = self.rendered or render_campaign(self.announcement, services)
-        campaign = add_campaign(
-            session,
-            services,
-            kind=ANNOUNCEMENT,
-            email=rendered.email,
-            preheader=rendered.preheader,
-            content_hash=self.announcement.content_hash,
-        )
+        content_hash = self.announcement.content_hash
+        campaign = add_campaign(session, services, ANNOUNCEMENT, rendered, content_hash)
         return campaign.id
 
 

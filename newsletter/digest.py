@@ -250,14 +250,7 @@ def create_digest_campaign(session: Session, services: Services, posts: Sequence
     if taken:
         raise ValueError(f"already in a digest: {', '.join(taken)}")
     rendered = render(posts, services)
-    campaign = add_campaign(
-        session,
-        services,
-        kind=DIGEST,
-        email=rendered.email,
-        preheader=rendered.preheader,
-        content_hash=posts_key(posts),
-    )
+    campaign = add_campaign(session, services, DIGEST, rendered, posts_key(posts))
     for post in posts:
         post.campaign_id = campaign.id
     session.flush()

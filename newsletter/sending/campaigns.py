@@ -27,6 +27,9 @@ from .options import (
 )
 from .pace import SendPace
 
+# A delivery put back in the queue as if never tried: no retry time, no claim.
+_AS_NEW = dict.fromkeys(("next_attempt_at", "deferred_since", "claimed_until", "claimed_by"))
+
 
 def send_campaign(
     session: Session,
@@ -90,14 +93,7 @@ def retry_failed(session: Session, kind: str, now: datetime) -> tuple[int, int] 
     result = session.execute(
         update(d)
         .where(d.c.campaign_id == latest, d.c.status == FAILED)
-        .values(
-            status=QUEUED,
-            next_attempt_at=None,
-            deferred_since=None,
-            claimed_until=None,
-            claimed_by=None,
-            updated_at=now,
-        )
+        .values(status=QUEUED, updated_at=now, **_AS_NEW)
     )
     moved = int(result.rowcount or 0)  # type: ignore[attr-defined]
     if moved:

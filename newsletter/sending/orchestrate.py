@@ -223,23 +223,27 @@ def _compose(
     return campaign_id
 
 
+class Rendered(Protocol):
+    """A campaign's email rendered once, with its preheader (a digest's or an announcement's)."""
+
+    @property
+    def email(self) -> RenderedEmail: ...
+
+    @property
+    def preheader(self) -> str: ...
+
+
 def add_campaign(
-    session: Session,
-    services: Services,
-    *,
-    kind: str,
-    email: RenderedEmail,
-    preheader: str,
-    content_hash: str,
+    session: Session, services: Services, kind: str, rendered: Rendered, content_hash: str
 ) -> Campaign:
     """Add a ``sending`` campaign of ``kind`` for the email rendered once; flushes (so it has
     its id), does not commit: the caller plans its deliveries in the same transaction."""
     campaign = Campaign(
         kind=kind,
-        subject=email.subject,
-        preheader=preheader,
-        html=email.html,
-        text=email.text,
+        subject=rendered.email.subject,
+        preheader=rendered.preheader,
+        html=rendered.email.html,
+        text=rendered.email.text,
         content_hash=content_hash,
         status=SENDING,
         created_at=services.clock(),
