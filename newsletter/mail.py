@@ -37,6 +37,11 @@ def format_address(address: str, name: str | None = None) -> str:
     return str(Address(display_name=name, username=local, domain=domain))
 
 
+def mail_domain(address: str) -> str:
+    """The domain of the sender's ``address``, for Message-IDs ("localhost" if it has none)."""
+    return address.rpartition("@")[2] or "localhost"
+
+
 def build_message(
     rendered: RenderedEmail,
     *,
@@ -53,7 +58,7 @@ def build_message(
     message["To"] = recipient
     message["Subject"] = rendered.subject
     message["Date"] = format_datetime(date or datetime.now().astimezone())
-    message["Message-ID"] = message_id or make_msgid(domain=sender.rpartition("@")[2])
+    message["Message-ID"] = message_id or make_msgid(domain=mail_domain(sender))
     for name, value in (headers or {}).items():
         message[name] = value
     message.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")

@@ -10,7 +10,7 @@ from email.utils import format_datetime, make_msgid
 from typing import Any
 
 from . import placeholders
-from .mail import MessageTemplate, ReaderParts
+from .mail import MessageTemplate, ReaderParts, mail_domain
 from .services import Services
 
 
@@ -102,11 +102,10 @@ def _parts(
     confirm_url: str = "",
     unsubscribe_url: str = "",
 ) -> ReaderParts:
-    domain = services.config["MAIL_FROM"].rpartition("@")[2]
     return ReaderParts(
         recipient=address,
         unsubscribe_url=unsubscribe_url,
-        message_id=make_msgid(domain=domain),
+        message_id=make_msgid(domain=mail_domain(services.config["MAIL_FROM"])),
         confirm_url=confirm_url,
         date=format_datetime(now),
     )

@@ -342,18 +342,21 @@ class Worker:
             lock.release()
 
     def _send_digest(self, session: Session, lock: Any) -> str:
-        from .sending import send_digest
+        from .digest import DigestComposer
+        from .sending import NotComposed, send_new_campaign
 
         with self._interrupt_while_sending() as progress:
-            run = send_digest(session, self.services, lock=lock, progress=progress)
-        if run.sync_error:
-            raise RuntimeError(f"cannot read the posts: {run.sync_error}")
-        sent = sum(report.sent for report in run.reports)
-        if run.report is not None:
-            return f"digest {run.report.campaign_id} sent to {sent}"
-        if run.no_readers:
+            outcome = send_new_campaign(
+                session, self.services, DigestComposer(), lock=lock, progress=progress
+            )
+        if outcome.not_composed is NotComposed.SOURCE_ERROR:
+            raise RuntimeError(f"cannot read the posts: {outcome.problem}")
+        sent = sum(report.sent for report in outcome.reports)
+        if outcome.report is not None:
+            return f"digest {outcome.report.campaign_id} sent to {sent}"
+        if outcome.not_composed is NotComposed.NO_READERS:
             return "no confirmed readers yet"
-        return "no new posts" + (f"; resumed, sent {sent}" if run.resumed else "")
+        return "no new posts" + (f"; resumed, sent {sent}" if outcome.resumed else "")
 
     def _ask_for_approval(self, session: Session, tick: datetime) -> str:
         from .approval import lapse_expired, prepare_approval
@@ -383,7 +386,6 @@ class Worker:
     def _approvals(self, session: Session) -> None:
         """Lapse approvals whose time ran out; compose and send the approved ones."""
         from .approval import approved_waiting, compose_approved, lapse_expired
-        from .sending import send_unfinished
 
         lapsed = lapse_expired(session, self.now())
         if lapsed:
@@ -403,35 +405,29 @@ class Worker:
                 if campaign_id is not None:
                     self.log("approved digest composed", approval=approval_id, campaign=campaign_id)
             session.expunge_all()
-            with self._interrupt_while_sending() as progress:
-                reports = send_unfinished(session, self.services, lock=lock, progress=progress)
-            for report in reports:
-                self.log(
-                    "sent",
-                    campaign=report.campaign_id,
-                    sent=report.sent,
-                    failed=report.failed,
-                    deferred=report.deferred,
-                    left=report.left,
-                )
+            self._send_unfinished(session, lock)
         finally:
             lock.release()
 
     def _help_send(self, session: Session) -> None:
         """Send what is left of unfinished digests (another worker's, or one a stopped run
         left), when rows are due."""
-        from .sending import send_unfinished
-
         if not due_deliveries(session, self.now()):
             return
         lock = self._lock()
         if lock is None:
             return
         try:
-            with self._interrupt_while_sending() as progress:
-                reports = send_unfinished(session, self.services, lock=lock, progress=progress)
+            self._send_unfinished(session, lock)
         finally:
             lock.release()
+
+    def _send_unfinished(self, session: Session, lock: Any) -> None:
+        """Send what is left of the unfinished digests, logging each campaign's counts."""
+        from .sending import send_unfinished
+
+        with self._interrupt_while_sending() as progress:
+            reports = send_unfinished(session, self.services, lock=lock, progress=progress)
         for report in reports:
             self.log(
                 "sent",

@@ -23,7 +23,7 @@ def campaigns_group(ctx: click.Context) -> None:
     from ..sending import list_campaigns
 
     live = _fold_interrupted_sends()
-    campaigns = list_campaigns(db.session)
+    campaigns = list_campaigns(db.session())
     if not campaigns:
         click.echo(
             "No campaigns yet: `newsletter send-digest` or `newsletter send-campaign "
@@ -51,7 +51,7 @@ def _fold_interrupted_sends() -> str | None:
     from ..db import db
     from ..sending import fold_interrupted
 
-    if fold_interrupted(db.session, _send_lock(), _services().clock()):
+    if fold_interrupted(db.session(), _send_lock(), _services().clock()):
         return None
     return (
         "A send is running now: these counts are live and keep moving (the last few "
@@ -83,7 +83,7 @@ def campaigns_show(campaign_id: int) -> None:
 
     live = _fold_interrupted_sends()
     try:
-        details = describe_campaign(db.session, campaign_id)
+        details = describe_campaign(db.session(), campaign_id)
     except CampaignNotFoundError as err:
         click.echo(str(err).capitalize(), err=True)
         sys.exit(EXIT_ERROR)

@@ -70,7 +70,7 @@ _ALLOWED_ATTRIBUTES = {
     "th": {"colspan", "rowspan", "scope"},
 }
 # Removed with everything inside: their content is code, widgets or fallbacks, not prose.
-_REMOVED_WITH_CONTENT = {
+REMOVED_WITH_CONTENT = {
     "script",
     "style",
     "iframe",
@@ -109,7 +109,7 @@ def sanitise_html(html_text: str, base_url: str | None) -> str:
     return nh3.clean(
         html_text,
         tags=_ALLOWED_TAGS,
-        clean_content_tags=_REMOVED_WITH_CONTENT,
+        clean_content_tags=REMOVED_WITH_CONTENT,
         attributes=_ALLOWED_ATTRIBUTES,
         attribute_filter=rewrite,
         url_schemes=_URL_SCHEMES,
