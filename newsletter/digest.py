@@ -29,7 +29,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from . import placeholders
-from .mail import ReaderParts, reader_greeting
+from .archive import archive_path
+from .content.embeds import Video, videos_in
+from .content.images import COLUMN_WIDTH, display_width, image_facts
+from .content.voice import author_greeting, digest_voice
+from .mail import ReaderParts
 from .models import SENDING, Campaign, Post
 from .posts import SUMMARY_WORDS, sanitise_html, summarise
 from .rendering import RenderedEmail, TemplateError, write_preview
@@ -65,6 +69,11 @@ class DigestPost:
     author: str | None
     published_at: datetime | None
     image_in_content: bool = False
+    # The post image's own alt text and display width (never wider than it is), and the
+    # videos the body shows as linked thumbnails (named under a summary).
+    image_alt: str | None = None
+    image_width: int = COLUMN_WIDTH
+    videos: tuple[Video, ...] = ()
 
     @property
     def date(self) -> str:
@@ -103,6 +112,7 @@ def _digest_post(post: Post, config: Mapping[str, Any]) -> DigestPost:
     # The stored summary is plain text ("<" is a character there); the body is HTML.
     summary = _words(_squash(post.summary or ""), SUMMARY_WORDS) or summarise(content)
     image_url = _absolute(post.image_url, url)
+    image = image_facts(content, image_url)
     return DigestPost(
         title=_squash(post.title) or "Untitled",
         subtitle=_squash(post.subtitle or "") or None,
@@ -114,6 +124,9 @@ def _digest_post(post: Post, config: Mapping[str, Any]) -> DigestPost:
         author=_squash(post.author or "") or None,
         published_at=post.published_at,
         image_in_content=image_url is not None and f'src="{escape(image_url)}"' in content,
+        image_alt=image.alt,
+        image_width=display_width(image.width),
+        videos=tuple(videos_in(content)),
     )
 
 
@@ -200,10 +213,11 @@ class RenderedDigest:
     posts: tuple[DigestPost, ...]
 
 
-def render(posts: Sequence[Post], services: Services) -> RenderedDigest:
+def render(posts: Sequence[Post], services: Services, *, note: str | None = None) -> RenderedDigest:
     """Render the digest of ``posts`` once: Jinja2 and premailer run here and nowhere else.
 
-    Raises TemplateError (with file and line) for a broken template.
+    Raises TemplateError (with file and line) for a broken template, NoteError for a bad
+    ``note`` (the author's Markdown shown above the posts).
     """
     config = services.config
     views = digest_posts(posts, config)
@@ -217,6 +231,8 @@ def render(posts: Sequence[Post], services: Services) -> RenderedDigest:
         # Stand-ins for each reader's own parts, filled in per reader after rendering.
         "greeting": placeholders.GREETING,
         "unsubscribe_url": placeholders.UNSUBSCRIBE_URL,
+        **digest_voice(views, config, _template_values(views, config), note=note),
+        "archive_url": services.public_url(archive_path(posts_key(posts))),
     }
     email = services.renderer.render(TEMPLATE, subject, context)
     return RenderedDigest(email=email, preheader=preheader, posts=tuple(views))
@@ -227,9 +243,11 @@ def subject_of(posts: Sequence[Post], config: Mapping[str, Any]) -> str:
     return digest_subject(digest_posts(posts, config), config)
 
 
-def render_digest(posts: Sequence[Post], services: Services) -> RenderedEmail:
+def render_digest(
+    posts: Sequence[Post], services: Services, *, note: str | None = None
+) -> RenderedEmail:
     """The digest of ``posts`` as subject, inlined HTML and text, with reader placeholders."""
-    return render(posts, services).email
+    return render(posts, services, note=note).email
 
 
 def posts_key(posts: Sequence[Post]) -> str:
@@ -240,15 +258,18 @@ def posts_key(posts: Sequence[Post]) -> str:
     return digest.hexdigest()
 
 
-def create_digest_campaign(session: Session, services: Services, posts: Sequence[Post]) -> Campaign:
+def create_digest_campaign(
+    session: Session, services: Services, posts: Sequence[Post], *, note: str | None = None
+) -> Campaign:
     """Add a ``sending`` digest campaign for ``posts`` and mark them as in it; flushes, does
-    not commit, so the caller can plan deliveries in the same transaction."""
+    not commit, so the caller can plan deliveries in the same transaction. ``note`` (Markdown)
+    goes above the posts and is stored with the campaign."""
     if not posts:
         raise ValueError("a digest needs at least one post")
     taken = [post.title for post in posts if post.campaign_id is not None]
     if taken:
         raise ValueError(f"already in a digest: {', '.join(taken)}")
-    rendered = render(posts, services)
+    rendered = render(posts, services, note=note)
     campaign = Campaign(
         kind=DIGEST,
         subject=rendered.email.subject,
@@ -258,6 +279,7 @@ def create_digest_campaign(session: Session, services: Services, posts: Sequence
         content_hash=posts_key(posts),
         status=SENDING,
         created_at=services.clock(),
+        note=(note or "").strip() or None,
     )
     session.add(campaign)
     session.flush()
@@ -288,8 +310,11 @@ class DigestPreview:
         return write_preview(folder, "digest", self.html, self.text, self.message)
 
 
-def preview_digest(session: Session, services: Services) -> DigestPreview | None:
-    """Render the next digest and fill in a sample reader's parts; None when nothing is new.
+def preview_digest(
+    session: Session, services: Services, *, note: str | None = None
+) -> DigestPreview | None:
+    """Render the next digest (with ``note`` above the posts) for the author: her own greeting
+    and a sample reader's links; None when nothing is new.
 
     Changes nothing in the database. Raises TemplateError for a broken template. The
     message is built exactly as the sender builds each reader's copy.
@@ -299,14 +324,14 @@ def preview_digest(session: Session, services: Services) -> DigestPreview | None
     posts = select_digest_posts(session, services)
     if not posts:
         return None
-    rendered = render_digest(posts, services)
+    rendered = render_digest(posts, services, note=note)
     now = services.clock()
     config = services.config
     reader = ReaderParts(
         recipient=SAMPLE_RECIPIENT,
         unsubscribe_url=services.public_url(SAMPLE_UNSUBSCRIBE_PATH),
         message_id=make_msgid(domain=str(config["MAIL_FROM"]).rpartition("@")[2]),
-        greeting=reader_greeting(SAMPLE_NAME),
+        greeting=author_greeting(config),  # the author reads it: never a stranger's name
         name=SAMPLE_NAME,
     )
     data = campaign_template(services, rendered, now).personalise(reader)

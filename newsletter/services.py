@@ -12,6 +12,7 @@ from flask import Flask, current_app
 
 from .db import utcnow
 from .ratelimit import RateLimiter, limiter_from_config
+from .content.voice import appearance
 from .rendering import EmailRenderer
 from .smtp import SmtpSettings, SmtpTransport, Transport
 from .tokens import Tokens
@@ -40,7 +41,9 @@ class Services:
     def renderer(self) -> EmailRenderer:
         """The email renderer, with the author's template folder first when configured."""
         if self._renderer is None:
-            self._renderer = EmailRenderer(self.config.get("EMAIL_TEMPLATES"))
+            self._renderer = EmailRenderer(
+                self.config.get("EMAIL_TEMPLATES"), brand=appearance(self.config)
+            )
         return self._renderer
 
     def cached(self, key: tuple[Any, ...], make: Callable[[], T]) -> T:
