@@ -54,7 +54,9 @@ class ArchivedIssue:
     html: str
 
 
-def find_issue(session: Session, key: str, subscribe_url: str, site_name: str) -> ArchivedIssue | None:
+def find_issue(
+    session: Session, key: str, subscribe_url: str, site_name: str
+) -> ArchivedIssue | None:
     """The newest campaign named by ``key``, with its personal parts made neutral; None if
     no campaign has that key."""
     if not _KEY.fullmatch(key):

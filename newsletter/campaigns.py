@@ -46,6 +46,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from . import placeholders
+from .archive import archive_path
 from .digest import SAMPLE_NAME, SAMPLE_RECIPIENT, SAMPLE_UNSUBSCRIBE_PATH, html_to_text
 from .errors import NewsletterError
 from .mail import ReaderParts, reader_greeting
@@ -687,6 +688,7 @@ def render_campaign(announcement: Announcement, services: Services) -> RenderedC
         # Stand-ins for each reader's own parts, filled in per reader after rendering.
         "greeting": placeholders.GREETING,
         "unsubscribe_url": placeholders.UNSUBSCRIBE_URL,
+        "archive_url": services.public_url(archive_path(announcement.content_hash)),
     }
     email = services.renderer.render(TEMPLATE, announcement.subject, context)
     return RenderedCampaign(email=email, preheader=preheader, body=body)

@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 
 from flask import Flask, current_app
 
+from .content.voice import appearance
 from .db import utcnow
 from .ratelimit import RateLimiter, limiter_from_config
-from .content.voice import appearance
 from .rendering import EmailRenderer
 from .smtp import SmtpSettings, SmtpTransport, Transport
 from .tokens import Tokens

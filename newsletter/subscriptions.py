@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 
 from . import outbox, placeholders
 from .addresses import address_hash, normalise_address
+from .content.voice import welcome_text
 from .errors import NewsletterError
-from .mail import MessageTemplate, ReaderParts
+from .mail import MessageTemplate, ReaderParts, reader_greeting
 from .models import (
     CONFIRMED,
     CONFIRMED_EVENT,
@@ -257,10 +258,12 @@ def _parts(
     *,
     confirm_url: str = "",
     unsubscribe_url: str = "",
+    greeting: str = "Hello,",
 ) -> ReaderParts:
     domain = services.config["MAIL_FROM"].rpartition("@")[2]
     return ReaderParts(
         recipient=address,
+        greeting=greeting,
         unsubscribe_url=unsubscribe_url,
         message_id=make_msgid(domain=domain),
         confirm_url=confirm_url,
@@ -375,11 +378,23 @@ def _queue_welcome(
         services,
         "welcome",
         f"Welcome to {config['SITE_NAME']}",
-        {**email_context(config), "unsubscribe_url": placeholders.UNSUBSCRIBE_URL},
+        {
+            **email_context(config),
+            "unsubscribe_url": placeholders.UNSUBSCRIBE_URL,
+            "greeting": placeholders.GREETING,  # "Hi Ada," when the reader gave a name
+            "welcome_text": welcome_text(config),
+        },
         {**_common_headers(config), **list_headers(config, placeholders.UNSUBSCRIBE_URL)},
     )
+    greeting = reader_greeting(subscriber.name)
     message = template.personalise(
-        _parts(services, subscriber.email or "", now, unsubscribe_url=unsubscribe_url),
+        _parts(
+            services,
+            subscriber.email or "",
+            now,
+            unsubscribe_url=unsubscribe_url,
+            greeting=greeting,
+        ),
         eight_bit=False,
     )
     outbox.queue_email(

@@ -399,7 +399,9 @@ def test_scripts_event_handlers_and_javascript_urls_never_survive(app: Flask) ->
     assert links[0]["href"] == f"{BLOG_ORIGIN}/posts/slow-mornings"
     assert all(link["rel"] == "noopener" for link in links)
     # The iframe became a link to the post; the javascript: links became their plain text.
-    assert [link.get("href") for link in links[1:]] == [f"{BLOG_ORIGIN}/posts/tea-and-quiet-minutes"]
+    assert [link.get("href") for link in links[1:]] == [
+        f"{BLOG_ORIGIN}/posts/tea-and-quiet-minutes"
+    ]
     assert "Watch the leaves unfurl." in content  # the text of a cleaned tag stays
 
 

@@ -9,6 +9,7 @@ import click
 from flask.cli import with_appcontext
 
 from .base import EXIT_ERROR, _services, register
+from .notes import NOTE_FILE, NOTE_HELP
 
 
 @register
@@ -135,8 +136,11 @@ def _sync_posts_for_digest(services: Any, backfill: int | None) -> Any:
     help="Count the newest N posts already published that were never mailed as "
     "new (as `fetch-posts --backfill N` does).",
 )
+@click.option("--note", "note", type=NOTE_FILE, help=NOTE_HELP)
 @with_appcontext
-def preview_digest_command(output: str, open_browser: bool, backfill: int | None) -> None:
+def preview_digest_command(
+    output: str, open_browser: bool, backfill: int | None, note: str | None
+) -> None:
     """Write the next digest as a sample reader would get it; marks nothing as sent."""
     import webbrowser
 
@@ -147,7 +151,7 @@ def preview_digest_command(output: str, open_browser: bool, backfill: int | None
     services = _services()
     synced = _sync_posts_for_digest(services, backfill)
     try:
-        preview = preview_digest(db.session, services)
+        preview = preview_digest(db.session, services, note=note)
     except TemplateError as err:
         click.echo(f"Email template problem: {err}", err=True)
         sys.exit(EXIT_ERROR)

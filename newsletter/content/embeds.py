@@ -105,7 +105,9 @@ def video_for(src: str, title: str | None = None) -> Video | None:
         )
     if found := vimeo_id(src):
         # Vimeo's still images need its API; a linked caption is what we can give offline.
-        return Video(url=f"https://vimeo.com/{found}", thumbnail=None, title=title, provider="Vimeo")
+        return Video(
+            url=f"https://vimeo.com/{found}", thumbnail=None, title=title, provider="Vimeo"
+        )
     return None
 
 

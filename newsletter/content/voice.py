@@ -61,6 +61,12 @@ def render_words(key: str, template: str | None, values: Mapping[str, Any]) -> s
     return " ".join(text.split())
 
 
+def welcome_text(config: Mapping[str, Any]) -> str:
+    """The welcome email's words (``NEWSLETTER_WELCOME_TEXT``, a template over site_name)."""
+    values = {"site_name": config["SITE_NAME"], "site_url": config["SITE_URL"]}
+    return render_words("WELCOME_TEXT", config.get("WELCOME_TEXT"), values)
+
+
 def appearance(config: Mapping[str, Any]) -> dict[str, Any]:
     """The brand every email template sees: colour, font stack and logo."""
     return {
@@ -68,6 +74,21 @@ def appearance(config: Mapping[str, Any]) -> dict[str, Any]:
         "font_stack": FONT_STACKS.get(str(config.get("FONT") or "serif"), FONT_STACKS["serif"]),
         "logo_url": config.get("LOGO_URL") or None,
     }
+
+
+def check_note(source: str) -> None:
+    """Raise NoteError for a note that cannot go above the posts: too long, or nothing left
+    once unsafe HTML is removed."""
+    source = source.strip()
+    if len(source) > NOTE_MAX_CHARS:
+        raise NoteError(
+            f"the note has {len(source):,} characters; a note above the posts should stay "
+            f"under {NOTE_MAX_CHARS:,}: shorten it, or send an announcement instead"
+        )
+    if source and not note_parts(source, "https://example.com")[1].strip():
+        raise NoteError(
+            "nothing is left of the note once unsafe HTML is removed: write it in Markdown"
+        )
 
 
 def note_parts(source: str | None, site_url: str) -> tuple[Markup | None, str]:
@@ -82,10 +103,7 @@ def note_parts(source: str | None, site_url: str) -> tuple[Markup | None, str]:
     if not source:
         return None, ""
     if len(source) > NOTE_MAX_CHARS:
-        raise NoteError(
-            f"the note has {len(source):,} characters; a note above the posts should stay "
-            f"under {NOTE_MAX_CHARS:,}: shorten it, or send an announcement instead"
-        )
+        check_note(source)
     html = sanitise_html(markdown.markdown(source, extensions=list(NOTE_EXTENSIONS)), site_url)
     return Markup(html), html_to_text(html)  # sanitised just above
 

@@ -61,6 +61,7 @@ def send_digest(
     progress: Progress | None = None,
     confirm: Confirm | None = None,
     senders: SenderProcesses | None = None,
+    note: str | None = None,
 ) -> DigestRun:
     """Sync posts, compose the digest of new posts and plan one delivery per confirmed reader
     (only one process at a time does this), then send every unfinished digest, oldest first:
@@ -68,7 +69,8 @@ def send_digest(
     senders share the work on PostgreSQL). With ``senders``, those processes send instead.
 
     Raises SmtpConfigError / SmtpUnavailableError when the server cannot be used at all (before
-    anything is planned), TemplateError for a broken template.
+    anything is planned), TemplateError for a broken template. ``note`` (Markdown) goes above
+    the posts of the new digest and is stored with it.
     """
     run = DigestRun()
     if not lock.recovered:
@@ -76,7 +78,7 @@ def send_digest(
     check_smtp(services)
     with lock.composing():
         try:
-            new_id = _compose_digest(session, services, run, confirm)
+            new_id = _compose_digest(session, services, run, confirm, note)
         except BaseException:
             session.rollback()  # nothing half-made survives the composing lock
             raise
@@ -97,7 +99,11 @@ def send_digest(
 
 
 def _compose_digest(
-    session: Session, services: Services, run: DigestRun, confirm: Confirm | None
+    session: Session,
+    services: Services,
+    run: DigestRun,
+    confirm: Confirm | None,
+    note: str | None = None,
 ) -> int | None:
     """Sync the posts and, if any are new, create the digest campaign and plan its deliveries
     in one transaction; returns its id. Why nothing was composed goes into ``run``."""
@@ -124,7 +130,7 @@ def _compose_digest(
             run.declined = True
             session.rollback()
             return None
-    campaign = digest.create_digest_campaign(session, services, chosen)
+    campaign = digest.create_digest_campaign(session, services, chosen, note=note)
     plan_deliveries(session, campaign.id, services.clock())
     session.commit()
     return campaign.id
@@ -169,7 +175,9 @@ def plan_digest(session: Session, services: Services) -> DigestPlan:
 TEST_UNSUBSCRIBE_PATH = "unsubscribe/test-send"
 
 
-def send_test_digest(session: Session, services: Services, address: str) -> str | None:
+def send_test_digest(
+    session: Session, services: Services, address: str, *, note: str | None = None
+) -> str | None:
     """Sync posts and send the next digest to ``address`` only; returns its subject, or None
     when nothing is new. Creates no campaign and marks nothing.
 
@@ -183,7 +191,7 @@ def send_test_digest(session: Session, services: Services, address: str) -> str 
     chosen = digest.select_digest_posts(session, services)
     if not chosen:
         return None
-    rendered = digest.render_digest(chosen, services)
+    rendered = digest.render_digest(chosen, services, note=note)
     send_test_copy(session, services, rendered, address)
     return rendered.subject
 

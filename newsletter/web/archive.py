@@ -39,7 +39,9 @@ def index() -> Any:
 def feed() -> Any:
     """The newsletter as an RSS feed, for readers who prefer a feed reader."""
     _public()
-    body = issues_feed(list_issues(db.session), current_app.config, current_app.config["PUBLIC_URL"])
+    body = issues_feed(
+        list_issues(db.session), current_app.config, current_app.config["PUBLIC_URL"]
+    )
     return body, 200, {"Content-Type": "application/rss+xml; charset=utf-8"}
 
 
@@ -47,10 +49,7 @@ def feed() -> Any:
 def issue(key: str) -> Any:
     """One issue as it was sent, with no reader's greeting or unsubscribe link in it."""
     found = find_issue(
-        db.session,
-        key,
-        get_services().public_url("subscribe"),
-        current_app.config["SITE_NAME"],
+        db.session, key, get_services().public_url("subscribe"), current_app.config["SITE_NAME"]
     )
     if found is None:
         abort(404)
