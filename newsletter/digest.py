@@ -110,7 +110,9 @@ def _digest_post(post: Post, config: Mapping[str, Any]) -> DigestPost:
     content = sanitise_html(post.content_html or "", url)
     content_text = html_to_text(content)
     # The stored summary is plain text ("<" is a character there); the body is HTML.
-    summary = _words(_squash(post.summary or ""), SUMMARY_WORDS) or summarise(content)
+    summary = _words(_squash(post.summary or ""), SUMMARY_WORDS)
+    if not summary or summary == _squash(post.subtitle or ""):  # no line said twice
+        summary = summarise(content)
     image_url = _absolute(post.image_url, url)
     image = image_facts(content, image_url)
     return DigestPost(
