@@ -18,6 +18,7 @@ from typing import Any
 import lxml.html
 import pytest
 from flask import Flask
+from flask.testing import FlaskCliRunner
 from sqlalchemy import select
 
 from newsletter import digest, placeholders
