@@ -443,3 +443,57 @@ def blog_server() -> Iterator[str]:
     server.shutdown()
     server.server_close()
     thread.join()
+
+
+def test_fetch_post_meta_reads_each_new_posts_page_once_for_subtitle_and_image(
+    make_app: Callable[..., Flask], blog_server: str
+) -> None:
+    feed = (
+        '<?xml version="1.0"?><rss version="2.0"><channel><title>B</title>'
+        f"<link>{blog_server}/</link>"
+        f"<item><title>Quiet</title><link>{blog_server}/post/quiet</link><guid>q</guid>"
+        "<pubDate>Sun, 01 Nov 2026 08:00:00 GMT</pubDate>"
+        "<description>&lt;p&gt;Words.&lt;/p&gt;</description></item>"
+        f"<item><title>Gone</title><link>{blog_server}/post/gone</link><guid>g</guid>"
+        "<pubDate>Sat, 31 Oct 2026 08:00:00 GMT</pubDate>"
+        "<description>&lt;p&gt;More.&lt;/p&gt;</description></item></channel></rss>"
+    )
+    _Pages.pages = {
+        "/feed.xml": feed.encode(),
+        "/post/quiet": (
+            b'<html><head><meta property="og:description" '
+            b'content="A &amp; B, &lt;b&gt;gently&lt;/b&gt;">'
+            b'<meta property="og:image" content="/media/quiet.jpg"></head><body></body></html>'
+        ),
+    }
+    app = make_app(FEED_URL=f"{blog_server}/feed.xml", FETCH_POST_META=True)
+    with app.app_context():
+        services = get_services(app)
+        sync_posts(db.session, services, backfill=2)
+        posts = {p.title: p for p in db.session.scalars(select(Post))}
+        quiet = posts["Quiet"]
+        assert quiet.subtitle == "A & B, gently"  # sanitised to plain text
+        assert quiet.image_url == f"{blog_server}/media/quiet.jpg"
+        # A page that cannot be read leaves the post as the feed gave it.
+        assert posts["Gone"].subtitle is None and posts["Gone"].image_url is None
+        hash_before = quiet.content_hash
+        sync_posts(db.session, services)  # nothing new: no page is read again
+        db.session.refresh(quiet)
+        assert quiet.subtitle == "A & B, gently" and quiet.content_hash == hash_before
+    assert sorted(p for p in _Pages.hits if p.startswith("/post/")) == ["/post/gone", "/post/quiet"]
+
+
+def test_fetch_post_meta_is_off_by_default(
+    make_app: Callable[..., Flask], blog_server: str
+) -> None:
+    _Pages.pages = {
+        "/feed.xml": (
+            '<?xml version="1.0"?><rss version="2.0"><channel><title>B</title>'
+            f"<item><title>Quiet</title><link>{blog_server}/post/quiet</link><guid>q</guid>"
+            "<description>x</description></item></channel></rss>"
+        ).encode()
+    }
+    app = make_app(FEED_URL=f"{blog_server}/feed.xml")
+    with app.app_context():
+        sync_posts(db.session, get_services(app), backfill=1)
+    assert _Pages.hits == ["/feed.xml"]
