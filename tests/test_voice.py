@@ -120,6 +120,11 @@ def test_the_summary_names_the_videos_of_a_post(builder_app: Flask) -> None:
         f"{PLAY_MARK} Watch the video (YouTube)"
     ]
     assert f"Softening the shoulders: a guided practice (YouTube): {YOUTUBE}" in rendered.text
+    # The summary is the post's words: no captions of videos or embeds in it.
+    summary = first.find_class("post-summary")[0].text_content()
+    assert summary.startswith("Most of us carry the day")
+    assert PLAY_MARK not in summary and OTHER_EMBED_LABEL not in summary
+    assert "The window where I practise" not in summary
 
 
 def test_images_keep_their_alt_and_are_never_enlarged(builder_app: Flask) -> None:

@@ -131,8 +131,8 @@ def video_html(video: Video) -> str:
 def other_embed_html(post_url: str | None) -> str:
     """What an iframe that is no known video becomes: a link to the post, or just the words."""
     if post_url:
-        return f'<p><a href="{escape(post_url)}">{OTHER_EMBED_LABEL}</a></p>'
-    return f"<p>{OTHER_EMBED_LABEL}</p>"
+        return f'<figure><figcaption><a href="{escape(post_url)}">{OTHER_EMBED_LABEL}</a></figcaption></figure>'
+    return f"<figure><figcaption>{OTHER_EMBED_LABEL}</figcaption></figure>"
 
 
 class _Attributes(HTMLParser):

@@ -146,7 +146,8 @@ def _absolute_url(value: str | None, base_url: str | None) -> str | None:
 class _TextExtractor(HTMLParser):
     """HTML → words: text only, with a space wherever a block ends, scripts skipped."""
 
-    _SKIPPED = {"script", "style", "template", "noscript", "head", "title", "svg", "math"}
+    # Figures (images, captions, embedded videos) are not the post's words: no summary text.
+    _SKIPPED = {"script", "style", "template", "noscript", "head", "title", "svg", "math", "figure"}
     _BLOCKS = {
         "address",
         "article",
