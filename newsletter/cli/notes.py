@@ -15,7 +15,7 @@ NOTE_HELP = (
 )
 
 
-class NoteFile(click.ParamType):
+class NoteFile(click.ParamType):  # type: ignore[type-arg]
     """A Markdown file read as UTF-8 text and checked as a note; the option's value is the text."""
 
     name = "FILE.md"

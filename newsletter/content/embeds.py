@@ -130,9 +130,10 @@ def video_html(video: Video) -> str:
 
 def other_embed_html(post_url: str | None) -> str:
     """What an iframe that is no known video becomes: a link to the post, or just the words."""
+    words = OTHER_EMBED_LABEL
     if post_url:
-        return f'<figure><figcaption><a href="{escape(post_url)}">{OTHER_EMBED_LABEL}</a></figcaption></figure>'
-    return f"<figure><figcaption>{OTHER_EMBED_LABEL}</figcaption></figure>"
+        words = f'<a href="{escape(post_url)}">{OTHER_EMBED_LABEL}</a>'
+    return f"<figure><figcaption>{words}</figcaption></figure>"
 
 
 class _Attributes(HTMLParser):

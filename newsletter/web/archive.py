@@ -31,7 +31,7 @@ def _public() -> None:
 def index() -> Any:
     """Past issues, newest first."""
     _public()
-    issues = list_issues(db.session)
+    issues = list_issues(db.session())
     return render_template("archive.html", title="Past issues", issues=issues)
 
 
@@ -40,7 +40,7 @@ def feed() -> Any:
     """The newsletter as an RSS feed, for readers who prefer a feed reader."""
     _public()
     body = issues_feed(
-        list_issues(db.session), current_app.config, current_app.config["PUBLIC_URL"]
+        list_issues(db.session()), current_app.config, current_app.config["PUBLIC_URL"]
     )
     return body, 200, {"Content-Type": "application/rss+xml; charset=utf-8"}
 
