@@ -49,7 +49,7 @@ def feed() -> Any:
 def issue(key: str) -> Any:
     """One issue as it was sent, with no reader's greeting or unsubscribe link in it."""
     found = find_issue(
-        db.session, key, get_services().public_url("subscribe"), current_app.config["SITE_NAME"]
+        db.session(), key, get_services().public_url("subscribe"), current_app.config["SITE_NAME"]
     )
     if found is None:
         abort(404)
