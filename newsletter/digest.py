@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from . import placeholders
 from .archive import archive_path
 from .content.embeds import Video, videos_in
-from .content.images import COLUMN_WIDTH, display_width, image_facts
+from .content.images import COLUMN_WIDTH, display_width, figures_as_blocks, image_facts
 from .content.voice import author_greeting, digest_voice
 from .mail import ReaderParts
 from .models import SENDING, Campaign, Post
@@ -107,7 +107,7 @@ def _digest_post(post: Post, config: Mapping[str, Any]) -> DigestPost:
     url = _absolute(post.url, site_url) or site_url
     # Bodies are sanitised when synced; sanitising again (same rules, idempotent) means a row
     # written by any other route still cannot put a script or an event handler into an email.
-    content = sanitise_html(post.content_html or "", url)
+    content = figures_as_blocks(sanitise_html(post.content_html or "", url))
     content_text = html_to_text(content)
     # The stored summary is plain text ("<" is a character there); the body is HTML.
     summary = _words(_squash(post.summary or ""), SUMMARY_WORDS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from html.parser import HTMLParser
 
@@ -47,3 +48,19 @@ def image_facts(content_html: str, src: str | None) -> ImageFacts:
 def display_width(width: int | None) -> int:
     """The width to show an image at: its own when known and narrower, else the column's."""
     return min(width, COLUMN_WIDTH) if width else COLUMN_WIDTH
+
+
+# Sanitised HTML writes these tags bare (the sanitiser keeps no attributes on them).
+_FIGURE_TAGS = {
+    "<figure>": '<div class="figure">',
+    "</figure>": "</div>",
+    "<figcaption>": '<p class="figcaption">',
+    "</figcaption>": "</p>",
+}
+_FIGURE = re.compile("|".join(map(re.escape, _FIGURE_TAGS)))
+
+
+def figures_as_blocks(html_text: str) -> str:
+    """Sanitised HTML with ``<figure>``/``<figcaption>`` as a div and a paragraph: Outlook,
+    Yahoo and Gmail apps do not style HTML5 elements, but every client centres a div."""
+    return _FIGURE.sub(lambda match: _FIGURE_TAGS[match.group()], html_text)
