@@ -80,7 +80,8 @@ def test_a_youtube_iframe_becomes_its_linked_still_image_with_a_play_mark_and_ti
         still.get("alt")
         == f"{PLAY_MARK} Play the video: Softening the shoulders: a guided practice"
     )
-    captions = [a.text_content() for a in doc.xpath(f"//p[@class='figcaption']/a[@href='{YOUTUBE}']")]
+    caption_links = doc.xpath(f"//p[@class='figcaption']/a[@href='{YOUTUBE}']")
+    captions = [a.text_content() for a in caption_links]
     assert captions == [f"{PLAY_MARK} Softening the shoulders: a guided practice"]
     # Nothing empty is left where the player was.
     assert not re.search(r"<figure[^>]*>\s*<div[^>]*>\s*</div>\s*</figure>", html)
