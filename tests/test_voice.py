@@ -183,8 +183,13 @@ def test_markdown_tables_in_announcements_get_borders_padding_and_a_header_row(
     )
     app = make_app()
     with app.app_context():
-        html = render_campaign(read_announcement(path), get_services(app)).email.html
+        announcement = read_announcement(path)
+        html = render_campaign(announcement, get_services(app)).email.html
     doc = parse(html)
+    # An announcement links to its web view too.
+    assert doc.xpath("//a[text()='View in your browser']/@href") == [
+        f"{PUBLIC_URL}/archive/{archive_key(announcement.content_hash)}"
+    ]
     (header,) = doc.xpath("//th[text()='Day']")
     style = header.get("style").replace(" ", "")
     assert "border:1pxsolid" in style and "padding:6px10px" in style
@@ -328,6 +333,20 @@ def test_the_authors_preview_greets_her_and_carries_her_note(
     doc = parse((out / "digest.html").read_text(encoding="utf-8"))
     assert doc.find_class("greeting")[0].text_content() == "Hi Mira,"
     assert not doc.find_class("note")
+
+
+def test_a_note_too_long_is_refused_before_anything_runs(
+    builder_app: Flask, tmp_path: Path
+) -> None:
+    note = tmp_path / "long.md"
+    note.write_text("word " * 5000, encoding="utf-8")
+    result = builder_app.test_cli_runner().invoke(
+        args=["send-digest", "--yes", "--note", str(note)]
+    )
+    assert result.exit_code == 2
+    assert "long.md: the note has 24,999 characters" in result.output
+    with builder_app.app_context():
+        assert db.session.scalars(select(Campaign)).first() is None
 
 
 def test_a_missing_note_file_is_a_clear_usage_error(
