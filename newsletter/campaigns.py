@@ -47,9 +47,10 @@ from sqlalchemy.orm import Session
 
 from . import placeholders
 from .archive import archive_path
+from .content.voice import author_greeting
 from .digest import SAMPLE_NAME, SAMPLE_RECIPIENT, SAMPLE_UNSUBSCRIBE_PATH, html_to_text
 from .errors import NewsletterError
-from .mail import ReaderParts, reader_greeting
+from .mail import ReaderParts
 from .models import DEFERRED, QUEUED, SENDING, Campaign, Delivery, Subscriber
 from .posts import sanitise_html
 from .rendering import RenderedEmail, TemplateError, write_preview
@@ -955,7 +956,7 @@ def preview_campaign(services: Services, announcement: Announcement) -> Campaign
         recipient=SAMPLE_RECIPIENT,
         unsubscribe_url=services.public_url(SAMPLE_UNSUBSCRIBE_PATH),
         message_id=make_msgid(domain=_mail_domain(services)),
-        greeting=reader_greeting(SAMPLE_NAME),
+        greeting=author_greeting(services.config),  # the author reads it, not a stranger
         name=SAMPLE_NAME,
     )
     data = campaign_template(services, rendered, services.clock()).personalise(reader)

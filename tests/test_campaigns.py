@@ -1107,7 +1107,7 @@ def test_preview_campaign_writes_html_text_and_a_complete_eml(
     html = (out / "campaign.html").read_text(encoding="utf-8")
     assert html == message.get_body(("html",)).get_content().replace("\r\n", "\n")  # type: ignore
     doc = parse(html)
-    assert doc.find_class("greeting")[0].text_content() == "Hi Ada,"
+    assert doc.find_class("greeting")[0].text_content() == "Hi there,"  # the author's preview
     assert doc.xpath("//a[text()='Unsubscribe']/@href") == [unsubscribe]
     assert doc.xpath("//td[@class='button-cell']/a/@href") == [SHOP_URL]
     assert doc.xpath("//img/@src") == [f"{BLOG_ORIGIN}/images/quiet-hour-cover.png"]
@@ -1115,7 +1115,7 @@ def test_preview_campaign_writes_html_text_and_a_complete_eml(
     assert doc.find_class("preheader")[0].text_content().startswith("Pre-orders open today")
     text = (out / "campaign.txt").read_text(encoding="utf-8")
     assert text == message.get_body(("plain",)).get_content().replace("\r\n", "\n")  # type: ignore
-    assert "Hi Ada,\n\nThe book is finished\n====================\n" in text
+    assert "Hi there,\n\nThe book is finished\n====================\n" in text
     assert f"Pre-order the book: {SHOP_URL}" in text
     assert "With warmth,\nMaya" in text
     assert f"Unsubscribe: {unsubscribe}" in text
