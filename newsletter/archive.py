@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from . import placeholders
 from .content.voice import AUTHOR_GREETING
-from .models import Campaign
+from .models import SENT, Campaign
 
 KEY_CHARS = 20  # 80 bits of the sha256: unguessable, and a short enough link
 _KEY = re.compile(rf"[0-9a-f]{{{KEY_CHARS}}}")
@@ -100,7 +100,7 @@ def list_issues(session: Session, limit: int = 100) -> list[ArchivedIssue]:
             Campaign.created_at,
             Campaign.finished_at,
         )
-        .where(Campaign.status == "sent")
+        .where(Campaign.status == SENT)
         .order_by(Campaign.created_at.desc(), Campaign.id.desc())
         .limit(limit)
     ).all()
