@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from . import placeholders
 from .addresses import normalise_address
+from .archive import archive_path
 from .content.frontmatter import FrontMatterError, split_front_matter
 from .content.sanitise import REMOVED_WITH_CONTENT
 from .content.text import html_to_text
@@ -645,6 +646,7 @@ def render_campaign(announcement: Announcement, services: Services) -> RenderedC
         # Stand-ins for each reader's own parts, filled in per reader after rendering.
         "greeting": placeholders.GREETING,
         "unsubscribe_url": placeholders.UNSUBSCRIBE_URL,
+        "archive_url": services.public_url(archive_path(announcement.content_hash)),
     }
     email = services.renderer.render(TEMPLATE, announcement.subject, context)
     return RenderedCampaign(email=email, preheader=preheader, body=body)

@@ -84,6 +84,25 @@ DEFAULTS: dict[str, Any] = {
         "{{ first.title }}{% if more %} + {{ more }} more from {{ site_name }}{% endif %}"
     ),
     "DIGEST_PREHEADER": None,  # default: the first post's subtitle, else its summary's start
+    # The author's voice and branding (README: "The author's voice"): her name (else the
+    # feed's), the digest's words, and the look, without editing templates.
+    "AUTHOR_NAME": None,
+    "DIGEST_TAGLINE": "New on the blog",
+    "DIGEST_INTRO": (
+        "{% if count == 1 %}There is a new post on {{ site_name }}. I hope it brings you a calm "
+        "moment today.{% else %}There are {{ count }} new posts on {{ site_name }}. I hope they "
+        "bring you a calm moment today.{% endif %}"
+    ),
+    "DIGEST_SIGN_OFF": "With warmth,",
+    "WELCOME_TEXT": (
+        "Thank you for joining the {{ site_name }} community. New posts, wellness tips and "
+        "resources will come to this inbox; nothing else, and never too often."
+    ),
+    "BRAND_COLOR": "#7a5c8e",
+    "LOGO_URL": None,
+    "FONT": "serif",  # serif or sans-serif: email-safe font stacks
+    "FETCH_POST_META": False,  # read each new post's page once for og:description / og:image
+    "PUBLIC_ARCHIVE": False,  # list past issues at /archive, with an RSS feed of them
     "LIST_ID": None,  # default: derived from the site URL
     # Never-confirmed sign-ups older than this many days are removed by `newsletter purge`.
     "PENDING_RETENTION_DAYS": 30,
@@ -333,6 +352,7 @@ def validate_config(config: dict[str, Any]) -> None:
         raise ConfigError("CONSENT_TEXT", "must not be empty: it is what readers agree to")
     config["POSTAL_ADDRESS"] = str(config["POSTAL_ADDRESS"] or "").strip()
     _validate_digest(config)
+    _validate_voice(config)
     _validate_sending(config)
     _validate_worker(config)
     _validate_bounces(config)
@@ -366,6 +386,72 @@ def _validate_digest(config: dict[str, Any]) -> None:
                 f"is not a valid Jinja template ({err.message}, line {err.lineno}): {template!r}",
             ) from None
         config[key] = template or None
+
+
+FONT_STACKS = {
+    "serif": "Georgia, 'Times New Roman', serif",
+    "sans-serif": "Helvetica, Arial, sans-serif",
+}
+# The contrast WCAG 2 level AA asks of normal-size text; white button labels and links on the
+# white card both sit at the brand colour's contrast with white.
+MIN_CONTRAST = 4.5
+_HEX_COLOR = re.compile(r"#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})")
+
+
+def relative_luminance(color: str) -> float:
+    """WCAG 2's relative luminance of a ``#rrggbb`` colour (0 black … 1 white)."""
+    channels = [int(color[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast_ratio(first: str, second: str) -> float:
+    """WCAG 2's contrast ratio of two ``#rrggbb`` colours, from 1 to 21."""
+    lighter, darker = sorted((relative_luminance(first), relative_luminance(second)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def _validate_voice(config: dict[str, Any]) -> None:
+    """The author's name and words, and a brand colour white text can be read on (WCAG AA)."""
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import SandboxedEnvironment
+
+    for key in ("FETCH_POST_META", "PUBLIC_ARCHIVE"):
+        _as_bool(config, key)
+    for key in ("AUTHOR_NAME", "DIGEST_TAGLINE", "DIGEST_SIGN_OFF"):
+        value = config.get(key)
+        config[key] = " ".join(str(value).split()) or None if value is not None else None
+    for key in ("DIGEST_INTRO", "WELCOME_TEXT"):
+        template = str(config.get(key) or "").strip()
+        try:
+            SandboxedEnvironment().parse(template)
+        except TemplateSyntaxError as err:
+            raise ConfigError(
+                key,
+                f"is not a valid Jinja template ({err.message}, line {err.lineno}): {template!r}",
+            ) from None
+        config[key] = template or None
+    _as_url(config, "LOGO_URL", required=False)
+    font = str(config.get("FONT") or "serif").strip().lower()
+    if font not in FONT_STACKS:
+        raise ConfigError("FONT", f"expected serif or sans-serif, got {font!r}")
+    config["FONT"] = font
+    color = str(config.get("BRAND_COLOR") or "").strip()
+    match = _HEX_COLOR.fullmatch(color)
+    if not match:
+        raise ConfigError(
+            "BRAND_COLOR", f"expected a colour such as #7a5c8e (#rrggbb), got {color!r}"
+        )
+    digits = match.group(1).lower()
+    color = "#" + ("".join(c * 2 for c in digits) if len(digits) == 3 else digits)
+    ratio = contrast_ratio(color, "#ffffff")
+    if ratio < MIN_CONTRAST:
+        raise ConfigError(
+            "BRAND_COLOR",
+            f"{color} has a contrast of {ratio:.2f}:1 with white, below the {MIN_CONTRAST}:1 "
+            "that WCAG AA asks for button labels and links; choose a darker shade",
+        )
+    config["BRAND_COLOR"] = color
 
 
 def _validate_sending(config: dict[str, Any]) -> None:

@@ -23,7 +23,11 @@ from sqlalchemy.orm import Session
 
 from . import placeholders
 from .addresses import normalise_address
+from .archive import archive_path
+from .content.embeds import Video, videos_in
+from .content.images import COLUMN_WIDTH, display_width, figures_as_blocks, image_facts
 from .content.text import html_to_text
+from .content.voice import digest_voice
 from .models import Campaign, Post
 from .posts import SUMMARY_WORDS, PostSourceError, sanitise_html, summarise, sync_posts
 from .rendering import RenderedEmail, TemplateError
@@ -65,6 +69,11 @@ class DigestPost:
     author: str | None
     published_at: datetime | None
     image_in_content: bool = False
+    # The post image's own alt text and display width (never wider than it is), and the
+    # videos the body shows as linked thumbnails (named under a summary).
+    image_alt: str | None = None
+    image_width: int = COLUMN_WIDTH
+    videos: tuple[Video, ...] = ()
 
     @property
     def date(self) -> str:
@@ -98,11 +107,14 @@ def _digest_post(post: Post, config: Mapping[str, Any]) -> DigestPost:
     url = _absolute(post.url, site_url) or site_url
     # Bodies are sanitised when synced; sanitising again (same rules, idempotent) means a row
     # written by any other route still cannot put a script or an event handler into an email.
-    content = sanitise_html(post.content_html or "", url)
+    content = figures_as_blocks(sanitise_html(post.content_html or "", url))
     content_text = html_to_text(content)
     # The stored summary is plain text ("<" is a character there); the body is HTML.
-    summary = _words(_squash(post.summary or ""), SUMMARY_WORDS) or summarise(content)
+    summary = _words(_squash(post.summary or ""), SUMMARY_WORDS)
+    if not summary or summary == _squash(post.subtitle or ""):  # no line said twice
+        summary = summarise(content)
     image_url = _absolute(post.image_url, url)
+    image = image_facts(content, image_url)
     return DigestPost(
         title=_squash(post.title) or "Untitled",
         subtitle=_squash(post.subtitle or "") or None,
@@ -114,6 +126,9 @@ def _digest_post(post: Post, config: Mapping[str, Any]) -> DigestPost:
         author=_squash(post.author or "") or None,
         published_at=post.published_at,
         image_in_content=image_url is not None and f'src="{escape(image_url)}"' in content,
+        image_alt=image.alt,
+        image_width=display_width(image.width),
+        videos=tuple(videos_in(content)),
     )
 
 
@@ -200,10 +215,11 @@ class RenderedDigest:
     posts: tuple[DigestPost, ...]
 
 
-def render(posts: Sequence[Post], services: Services) -> RenderedDigest:
+def render(posts: Sequence[Post], services: Services, *, note: str | None = None) -> RenderedDigest:
     """Render the digest of ``posts`` once: Jinja2 and premailer run here and nowhere else.
 
-    Raises TemplateError (with file and line) for a broken template.
+    Raises TemplateError (with file and line) for a broken template, NoteError for a bad
+    ``note`` (the author's Markdown shown above the posts).
     """
     config = services.config
     views = digest_posts(posts, config)
@@ -217,6 +233,8 @@ def render(posts: Sequence[Post], services: Services) -> RenderedDigest:
         # Stand-ins for each reader's own parts, filled in per reader after rendering.
         "greeting": placeholders.GREETING,
         "unsubscribe_url": placeholders.UNSUBSCRIBE_URL,
+        **digest_voice(views, config, _template_values(views, config), note=note),
+        "archive_url": services.public_url(archive_path(posts_key(posts))),
     }
     email = services.renderer.render(TEMPLATE, subject, context)
     return RenderedDigest(email=email, preheader=preheader, posts=tuple(views))
@@ -227,9 +245,11 @@ def subject_of(posts: Sequence[Post], config: Mapping[str, Any]) -> str:
     return digest_subject(digest_posts(posts, config), config)
 
 
-def render_digest(posts: Sequence[Post], services: Services) -> RenderedEmail:
+def render_digest(
+    posts: Sequence[Post], services: Services, *, note: str | None = None
+) -> RenderedEmail:
     """The digest of ``posts`` as subject, inlined HTML and text, with reader placeholders."""
-    return render(posts, services).email
+    return render(posts, services, note=note).email
 
 
 def posts_key(posts: Sequence[Post]) -> str:
@@ -240,16 +260,21 @@ def posts_key(posts: Sequence[Post]) -> str:
     return digest.hexdigest()
 
 
-def create_digest_campaign(session: Session, services: Services, posts: Sequence[Post]) -> Campaign:
+def create_digest_campaign(
+    session: Session, services: Services, posts: Sequence[Post], *, note: str | None = None
+) -> Campaign:
     """Add a ``sending`` digest campaign for ``posts`` and mark them as in it; flushes, does
-    not commit, so the caller can plan deliveries in the same transaction."""
+    not commit, so the caller can plan deliveries in the same transaction. ``note`` (Markdown)
+    goes above the posts and is stored with the campaign."""
     if not posts:
         raise ValueError("a digest needs at least one post")
     taken = [post.title for post in posts if post.campaign_id is not None]
     if taken:
         raise ValueError(f"already in a digest: {', '.join(taken)}")
-    rendered = render(posts, services)
-    campaign = add_campaign(session, services, DIGEST, rendered, posts_key(posts))
+    rendered = render(posts, services, note=note)
+    campaign = add_campaign(
+        session, services, DIGEST, rendered, posts_key(posts), note=(note or "").strip() or None
+    )
     for post in posts:
         post.campaign_id = campaign.id
     session.flush()
@@ -270,6 +295,7 @@ class DigestComposer:
 
     kind: str = DIGEST
     sends_unfinished: bool = True
+    note: str | None = None  # the author's note above the posts (Markdown), stored with it
     posts: list[Post] = field(default_factory=list)
 
     def prepare(self, services: Services) -> None:
@@ -295,7 +321,7 @@ class DigestComposer:
 
     def compose(self, session: Session, services: Services, draft: Draft) -> int:
         """Create the digest campaign of the drafted posts."""
-        return create_digest_campaign(session, services, self.posts).id
+        return create_digest_campaign(session, services, self.posts, note=self.note).id
 
 
 @dataclass(frozen=True)
@@ -318,7 +344,9 @@ def plan_digest(session: Session, services: Services) -> DigestPlan:
     return plan
 
 
-def send_test_digest(session: Session, services: Services, address: str) -> str | None:
+def send_test_digest(
+    session: Session, services: Services, address: str, *, note: str | None = None
+) -> str | None:
     """Sync posts and send the next digest to ``address`` only; returns its subject, or None
     when nothing is new. Creates no campaign and marks nothing.
 
@@ -329,13 +357,16 @@ def send_test_digest(session: Session, services: Services, address: str) -> str 
     chosen = select_digest_posts(session, services)
     if not chosen:
         return None
-    rendered = render_digest(chosen, services)
+    rendered = render_digest(chosen, services, note=note)
     send_test_copy(session, services, rendered, address)
     return rendered.subject
 
 
-def preview_digest(session: Session, services: Services) -> EmailPreview | None:
-    """Render the next digest and fill in a sample reader's parts; None when nothing is new.
+def preview_digest(
+    session: Session, services: Services, *, note: str | None = None
+) -> EmailPreview | None:
+    """Render the next digest (with ``note`` above the posts) for the author: her own greeting
+    and a sample reader's links; None when nothing is new.
 
     Changes nothing in the database. Raises TemplateError for a broken template. The
     message is built exactly as the sender builds each reader's copy.
@@ -343,7 +374,7 @@ def preview_digest(session: Session, services: Services) -> EmailPreview | None:
     posts = select_digest_posts(session, services)
     if not posts:
         return None
-    rendered = render_digest(posts, services)
+    rendered = render_digest(posts, services, note=note)
     return preview_campaign_email(
         services, rendered, name="digest", titles=tuple(p.title for p in posts)
     )

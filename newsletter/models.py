@@ -184,6 +184,8 @@ class Campaign(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     html: Mapped[str] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
+    # The author's personal note above the posts (Markdown, as she wrote it), if any.
+    note: Mapped[str | None] = mapped_column(Text)
 
 
 class Delivery(Base):

@@ -54,7 +54,9 @@ class RenderedEmail:
 class EmailRenderer:
     """Renders ``NAME.html`` + ``NAME.txt`` pairs; the author's folder overrides the defaults."""
 
-    def __init__(self, override_dir: str | Path | None = None) -> None:
+    def __init__(
+        self, override_dir: str | Path | None = None, brand: dict[str, Any] | None = None
+    ) -> None:
         loaders: list[jinja2.BaseLoader] = []
         if override_dir:
             loaders.append(jinja2.FileSystemLoader(str(override_dir)))
@@ -68,6 +70,9 @@ class EmailRenderer:
         )
         self.html_env = jinja2.Environment(autoescape=True, **common)  # type: ignore[arg-type]
         self.text_env = jinja2.Environment(autoescape=False, **common)  # type: ignore[arg-type]
+        # The author's brand (colour, font, logo) is there for every email, layout and style.css.
+        for env in (self.html_env, self.text_env):
+            env.globals.update(brand or {})
 
     def render(self, name: str, subject: str, context: dict[str, Any]) -> RenderedEmail:
         """Render ``name.html`` (inlined) and ``name.txt`` with ``context``."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.orm import Session
 
+from .content.voice import appearance
 from .db import utcnow
 from .errors import NewsletterError
 from .ratelimit import RateLimiter, limiter_from_config
@@ -51,7 +52,9 @@ class Services:
     def renderer(self) -> EmailRenderer:
         """The email renderer, with the author's template folder first when configured."""
         if self._renderer is None:
-            self._renderer = EmailRenderer(self.config.get("EMAIL_TEMPLATES"))
+            self._renderer = EmailRenderer(
+                self.config.get("EMAIL_TEMPLATES"), brand=appearance(self.config)
+            )
         return self._renderer
 
     def cached(self, key: tuple[Any, ...], make: Callable[[], T]) -> T:

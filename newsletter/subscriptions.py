@@ -309,7 +309,9 @@ def _queue_welcome(
     unsubscribe_url = services.public_url(
         f"unsubscribe/{services.tokens.unsubscribe_token(subscriber.id)}"
     )
-    message = transactional.welcome_message(services, subscriber.email or "", unsubscribe_url, now)
+    message = transactional.welcome_message(
+        services, subscriber.email or "", unsubscribe_url, now, name=subscriber.name
+    )
     outbox.queue_email(
         session,
         subscriber_id=subscriber.id,

@@ -5,12 +5,14 @@ process and personalised per reader. Consent rules stay in ``subscriptions``; th
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from email.utils import format_datetime, make_msgid
 from typing import Any
 
 from . import placeholders
-from .mail import MessageTemplate, ReaderParts, mail_domain
+from .content.voice import welcome_text
+from .mail import MessageTemplate, ReaderParts, mail_domain, reader_greeting
 from .services import Services
 
 
@@ -62,19 +64,26 @@ def confirmation_message(
     )
 
 
-def welcome_message(services: Services, address: str, unsubscribe_url: str, now: datetime) -> bytes:
-    """The welcome email a newly confirmed reader gets, with the list headers."""
+def welcome_message(
+    services: Services, address: str, unsubscribe_url: str, now: datetime, *, name: str | None
+) -> bytes:
+    """The welcome email a newly confirmed reader gets, greeting them by ``name`` when they
+    gave one, with the author's welcome text (NEWSLETTER_WELCOME_TEXT) and the list headers."""
     config = services.config
     template = _template(
         services,
         "welcome",
         f"Welcome to {config['SITE_NAME']}",
-        {**email_context(config), "unsubscribe_url": placeholders.UNSUBSCRIBE_URL},
+        {
+            **email_context(config),
+            "unsubscribe_url": placeholders.UNSUBSCRIBE_URL,
+            "greeting": placeholders.GREETING,  # "Hi Ada," when the reader gave a name
+            "welcome_text": welcome_text(config),
+        },
         {**common_headers(config), **list_headers(config, placeholders.UNSUBSCRIBE_URL)},
     )
-    return template.personalise(
-        _parts(services, address, now, unsubscribe_url=unsubscribe_url), eight_bit=False
-    )
+    parts = _parts(services, address, now, unsubscribe_url=unsubscribe_url)
+    return template.personalise(replace(parts, greeting=reader_greeting(name)), eight_bit=False)
 
 
 def _template(

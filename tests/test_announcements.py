@@ -375,8 +375,10 @@ def test_raw_html_and_markdown_are_sanitised(services: Services) -> None:
             assert "javascript:" not in value.lower(), (element.tag, name)
     content = body_of(result.email.html)
     assert "evil" not in content.text_content()
+    # The iframe became a link to the blog (the announcement's base), nothing of its own.
     assert {a.get("href") for a in content.xpath(".//a") if a.get("href")} == {
-        "https://ok.example/"
+        "https://ok.example/",
+        f"{BLOG_ORIGIN}/",
     }
     assert content.xpath(".//img/@src") == [f"{BLOG_ORIGIN}/x.png"]
     text = text_body(result.email.text)
@@ -1054,7 +1056,7 @@ def test_preview_campaign_writes_html_text_and_a_complete_eml(
     html = (out / "campaign.html").read_text(encoding="utf-8")
     assert html == message.get_body(("html",)).get_content().replace("\r\n", "\n")  # type: ignore
     doc = parse(html)
-    assert doc.find_class("greeting")[0].text_content() == "Hi Ada,"
+    assert doc.find_class("greeting")[0].text_content() == "Hi there,"  # the author's preview
     assert doc.xpath("//a[text()='Unsubscribe']/@href") == [unsubscribe]
     assert doc.xpath("//td[@class='button-cell']/a/@href") == [SHOP_URL]
     assert doc.xpath("//img/@src") == [f"{BLOG_ORIGIN}/images/quiet-hour-cover.png"]
@@ -1062,7 +1064,7 @@ def test_preview_campaign_writes_html_text_and_a_complete_eml(
     assert doc.find_class("preheader")[0].text_content().startswith("Pre-orders open today")
     text = (out / "campaign.txt").read_text(encoding="utf-8")
     assert text == message.get_body(("plain",)).get_content().replace("\r\n", "\n")  # type: ignore
-    assert "Hi Ada,\n\nThe book is finished\n====================\n" in text
+    assert "Hi there,\n\nThe book is finished\n====================\n" in text
     assert f"Pre-order the book: {SHOP_URL}" in text
     assert "With warmth,\nMaya" in text
     assert f"Unsubscribe: {unsubscribe}" in text

@@ -470,7 +470,8 @@ def test_full_style_shows_an_image_from_the_post_body_once(
     services.config["DIGEST_STYLE"] = "full"
     assert parse(digest.render_digest([post], services).html).xpath("//img/@src") == [image]
     services.config["DIGEST_STYLE"] = "summary"
-    assert parse(digest.render_digest([post], services).html).xpath("//img/@alt") == ["Tea"]
+    # The image keeps its own alt text, not the post's title.
+    assert parse(digest.render_digest([post], services).html).xpath("//img/@alt") == ["A teapot"]
 
 
 def test_full_style_never_carries_active_content(
@@ -823,7 +824,8 @@ def test_preview_digest_writes_html_text_and_a_complete_eml(
     assert html == body(message, "html").replace("\r\n", "\n")
     doc = parse(html)
     assert doc.xpath("//a[text()='Unsubscribe']/@href") == [unsubscribe]
-    assert doc.find_class("greeting")[0].text_content() == "Hi Ada,"
+    # The author reads her own preview: no stranger's name (NEWSLETTER_AUTHOR_NAME is unset).
+    assert doc.find_class("greeting")[0].text_content() == "Hi there,"
     assert [h.text_content() for h in doc.xpath("//h2")] == [p["title"] for p in SAMPLE_POSTS]
     assert doc.xpath("//img/@src") == [
         f"{BLOG_ORIGIN}/images/sunrise.jpg",

@@ -398,7 +398,10 @@ def test_scripts_event_handlers_and_javascript_urls_never_survive(app: Flask) ->
     links = [attrs for tag, attrs in tags_in(content) if tag == "a"]
     assert links[0]["href"] == f"{BLOG_ORIGIN}/posts/slow-mornings"
     assert all(link["rel"] == "noopener" for link in links)
-    assert [link.get("href") for link in links[1:]] == [None, None]  # javascript: links
+    # The iframe became a link to the post; the javascript: links became their plain text.
+    assert [link.get("href") for link in links[1:]] == [
+        f"{BLOG_ORIGIN}/posts/tea-and-quiet-minutes"
+    ]
     assert "Watch the leaves unfurl." in content  # the text of a cleaned tag stays
 
 
@@ -456,7 +459,8 @@ def test_sanitise_html_makes_urls_absolute_and_bounds_images() -> None:
     }
     assert images[1]["src"] == f"{BLOG_ORIGIN}/pics/b.jpg" and images[1]["width"] == "450"
     # Without a base a relative link cannot be made absolute, so it goes.
-    assert tags_in(sanitise_html('<a href="/x">x</a>', None)) == [("a", {"rel": "noopener"})]
+    # (and the link, now going nowhere, is left as its text)
+    assert sanitise_html('<a href="/x">x</a>', None) == "x"
 
 
 def test_summarise_cuts_at_about_sixty_words_with_an_ellipsis() -> None:

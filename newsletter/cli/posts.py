@@ -10,6 +10,7 @@ import click
 from flask.cli import with_appcontext
 
 from .base import EXIT_ERROR, _services, register
+from .notes import NOTE_FILE, NOTE_HELP
 from .sending import preview_options, write_preview
 
 
@@ -128,8 +129,11 @@ def _sync_posts_for_digest(services: Any, backfill: int | None) -> Any:
     "Count the newest N posts already published that were never mailed as "
     "new (as `fetch-posts --backfill N` does)."
 )
+@click.option("--note", "note", type=NOTE_FILE, help=NOTE_HELP)
 @with_appcontext
-def preview_digest_command(output: str, open_browser: bool, backfill: int | None) -> None:
+def preview_digest_command(
+    output: str, open_browser: bool, backfill: int | None, note: str | None
+) -> None:
     """Write the next digest as a sample reader would get it; marks nothing as sent."""
     from ..db import db
     from ..digest import preview_digest
@@ -138,7 +142,7 @@ def preview_digest_command(output: str, open_browser: bool, backfill: int | None
     services = _services()
     synced = _sync_posts_for_digest(services, backfill)
     try:
-        preview = preview_digest(db.session(), services)
+        preview = preview_digest(db.session(), services, note=note)
     except TemplateError as err:
         click.echo(f"Email template problem: {err}", err=True)
         sys.exit(EXIT_ERROR)

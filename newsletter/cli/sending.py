@@ -13,6 +13,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from .base import EXIT_ERROR, EXIT_INCOMPLETE, _services, register
+from .notes import NOTE_FILE, NOTE_HELP
 
 
 @register
@@ -294,6 +295,7 @@ def send_options(command: Callable[..., Any]) -> Callable[..., Any]:
     is_flag=True,
     help="No progress and no summary unless something went wrong (for cron).",
 )
+@click.option("--note", "note", type=NOTE_FILE, help=NOTE_HELP)
 @with_appcontext
 def send_digest_command(
     dry_run: bool,
@@ -305,6 +307,7 @@ def send_digest_command(
     as_worker: bool,
     retry: bool,
     quiet: bool,
+    note: str | None,
 ) -> None:
     """Mail the new posts to every confirmed reader, and finish any unfinished digest.
 
@@ -335,7 +338,7 @@ def send_digest_command(
             _show_plan(plan_digest(db.session(), services))
             return
         if to_address:
-            subject = send_test_digest(db.session(), services, to_address)
+            subject = send_test_digest(db.session(), services, to_address, note=note)
             click.echo(
                 f'Sent "{subject}" to {to_address} as a test; nothing was marked.'
                 if subject
@@ -343,7 +346,7 @@ def send_digest_command(
             )
             return
         outcome = _send_new(
-            DigestComposer(),
+            DigestComposer(note=note),
             options,
             quiet=quiet,
             confirm=None if yes or not _interactive() else _confirmation("Next digest"),

@@ -7,6 +7,9 @@ from urllib.parse import urljoin, urlsplit
 
 import nh3
 
+from .embeds import replace_embeds
+from .links import unwrap_dead_links
+
 MAX_IMAGE_WIDTH = 536  # pixels: the digest card's content column (600 less its padding)
 IMAGE_STYLE = "max-width:100%;height:auto"
 
@@ -106,7 +109,8 @@ def sanitise_html(html_text: str, base_url: str | None) -> str:
             return width if width.isdigit() and 0 < int(width) <= MAX_IMAGE_WIDTH else None
         return value
 
-    return nh3.clean(
+    html_text = replace_embeds(html_text, base_url)  # iframes would be removed with nothing left
+    cleaned = nh3.clean(
         html_text,
         tags=_ALLOWED_TAGS,
         clean_content_tags=REMOVED_WITH_CONTENT,
@@ -117,6 +121,7 @@ def sanitise_html(html_text: str, base_url: str | None) -> str:
         set_tag_attribute_values={"img": {"style": IMAGE_STYLE}},
         strip_comments=True,
     ).strip()
+    return unwrap_dead_links(cleaned)
 
 
 def absolute_url(value: str | None, base_url: str | None) -> str | None:

@@ -35,9 +35,11 @@ class _TextReader(HTMLParser):
         self.links: list[tuple[str | None, int]] = []  # open links: target, first chunk
         self.lists: list[list[int]] = []  # per open list: [is_ordered, next number]
         self.skip = 0
+        # Figures (images, captions, embedded videos) are not a summary's words.
+        self.skipped = _SKIPPED if readable else _SKIPPED | {"figure"}
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIPPED:
+        if tag in self.skipped:
             self.skip += 1
         elif not self.readable:
             if tag in _BLOCKS or tag in _LISTS or tag in _CELLS or tag in ("li", "br"):
@@ -64,7 +66,7 @@ class _TextReader(HTMLParser):
             self.chunks.append(f"[{alt}]")
 
     def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIPPED:
+        if tag in self.skipped:
             self.skip = max(0, self.skip - 1)
         elif not self.readable:
             if tag in _BLOCKS or tag in _LISTS or tag in _CELLS or tag == "li":

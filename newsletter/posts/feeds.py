@@ -6,6 +6,7 @@ import calendar
 import html
 import io
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
@@ -62,6 +63,10 @@ def parse_feed(
     headers = {"content-type": content_type} if content_type else {}
     if url:
         headers["content-location"] = url  # feedparser's base for relative links
+    # feedparser reads media:description as the entry's summary, which pushes the post's own
+    # <description> into its content as plain text (its HTML would show as code): renamed,
+    # it stays apart as the subtitle it is.
+    body = _MEDIA_DESCRIPTION.sub(rb"<\1media:newslettersubtitle", body)
     # Bytes in a stream, so feedparser never fetches anything itself; nh3 sanitises later.
     parsed = feedparser.parse(io.BytesIO(body), response_headers=headers, sanitize_html=False)
     if not parsed.entries and not parsed.get("version"):
@@ -73,6 +78,9 @@ def parse_feed(
         )
     feed_author = parsed.feed.get("author")
     return [_from_feed_entry(entry, base=base, feed_author=feed_author) for entry in parsed.entries]
+
+
+_MEDIA_DESCRIPTION = re.compile(rb"<(/?)media:description\b")
 
 
 def _from_feed_entry(
@@ -101,6 +109,8 @@ def _from_feed_entry(
         url=url,
         content_html=content,
         summary=summary,
+        # The subtitle a feed can carry: itunes:subtitle, else media:description.
+        subtitle=entry.get("subtitle") or entry.get("media_newslettersubtitle"),
         author=entry.get("author") or feed_author,
         image_url=_feed_image(entry),
         published_at=_as_utc(published or updated or dict.get(entry, "created_parsed")),
@@ -178,6 +188,9 @@ def _from_json_item(item: Mapping[str, Any], *, base: str | None) -> SourcePost:
         url=url,
         content_html=content or None,
         summary=html.escape(_text(item.get("summary")), quote=False) or None,
+        # JSON Feed's summary is a line about the post: its subtitle too (the digest then
+        # summarises the post's own words rather than repeat it).
+        subtitle=html.escape(_text(item.get("summary")), quote=False) or None,
         author=", ".join(n for n in names if n) or None,
         image_url=_text(item.get("image")) or _text(item.get("banner_image")) or None,
         published_at=_as_utc(item.get("date_published") or item.get("date_modified")),

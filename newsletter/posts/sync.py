@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ..content.page_meta import PageMeta, apply_page_meta, page_meta_for_new_posts
 from ..models import Post, SourceState
 from .feeds import parse_feed
 from .fetch import FetchedFeed, fetch_feed, read_feed_file
@@ -116,6 +117,7 @@ def sync_posts(
     report = SyncReport(source=source.describe(), first_sync=state is None, backfill=backfill)
     try:
         posts, fetched = read_source(source, services.config, state)
+        pages = _page_meta(session, services, posts, first_sync=state is None, backfill=backfill)
         if state is None:
             state = SourceState(source=source.state_key)
             session.add(state)
@@ -127,6 +129,7 @@ def sync_posts(
             report.not_modified = True
         else:
             _store(session, posts, report, now=now, backfill=backfill or 0)
+            apply_page_meta(session, pages)
         if backfill and not report.first_sync:
             _backfill(session, report, backfill, now=now)
         session.commit()
@@ -139,6 +142,22 @@ def sync_posts(
         session.rollback()
         raise
     return report
+
+
+def _page_meta(
+    session: Session,
+    services: SyncContext,
+    posts: list[SourcePost] | None,
+    *,
+    first_sync: bool,
+    backfill: int | None,
+) -> dict[str, PageMeta]:
+    """With ``NEWSLETTER_FETCH_POST_META``, each new post's page meta, read before anything is
+    written (no write lock is held while pages load); a first sync reads only the backfill."""
+    if not posts or not services.config["FETCH_POST_META"]:
+        return {}
+    limit = (backfill or 0) if first_sync else None
+    return page_meta_for_new_posts(session, posts, services.config, limit=limit)
 
 
 def _store(

@@ -234,10 +234,17 @@ class Rendered(Protocol):
 
 
 def add_campaign(
-    session: Session, services: Services, kind: str, rendered: Rendered, content_hash: str
+    session: Session,
+    services: Services,
+    kind: str,
+    rendered: Rendered,
+    content_hash: str,
+    *,
+    note: str | None = None,
 ) -> Campaign:
-    """Add a ``sending`` campaign of ``kind`` for the email rendered once; flushes (so it has
-    its id), does not commit: the caller plans its deliveries in the same transaction."""
+    """Add a ``sending`` campaign of ``kind`` for the email rendered once (with the author's
+    ``note``, if any); flushes (so it has its id), does not commit: the caller plans its
+    deliveries in the same transaction."""
     campaign = Campaign(
         kind=kind,
         subject=rendered.email.subject,
@@ -247,6 +254,7 @@ def add_campaign(
         content_hash=content_hash,
         status=SENDING,
         created_at=services.clock(),
+        note=note,
     )
     session.add(campaign)
     session.flush()

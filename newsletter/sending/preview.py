@@ -10,7 +10,8 @@ from email.parser import BytesParser
 from email.utils import make_msgid
 from pathlib import Path
 
-from ..mail import ReaderParts, mail_domain, reader_greeting
+from ..content.voice import author_greeting
+from ..mail import ReaderParts, mail_domain
 from ..rendering import RenderedEmail, TemplateError, write_preview
 from ..services import Services
 from .messages import campaign_template
@@ -40,13 +41,14 @@ class EmailPreview:
 def preview_campaign_email(
     services: Services, rendered: RenderedEmail, *, name: str, titles: tuple[str, ...] = ()
 ) -> EmailPreview:
-    """Fill in a sample reader's parts of ``rendered``, the message built exactly as the
+    """Fill in a sample reader's parts of ``rendered`` (greeting the author, who reads the
+    preview, as "Hi there," or by NEWSLETTER_AUTHOR_NAME), the message built exactly as the
     sender builds each reader's copy. Touches no database; raises TemplateError."""
     reader = ReaderParts(
         recipient=SAMPLE_RECIPIENT,
         unsubscribe_url=services.public_url(SAMPLE_UNSUBSCRIBE_PATH),
         message_id=make_msgid(domain=mail_domain(str(services.config["MAIL_FROM"]))),
-        greeting=reader_greeting(SAMPLE_NAME),
+        greeting=author_greeting(services.config),  # the author reads it, not a stranger
         name=SAMPLE_NAME,
     )
     data = campaign_template(services, rendered, services.clock()).personalise(reader)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from . import approval, public, webhooks
+from . import approval, archive, public, webhooks
 
 
 def init_app(app: Flask) -> None:
@@ -17,3 +17,4 @@ def init_app(app: Flask) -> None:
     public.init_app(app)
     approval.init_app(app)
     webhooks.init_app(app)
+    archive.init_app(app)
