@@ -181,6 +181,7 @@ class Worker:
         with self.app.app_context():
             session = db.session()
             try:
+                self._stored_settings(session)
                 if self.started_at is None:
                     self.started_at = self.now()
                 for action in (
@@ -198,6 +199,12 @@ class Worker:
                 self._heartbeat(session)
             finally:
                 db.session.remove()
+
+    def _stored_settings(self, session: Session) -> None:
+        """The settings the author changed in the dashboard win over the environment's."""
+        from .settings import apply_stored_settings
+
+        self._guarded(session, lambda s: apply_stored_settings(s, self.app.config))
 
     def _guarded(self, session: Session, action: Callable[[Session], None]) -> None:
         """Run one action; an error is logged and kept for /healthz, and the loop goes on."""

@@ -3,13 +3,14 @@
 - :mod:`.public`: subscribe, confirm, unsubscribe (RFC 8058 one-click), /healthz.
 - :mod:`.approval`: the author's "Approve and send" page for a scheduled digest.
 - :mod:`.webhooks`: bounce and complaint events from mail providers.
+- :mod:`.admin`: the author's dashboard at /admin/.
 """
 
 from __future__ import annotations
 
 from flask import Flask
 
-from . import approval, public, webhooks
+from . import admin, approval, public, webhooks
 
 
 def init_app(app: Flask) -> None:
@@ -17,3 +18,4 @@ def init_app(app: Flask) -> None:
     public.init_app(app)
     approval.init_app(app)
     webhooks.init_app(app)
+    admin.init_app(app)
