@@ -97,9 +97,7 @@ def test_next_never_redirects_off_the_dashboard(app: Flask) -> None:
 
 def test_signing_in_without_the_forms_token_is_refused_with_400(app: Flask) -> None:
     make_author(app)
-    response = app.test_client().post(
-        "/admin/login", data={"email": AUTHOR, "password": PASSWORD}
-    )
+    response = app.test_client().post("/admin/login", data={"email": AUTHOR, "password": PASSWORD})
     assert response.status_code == 400
 
 

@@ -223,10 +223,7 @@ def add_reader() -> Any:
         _problem(str(err))
         return redirect(url_for("admin.readers"), 303)
     _ok(f"{email.strip()}: the confirmation email is on its way.")
-    reader_id = getattr(getattr(outcome, "subscriber", None), "id", None)
-    if reader_id:
-        return redirect(url_for("admin.reader", reader_id=reader_id), 303)
-    return redirect(url_for("admin.readers"), 303)
+    return redirect(url_for("admin.reader", reader_id=outcome.subscriber_id), 303)
 
 
 @bp.post("/readers/<int:reader_id>/unsubscribe")
