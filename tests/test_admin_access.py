@@ -14,7 +14,7 @@ from newsletter.admin_auth import set_password, set_totp_secret
 from newsletter.admin_models import AdminLoginAttempt, AdminSession, AdminUser
 from newsletter.db import db
 from newsletter.services import get_services
-from tests.admin_helpers import AUTHOR, PASSWORD, log_in, make_author, signed_in, token_in
+from tests.admin_helpers import AUTHOR, PASSWORD, log_in, make_author, signed_in
 from tests.conftest import FrozenClock
 
 PAGES = [
