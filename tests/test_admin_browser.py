@@ -147,7 +147,7 @@ def test_the_author_does_her_day_to_day_work_in_the_dashboard(
     page.get_by_role("link", name="Campaigns").click()
     page.get_by_label("Subject").fill("A workshop in spring")
     page.get_by_label("Body (Markdown)").fill("Come and **breathe** with us on 4 April.")
-    page.frame_locator("#campaign-frame").get_by_text("breathe").first.wait_for()
+    page.frame_locator("#campaign-frame").locator("strong", has_text="breathe").wait_for()
     shot(page, "campaigns", tmp_path)
     page.get_by_role("button", name="Send to readers").click()
     page.get_by_role("button", name="Yes, send to 3 readers").click()

@@ -79,11 +79,21 @@ def job_row(app: Flask, job_id: int) -> dict[str, Any]:
 # --- overview ---------------------------------------------------------------------------------
 
 
-def test_the_overview_shows_readers_a_chart_and_the_worker(app: Flask) -> None:
+def test_the_overview_shows_readers_a_chart_and_the_worker(app: Flask, clock: FrozenClock) -> None:
     client, _token = signed_in(app)
     readers(app, 3)
+    assert "No new confirmed readers and no withdrawals" in client.get("/admin/").text
+    with app.app_context():
+        for reader_id, kind in ((1, "confirmed"), (2, "confirmed"), (3, "withdrawn")):
+            db.session.add(
+                ConsentEvent(subscriber_id=reader_id, kind=kind, occurred_at=clock(), method="form")
+            )
+        db.session.commit()
+        db.session.remove()
     page = client.get("/admin/").text
     assert "<svg" in page and 'class="bar-new"' in page
+    assert re.search(r'<rect class="bar-new"[^>]*><title>\d\d \w+: 2</title>', page)
+    assert re.search(r'<rect class="bar-left"[^>]*><title>\d\d \w+: 1</title>', page)
     assert "confirmation rate" in page
     assert "The worker is not running" in page
 

@@ -201,8 +201,15 @@ def logout() -> Any:
     return response
 
 
+# Requests that read no stored setting: the health check must not touch (or create) the
+# database beyond its own check, and static files need none.
+NO_SETTINGS_ENDPOINTS = frozenset({"web.healthz", "static", "admin.static"})
+
+
 def _apply_settings() -> None:
     """Stored settings win over the environment's, in every request of every process."""
+    if request.endpoint in NO_SETTINGS_ENDPOINTS:
+        return
     try:
         apply_stored_settings(db.session, current_app.config)
     except (OperationalError, ProgrammingError):
