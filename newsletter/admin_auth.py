@@ -122,13 +122,14 @@ def _verify_totp(secret: str, code: str, now: datetime) -> bool:
     return bool(code) and pyotp.TOTP(secret).verify(code, for_time=now, valid_window=1)
 
 
-def _recent_failures(session: Session, column: object, value: str, now: datetime) -> int:
+def _recent_failures(session: Session, by: str, value: str, now: datetime) -> int:
+    column = AdminLoginAttempt.email if by == "email" else AdminLoginAttempt.ip
     return int(
         session.scalar(
             select(func.count())
             .select_from(AdminLoginAttempt)
             .where(
-                column == value,  # type: ignore[operator]
+                column == value,
                 AdminLoginAttempt.outcome == "failed",
                 AdminLoginAttempt.occurred_at > now - THROTTLE_WINDOW,
             )
@@ -153,8 +154,8 @@ def log_in(
     """
     key = " ".join(email.split()).lower()[:320]
     if (
-        _recent_failures(session, AdminLoginAttempt.email, key, now) >= MAX_FAILURES
-        or _recent_failures(session, AdminLoginAttempt.ip, ip, now) >= MAX_FAILURES
+        _recent_failures(session, "email", key, now) >= MAX_FAILURES
+        or _recent_failures(session, "ip", ip, now) >= MAX_FAILURES
     ):
         _record(session, key, ip, "refused", now)
         raise LoginRefusedError(

@@ -36,7 +36,7 @@ def create_command(email: str, password_stdin: bool) -> None:
 
     password = _read_password(password_stdin)
     try:
-        user = create_user(db.session, email, password, now=_services().clock())
+        user = create_user(db.session(), email, password, now=_services().clock())
     except NewsletterError as err:
         raise click.ClickException(str(err)) from err
     click.echo(f"Created the dashboard account {user.email}; sign in at /admin/login.")
@@ -54,7 +54,7 @@ def set_password_command(email: str, password_stdin: bool) -> None:
 
     password = _read_password(password_stdin)
     try:
-        user = set_password(db.session, email, password, now=_services().clock())
+        user = set_password(db.session(), email, password, now=_services().clock())
     except NewsletterError as err:
         raise click.ClickException(str(err)) from err
     click.echo(f"Changed the password of {user.email}; its sessions are signed out.")
@@ -74,7 +74,7 @@ def totp_command(email: str, disable: bool) -> None:
 
     secret = None if disable else pyotp.random_base32()
     try:
-        user = set_totp_secret(db.session, email, secret)
+        user = set_totp_secret(db.session(), email, secret)
     except NewsletterError as err:
         raise click.ClickException(str(err)) from err
     if secret is None:

@@ -92,7 +92,7 @@ def require_session() -> Any:
         return None
     now = get_services().clock()
     g.admin = admin_auth.current_session(
-        db.session, request.cookies.get(SESSION_COOKIE), now=now, idle=_idle()
+        db.session(), request.cookies.get(SESSION_COOKIE), now=now, idle=_idle()
     )
     if g.admin is None:
         if _is_api():
@@ -168,7 +168,7 @@ def login_post() -> Any:
     now = get_services().clock()
     try:
         signed_in = admin_auth.log_in(
-            db.session,
+            db.session(),
             request.form.get("email", ""),
             request.form.get("password", ""),
             ip=client_ip(),
@@ -195,7 +195,7 @@ def login_post() -> Any:
 @bp.post("/logout")
 def logout() -> Any:
     """Delete the session on the server; the cookie is then worthless."""
-    admin_auth.log_out(db.session, request.cookies.get(SESSION_COOKIE))
+    admin_auth.log_out(db.session(), request.cookies.get(SESSION_COOKIE))
     response = redirect(url_for("admin.login"), 303)
     response.delete_cookie(SESSION_COOKIE, path="/admin", secure=_secure(), httponly=True)
     return response
@@ -211,11 +211,11 @@ def _apply_settings() -> None:
     if request.endpoint in NO_SETTINGS_ENDPOINTS:
         return
     try:
-        apply_stored_settings(db.session, current_app.config)
+        apply_stored_settings(db.session(), current_app.config)
     except (OperationalError, ProgrammingError):
         # The schema is older than migration 0007 (`newsletter migrate` not run yet): the
         # environment's values stand, and the sign-up pages keep working.
-        db.session.rollback()
+        db.session().rollback()
 
 
 def init_app(app: Flask) -> None:

@@ -95,12 +95,12 @@ def _problems(stats: Any, worker: dict[str, Any]) -> list[str]:
             found.append(
                 f"{campaign.deliveries['failed']} deliveries of “{campaign.subject}” failed."
             )
-    paused = db.session.scalar(
+    paused = db.session().scalar(
         select(func.count()).select_from(Campaign).where(Campaign.status == "sending")
     )
     if paused:
         found.append(f"{paused} campaign(s) not finished: the worker resumes them.")
-    failed_jobs = db.session.scalars(
+    failed_jobs = db.session().scalars(
         select(Job).where(Job.status == "failed").order_by(Job.id.desc()).limit(3)
     )
     for job in failed_jobs:
@@ -116,11 +116,11 @@ def overview() -> str:
 
     services = get_services()
     now = services.clock()
-    stats = list_stats(db.session, now, weeks=12, campaigns=5)
+    stats = list_stats(db.session(), now, weeks=12, campaigns=5)
     worker = worker_status(
-        db.session, now, float(current_app.config.get("WORKER_POLL_SECONDS") or 5)
+        db.session(), now, float(current_app.config.get("WORKER_POLL_SECONDS") or 5)
     )
-    waiting = actions.waiting_posts(db.session, services)
+    waiting = actions.waiting_posts(db.session(), services)
     return render_template(
         "admin/overview.html",
         stats=stats,
@@ -156,7 +156,7 @@ def readers() -> str:
         )
     if before:
         query = query.where(Subscriber.id < before)
-    rows = db.session.execute(query.order_by(Subscriber.id.desc()).limit(PAGE_SIZE + 1)).all()
+    rows = db.session().execute(query.order_by(Subscriber.id.desc()).limit(PAGE_SIZE + 1)).all()
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
     from ...readers import count_by_status
@@ -167,13 +167,13 @@ def readers() -> str:
         q=q,
         status=status,
         statuses=SUBSCRIBER_STATUSES,
-        counts=count_by_status(db.session),
+        counts=count_by_status(db.session()),
         next_before=rows[-1].id if more and rows else None,
     )
 
 
 def _reader_or_404(reader_id: int) -> Subscriber:
-    reader = db.session.get(Subscriber, reader_id)
+    reader = db.session().get(Subscriber, reader_id)
     if reader is None:
         abort(404)
     return reader
@@ -183,25 +183,43 @@ def _reader_or_404(reader_id: int) -> Subscriber:
 def reader(reader_id: int) -> str:
     """Everything held about one reader: consent events, deliveries, bounces, emails."""
     subscriber = _reader_or_404(reader_id)
-    events = db.session.scalars(
-        select(ConsentEvent)
-        .where(ConsentEvent.subscriber_id == reader_id)
-        .order_by(ConsentEvent.id)
-    ).all()
-    deliveries = db.session.execute(
-        select(Delivery, Campaign.subject)
-        .join(Campaign, Campaign.id == Delivery.campaign_id)
-        .where(Delivery.subscriber_id == reader_id)
-        .order_by(Delivery.id.desc())
-    ).all()
-    bounces = db.session.scalars(
-        select(BounceRecord)
-        .where(BounceRecord.subscriber_id == reader_id)
-        .order_by(BounceRecord.id)
-    ).all()
-    emails = db.session.scalars(
-        select(OutboxEmail).where(OutboxEmail.subscriber_id == reader_id).order_by(OutboxEmail.id)
-    ).all()
+    events = (
+        db.session()
+        .scalars(
+            select(ConsentEvent)
+            .where(ConsentEvent.subscriber_id == reader_id)
+            .order_by(ConsentEvent.id)
+        )
+        .all()
+    )
+    deliveries = (
+        db.session()
+        .execute(
+            select(Delivery, Campaign.subject)
+            .join(Campaign, Campaign.id == Delivery.campaign_id)
+            .where(Delivery.subscriber_id == reader_id)
+            .order_by(Delivery.id.desc())
+        )
+        .all()
+    )
+    bounces = (
+        db.session()
+        .scalars(
+            select(BounceRecord)
+            .where(BounceRecord.subscriber_id == reader_id)
+            .order_by(BounceRecord.id)
+        )
+        .all()
+    )
+    emails = (
+        db.session()
+        .scalars(
+            select(OutboxEmail)
+            .where(OutboxEmail.subscriber_id == reader_id)
+            .order_by(OutboxEmail.id)
+        )
+        .all()
+    )
     return render_template(
         "admin/reader.html",
         reader=subscriber,
@@ -218,7 +236,7 @@ def add_reader() -> Any:
     services = get_services()
     email = request.form.get("email", "")
     try:
-        outcome = actions.add_reader(db.session, services, email, request.form.get("name"))
+        outcome = actions.add_reader(db.session(), services, email, request.form.get("name"))
     except (InvalidAddressError, NewsletterError) as err:
         _problem(str(err))
         return redirect(url_for("admin.readers"), 303)
@@ -233,7 +251,7 @@ def unsubscribe_reader(reader_id: int) -> Any:
     if subscriber.email is None:
         _problem("This reader was erased.")
     else:
-        changed = actions.unsubscribe_reader(db.session, get_services(), subscriber.email)
+        changed = actions.unsubscribe_reader(db.session(), get_services(), subscriber.email)
         _ok("Unsubscribed." if changed else "Already unsubscribed.")
     return redirect(url_for("admin.reader", reader_id=reader_id), 303)
 
@@ -249,7 +267,7 @@ def erase_reader(reader_id: int) -> Any:
     if typed != subscriber.email.lower():
         _problem(f"To erase, type the address {subscriber.email} exactly.")
         return redirect(url_for("admin.reader", reader_id=reader_id), 303)
-    job = actions.queue_erasure(db.session, get_services(), subscriber.email)
+    job = actions.queue_erasure(db.session(), get_services(), subscriber.email)
     return redirect(url_for("admin.job", job_id=job.id), 303)
 
 
@@ -262,7 +280,7 @@ def export_readers() -> Response:
     if status is not None and status not in SUBSCRIBER_STATUSES:
         abort(400, "Unknown status.")
     out = io.StringIO()
-    export(db.session, out, status)
+    export(db.session(), out, status)
     return Response(
         out.getvalue(),
         mimetype="text/csv",
@@ -295,7 +313,7 @@ def import_upload() -> Any:
             _problem("That upload is gone; upload the file again.")
             return redirect(url_for("admin.import_page"), 303)
         job = actions.queue_import(
-            db.session, get_services(), path, note, bool(request.form.get("skip_invalid"))
+            db.session(), get_services(), path, note, bool(request.form.get("skip_invalid"))
         )
         return redirect(url_for("admin.job", job_id=job.id), 303)
     upload = request.files.get("file")
@@ -309,7 +327,7 @@ def import_upload() -> Any:
     path = _import_dir() / f"{token}.csv"
     upload.save(path)
     try:
-        summary = actions.dry_run_import(db.session, get_services(), path)
+        summary = actions.dry_run_import(db.session(), get_services(), path)
     except NewsletterError as err:
         path.unlink(missing_ok=True)
         _problem(str(err))
@@ -328,9 +346,9 @@ def digest() -> str:
     services = get_services()
     return render_template(
         "admin/digest.html",
-        posts=actions.waiting_posts(db.session, services),
-        held=actions.held_posts(db.session),
-        readers=actions.confirmed_readers(db.session),
+        posts=actions.waiting_posts(db.session(), services),
+        held=actions.held_posts(db.session()),
+        readers=actions.confirmed_readers(db.session()),
         schedule=current_app.config.get("DIGEST_SCHEDULE") or "",
         approval=bool(current_app.config.get("DIGEST_APPROVAL")),
         author=g.admin.email,
@@ -345,7 +363,7 @@ def _preview_response(html: str) -> Response:
 @bp.get("/digest/preview")
 def digest_preview() -> Any:
     """The next digest's HTML, for the preview frame (or its text part with ``?part=text``)."""
-    preview = actions.preview_digest(db.session, get_services())
+    preview = actions.preview_digest(db.session(), get_services())
     if preview is None:
         return _preview_response("<p>No new posts wait for the next digest.</p>")
     if request.args.get("part") == "text":
@@ -356,7 +374,7 @@ def digest_preview() -> Any:
 @bp.post("/digest/posts/<int:post_id>/hold")
 def hold_post(post_id: int) -> Any:
     """Leave a post out of this digest (``held=1``) or bring it back (``held=0``)."""
-    actions.hold_post(db.session, post_id, request.form.get("held", "1") == "1")
+    actions.hold_post(db.session(), post_id, request.form.get("held", "1") == "1")
     return redirect(url_for("admin.digest"), 303)
 
 
@@ -364,7 +382,7 @@ def hold_post(post_id: int) -> Any:
 def digest_test() -> Any:
     """Send the next digest to the author only."""
     try:
-        subject = actions.send_test_digest(db.session, get_services(), g.admin.email)
+        subject = actions.send_test_digest(db.session(), get_services(), g.admin.email)
     except NewsletterError as err:
         _problem(f"The test was not sent: {err}")
     else:
@@ -375,10 +393,10 @@ def digest_test() -> Any:
 @bp.post("/digest/send")
 def digest_send() -> Any:
     """Send now, once confirmed with the number of readers: a worker job."""
-    readers = actions.confirmed_readers(db.session)
+    readers = actions.confirmed_readers(db.session())
     if request.form.get("confirm_readers") != str(readers):
         return render_template("admin/confirm_send.html", readers=readers, what="the digest")
-    job = actions.queue_send_digest(db.session, get_services())
+    job = actions.queue_send_digest(db.session(), get_services())
     return redirect(url_for("admin.job", job_id=job.id), 303)
 
 
@@ -400,7 +418,7 @@ def campaigns() -> str:
 
     return render_template(
         "admin/campaigns.html",
-        campaigns=list_campaigns(db.session, limit=200),
+        campaigns=list_campaigns(db.session(), limit=200),
         subject="",
         preheader="",
         body="",
@@ -427,7 +445,7 @@ def _compose_again(subject: str, preheader: str, body: str, status: int = 200) -
 
     page = render_template(
         "admin/campaigns.html",
-        campaigns=list_campaigns(db.session, limit=200),
+        campaigns=list_campaigns(db.session(), limit=200),
         subject=subject,
         preheader=preheader,
         body=body,
@@ -441,7 +459,7 @@ def campaign_test() -> Any:
     subject, preheader, body = _compose_fields()
     try:
         actions.send_test_announcement(
-            db.session, get_services(), subject, preheader, body, g.admin.email
+            db.session(), get_services(), subject, preheader, body, g.admin.email
         )
     except NewsletterError as err:
         _problem(f"The test was not sent: {err}")
@@ -455,11 +473,11 @@ def campaign_send() -> Any:
     """Send to every confirmed reader, once confirmed; refused for content sent before."""
     subject, preheader, body = _compose_fields()
     try:
-        actions.check_announcement(db.session, get_services(), subject, preheader, body)
+        actions.check_announcement(db.session(), get_services(), subject, preheader, body)
     except NewsletterError as err:
         _problem(f"Not sent: {err}")
         return _compose_again(subject, preheader, body, 409)
-    readers = actions.confirmed_readers(db.session)
+    readers = actions.confirmed_readers(db.session())
     if request.form.get("confirm_readers") != str(readers):
         return render_template(
             "admin/confirm_send.html",
@@ -470,7 +488,7 @@ def campaign_send() -> Any:
             body=body,
             action=url_for("admin.campaign_send"),
         )
-    job = actions.queue_send_announcement(db.session, get_services(), subject, preheader, body)
+    job = actions.queue_send_announcement(db.session(), get_services(), subject, preheader, body)
     return redirect(url_for("admin.job", job_id=job.id), 303)
 
 
@@ -480,7 +498,7 @@ def campaign(campaign_id: int) -> str:
     from ...sending import CampaignNotFoundError, describe_campaign
 
     try:
-        details = describe_campaign(db.session, campaign_id, limit=500)
+        details = describe_campaign(db.session(), campaign_id, limit=500)
     except CampaignNotFoundError:
         abort(404)
     return render_template("admin/campaign.html", details=details)
@@ -492,14 +510,14 @@ def campaign(campaign_id: int) -> str:
 @bp.route("/settings", methods=["GET", "POST"])
 def settings() -> Any:
     """Texts and branding stored in the database, over the environment's defaults."""
-    stored = stored_settings(db.session)
+    stored = stored_settings(db.session())
     problems: dict[str, str] = {}
     values = dict(stored)
     status = 200
     if request.method == "POST":
         values = {field.key: request.form.get(field.key, "") for field in FIELDS}
         try:
-            save_settings(db.session, values, now=get_services().clock())
+            save_settings(db.session(), values, now=get_services().clock())
         except SettingsError as err:
             problems = err.problems
             status = 400
@@ -517,7 +535,7 @@ def settings() -> Any:
 
 
 def _job_or_404(job_id: int) -> Job:
-    job = db.session.get(Job, job_id)
+    job = db.session().get(Job, job_id)
     if job is None:
         abort(404)
     return job
