@@ -247,10 +247,13 @@ def test_import_shows_a_dry_run_with_line_numbers_then_runs_as_a_job(
             },
         )
     )
+    uploads = list((Path(app.instance_path) / "admin-imports").glob("*.csv"))
+    assert len(uploads) == 1
     run_jobs(app, clock)
     row = job_row(app, job_id)
     assert row["status"] == JOB_DONE, row
     assert row["result"]["added"] == 2
+    assert not uploads[0].exists()  # personal data: the upload is gone once imported
     with app.app_context():
         statuses = set(db.session.scalars(select(Subscriber.status)))
         assert statuses == {CONFIRMED}
@@ -414,3 +417,19 @@ def test_secrets_are_never_shown_on_the_settings_page(make_app: Any) -> None:
     client, _token = signed_in(app)
     page = client.get("/admin/settings").text
     assert "hunter2-smtp-secret" not in page and "test-secret" not in page
+
+
+def test_uploads_never_imported_are_deleted_after_a_day(tmp_path: Path) -> None:
+    import os
+    from datetime import UTC, datetime, timedelta
+
+    from newsletter.web.admin.actions import remove_stale_uploads
+
+    now = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    old, fresh = tmp_path / "old.csv", tmp_path / "fresh.csv"
+    for path, age in ((old, timedelta(days=1, minutes=1)), (fresh, timedelta(hours=23))):
+        path.write_text("email\nada@example.com\n")
+        stamp = (now - age).timestamp()
+        os.utime(path, (stamp, stamp))
+    assert remove_stale_uploads(tmp_path, now) == 1
+    assert not old.exists() and fresh.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ from ...models import Post
 from ...services import Services
 from ...worker_models import Job
 
-ANNOUNCEMENT_SOURCE = Path("dashboard")  # what an announcement composed here says it came from
+ANNOUNCEMENT_SOURCE = Path("dashboard")
+# An upload that was checked (dry run) but never imported is deleted after this long.
+UPLOAD_KEPT = timedelta(days=1)  # what an announcement composed here says it came from
 
 
 @dataclass(frozen=True)
@@ -57,11 +60,35 @@ def queue_erasure(session: Session, services: Services, email: str) -> Job:
 def queue_import(
     session: Session, services: Services, path: Path, consent_note: str, skip_invalid: bool
 ) -> Job:
-    """Queue a CSV import as a worker job; commits."""
+    """Queue a CSV import of an uploaded file as a worker job; commits."""
     payload = {"path": str(path), "consent_note": consent_note, "skip_invalid": skip_invalid}
-    job = enqueue_job(session, "import_readers", payload, now=services.clock())
+    job = enqueue_job(session, "import_uploaded_readers", payload, now=services.clock())
     session.commit()
     return job
+
+
+@job_handler("import_uploaded_readers")
+def _import_uploaded_readers(context: JobContext) -> Any:
+    """``import_readers`` on a file uploaded to the dashboard, which is deleted once the import
+    has run (it holds personal data). A worker killed mid-import leaves it for the retry."""
+    from ...jobs import HANDLERS
+
+    path = Path(str(context.payload.get("path") or ""))
+    try:
+        return HANDLERS["import_readers"](context)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale_uploads(folder: Path, now: datetime, age: timedelta = UPLOAD_KEPT) -> int:
+    """Delete uploads never imported (the author stopped at the dry run); returns how many."""
+    removed = 0
+    for path in folder.glob("*.csv"):
+        modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        if now - modified > age:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 @dataclass

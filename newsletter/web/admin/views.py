@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +291,7 @@ def export_readers() -> Response:
 
 def _import_dir() -> Path:
     folder = Path(current_app.instance_path) / "admin-imports"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     return folder
 
 
@@ -323,6 +324,7 @@ def import_upload() -> Any:
     if upload is None or not upload.filename:
         _problem("Choose a CSV file to import.")
         return redirect(url_for("admin.import_page"), 303)
+    actions.remove_stale_uploads(_import_dir(), datetime.now(UTC))
     token = secrets.token_hex(16)
     path = _import_dir() / f"{token}.csv"
     upload.save(path)
