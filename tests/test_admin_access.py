@@ -171,6 +171,14 @@ def test_an_idle_session_times_out(make_app: Any, clock: FrozenClock) -> None:
     assert client.get("/admin/").status_code == 303
 
 
+@pytest.mark.parametrize("hours", ["soon", 0, -1])
+def test_a_bad_session_length_stops_start_up_naming_the_variable(make_app: Any, hours: Any) -> None:
+    from newsletter.config import ConfigError
+
+    with pytest.raises(ConfigError, match="NEWSLETTER_ADMIN_SESSION_HOURS"):
+        make_app(ADMIN_SESSION_HOURS=hours)
+
+
 @pytest.mark.parametrize("token", [None, "", "forged-token"])
 def test_a_state_changing_request_without_the_csrf_token_is_refused_with_400(
     app: Flask, token: str | None

@@ -219,8 +219,13 @@ def _apply_settings() -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Register the dashboard."""
+    """Register the dashboard; a bad NEWSLETTER_ADMIN_SESSION_HOURS stops start-up."""
+    from ...config import _as_number
     from . import views  # noqa: F401  (routes on ``bp``)
+
+    if app.config.get("ADMIN_SESSION_HOURS") is None:
+        app.config["ADMIN_SESSION_HOURS"] = 12
+    _as_number(app.config, "ADMIN_SESSION_HOURS", float, 0.05, 24 * 90)
 
     app.before_request(_apply_settings)
     app.register_blueprint(bp)
