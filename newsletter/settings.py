@@ -73,6 +73,15 @@ def _style(value: str) -> str:
     return value
 
 
+def _switch(value: str) -> str:
+    word = value.strip().lower()
+    if word in ("on", "true", "yes", "1"):
+        return "true"
+    if word in ("off", "false", "no", "0"):
+        return "false"
+    raise ValueError("choose on or off")
+
+
 def _schedule(value: str) -> str:
     from .schedule import parse_schedule
 
@@ -91,6 +100,9 @@ class SettingField:
     check: Callable[[str], str]
     help: str = ""
     multiline: bool = False
+    choices: tuple[str, ...] = ()  # shown as a list to choose from
+    # How the stored text becomes the configuration's value (a switch becomes a bool).
+    convert: Callable[[str], Any] = str
 
 
 FIELDS: tuple[SettingField, ...] = (
@@ -102,12 +114,22 @@ FIELDS: tuple[SettingField, ...] = (
     ),
     SettingField("BRAND_COLOR", "Brand colour", _colour, "Links and buttons, as #rrggbb."),
     SettingField("LOGO_URL", "Logo address", _https_url, "An https:// image address."),
-    SettingField("DIGEST_STYLE", "Digest style", _style, "summary or full."),
+    SettingField(
+        "DIGEST_STYLE", "Digest style", _style, "summary or full.", choices=("summary", "full")
+    ),
     SettingField(
         "DIGEST_SCHEDULE",
         "Digest schedule",
         _schedule,
-        "Cron, for example 0 9 * * 5 (Fridays at 09:00); empty: none. Read at worker start.",
+        "Cron, for example 0 9 * * 5 (Fridays at 09:00); empty: none. Applies at once.",
+    ),
+    SettingField(
+        "DIGEST_APPROVAL",
+        "Approve each scheduled digest",
+        _switch,
+        "true: the worker emails you a preview to approve first. Applies at once.",
+        choices=("true", "false"),
+        convert=lambda value: value == "true",
     ),
 )
 BY_KEY = {field.key: field for field in FIELDS}
@@ -169,7 +191,7 @@ def apply_stored_settings(session: Session, config: MutableMapping[str, Any]) ->
             continue
         if key not in overridden:
             overridden[key] = config.get(key)
-        config[key] = value
+        config[key] = BY_KEY[key].convert(value)
     for key in [key for key in overridden if key not in stored]:
         config[key] = overridden.pop(key)
 

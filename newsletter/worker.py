@@ -201,10 +201,15 @@ class Worker:
                 db.session.remove()
 
     def _stored_settings(self, session: Session) -> None:
-        """The settings the author changed in the dashboard win over the environment's."""
+        """The settings the author changed in the dashboard win over the environment's; a new
+        schedule or approval setting applies from this round on."""
         from .settings import apply_stored_settings
 
-        self._guarded(session, lambda s: apply_stored_settings(s, self.app.config))
+        def apply(session: Session) -> None:
+            apply_stored_settings(session, self.app.config)
+            self.settings = WorkerSettings.from_config(self.app.config)
+
+        self._guarded(session, apply)
 
     def _guarded(self, session: Session, action: Callable[[Session], None]) -> None:
         """Run one action; an error is logged and kept for /healthz, and the loop goes on."""

@@ -412,6 +412,34 @@ def test_settings_are_validated_stored_and_win_over_the_environment(app: Flask) 
     assert app.config["SITE_NAME"] == "Calm Corner"  # the environment's value is back
 
 
+def test_the_approval_switch_becomes_a_bool_in_the_configuration(app: Flask) -> None:
+    client, token = signed_in(app)
+    assert app.config["DIGEST_APPROVAL"] is False
+    bad = client.post("/admin/settings", data={"csrf_token": token, "DIGEST_APPROVAL": "maybe"})
+    assert bad.status_code == 400 and "choose on or off" in bad.text
+    client.post("/admin/settings", data={"csrf_token": token, "DIGEST_APPROVAL": "true"})
+    client.get("/admin/")
+    assert app.config["DIGEST_APPROVAL"] is True
+    assert "approval before sending: on" in client.get("/admin/digest").text
+
+
+def test_the_worker_follows_a_schedule_set_in_the_dashboard(
+    posts: Path, make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
+    app = make_app()
+    sync(app)
+    emails = readers(app, 2)
+    write_post(posts, "rain", "Rain on the Roof", "2026-11-01")
+    client, token = signed_in(app)
+    worker = worker_for(app, clock)
+    worker.run_once()
+    assert not smtp_sink.to(emails[0])  # no schedule in the environment
+    client.post("/admin/settings", data={"csrf_token": token, "DIGEST_SCHEDULE": "* * * * *"})
+    clock.advance(minutes=1)
+    worker.run_once()
+    assert len(smtp_sink.to(emails[0])) == 1
+
+
 def test_secrets_are_never_shown_on_the_settings_page(make_app: Any) -> None:
     app = make_app(SMTP_PASSWORD="hunter2-smtp-secret")
     client, _token = signed_in(app)
