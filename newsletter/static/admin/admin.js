@@ -47,7 +47,8 @@ document.addEventListener("DOMContentLoaded", function () {
         .then(function (data) {
           ["status", "done", "total", "sent", "failed", "rate", "seconds_left", "error"].forEach(function (key) {
             var cell = job.querySelector('[data-field="' + key + '"]');
-            if (cell) cell.textContent = data[key] === null || data[key] === undefined ? "–" : data[key];
+            var empty = key === "error" ? "" : "–";
+            if (cell) cell.textContent = data[key] === null || data[key] === undefined ? empty : data[key];
           });
           var bar = job.querySelector('[data-field="progress"]');
           if (bar) { bar.max = data.total || 1; bar.value = data.done || 0; }
