@@ -18,7 +18,7 @@ from urllib.parse import urljoin, urlsplit
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from . import placeholders
@@ -84,12 +84,14 @@ class DigestPost:
 
 def select_digest_posts(session: Session, services: Services) -> list[Post]:
     """The posts the next digest carries: synced, never in a digest, not archived, not a draft,
-    published by now (or undated), newest first, at most ``NEWSLETTER_DIGEST_MAX_POSTS``."""
+    published by now (or undated), newest first, at most ``NEWSLETTER_DIGEST_MAX_POSTS``.
+    Posts the author left out of this digest (``held_until_next``) wait for the next one."""
     now = services.clock()
     newest = func.coalesce(Post.published_at, Post.first_seen_at)
     query = (
         select(Post)
         .where(Post.campaign_id.is_(None), Post.archived.is_(False), Post.draft.is_(False))
+        .where(Post.held_until_next.is_(False))
         .where((Post.published_at.is_(None)) | (Post.published_at <= now))
         .order_by(newest.desc(), Post.id.desc())
         .limit(int(services.config["DIGEST_MAX_POSTS"]))
@@ -277,6 +279,10 @@ def create_digest_campaign(
     )
     for post in posts:
         post.campaign_id = campaign.id
+    # The posts left out of this digest have waited their turn: the next digest carries them.
+    session.execute(
+        update(Post).where(Post.held_until_next.is_(True)).values(held_until_next=False)
+    )
     session.flush()
     return campaign
 

@@ -52,7 +52,7 @@ class Subscriber(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str | None] = mapped_column(String(320), unique=True)
-    name: Mapped[str | None] = mapped_column(String(200))
+    name: Mapped[str | None] = mapped_column(String(200), index=True)
     status: Mapped[str] = mapped_column(String(16), index=True)
     # Bumped when a reader leaves (unsubscribe) and by erasure: confirm links carry it, so links
     # sent before stop working, while unsubscribe links (which do not carry it) keep working.
@@ -156,6 +156,8 @@ class Post(Base):
     # Published before this install's first sync: never mailed (unless backfilled).
     archived: Mapped[bool] = mapped_column(default=False)
     campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    # Left out of the next digest by the author in the dashboard: it waits for the one after.
+    held_until_next: Mapped[bool] = mapped_column(default=False)
 
 
 class SourceState(Base):

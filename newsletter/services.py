@@ -40,6 +40,7 @@ class Services:
     # The session per-IP limits are counted in (the app's scoped session, in the web app).
     session_factory: Callable[[], Session] | None = field(default=None, repr=False)
     _renderer: EmailRenderer | None = field(default=None, repr=False)
+    _brand: dict[str, Any] = field(default_factory=dict, repr=False)
     _cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
     _rate_limiter: RateLimiter | None = field(default=None, repr=False)
 
@@ -50,11 +51,16 @@ class Services:
 
     @property
     def renderer(self) -> EmailRenderer:
-        """The email renderer, with the author's template folder first when configured."""
-        if self._renderer is None:
-            self._renderer = EmailRenderer(
-                self.config.get("EMAIL_TEMPLATES"), brand=appearance(self.config)
-            )
+        """The email renderer, with the author's template folder first when configured.
+
+        The brand (colour, font, logo) can change while the process runs (the dashboard's
+        settings): a new brand gets a new renderer, and the emails rendered with the old one
+        are dropped from the cache."""
+        brand = appearance(self.config)
+        if self._renderer is None or brand != self._brand:
+            self._renderer = EmailRenderer(self.config.get("EMAIL_TEMPLATES"), brand=brand)
+            self._brand = brand
+            self._cache.clear()
         return self._renderer
 
     def cached(self, key: tuple[Any, ...], make: Callable[[], T]) -> T:

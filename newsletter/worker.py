@@ -188,6 +188,7 @@ class Worker:
         with self.app.app_context():
             session = db.session()
             try:
+                self._stored_settings(session)
                 if self.started_at is None:
                     self.started_at = self.now()
                 for action in (
@@ -206,6 +207,17 @@ class Worker:
                 self._heartbeat(session)
             finally:
                 db.session.remove()
+
+    def _stored_settings(self, session: Session) -> None:
+        """The settings the author changed in the dashboard win over the environment's; a new
+        schedule or approval setting applies from this round on."""
+        from .settings import apply_stored_settings
+
+        def apply(session: Session) -> None:
+            apply_stored_settings(session, self.app.config)
+            self.settings = WorkerSettings.from_config(self.app.config)
+
+        self._guarded(session, apply)
 
     def _guarded(self, session: Session, action: Callable[[Session], None]) -> None:
         """Run one action; an error is logged and kept for /healthz, and the loop goes on."""

@@ -22,6 +22,7 @@ from flask.testing import FlaskCliRunner
 from sqlalchemy import select
 
 from newsletter import digest, placeholders
+from newsletter.appctx import get_services
 from newsletter.archive import archive_key
 from newsletter.config import ConfigError, contrast_ratio
 from newsletter.content.embeds import OTHER_EMBED_LABEL, PLAY_MARK, replace_embeds, youtube_id
@@ -30,7 +31,6 @@ from newsletter.models import SENT, Campaign, Post
 from newsletter.posts import sync_posts
 from newsletter.posts.feeds import parse_feed
 from newsletter.rendering import RenderedEmail
-from newsletter.appctx import get_services
 from tests.conftest import BLOG_ORIGIN, PUBLIC_URL, link_in, wait_for_outbox
 from tests.smtp_sink import SmtpSink
 

@@ -6,7 +6,7 @@ imports below gather them, in the order `newsletter --help` lists them.
 
 from __future__ import annotations
 
-from . import bounces, campaigns, posts, readers, sending, setup, stats, worker  # noqa: F401
+from . import admin, bounces, campaigns, posts, readers, sending, setup, stats, worker  # noqa: F401
 from .base import COMMANDS as COMMANDS
 from .main import init_app as init_app
 from .main import main as main

@@ -3,13 +3,15 @@
 - :mod:`.public`: subscribe, confirm, unsubscribe (RFC 8058 one-click), /healthz.
 - :mod:`.approval`: the author's "Approve and send" page for a scheduled digest.
 - :mod:`.webhooks`: bounce and complaint events from mail providers.
+- :mod:`.archive`: each issue in a browser, and the public archive with its feed.
+- :mod:`.admin`: the author's dashboard at /admin/.
 """
 
 from __future__ import annotations
 
 from flask import Flask
 
-from . import approval, archive, public, webhooks
+from . import admin, approval, archive, public, webhooks
 
 
 def init_app(app: Flask) -> None:
@@ -18,3 +20,4 @@ def init_app(app: Flask) -> None:
     approval.init_app(app)
     webhooks.init_app(app)
     archive.init_app(app)
+    admin.init_app(app)
