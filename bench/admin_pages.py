@@ -108,7 +108,7 @@ def main() -> None:
     from newsletter import create_app
     from newsletter.admin_auth import create_user
     from newsletter.db import db, upgrade_schema
-    from newsletter.services import get_services
+    from newsletter.appctx import get_services
 
     with tempfile.TemporaryDirectory() as folder:
         database = Path(folder) / "bench.sqlite"

@@ -9,8 +9,8 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from newsletter.admin_auth import create_user
+from newsletter.appctx import get_services
 from newsletter.db import db
-from newsletter.services import get_services
 
 AUTHOR = "author@blog.example.com"
 PASSWORD = "correct horse battery staple"

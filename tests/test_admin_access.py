@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from newsletter.admin_auth import set_password, set_totp_secret
 from newsletter.admin_models import AdminLoginAttempt, AdminSession, AdminUser
+from newsletter.appctx import get_services
 from newsletter.db import db
-from newsletter.services import get_services
 from tests.admin_helpers import AUTHOR, PASSWORD, log_in, make_author, signed_in
 from tests.conftest import FrozenClock
 

@@ -20,10 +20,10 @@ import pytest
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from newsletter.appctx import get_services
 from newsletter.db import db
 from newsletter.mailcatcher import free_port
 from newsletter.posts import sync_posts
-from newsletter.services import get_services
 from newsletter.worker import Worker
 from tests.admin_helpers import AUTHOR, PASSWORD, make_author
 from tests.smtp_sink import SmtpSink

@@ -14,10 +14,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from newsletter import digest
+from newsletter.appctx import get_services
 from newsletter.db import db
 from newsletter.models import CONFIRMED, ERASED, Campaign, ConsentEvent, Post, Subscriber
 from newsletter.posts import sync_posts
-from newsletter.services import get_services
 from newsletter.worker_models import JOB_DONE, Job
 from tests.admin_helpers import AUTHOR, signed_in
 from tests.conftest import FrozenClock
