@@ -214,7 +214,7 @@ def prepare(
                 ],
             )
         db.session.commit()
-        sync_posts(db.session, get_services(app), backfill=POSTS)  # all five are new
+        sync_posts(db.session(), get_services(app), backfill=POSTS)  # all five are new
         db.session.remove()
         db.engine.dispose()
     return env
@@ -675,9 +675,9 @@ def main() -> None:
     print()
     print("| measure | median (min–max) | target | met |")
     print("| --- | --- | --- | --- |")
-    for measure, result, target, met in rows:
+    for measure, result, goal, met in rows:
         mark = met if isinstance(met, str) else ("yes" if met else "**NO**")
-        print(f"| {measure} | {result} | {target} | {mark} |")
+        print(f"| {measure} | {result} | {goal} | {mark} |")
 
 
 if __name__ == "__main__":
