@@ -108,11 +108,11 @@ def main() -> None:
 
     import dkim as dkimpy
 
+    from newsletter.appctx import get_services
     from newsletter.db import db
     from newsletter.digest import render_digest, select_digest_posts
     from newsletter.dkim import DKIM_HEADERS
     from newsletter.sending import ReaderFactory, campaign_template
-    from newsletter.services import get_services
     from newsletter.smtp import dot_stuff
 
     with tempfile.TemporaryDirectory(prefix="newsletter-dkim-bench-") as tmp:

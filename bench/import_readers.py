@@ -64,9 +64,9 @@ def run_one(rows: int) -> None:
         write_csv(csv_path, rows)
 
         from newsletter import create_app
+        from newsletter.appctx import get_services
         from newsletter.db import db, upgrade_schema
         from newsletter.readers import import_readers
-        from newsletter.services import get_services
 
         app = create_app(
             {

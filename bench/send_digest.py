@@ -176,10 +176,10 @@ def prepare(
     """A database with ``readers`` confirmed readers and five new posts, ready for a digest."""
     from sqlalchemy import insert
 
+    from newsletter.appctx import get_services
     from newsletter.db import db, upgrade_schema
     from newsletter.models import Subscriber
     from newsletter.posts import sync_posts
-    from newsletter.services import get_services
 
     workdir.mkdir(parents=True)
     posts = workdir / "posts"
@@ -320,11 +320,11 @@ def sample_message(env: dict[str, str]) -> bytes:
     """One reader's copy of the digest just sent, as bytes (for the bare loops)."""
     from sqlalchemy import select
 
+    from newsletter.appctx import get_services
     from newsletter.db import db
     from newsletter.models import Campaign
     from newsletter.rendering import RenderedEmail
     from newsletter.sending import ReaderFactory, campaign_template
-    from newsletter.services import get_services
 
     app = make_app(env)
     with app.app_context():

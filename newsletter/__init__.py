@@ -14,7 +14,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app: configuration, database, services, routes and commands."""
     from flask import Flask
 
-    from . import cli, config, db, demo, services, web, worker_models  # noqa: F401
+    from . import appctx, cli, config, db, demo, web, worker_models  # noqa: F401
     from .outbox import OutboxSender
 
     instance = os.environ.get("NEWSLETTER_INSTANCE_PATH") or str(Path.cwd() / "instance")
@@ -31,7 +31,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         count = app.config["PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)  # type: ignore[method-assign]
     db.init_app(app)
-    services.init_app(app)
+    appctx.init_app(app)
     web.init_app(app)
     cli.init_app(app)
     demo.init_app(app)

@@ -105,6 +105,7 @@ DEFAULTS: dict[str, Any] = {
     "BOUNCE_ADDRESS": None,  # bounces@example.com: each delivery's Return-Path is bounces+TOKEN@
     "BOUNCE_MAILBOX": None,  # imaps://user:password@host/INBOX, imap://, pop3s://, maildir:///
     "BOUNCE_PROCESSED_FOLDER": "Processed",
+    "BOUNCE_POLL_MINUTES": 5.0,  # how often the worker reads the bounce mailbox
     "SOFT_BOUNCE_LIMIT": 3,  # this many soft bounces ...
     "SOFT_BOUNCE_DAYS": 15,  # ... spread over at least this many days make a reader bounced
     "COMPLAINT_RATE_WARNING": 0.001,
@@ -471,6 +472,7 @@ def _validate_bounces(config: dict[str, Any]) -> None:
     config["BOUNCE_PROCESSED_FOLDER"] = (
         str(config["BOUNCE_PROCESSED_FOLDER"] or "").strip() or "Processed"
     )
+    _as_number(config, "BOUNCE_POLL_MINUTES", float, 0.1, 24 * 60)
     _as_number(config, "SOFT_BOUNCE_LIMIT", int, 1, 100)
     _as_number(config, "SOFT_BOUNCE_DAYS", float, 0, 365)
     _as_number(config, "COMPLAINT_RATE_WARNING", float, 0, 1)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import DateTime, event
+from sqlalchemy import DateTime, Table, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
@@ -19,6 +19,10 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 class Base(DeclarativeBase):
     """Declarative base for every table."""
+
+    # Each model maps one Table (SQLAlchemy types it as any FromClause), so the Core statements
+    # that take ``Model.__table__`` (bulk inserts and updates) type-check.
+    __table__: ClassVar[Table]
 
 
 db = SQLAlchemy(model_class=Base)

@@ -3,6 +3,7 @@ Also the demo's mailbox pages, which exist only in demo mode."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +66,11 @@ EMAIL_PAGE_POLICY = (
 @bp.get("/digest")
 def digest_preview() -> Any:
     """The next digest as a sample reader would get it (what `preview-digest` writes)."""
+    from .appctx import get_services
     from .db import db
     from .digest import preview_digest
-    from .services import get_services
 
-    preview = preview_digest(db.session, get_services())
+    preview = preview_digest(db.session(), get_services())
     if preview is None:
         return render_template(
             "message.html",
@@ -144,6 +145,47 @@ def prepare_sample_digest(session: Session, services: Any, *, keep_unmailed: boo
         )
     session.commit()
     return len(select_digest_posts(session, services))
+
+
+# How often the demo's worker wakes unless NEWSLETTER_WORKER_POLL_SECONDS says otherwise: a
+# newcomer waiting for the confirmation email should not wait the production default.
+DEMO_WORKER_POLL_SECONDS = 1.0
+
+
+class DemoWorker:
+    """The worker ``newsletter serve`` runs, as a thread of the demo's process (it shares the
+    demo's in-process settings: the mail catcher's port, the public URL). It sends the outbox,
+    so the web process only queues, as under ``serve``."""
+
+    def __init__(self, app: Flask, out: Any = None) -> None:
+        from .config import DEFAULTS
+        from .worker import Worker
+
+        if app.config["WORKER_POLL_SECONDS"] == DEFAULTS["WORKER_POLL_SECONDS"]:
+            app.config["WORKER_POLL_SECONDS"] = DEMO_WORKER_POLL_SECONDS
+        # The web process queues and the worker sends (no background sender in the web).
+        app.config["OUTBOX_SEND_AFTER_REQUEST"] = False
+        sender = app.extensions["newsletter.outbox_sender"]
+        hooks = app.before_request_funcs.get(None, [])
+        if sender.start in hooks:
+            hooks.remove(sender.start)
+        self.worker = Worker(app, out=out)
+        self.thread = threading.Thread(
+            target=self.worker.run,
+            kwargs={"install_signals": False},
+            name="demo-worker",
+            daemon=True,  # the process ends even if a stop takes too long
+        )
+
+    def start(self) -> DemoWorker:
+        """Start the loop in its thread."""
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop after what it is doing and wait for it (it records its stop)."""
+        self.worker.stop()
+        self.thread.join(timeout)
 
 
 def init_app(app: Flask) -> None:

@@ -8,18 +8,11 @@ for each reader's value in the serialised message. Nothing here knows about read
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from email import policy as email_policy
-from email.message import EmailMessage
-from email.parser import BytesParser
-from email.utils import make_msgid
 from html import escape
-from html.parser import HTMLParser
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import jinja2
@@ -29,21 +22,28 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from . import placeholders
-from .mail import ReaderParts, reader_greeting
-from .models import SENDING, Campaign, Post
-from .posts import SUMMARY_WORDS, sanitise_html, summarise
-from .rendering import RenderedEmail, TemplateError, write_preview
+from .addresses import normalise_address
+from .content.text import html_to_text
+from .models import Campaign, Post
+from .posts import SUMMARY_WORDS, PostSourceError, sanitise_html, summarise, sync_posts
+from .rendering import RenderedEmail, TemplateError
+from .sending.ledger import confirmed_readers
+from .sending.options import DIGEST  # the campaign kind
+from .sending.orchestrate import (
+    Backlog,
+    Draft,
+    NotComposed,
+    SendOutcome,
+    add_campaign,
+    send_test_copy,
+    unfinished_summary,
+)
+from .sending.preview import EmailPreview, preview_campaign_email
 from .services import Services
-from .subscriptions import email_context
+from .transactional import email_context
 
-DIGEST = "digest"  # the campaign kind
 TEMPLATE = "digest"  # emails/digest.html + emails/digest.txt
 PREHEADER_CHARS = 120
-
-# What the preview fills in where each reader's own parts go.
-SAMPLE_RECIPIENT = "ada@example.com"
-SAMPLE_NAME = "Ada"
-SAMPLE_UNSUBSCRIBE_PATH = "unsubscribe/sample-reader-preview"
 
 
 @dataclass(frozen=True)
@@ -249,18 +249,7 @@ def create_digest_campaign(session: Session, services: Services, posts: Sequence
     if taken:
         raise ValueError(f"already in a digest: {', '.join(taken)}")
     rendered = render(posts, services)
-    campaign = Campaign(
-        kind=DIGEST,
-        subject=rendered.email.subject,
-        preheader=rendered.preheader,
-        html=rendered.email.html,
-        text=rendered.email.text,
-        content_hash=posts_key(posts),
-        status=SENDING,
-        created_at=services.clock(),
-    )
-    session.add(campaign)
-    session.flush()
+    campaign = add_campaign(session, services, DIGEST, rendered, posts_key(posts))
     for post in posts:
         post.campaign_id = campaign.id
     session.flush()
@@ -273,152 +262,88 @@ def compose_next_digest(session: Session, services: Services) -> Campaign | None
     return create_digest_campaign(session, services, posts) if posts else None
 
 
+@dataclass
+class DigestComposer:
+    """How a digest is composed, for :func:`~newsletter.sending.send_new_campaign`: sync the
+    posts, take the ones not mailed yet, render them once. Every unfinished digest is sent
+    after composing, oldest first (the resume of an interrupted one)."""
+
+    kind: str = DIGEST
+    sends_unfinished: bool = True
+    posts: list[Post] = field(default_factory=list)
+
+    def prepare(self, services: Services) -> None:
+        """Nothing to check before SMTP: the posts are read under the composing lock."""
+
+    def backlog(self, session: Session) -> Backlog:
+        """None: unfinished digests are sent after composing, with the new one."""
+        return Backlog()
+
+    def draft(self, session: Session, services: Services, outcome: SendOutcome) -> Draft | None:
+        """Sync the posts and choose the new ones; None when the source fails or none is new."""
+        try:
+            synced = sync_posts(session, services)
+        except PostSourceError as err:
+            outcome.not_composed, outcome.problem = NotComposed.SOURCE_ERROR, str(err)
+            return None
+        outcome.notes = [getattr(p, "title", str(p)) for p in synced.new]
+        self.posts = select_digest_posts(session, services)
+        if not self.posts:
+            outcome.not_composed = NotComposed.NOTHING_NEW
+            return None
+        return Draft(subject_of(self.posts, services.config), [p.title for p in self.posts])
+
+    def compose(self, session: Session, services: Services, draft: Draft) -> int:
+        """Create the digest campaign of the drafted posts."""
+        return create_digest_campaign(session, services, self.posts).id
+
+
 @dataclass(frozen=True)
-class DigestPreview:
-    """The next digest as a sample reader would get it."""
+class DigestPlan:
+    """What ``send-digest --dry-run`` shows: unfinished campaigns and the next digest."""
 
-    subject: str
-    titles: tuple[str, ...]
-    html: str
-    text: str
-    message: bytes  # the whole .eml, headers and both parts
-
-    def write(self, folder: str | Path) -> list[Path]:
-        """Write ``digest.html``, ``digest.txt`` and ``digest.eml`` into ``folder``."""
-        return write_preview(folder, "digest", self.html, self.text, self.message)
+    unfinished: list[tuple[int, str, int]]  # (id, subject, deliveries left)
+    subject: str | None
+    titles: list[str]
+    readers: int
 
 
-def preview_digest(session: Session, services: Services) -> DigestPreview | None:
+def plan_digest(session: Session, services: Services) -> DigestPlan:
+    """What a run would send now, from the posts already synced; changes nothing."""
+    unfinished = unfinished_summary(session, DIGEST)
+    chosen = select_digest_posts(session, services)
+    subject = subject_of(chosen, services.config) if chosen else None
+    plan = DigestPlan(unfinished, subject, [p.title for p in chosen], confirmed_readers(session))
+    session.rollback()
+    return plan
+
+
+def send_test_digest(session: Session, services: Services, address: str) -> str | None:
+    """Sync posts and send the next digest to ``address`` only; returns its subject, or None
+    when nothing is new. Creates no campaign and marks nothing.
+
+    Raises InvalidAddressError, PostSourceError, TemplateError or an SmtpError.
+    """
+    address = normalise_address(address)
+    sync_posts(session, services)
+    chosen = select_digest_posts(session, services)
+    if not chosen:
+        return None
+    rendered = render_digest(chosen, services)
+    send_test_copy(session, services, rendered, address)
+    return rendered.subject
+
+
+def preview_digest(session: Session, services: Services) -> EmailPreview | None:
     """Render the next digest and fill in a sample reader's parts; None when nothing is new.
 
     Changes nothing in the database. Raises TemplateError for a broken template. The
     message is built exactly as the sender builds each reader's copy.
     """
-    from .sending import campaign_template
-
     posts = select_digest_posts(session, services)
     if not posts:
         return None
     rendered = render_digest(posts, services)
-    now = services.clock()
-    config = services.config
-    reader = ReaderParts(
-        recipient=SAMPLE_RECIPIENT,
-        unsubscribe_url=services.public_url(SAMPLE_UNSUBSCRIBE_PATH),
-        message_id=make_msgid(domain=str(config["MAIL_FROM"]).rpartition("@")[2]),
-        greeting=reader_greeting(SAMPLE_NAME),
-        name=SAMPLE_NAME,
+    return preview_campaign_email(
+        services, rendered, name="digest", titles=tuple(p.title for p in posts)
     )
-    data = campaign_template(services, rendered, now).personalise(reader)
-    # The .html and .txt files are the reader's parts read back out of that very message.
-    # With the default policy the parser makes EmailMessage objects.
-    message = cast(EmailMessage, BytesParser(policy=email_policy.default).parsebytes(data))
-    return DigestPreview(
-        subject=rendered.subject,
-        titles=tuple(p.title for p in posts),
-        html=_part(message, "html"),
-        text=_part(message, "plain"),
-        message=data,
-    )
-
-
-def _part(message: EmailMessage, subtype: str) -> str:
-    """One body part's text, with the platform's newlines rather than the wire's CRLF."""
-    part = message.get_body(preferencelist=(subtype,))
-    if part is None:
-        raise TemplateError(f"the rendered digest has no text/{subtype} part")
-    return str(part.get_content()).replace("\r\n", "\n")
-
-
-# --- a plain-text reading of sanitised post HTML, for the text part of a full digest -------
-
-_BLOCKS = {
-    "p",
-    "div",
-    "section",
-    "article",
-    "blockquote",
-    "figure",
-    "figcaption",
-    "pre",
-    "table",
-    "tr",
-    "ul",
-    "ol",
-    "h1",
-    "h2",
-    "h3",
-    "h4",
-    "h5",
-    "h6",
-    "hr",
-    "dl",
-    "dt",
-    "dd",
-}
-
-
-class _TextReader(HTMLParser):
-    """Collects text with paragraphs, list items, headings and link targets kept readable."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.chunks: list[str] = []
-        self.links: list[tuple[str | None, int]] = []  # open links: target, first chunk
-        self.lists: list[list[int]] = []  # per open list: [is_ordered, next number]
-        self.skip = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        values = dict(attrs)
-        if tag in ("script", "style", "head", "title"):
-            self.skip += 1
-        elif tag in _BLOCKS:
-            self.chunks.append("\n\n")
-            if tag in ("ul", "ol"):
-                self.lists.append([tag == "ol", 1])
-            elif tag == "blockquote":
-                self.chunks.append("> ")
-        elif tag == "li":
-            marker = "- "
-            if self.lists and self.lists[-1][0]:
-                marker = f"{self.lists[-1][1]}. "
-                self.lists[-1][1] += 1
-            self.chunks.append("\n" + "  " * max(0, len(self.lists) - 1) + marker)
-        elif tag == "br":
-            self.chunks.append("\n")
-        elif tag == "a":
-            self.links.append((values.get("href"), len(self.chunks)))
-        elif tag == "img" and values.get("alt"):
-            self.chunks.append(f"[{values['alt']}]")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style", "head", "title"):
-            self.skip = max(0, self.skip - 1)
-        elif tag in ("ul", "ol") and self.lists:
-            self.lists.pop()
-            self.chunks.append("\n\n")
-        elif tag in _BLOCKS:
-            self.chunks.append("\n\n")
-        elif tag == "a" and self.links:
-            href, start = self.links.pop()
-            label = "".join(self.chunks[start:]).strip()
-            target = (href or "").removeprefix("mailto:")
-            # A link whose words are its address already shows where it goes.
-            if href and href.startswith(("http://", "https://", "mailto:")) and label != target:
-                self.chunks.append(f" ({target})")
-
-    def handle_data(self, data: str) -> None:
-        if not self.skip:
-            self.chunks.append(re.sub(r"\s+", " ", data))
-
-    def text(self) -> str:
-        lines = [line.strip() for line in "".join(self.chunks).split("\n")]
-        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-def html_to_text(html: str) -> str:
-    """Readable plain text of a (sanitised) post body: paragraphs, lists, "text (link)"."""
-    reader = _TextReader()
-    reader.feed(html)
-    reader.close()
-    return reader.text()

@@ -187,7 +187,8 @@ def _plain(value: Any) -> Any:
 @job_handler("send_digest_now")
 def _send_digest_now(context: JobContext) -> dict[str, Any]:
     """The dashboard's "send now": the same run as ``newsletter send-digest --yes``."""
-    from .sending import send_digest
+    from .digest import DigestComposer
+    from .sending import NotComposed, send_new_campaign
 
     if context.lock is None:
         raise JobError("send_digest_now needs the send lock")
@@ -203,13 +204,15 @@ def _send_digest_now(context: JobContext) -> dict[str, Any]:
         def finish(self, report: Any) -> None:
             context.progress(report.sent + report.failed + report.skipped, report.total)
 
-    run = send_digest(context.session, context.services, lock=context.lock, progress=_Progress())
+    outcome = send_new_campaign(
+        context.session, context.services, DigestComposer(), lock=context.lock, progress=_Progress()
+    )
     return {
-        "new_posts": run.new_posts,
-        "nothing_new": run.nothing_new,
-        "no_readers": run.no_readers,
-        "sync_error": run.sync_error,
-        "reports": [report.as_dict() for report in run.reports],
+        "new_posts": outcome.notes,
+        "nothing_new": outcome.not_composed is NotComposed.NOTHING_NEW,
+        "no_readers": outcome.not_composed is NotComposed.NO_READERS,
+        "sync_error": outcome.problem,
+        "reports": [report.as_dict() for report in outcome.reports],
     }
 
 

@@ -37,6 +37,11 @@ def format_address(address: str, name: str | None = None) -> str:
     return str(Address(display_name=name, username=local, domain=domain))
 
 
+def mail_domain(address: str) -> str:
+    """The domain of the sender's ``address``, for Message-IDs ("localhost" if it has none)."""
+    return address.rpartition("@")[2] or "localhost"
+
+
 def build_message(
     rendered: RenderedEmail,
     *,
@@ -53,7 +58,7 @@ def build_message(
     message["To"] = recipient
     message["Subject"] = rendered.subject
     message["Date"] = format_datetime(date or datetime.now().astimezone())
-    message["Message-ID"] = message_id or make_msgid(domain=sender.rpartition("@")[2])
+    message["Message-ID"] = message_id or make_msgid(domain=mail_domain(sender))
     for name, value in (headers or {}).items():
         message[name] = value
     message.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
@@ -397,7 +402,8 @@ def _header_block(
 
 def _fold(name: str, value: str) -> bytes:
     """``Name: value`` folded and RFC 2047-encoded as needed, CRLF-terminated."""
-    return SMTP_POLICY.header_factory(name, value).fold(policy=SMTP_POLICY).encode("ascii")
+    folded: str = SMTP_POLICY.header_factory(name, value).fold(policy=SMTP_POLICY)
+    return folded.encode("ascii")
 
 
 def _split_slots(text: str, context: str) -> list[bytes | _Slot]:

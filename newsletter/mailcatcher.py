@@ -85,7 +85,7 @@ class CaughtMail:
     def body(self, subtype: str) -> str:
         """The ``text/<subtype>`` part, decoded."""
         part = self.message.get_body(preferencelist=(subtype,))
-        return part.get_content() if part is not None else ""  # type: ignore[union-attr]
+        return part.get_content() if part is not None else ""
 
 
 def read_mailbox(directory: Path) -> list[CaughtMail]:
@@ -93,6 +93,6 @@ def read_mailbox(directory: Path) -> list[CaughtMail]:
     if not directory.is_dir():
         return []
     return [
-        CaughtMail(path.name, message_from_bytes(path.read_bytes(), policy=policy.default))  # type: ignore[arg-type]
+        CaughtMail(path.name, message_from_bytes(path.read_bytes(), policy=policy.default))
         for path in sorted(directory.glob("*.eml"), reverse=True)
     ]

@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from .db import UTCDateTime, db
+from .db import Base, UTCDateTime
 
 # Subscriber statuses.
 PENDING = "pending"
@@ -45,7 +45,7 @@ def new_link_key() -> str:
     return secrets.token_hex(8)
 
 
-class Subscriber(db.Model):
+class Subscriber(Base):
     """A reader. ``email`` is normalised (domain lower-cased, IDNA) and NULL once erased."""
 
     __tablename__ = "subscribers"
@@ -72,7 +72,7 @@ class Subscriber(db.Model):
     )
 
 
-class ConsentEvent(db.Model):
+class ConsentEvent(Base):
     """One step of consent, as proof: who, when, from where, how, and the exact words shown."""
 
     __tablename__ = "consent_events"
@@ -93,7 +93,7 @@ class ConsentEvent(db.Model):
     subscriber: Mapped[Subscriber] = relationship(back_populates="events")
 
 
-class OutboxEmail(db.Model):
+class OutboxEmail(Base):
     """A transactional email (confirmation, welcome), written in the same transaction as the
     change that causes it and sent by whoever claims it first."""
 
@@ -114,7 +114,7 @@ class OutboxEmail(db.Model):
     last_error: Mapped[str | None] = mapped_column(Text)
 
 
-class RateLimitWindow(db.Model):
+class RateLimitWindow(Base):
     """A fixed-window counter, shared by every process that uses the database."""
 
     __tablename__ = "rate_limits"
@@ -124,7 +124,7 @@ class RateLimitWindow(db.Model):
     count: Mapped[int] = mapped_column(Integer, default=0)
 
 
-class Suppression(db.Model):
+class Suppression(Base):
     """A keyed hash (HMAC) of an erased address, so imports refuse it without keeping it."""
 
     __tablename__ = "suppressions"
@@ -134,7 +134,7 @@ class Suppression(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
-class Post(db.Model):
+class Post(Base):
     """A blog post synced from the feed or the Markdown folder."""
 
     __tablename__ = "posts"
@@ -158,7 +158,7 @@ class Post(db.Model):
     campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id"), index=True)
 
 
-class SourceState(db.Model):
+class SourceState(Base):
     """What the last fetch of a post source left behind: validators for conditional GET."""
 
     __tablename__ = "source_state"
@@ -169,7 +169,7 @@ class SourceState(db.Model):
     synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
-class Campaign(db.Model):
+class Campaign(Base):
     """Something sent to the whole list: a digest of posts or a one-off announcement."""
 
     __tablename__ = "campaigns"
@@ -186,7 +186,7 @@ class Campaign(db.Model):
     text: Mapped[str] = mapped_column(Text)
 
 
-class Delivery(db.Model):
+class Delivery(Base):
     """One campaign to one reader: the ledger row that makes sending exact.
 
     ``queued`` → ``sent`` (after the server's 250) | ``failed`` (5xx, or 4xx past the give-up
@@ -219,7 +219,7 @@ class Delivery(db.Model):
     claimed_by: Mapped[str | None] = mapped_column(String(100))
 
 
-class BounceRecord(db.Model):
+class BounceRecord(Base):
     """One bounce or complaint as it arrived (DSN, feedback report or provider event): the
     evidence behind a reader's ``bounced`` or ``complained`` event, and what soft bounces and
     per-campaign rates are counted from. ``kind`` is ``hard``, ``soft`` or ``complaint``."""
@@ -238,7 +238,7 @@ class BounceRecord(db.Model):
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
-class WebhookReplay(db.Model):
+class WebhookReplay(Base):
     """An id (SNS MessageId, Mailgun token, Postmark event id) already accepted: a request that
     repeats it within the freshness window is a replay and refused."""
 

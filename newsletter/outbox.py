@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from flask import Flask
 from sqlalchemy import bindparam, case, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from .bounces.verp import envelope_senders
 from .models import CONFIRMATION_SENT, FAILED, QUEUED, SENDING, SENT, ConsentEvent, OutboxEmail
 from .smtp import SmtpConfigError, SmtpRejectedError, SmtpUnavailableError, Transport
 
@@ -172,7 +174,7 @@ def deliver_queued(
     session: Session,
     transport: Transport,
     *,
-    sender: str,
+    sender: str | Callable[[int | None], str],
     now: datetime,
     max_attempts: int,
     due_only: bool = True,
@@ -180,6 +182,7 @@ def deliver_queued(
     batch: int = 50,
 ) -> OutboxReport:
     """Send the queued emails (only those due, unless ``due_only`` is false); returns a report.
+    ``sender`` is the envelope sender, or a function of the reader's id giving it (VERP).
 
     Stops early, leaving the rest queued, when the SMTP server cannot be reached or refuses
     our credentials: every later email would fail the same way.
@@ -193,7 +196,8 @@ def deliver_queued(
         handled += len(rows)
         for position, row in enumerate(rows):
             try:
-                transport.send(sender, row.recipient, row.message)
+                envelope = sender(row.subscriber_id) if callable(sender) else sender
+                transport.send(envelope, row.recipient, row.message)
             except SmtpRejectedError as err:
                 _attempt_failed(
                     session,
@@ -302,8 +306,8 @@ class OutboxSender:
 
     def _run(self) -> None:
         from . import ratelimit
+        from .appctx import get_services
         from .db import db
-        from .services import get_services
 
         transport: Transport | None = None
         while not self._stop.is_set():
@@ -317,14 +321,14 @@ class OutboxSender:
                 transport = transport or services.open_transport()
                 try:
                     report = deliver_queued(
-                        db.session,
+                        db.session(),
                         transport,
-                        sender=services.config["MAIL_FROM"],
+                        sender=envelope_senders(services.config, None),
                         now=services.clock(),
                         max_attempts=services.config["OUTBOX_MAX_ATTEMPTS"],
                     )
                     if not woken:
-                        ratelimit.sweep(db.session, services.clock())
+                        ratelimit.sweep(db.session(), services.clock())
                 except Exception:  # keep the thread alive; the rows stay queued
                     log.exception("the background outbox sender failed; will try again")
                     db.session.rollback()

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import delete
+from sqlalchemy import Insert, delete
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningInsert
 
 from .models import RateLimitWindow
 
@@ -28,18 +29,18 @@ def _window(now: datetime, window_seconds: int) -> int:
     return int(now.timestamp()) // window_seconds * window_seconds
 
 
-def _upsert(dialect: str):  # type: ignore[no-untyped-def]
+def _upsert(dialect: str) -> ReturningInsert[int]:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    key, bump = ["key", "window_start"], {"count": RateLimitWindow.count + 1}
+    upsert: Insert
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return (
-        insert(RateLimitWindow)
-        .on_conflict_do_update(
-            index_elements=["key", "window_start"], set_={"count": RateLimitWindow.count + 1}
+        upsert = postgresql.insert(RateLimitWindow).on_conflict_do_update(
+            index_elements=key, set_=bump
         )
-        .returning(RateLimitWindow.count)
-    )
+    else:
+        upsert = sqlite.insert(RateLimitWindow).on_conflict_do_update(index_elements=key, set_=bump)
+    return upsert.returning(RateLimitWindow.count)
 
 
 # Built once per dialect: a sign-up runs this on every request.

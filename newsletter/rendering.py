@@ -127,7 +127,7 @@ def inline_css(html: str) -> str:
 
     Network access is off: a template can never make rendering fetch a URL.
     """
-    return Premailer(
+    inliner = Premailer(
         html,
         allow_network=False,
         allow_loading_external_files=False,
@@ -140,7 +140,8 @@ def inline_css(html: str) -> str:
         # Templates set table widths themselves; copying CSS sizes into attributes would
         # give post images height="auto", which is not valid HTML.
         disable_basic_attributes=["width", "height"],
-    ).transform()
+    )
+    return str(inliner.transform())  # premailer is untyped
 
 
 def normalise_text(text: str) -> str:

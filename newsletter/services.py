@@ -1,23 +1,32 @@
 """The side effects the domain needs, gathered once per app and passed in: the clock, the token
-maker, the email renderer and a way to open SMTP connections. Tests swap the clock."""
+maker, the email renderer and a way to open mail connections. Tests swap the clock.
+
+Nothing here knows Flask or SMTP: the app factory (``newsletter.appctx``) builds a Services with
+the transport and session factories it chooses, and the domain only calls them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Flask, current_app
+from sqlalchemy.orm import Session
 
 from .db import utcnow
+from .errors import NewsletterError
 from .ratelimit import RateLimiter, limiter_from_config
 from .rendering import EmailRenderer
-from .smtp import SmtpSettings, SmtpTransport, Transport
 from .tokens import Tokens
 
-EXTENSION_KEY = "newsletter"
+if TYPE_CHECKING:
+    from .smtp import Transport
+
 T = TypeVar("T")
+
+
+class MissingServiceError(NewsletterError):
+    """A Services was built without a collaborator the caller needs (a transport, a session)."""
 
 
 @dataclass
@@ -27,6 +36,8 @@ class Services:
     config: dict[str, Any]
     clock: Callable[[], datetime] = utcnow
     transport_factory: Callable[[], Transport] | None = None
+    # The session per-IP limits are counted in (the app's scoped session, in the web app).
+    session_factory: Callable[[], Session] | None = field(default=None, repr=False)
     _renderer: EmailRenderer | None = field(default=None, repr=False)
     _cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
     _rate_limiter: RateLimiter | None = field(default=None, repr=False)
@@ -54,33 +65,20 @@ class Services:
     def rate_limiter(self) -> RateLimiter:
         """Where per-IP limits are counted: the database, or Redis when configured."""
         if self._rate_limiter is None:
-            from .db import db
-
-            self._rate_limiter = limiter_from_config(self.config, lambda: db.session)
+            if self.session_factory is None:
+                raise MissingServiceError("no database session factory was given to Services")
+            self._rate_limiter = limiter_from_config(self.config, self.session_factory)
         return self._rate_limiter
 
-    def smtp_settings(self) -> SmtpSettings:
-        """SMTP settings from the configuration."""
-        return SmtpSettings.from_config(self.config)
-
     def open_transport(self) -> Transport:
-        """A new SMTP connection (opened lazily on first send)."""
-        if self.transport_factory is not None:
-            return self.transport_factory()
-        return SmtpTransport(self.smtp_settings())
+        """A new mail connection (SMTP in the app; opened lazily on first send)."""
+        if self.transport_factory is None:
+            raise MissingServiceError(
+                "no mail transport was given to Services: build it with "
+                "newsletter.appctx.init_app(app), or pass transport_factory"
+            )
+        return self.transport_factory()
 
     def public_url(self, path: str) -> str:
         """An absolute URL on this service, for links inside emails."""
         return f"{self.config['PUBLIC_URL']}/{path.lstrip('/')}"
-
-
-def init_app(app: Flask) -> Services:
-    """Attach a Services object to ``app``."""
-    services = Services(config=app.config)
-    app.extensions[EXTENSION_KEY] = services
-    return services
-
-
-def get_services(app: Flask | None = None) -> Services:
-    """The Services of ``app`` or of the current app."""
-    return (app or current_app).extensions[EXTENSION_KEY]  # type: ignore[no-any-return]

@@ -86,7 +86,18 @@ class SmtpSettings:
 class Transport(Protocol):
     """What the senders need: hand one serialised message to the next hop."""
 
+    # Known after connect(): whether the next hop takes 8-bit bodies (RFC 6152).
+    supports_8bit: bool
+
+    def connect(self) -> object:
+        """Open the connection now if it is not open (raises SmtpError)."""
+        ...
+
     def send(self, sender: str, recipient: str, message: bytes) -> str: ...
+
+    def send_prepared(self, sender: str, recipient: str, data: bytes) -> str:
+        """Like ``send``, for a message whose line-leading dots are already doubled."""
+        ...
 
     def close(self) -> None: ...
 

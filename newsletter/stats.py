@@ -3,6 +3,7 @@ delivery rows. Nothing here needs tracking pixels or click tracking, and none is
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from sqlalchemy import and_, case, distinct, func, select
 from sqlalchemy.orm import Session
 
+from .bounces.figures import CampaignBounceFigures, campaign_bounce_figures
 from .models import (
     CONFIRMED_EVENT,
     DEFERRED,
@@ -70,6 +72,7 @@ class ListStats:
     sign_ups: int  # readers who ever asked to subscribe (form, API, CLI)
     sign_ups_confirmed: int  # of those, how many confirmed
     campaigns: list[CampaignFigures] = field(default_factory=list)
+    bounces: dict[int, CampaignBounceFigures] = field(default_factory=dict)  # by campaign id
 
     @property
     def confirmation_rate(self) -> float | None:
@@ -101,6 +104,7 @@ class ListStats:
                     "subject": c.subject,
                     "created_at": c.created_at.isoformat(),
                     "deliveries": c.deliveries,
+                    **({"bounces": self.bounces[c.id].as_dict()} if c.id in self.bounces else {}),
                 }
                 for c in self.campaigns
             ],
@@ -195,18 +199,26 @@ def _campaigns(session: Session, limit: int) -> list[CampaignFigures]:
 
 
 def list_stats(
-    session: Session, now: datetime, *, weeks: int = WEEKS, campaigns: int = CAMPAIGNS
+    session: Session,
+    now: datetime,
+    *,
+    weeks: int = WEEKS,
+    campaigns: int = CAMPAIGNS,
+    config: Mapping[str, Any] | None = None,
 ) -> ListStats:
     """Readers by status, the last ``weeks`` weeks of sign-ups, confirmations and withdrawals,
-    the confirmation rate of sign-ups and the last ``campaigns`` campaigns' delivery counts."""
+    the confirmation rate of sign-ups and the last ``campaigns`` campaigns' delivery counts
+    with their bounce and complaint figures (warning thresholds from ``config``)."""
     sign_ups, confirmed = _confirmation(session)
+    recent = _campaigns(session, campaigns)
     return ListStats(
         generated_at=now,
         readers=count_by_status(session),
         weeks=_weekly(session, week_starts(now, weeks)),
         sign_ups=sign_ups,
         sign_ups_confirmed=confirmed,
-        campaigns=_campaigns(session, campaigns),
+        campaigns=recent,
+        bounces=campaign_bounce_figures(session, [c.id for c in recent], config),
     )
 
 
@@ -253,5 +265,27 @@ def format_stats(stats: ListStats) -> str:
                 + "".join(f"{c.deliveries[s]:>9}" for s in DELIVERY_STATUSES)
                 + f"  {subject}"
             )
+    lines += _bounce_lines(stats)
     lines += ["", "No tracking pixels or click tracking: opens and clicks are not measured."]
     return "\n".join(lines)
+
+
+def _bounce_lines(stats: ListStats) -> list[str]:
+    """Bounces and complaints per recent campaign (rates over the messages sent), then the
+    warnings past the thresholds, each naming what to do."""
+    if not stats.campaigns:
+        return []
+    lines = [
+        "",
+        "Bounces and complaints (readers, rates of those sent)",
+        f"  {'id':>4}{'sent':>9}{'hard':>7}{'rate':>8}{'soft':>7}{'complaints':>12}{'rate':>8}",
+    ]
+    warnings = []
+    for c in stats.campaigns:
+        b = stats.bounces.get(c.id) or CampaignBounceFigures(c.id)
+        lines.append(
+            f"  {c.id:>4}{b.sent:>9}{b.hard_bounces:>7}{b.hard_bounce_rate:>8.2%}"
+            f"{b.soft_bounces:>7}{b.complaints:>12}{b.complaint_rate:>8.2%}"
+        )
+        warnings += [f"  Campaign {c.id}: {warning}" for warning in b.warnings]
+    return lines + (["", "Warnings", *warnings] if warnings else [])

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.utils import format_datetime, make_msgid
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import outbox, placeholders
+from . import outbox, transactional
 from .addresses import address_hash, normalise_address
 from .errors import NewsletterError
-from .mail import MessageTemplate, ReaderParts
 from .models import (
     CONFIRMED,
     CONFIRMED_EVENT,
@@ -207,22 +205,9 @@ def _queue_confirmation(
     """Queue the confirmation email within the per-address limits; returns its outbox id."""
     if not confirmation_allowed(session, services, subscriber_id, now):
         return None
-    config = services.config
     token = services.tokens.confirm_token(subscriber_id, generation, key)
-    days = max(1, round(config["CONFIRM_TOKEN_MAX_AGE"] / 86400))
-    # The reader's name is deliberately absent: echoing it would let anyone send text of
-    # their choosing to any address through our confirmation emails.
-    template = _transactional_template(
-        services,
-        "confirm",
-        f"Please confirm your subscription to {config['SITE_NAME']}",
-        {**email_context(config), "confirm_url": placeholders.CONFIRM_URL, "expires_days": days},
-        _common_headers(config),
-    )
     confirm_url = services.public_url(f"confirm/{token}")
-    message = template.personalise(
-        _parts(services, address, now, confirm_url=confirm_url), eight_bit=False
-    )
+    message = transactional.confirmation_message(services, address, confirm_url, now)
     return outbox.queue_email_row(
         session,
         subscriber_id=subscriber_id,
@@ -230,41 +215,6 @@ def _queue_confirmation(
         recipient=address,
         message=message,
         now=now,
-    )
-
-
-def _transactional_template(
-    services: Services, name: str, subject: str, context: dict[str, Any], headers: dict[str, str]
-) -> MessageTemplate:
-    """A transactional email rendered and serialised once per process, with slots for the
-    recipient, Date, Message-ID and links: each message then costs a few replacements."""
-    return services.cached(
-        ("transactional", name, subject, tuple(sorted(context.items())), tuple(headers.items())),
-        lambda: MessageTemplate.build(
-            services.renderer.render(name, subject, context),
-            sender=services.config["MAIL_FROM"],
-            sender_name=services.config["MAIL_FROM_NAME"],
-            headers=headers,
-            date=None,
-        ),
-    )
-
-
-def _parts(
-    services: Services,
-    address: str,
-    now: datetime,
-    *,
-    confirm_url: str = "",
-    unsubscribe_url: str = "",
-) -> ReaderParts:
-    domain = services.config["MAIL_FROM"].rpartition("@")[2]
-    return ReaderParts(
-        recipient=address,
-        unsubscribe_url=unsubscribe_url,
-        message_id=make_msgid(domain=domain),
-        confirm_url=confirm_url,
-        date=format_datetime(now),
     )
 
 
@@ -281,18 +231,7 @@ def resend_confirmation(
         return False  # the reader left (or was erased) since that link was made
     now = services.clock()
     subscriber.updated_at = now
-    subscriber.link_key = subscriber.link_key or new_link_key()
-    session.flush()
-    queued = _queue_confirmation(
-        session,
-        services,
-        subscriber.id,
-        subscriber.email or "",
-        subscriber.token_generation,
-        subscriber.link_key,
-        now,
-    )
-    if queued is None:
+    if not queue_confirmation(session, services, subscriber, now):
         session.rollback()
         return False
     session.commit()
@@ -367,21 +306,10 @@ def confirm(session: Session, services: Services, token: str, info: RequestInfo)
 def _queue_welcome(
     session: Session, services: Services, subscriber: Subscriber, now: datetime
 ) -> None:
-    config = services.config
     unsubscribe_url = services.public_url(
         f"unsubscribe/{services.tokens.unsubscribe_token(subscriber.id)}"
     )
-    template = _transactional_template(
-        services,
-        "welcome",
-        f"Welcome to {config['SITE_NAME']}",
-        {**email_context(config), "unsubscribe_url": placeholders.UNSUBSCRIBE_URL},
-        {**_common_headers(config), **list_headers(config, placeholders.UNSUBSCRIBE_URL)},
-    )
-    message = template.personalise(
-        _parts(services, subscriber.email or "", now, unsubscribe_url=unsubscribe_url),
-        eight_bit=False,
-    )
+    message = transactional.welcome_message(services, subscriber.email or "", unsubscribe_url, now)
     outbox.queue_email(
         session,
         subscriber_id=subscriber.id,
@@ -422,33 +350,6 @@ def is_suppressed(session: Session, services: Services, address: str) -> bool:
 
     digest = address_hash(services.config["SECRET_KEY"], normalise_address(address))
     return session.get(Suppression, digest) is not None
-
-
-def email_context(config: Any) -> dict[str, Any]:
-    """What every email template may use: the site, the sender, the footer's facts."""
-    return {
-        "site_name": config["SITE_NAME"],
-        "site_url": config["SITE_URL"],
-        "privacy_policy_url": config.get("PRIVACY_POLICY_URL"),
-        "postal_address": config.get("POSTAL_ADDRESS") or "",
-        "public_url": config["PUBLIC_URL"],
-    }
-
-
-def _common_headers(config: Any) -> dict[str, str]:
-    return {"Reply-To": config["REPLY_TO"]} if config.get("REPLY_TO") else {}
-
-
-def list_headers(config: Any, unsubscribe_url: str) -> dict[str, str]:
-    """RFC 2369 / RFC 8058 headers every email to a confirmed reader carries."""
-    targets = [f"<{unsubscribe_url}>"]
-    if config.get("UNSUBSCRIBE_MAILTO"):
-        targets.append(f"<mailto:{config['UNSUBSCRIBE_MAILTO']}?subject=unsubscribe>")
-    return {
-        "List-Id": f"{config['SITE_NAME']} <{config['LIST_ID']}>",
-        "List-Unsubscribe": ", ".join(targets),
-        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-    }
 
 
 def describe(session: Session, subscriber: Subscriber) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The worker: one long-running loop that sends the digest on its schedule (or asks the author
-first), polls the posts, sends the outbox, purges stale sign-ups daily and runs queued jobs.
+first), polls the posts, reads the bounce mailbox, sends the outbox, purges stale sign-ups daily
+and runs queued jobs.
 
 Several workers may run at once (two started by mistake on one machine, or one per machine on
 PostgreSQL). Each schedule tick makes at most one digest: the first worker to insert the tick's
@@ -57,6 +58,7 @@ class WorkerSettings:
     approval: bool
     author_email: str | None
     feed_poll: timedelta
+    bounce_poll: timedelta | None  # None: no NEWSLETTER_BOUNCE_MAILBOX to read
     catchup: timedelta
     poll_seconds: float
 
@@ -70,6 +72,9 @@ class WorkerSettings:
             approval=bool(config.get("DIGEST_APPROVAL")),
             author_email=config.get("AUTHOR_EMAIL") or None,
             feed_poll=timedelta(minutes=float(config.get("FEED_POLL_MINUTES") or 60)),
+            bounce_poll=timedelta(minutes=float(config.get("BOUNCE_POLL_MINUTES") or 5))
+            if config.get("BOUNCE_MAILBOX")
+            else None,
             catchup=timedelta(hours=float(config.get("DIGEST_CATCHUP_HOURS") or 0)),
             poll_seconds=float(config.get("WORKER_POLL_SECONDS") or 5.0),
         )
@@ -91,7 +96,7 @@ class Worker:
         sleep: Callable[[float], None] | None = None,
         worker_id: str | None = None,
     ) -> None:
-        from .services import get_services
+        from .appctx import get_services
 
         self.app = app
         self.services = get_services(app)
@@ -107,6 +112,7 @@ class Worker:
         self.last_error_at: datetime | None = None
         self._tick_seen: datetime | None = None  # the newest tick this worker has dealt with
         self._last_poll: datetime | None = None
+        self._last_bounce_poll: datetime | None = None
         self._last_purge: datetime | None = None
         self._interruptible = False
 
@@ -175,7 +181,8 @@ class Worker:
             self._interruptible = False
 
     def run_once(self) -> None:
-        """One round: heartbeat, outbox, posts, schedule, approvals, sending, jobs, purge."""
+        """One round: heartbeat, outbox, posts, bounces, schedule, approvals, sending, jobs,
+        purge."""
         from .db import db
 
         with self.app.app_context():
@@ -186,6 +193,7 @@ class Worker:
                 for action in (
                     self._outbox,
                     self._poll_posts,
+                    self._poll_bounces,
                     self._digest_tick,
                     self._approvals,
                     self._help_send,
@@ -233,6 +241,7 @@ class Worker:
 
     def _outbox(self, session: Session) -> None:
         """Send queued confirmation, welcome and approval emails."""
+        from .bounces.verp import envelope_senders
         from .outbox import deliver_queued
 
         transport = self.services.open_transport()
@@ -240,7 +249,7 @@ class Worker:
             report = deliver_queued(
                 session,
                 transport,
-                sender=self.services.config["MAIL_FROM"],
+                sender=envelope_senders(self.services.config, None),
                 now=self.now(),
                 max_attempts=self.services.config["OUTBOX_MAX_ATTEMPTS"],
             )
@@ -270,6 +279,29 @@ class Worker:
             updated=report.updated,
             not_modified=report.not_modified or None,
         )
+
+    def _poll_bounces(self, session: Session) -> None:
+        """Read NEWSLETTER_BOUNCE_MAILBOX every NEWSLETTER_BOUNCE_POLL_MINUTES, as
+        ``newsletter process-bounces`` does."""
+        from .bounces.mailbox import process_configured_mailbox
+
+        every = self.settings.bounce_poll
+        now = self.now()
+        if every is None or (
+            self._last_bounce_poll is not None and now - self._last_bounce_poll < every
+        ):
+            return
+        self._last_bounce_poll = now
+        report = process_configured_mailbox(session, self.services.config, self.services.clock)
+        handled = sum(report.kinds.values()) - report.unrecognised
+        if handled or report.unrecognised:
+            self.log(
+                "bounces processed",
+                handled=handled,
+                unrecognised=report.unrecognised,
+                unmatched=report.unmatched or None,
+                **{kind.replace("-", "_"): n for kind, n in sorted(report.kinds.items())},
+            )
 
     def _digest_tick(self, session: Session) -> None:
         """At a tick (or on start, for a tick missed within the catch-up window), claim it and
@@ -310,18 +342,21 @@ class Worker:
             lock.release()
 
     def _send_digest(self, session: Session, lock: Any) -> str:
-        from .sending import send_digest
+        from .digest import DigestComposer
+        from .sending import NotComposed, send_new_campaign
 
         with self._interrupt_while_sending() as progress:
-            run = send_digest(session, self.services, lock=lock, progress=progress)
-        if run.sync_error:
-            raise RuntimeError(f"cannot read the posts: {run.sync_error}")
-        sent = sum(report.sent for report in run.reports)
-        if run.report is not None:
-            return f"digest {run.report.campaign_id} sent to {sent}"
-        if run.no_readers:
+            outcome = send_new_campaign(
+                session, self.services, DigestComposer(), lock=lock, progress=progress
+            )
+        if outcome.not_composed is NotComposed.SOURCE_ERROR:
+            raise RuntimeError(f"cannot read the posts: {outcome.problem}")
+        sent = sum(report.sent for report in outcome.reports)
+        if outcome.report is not None:
+            return f"digest {outcome.report.campaign_id} sent to {sent}"
+        if outcome.not_composed is NotComposed.NO_READERS:
             return "no confirmed readers yet"
-        return "no new posts" + (f"; resumed, sent {sent}" if run.resumed else "")
+        return "no new posts" + (f"; resumed, sent {sent}" if outcome.resumed else "")
 
     def _ask_for_approval(self, session: Session, tick: datetime) -> str:
         from .approval import lapse_expired, prepare_approval
@@ -351,7 +386,6 @@ class Worker:
     def _approvals(self, session: Session) -> None:
         """Lapse approvals whose time ran out; compose and send the approved ones."""
         from .approval import approved_waiting, compose_approved, lapse_expired
-        from .sending import send_unfinished
 
         lapsed = lapse_expired(session, self.now())
         if lapsed:
@@ -371,35 +405,29 @@ class Worker:
                 if campaign_id is not None:
                     self.log("approved digest composed", approval=approval_id, campaign=campaign_id)
             session.expunge_all()
-            with self._interrupt_while_sending() as progress:
-                reports = send_unfinished(session, self.services, lock=lock, progress=progress)
-            for report in reports:
-                self.log(
-                    "sent",
-                    campaign=report.campaign_id,
-                    sent=report.sent,
-                    failed=report.failed,
-                    deferred=report.deferred,
-                    left=report.left,
-                )
+            self._send_unfinished(session, lock)
         finally:
             lock.release()
 
     def _help_send(self, session: Session) -> None:
         """Send what is left of unfinished digests (another worker's, or one a stopped run
         left), when rows are due."""
-        from .sending import send_unfinished
-
         if not due_deliveries(session, self.now()):
             return
         lock = self._lock()
         if lock is None:
             return
         try:
-            with self._interrupt_while_sending() as progress:
-                reports = send_unfinished(session, self.services, lock=lock, progress=progress)
+            self._send_unfinished(session, lock)
         finally:
             lock.release()
+
+    def _send_unfinished(self, session: Session, lock: Any) -> None:
+        """Send what is left of the unfinished digests, logging each campaign's counts."""
+        from .sending import send_unfinished
+
+        with self._interrupt_while_sending() as progress:
+            reports = send_unfinished(session, self.services, lock=lock, progress=progress)
         for report in reports:
             self.log(
                 "sent",

@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .db import UTCDateTime, db
+from .db import Base, UTCDateTime
 
 # Job statuses.
 JOB_QUEUED = "queued"
@@ -25,7 +25,7 @@ APPROVAL_SENT = "sent"  # composed into a campaign (campaign_id)
 APPROVAL_LAPSED = "lapsed"  # the next tick came first; the posts wait for the next digest
 
 
-class Job(db.Model):
+class Job(Base):
     """Work queued for the worker (by the dashboard, say), with its progress observable here.
 
     A worker claims a job with a lease (``claimed_by``, ``claimed_until``) that it renews; a job
@@ -51,7 +51,7 @@ class Job(db.Model):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
-class DigestTick(db.Model):
+class DigestTick(Base):
     """One firing of the digest schedule, claimed by the first worker to insert it: the
     primary key makes that insert succeed once, on SQLite and PostgreSQL alike."""
 
@@ -63,7 +63,7 @@ class DigestTick(db.Model):
     outcome: Mapped[str | None] = mapped_column(Text)  # what the tick did, in words
 
 
-class DigestApproval(db.Model):
+class DigestApproval(Base):
     """A digest waiting for the author's yes: prepared at a tick, valid until the next one."""
 
     __tablename__ = "digest_approvals"
@@ -80,7 +80,7 @@ class DigestApproval(db.Model):
     campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id"))
 
 
-class WorkerHeartbeat(db.Model):
+class WorkerHeartbeat(Base):
     """What a worker last said about itself, for ``/healthz`` and ``worker --status``."""
 
     __tablename__ = "worker_heartbeats"

@@ -7,6 +7,9 @@ import hashlib
 import os
 import re
 import shutil
+import subprocess
+import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,11 +18,15 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from newsletter import create_app
+from newsletter import create_app, placeholders
+from newsletter.appctx import get_services
 from newsletter.db import db, upgrade_schema
-from newsletter.services import Services, get_services
+from newsletter.models import CONFIRMED, Campaign, Delivery, Subscriber
+from newsletter.sending import plan_deliveries, sending_state_dir
+from newsletter.services import Services
 from tests.smtp_sink import SmtpSink
 
 PUBLIC_URL = "http://newsletter.test"
@@ -224,3 +231,145 @@ def wait_for_outbox(app: Flask, timeout: float = 10.0) -> None:
             return
         assert time.monotonic() < deadline, f"{busy} email(s) still unsent"
         time.sleep(0.01)
+
+
+# --- helpers shared by the sending tests (test_sending*, test_announcements, ...) ---------
+
+
+def write_post(folder: Path, slug: str, title: str, date: str) -> None:
+    (folder / f"{slug}.md").write_text(
+        f"---\ntitle: {title}\ndate: {date}\nsummary: A few calm words.\n---\n\n"
+        "Breathe in for four, out for six.\n",
+        encoding="utf-8",
+    )
+
+
+def add_readers(
+    session: Session,
+    clock: FrozenClock,
+    count: int,
+    *,
+    status: str = CONFIRMED,
+    start: int = 1,
+    names: bool = True,
+) -> list[str]:
+    """Insert readers directly (fast); returns their addresses in id order."""
+    emails = [f"reader{n}@example.com" for n in range(start, start + count)]
+    session.execute(
+        insert(Subscriber),
+        [
+            {
+                "email": email,
+                "name": f"Reader {n}" if names else None,
+                "status": status,
+                "token_generation": 0,
+                "created_at": clock(),
+                "updated_at": clock(),
+            }
+            for n, email in enumerate(emails, start)
+        ],
+    )
+    session.commit()
+    return emails
+
+
+def make_campaign(
+    session: Session,
+    clock: FrozenClock,
+    *,
+    subject: str = "Slow mornings",
+    html: str | None = None,
+    text: str | None = None,
+) -> int:
+    """A campaign rendered with the reader placeholders, planned for every confirmed reader."""
+    html = html or (
+        f"<html><body><p class=greeting>{placeholders.GREETING}</p>"
+        "<p>Breathe in for four.</p>"
+        f'<p><a href="{placeholders.UNSUBSCRIBE_URL}">Unsubscribe</a></p>'
+        "</body></html>"
+    )
+    text = text or (
+        f"{placeholders.GREETING}\n\nBreathe in for four.\n\n"
+        f"Unsubscribe: {placeholders.UNSUBSCRIBE_URL}\n"
+    )
+    campaign = Campaign(
+        kind="digest",
+        subject=subject,
+        preheader=None,
+        status="sending",
+        content_hash=hashlib.sha256(subject.encode()).hexdigest(),
+        created_at=clock(),
+        html=html,
+        text=text,
+    )
+    session.add(campaign)
+    session.flush()
+    plan_deliveries(session, campaign.id, clock())
+    session.commit()
+    return campaign.id
+
+
+def state_dir(app: Flask) -> Path:
+    """Where the app's send lock and journals live."""
+    return sending_state_dir(app.config["SQLALCHEMY_DATABASE_URI"], app.instance_path)
+
+
+def statuses(session: Session, campaign_id: int) -> dict[str, str]:
+    """Each reader's delivery status, by address."""
+    session.commit()
+    rows = session.execute(
+        select(Subscriber.email, Delivery.status)
+        .join(Delivery)
+        .where(Delivery.campaign_id == campaign_id)
+    )
+    return dict(rows.all())
+
+
+def copies(sink: SmtpSink) -> Counter[str]:
+    """How many copies each recipient got."""
+    return Counter(r.lower() for m in sink.messages for r in m.recipients)
+
+
+def newsletter_process(
+    config: dict[str, Any], tmp_path: Path, *args: str, **env: str
+) -> subprocess.Popen[str]:
+    """`newsletter ARGS` in a separate process, on the test's database and SMTP sink."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    environment.update(
+        {
+            "NEWSLETTER_DATABASE_URL": config["DATABASE_URL"],
+            "NEWSLETTER_SECRET_KEY": config["SECRET_KEY"],
+            "NEWSLETTER_TESTING": "true",  # the suite's short key is accepted only in tests
+            "NEWSLETTER_PUBLIC_URL": config["PUBLIC_URL"],
+            "NEWSLETTER_SITE_URL": config["SITE_URL"],
+            "NEWSLETTER_MAIL_FROM": config["MAIL_FROM"],
+            "NEWSLETTER_SMTP_HOST": "127.0.0.1",
+            "NEWSLETTER_SMTP_PORT": str(config["SMTP_PORT"]),
+            "NEWSLETTER_INSTANCE_PATH": str(tmp_path / "instance"),
+            **env,
+        }
+    )
+    if config.get("POSTS_DIR"):
+        environment["NEWSLETTER_POSTS_DIR"] = str(config["POSTS_DIR"])
+    return subprocess.Popen(
+        [sys.executable, "-c", "from newsletter.cli import main; main()", *args],
+        cwd=tmp_path,
+        env=environment,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def sent_in(output: str, campaign_id: int = 1) -> int:
+    """How many a `send-digest` summary says it sent for one campaign."""
+    match = re.search(rf'Campaign {campaign_id} ".*": sent ([\d,]+),', output)
+    assert match, output
+    return int(match.group(1).replace(",", ""))
+
+
+def digest_ready(runner: FlaskCliRunner, folder: Path, title: str = "Rest Is Not a Reward") -> None:
+    """A first sync (which records the older post as already published), then a new post."""
+    first = runner.invoke(args=["fetch-posts"])
+    assert first.exit_code == 0, first.output
+    write_post(folder, title.lower().replace(" ", "-"), title, "2020-06-01")

@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 from flask import Flask
 
+from newsletter.appctx import get_services
 from newsletter.bounces.rules import Outcome, apply_outcome
 from newsletter.db import db
 from newsletter.doctor import DoctorInputs, Status
 from newsletter.doctor.service_checks import check_bounces
-from newsletter.services import get_services
 from tests.bounce_helpers import add_campaign, add_delivery, add_reader
 from tests.conftest import FrozenClock
 

@@ -13,11 +13,11 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
+from newsletter.appctx import get_services
 from newsletter.bounces.mailbox import open_mailbox, process_mailbox
 from newsletter.bounces.verp import verp_address
 from newsletter.db import db
 from newsletter.models import BOUNCED, CONFIRMED, UNSUBSCRIBED, BounceRecord, Subscriber
-from newsletter.services import get_services
 from tests.bounce_helpers import add_campaign, add_reader, sample
 from tests.conftest import FrozenClock
 from tests.dovecot_server import Dovecot, require_dovecot

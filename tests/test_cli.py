@@ -82,6 +82,34 @@ def test_help_works_without_a_secret_key_and_lists_every_command(tmp_path: Path)
     assert not list(tmp_path.rglob("*.sqlite"))
 
 
+@pytest.mark.parametrize("args", [["--help"], ["subscribers", "import", "--help"]])
+def test_help_loads_neither_the_database_layer_nor_the_email_libraries(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """Help stays fast: the domain, and the heavy libraries behind it, load only when a command
+    runs (the CLI modules import them inside each command; see newsletter/cli/base.py)."""
+    probe = (
+        "import sys\n"
+        "from newsletter.cli import main\n"
+        f"sys.argv = ['newsletter', *{args!r}]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = ('sqlalchemy', 'premailer', 'feedparser', 'nh3', 'cryptography', 'lxml',"
+        " 'email_validator', 'newsletter.models')\n"
+        "print(sorted({m.split('.')[0] if m.startswith(heavy[:-1]) else m for m in sys.modules"
+        " if m.startswith(heavy)}), file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env=clean_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "[]"
+
+
 def test_help_of_a_command_works_without_a_secret_key(tmp_path: Path) -> None:
     result = run(tmp_path, "subscribers", "import", "--help")
     assert result.returncode == 0, result.stderr

@@ -21,13 +21,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from newsletter import create_app, digest, placeholders, rendering
+from newsletter.appctx import get_services
 from newsletter.config import ConfigError
 from newsletter.db import db
 from newsletter.mail import ReaderParts, reader_greeting
 from newsletter.models import Campaign, Post
 from newsletter.rendering import RenderedEmail, TemplateError
 from newsletter.sending import campaign_template
-from newsletter.services import Services, get_services
+from newsletter.services import Services
 from tests.conftest import BLOG_ORIGIN, PUBLIC_URL, FrozenClock
 
 POSTAL_ADDRESS = "12 Willow Lane, Springfield"  # as in conftest's config

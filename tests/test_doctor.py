@@ -25,6 +25,7 @@ from flask import Flask
 from sqlalchemy import func, select, text
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from newsletter.appctx import get_services
 from newsletter.db import db
 from newsletter.doctor import (
     Check,
@@ -47,7 +48,6 @@ from newsletter.models import (
     ConsentEvent,
     Subscriber,
 )
-from newsletter.services import get_services
 from newsletter.tokens import PROBE_SUBSCRIBER_ID
 from tests.dns_server import DnsServer
 from tests.smtp_sink import SmtpSink
@@ -897,3 +897,82 @@ def test_an_https_twin_serving_the_site_is_found(
     }
     twin = by_label(settings_checks.check_allowed_origins(config))["settings.allowed-origins-twin"]
     assert twin.status is Status.WARN and "HTTP 200" in twin.found
+
+
+# --- the worker and the bounce domain ---------------------------------------------------------
+
+
+def test_worker_check_with_a_schedule_wants_a_running_worker(
+    make_app: Callable[..., Flask], clock: Any
+) -> None:
+    import io
+
+    from newsletter.worker import Worker
+
+    app = make_app(DIGEST_SCHEDULE="0 8 * * fri", TIMEZONE="Europe/Berlin")
+    with app.app_context():
+        check = service_checks.check_worker(inputs_for(app))
+    assert check.status is Status.PROBLEM and "never seen" in check.found
+    assert "2026-11-06 08:00 Europe/Berlin" in check.found
+    assert "newsletter worker" in check.to_do
+
+    Worker(app, out=io.StringIO(), sleep=lambda s: None, worker_id="doctor:1:a").run_once()
+    with app.app_context():
+        check = service_checks.check_worker(inputs_for(app))
+    assert check.status is Status.OK, check
+    assert check.found == "1 running; next tick 2026-11-06 08:00 Europe/Berlin ('0 8 * * fri')"
+
+    clock.advance(minutes=5)  # no heartbeat for five minutes: it has stopped
+    with app.app_context():
+        check = service_checks.check_worker(inputs_for(app))
+    assert check.status is Status.PROBLEM and "last seen 2026-11-02T09:00:00Z" in check.found
+
+
+def test_worker_check_without_a_schedule_is_ok(app: Flask) -> None:
+    with app.app_context():
+        check = service_checks.check_worker(inputs_for(app))
+    assert check.status is Status.OK and "no schedule set" in check.found
+
+
+def test_the_bounce_address_is_the_envelope_domain_for_spf_and_mx(
+    dns_config: dict[str, Any], dns_server: DnsServer
+) -> None:
+    publish_good_records(dns_server)  # SPF and MX for the From domain only
+    config = {**dns_config, "BOUNCE_ADDRESS": "bounces@bounce.example.net"}
+    assert settings_checks.envelope_domain(config) == "bounce.example.net"
+    assert settings_checks.envelope_domain(dns_config) == DOMAIN
+    checks = run_dns(config)
+    assert checks["dns.spf"].status is Status.PROBLEM
+    assert "bounce.example.net" in checks["dns.spf"].found
+    assert checks["dns.mx"].status is Status.PROBLEM
+    assert "bounce.example.net MX" in checks["dns.mx"].to_do
+
+    dns_server.add_txt("bounce.example.net", "v=spf1 ip4:192.0.2.0/24 -all")
+    dns_server.add("bounce.example.net", "MX", "10 mail.example.com.")
+    checks = run_dns(config)
+    assert checks["dns.spf"].status is Status.OK and checks["dns.mx"].status is Status.OK
+    assert "bounce.example.net receives mail" in checks["dns.mx"].found
+
+
+@pytest.mark.parametrize(
+    ("bounce_address", "dkim_domain", "status", "words"),
+    [
+        (f"bounces@{DOMAIN}", None, Status.WARN, f"only through SPF ({DOMAIN})"),
+        (f"bounces@mail.{DOMAIN}", None, Status.WARN, f"only through SPF (mail.{DOMAIN})"),
+        ("bounces@bounce.example.net", DOMAIN, Status.OK, f"DKIM d={DOMAIN}"),
+        ("bounces@bounce.example.net", None, Status.PROBLEM, "envelope domain (bounce.example"),
+    ],
+)
+def test_alignment_follows_the_bounce_domain(
+    settings: dict[str, Any],
+    bounce_address: str,
+    dkim_domain: str | None,
+    status: Status,
+    words: str,
+) -> None:
+    check = settings_checks.check_alignment(
+        {**settings, "BOUNCE_ADDRESS": bounce_address, "DKIM_DOMAIN": dkim_domain}
+    )
+    assert check.status is status and words in check.found
+    if status is Status.PROBLEM:
+        assert f"NEWSLETTER_BOUNCE_ADDRESS to an address on {DOMAIN}" in check.to_do

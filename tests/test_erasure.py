@@ -15,10 +15,10 @@ from sqlalchemy import func, select
 
 from newsletter import create_app
 from newsletter.addresses import address_hash
+from newsletter.appctx import get_services
 from newsletter.config import ConfigError
 from newsletter.db import db
 from newsletter.models import Campaign, ConsentEvent, Delivery, OutboxEmail, Subscriber, Suppression
-from newsletter.services import get_services
 from newsletter.subscriptions import RequestInfo, describe, subscribe
 from tests.conftest import BLOG_ORIGIN, FrozenClock, link_in, wait_for_outbox
 from tests.smtp_sink import SmtpSink

@@ -8,10 +8,10 @@ from flask import Flask
 from flask.testing import FlaskCliRunner
 from sqlalchemy import select
 
+from newsletter.appctx import get_services
 from newsletter.db import db
 from newsletter.models import ConsentEvent, OutboxEmail
 from newsletter.outbox import deliver_queued
-from newsletter.services import get_services
 from tests.conftest import FrozenClock, link_in
 from tests.smtp_sink import SmtpSink
 

@@ -3,9 +3,8 @@ relay (a test SMTP sink) accepts one message and rejects the other after taking 
 final dot); Postfix itself writes the DSN, sends it to the VERP address and delivers it to a
 Maildir; ``newsletter process-bounces`` reads it and marks that reader bounced.
 
-Until the send engine puts the VERP address in MAIL FROM (the integration step), the messages
-go through the project's SMTP transport (mail.py's SmtpTransport) directly, with
-``envelope_sender_for`` as the envelope sender, exactly what the engine will pass.
+The two messages are a real digest sent by ``newsletter send-digest``: the engine puts each
+reader's VERP address in MAIL FROM.
 
 Marked ``mailserver``: it starts a private Postfix (Debian's package, as root); skipped with a
 reason on a machine without it, failed in CI (``.ci/run`` installs it).
@@ -14,21 +13,19 @@ reason on a machine without it, failed in CI (``.ci/run`` installs it).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from newsletter.bounces.verp import envelope_sender_for
 from newsletter.db import db
-from newsletter.models import BOUNCED, CONFIRMED, BounceRecord, ConsentEvent, Subscriber
-from newsletter.smtp import SmtpSettings, SmtpTransport
-from tests.bounce_helpers import add_campaign, add_reader
+from newsletter.models import BOUNCED, CONFIRMED, BounceRecord, Campaign, ConsentEvent, Subscriber
+from tests.bounce_helpers import add_reader
 from tests.conftest import FrozenClock
 from tests.postfix_server import Postfix, require_postfix
 from tests.smtp_sink import SmtpSink
+from tests.test_sending import digest_ready, write_post
 
 pytestmark = pytest.mark.mailserver
 
@@ -44,18 +41,16 @@ def postfix(smtp_sink: SmtpSink) -> Iterator[Postfix]:
     server.stop()
 
 
-def _message(recipient: str) -> bytes:
-    message = EmailMessage()
-    message["From"] = f"Calm Corner <hello@{DOMAIN}>"
-    message["To"] = recipient
-    message["Subject"] = "New on Calm Corner"
-    message.set_content("Five slow breaths before breakfast.\n")
-    return bytes(message)
-
-
 def test_postfix_dsn_to_the_verp_address_marks_the_reader_bounced(
-    postfix: Postfix, smtp_sink: SmtpSink, make_app: Callable[..., Flask], clock: FrozenClock
+    postfix: Postfix,
+    smtp_sink: SmtpSink,
+    make_app: Callable[..., Flask],
+    clock: FrozenClock,
+    tmp_path: Path,
 ) -> None:
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    write_post(posts, "older-post", "An Older Post", "2020-01-01")
     smtp_sink.script.data_replies[GONE] = (
         "550 5.1.1 <gone@reader.example>: Recipient address rejected: User unknown"
     )
@@ -64,17 +59,19 @@ def test_postfix_dsn_to_the_verp_address_marks_the_reader_bounced(
         BOUNCE_MAILBOX=f"maildir://{postfix.maildir}",
         SMTP_HOST="127.0.0.1",
         SMTP_PORT=postfix.port,
+        POSTS_DIR=str(posts),
     )
     with app.app_context():
         session = db.session()
-        campaign = add_campaign(session, clock())
         readers = {address: add_reader(session, address, clock()) for address in (GONE, HERE)}
         db.session.remove()
-    with SmtpTransport(SmtpSettings.from_config(app.config)) as transport:
-        for address, sid in readers.items():
-            sender = envelope_sender_for(app.config, campaign, sid)
-            assert sender.startswith("bounces+")
-            transport.send(sender, address, _message(address))
+    runner = app.test_cli_runner()
+    digest_ready(runner, posts)
+    sent = runner.invoke(args=["send-digest", "--yes"])
+    assert sent.exit_code == 0, sent.output  # Postfix took both; the relay refused one later
+    with app.app_context():
+        campaign = db.session.scalars(select(Campaign.id)).one()
+        db.session.remove()
 
     # The sink took the good one; Postfix bounced the other to the VERP address.
     smtp_sink.wait_for(1)

@@ -23,6 +23,7 @@ from flask.testing import FlaskCliRunner
 from sqlalchemy import func, select
 
 from newsletter import create_app
+from newsletter.appctx import get_services
 from newsletter.config import ConfigError
 from newsletter.db import db
 from newsletter.digest import select_digest_posts
@@ -37,7 +38,6 @@ from newsletter.posts import (
     sync_posts,
 )
 from newsletter.sending import SendLock, sending_state_dir
-from newsletter.services import get_services
 from tests.conftest import BLOG_ORIGIN, FrozenClock
 
 FIXTURES = Path(__file__).parent / "fixtures"

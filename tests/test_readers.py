@@ -17,9 +17,9 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import func, select
 
 from newsletter import create_app
+from newsletter.appctx import get_services
 from newsletter.db import db
 from newsletter.models import Campaign, ConsentEvent, Delivery, OutboxEmail, Subscriber
-from newsletter.services import get_services
 from newsletter.subscriptions import RequestInfo, subscribe
 from tests.conftest import PUBLIC_URL, link_in
 from tests.smtp_sink import SmtpSink

@@ -3,15 +3,10 @@ resuming after SIGKILL, one run at a time, and the `send-digest` / `campaigns` c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter
 from dataclasses import replace
 from datetime import timedelta
@@ -24,7 +19,7 @@ from flask.testing import FlaskCliRunner
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from newsletter import placeholders
+from newsletter.appctx import get_services
 from newsletter.db import db
 from newsletter.models import CONFIRMED, Campaign, Delivery, Post, Subscriber
 from newsletter.sending import (
@@ -32,21 +27,34 @@ from newsletter.sending import (
     SendInProgressError,
     SendLock,
     SendOptions,
+    SendPace,
     SendReport,
-    plan_deliveries,
     read_journal,
     send_campaign,
-    sending_state_dir,
 )
-from newsletter.services import get_services
 from newsletter.subscriptions import RequestInfo, unsubscribe
-from tests.conftest import ON_POSTGRES, PUBLIC_URL, FrozenClock
+from tests.conftest import (
+    ON_POSTGRES,
+    PUBLIC_URL,
+    FrozenClock,
+    add_readers,
+    copies,
+    digest_ready,
+    make_campaign,
+    newsletter_process,
+    sent_in,
+    state_dir,
+    statuses,
+    write_post,
+)
 from tests.smtp_sink import DROP, Hold, SmtpSink
 
 FAST = SendOptions(connections=2, retry_delay=0.05, reconnect_delay=0.01, flush_interval=0.05)
-# On SQLite one sender at a time; on PostgreSQL senders share the work (tests/test_senders.py).
+# On SQLite one sender at a time; on PostgreSQL senders share the work
+# (tests/test_sending_processes.py).
 exclusive_lock = pytest.mark.skipif(
-    ON_POSTGRES, reason="on PostgreSQL several senders run at once (tests/test_senders.py)"
+    ON_POSTGRES,
+    reason="on PostgreSQL several senders run at once (tests/test_sending_processes.py)",
 )
 
 
@@ -60,105 +68,14 @@ def posts_folder(config: dict[str, Any], tmp_path: Path) -> Path:
     return folder
 
 
-def write_post(folder: Path, slug: str, title: str, date: str) -> None:
-    (folder / f"{slug}.md").write_text(
-        f"---\ntitle: {title}\ndate: {date}\nsummary: A few calm words.\n---\n\n"
-        "Breathe in for four, out for six.\n",
-        encoding="utf-8",
-    )
-
-
-def add_readers(
-    session: Session,
-    clock: FrozenClock,
-    count: int,
-    *,
-    status: str = CONFIRMED,
-    start: int = 1,
-    names: bool = True,
-) -> list[str]:
-    """Insert readers directly (fast); returns their addresses in id order."""
-    emails = [f"reader{n}@example.com" for n in range(start, start + count)]
-    session.execute(
-        insert(Subscriber),
-        [
-            {
-                "email": email,
-                "name": f"Reader {n}" if names else None,
-                "status": status,
-                "token_generation": 0,
-                "created_at": clock(),
-                "updated_at": clock(),
-            }
-            for n, email in enumerate(emails, start)
-        ],
-    )
-    session.commit()
-    return emails
-
-
-def make_campaign(
-    session: Session,
-    clock: FrozenClock,
-    *,
-    subject: str = "Slow mornings",
-    html: str | None = None,
-    text: str | None = None,
-) -> int:
-    """A campaign rendered with the reader placeholders, planned for every confirmed reader."""
-    html = html or (
-        f"<html><body><p class=greeting>{placeholders.GREETING}</p>"
-        "<p>Breathe in for four.</p>"
-        f'<p><a href="{placeholders.UNSUBSCRIBE_URL}">Unsubscribe</a></p>'
-        "</body></html>"
-    )
-    text = text or (
-        f"{placeholders.GREETING}\n\nBreathe in for four.\n\n"
-        f"Unsubscribe: {placeholders.UNSUBSCRIBE_URL}\n"
-    )
-    campaign = Campaign(
-        kind="digest",
-        subject=subject,
-        preheader=None,
-        status="sending",
-        content_hash=hashlib.sha256(subject.encode()).hexdigest(),
-        created_at=clock(),
-        html=html,
-        text=text,
-    )
-    session.add(campaign)
-    session.flush()
-    plan_deliveries(session, campaign.id, clock())
-    session.commit()
-    return campaign.id
-
-
-def send(app: Flask, campaign_id: int, options: SendOptions = FAST) -> SendReport:
+def send(app: Flask, campaign_id: int, options: SendOptions = FAST, **engine: Any) -> SendReport:
+    """Send one campaign under the send lock; ``engine``: its clock and pace, if given."""
     with app.app_context():
         lock = SendLock(state_dir(app), db.engine)
         with lock:
             return send_campaign(
-                db.session, get_services(app), campaign_id, lock=lock, options=options
+                db.session, get_services(app), campaign_id, lock=lock, options=options, **engine
             )
-
-
-def state_dir(app: Flask) -> Path:
-    return sending_state_dir(app.config["SQLALCHEMY_DATABASE_URI"], app.instance_path)
-
-
-def statuses(session: Session, campaign_id: int) -> dict[str, str]:
-    """Each reader's delivery status, by address."""
-    session.commit()
-    rows = session.execute(
-        select(Subscriber.email, Delivery.status)
-        .join(Delivery)
-        .where(Delivery.campaign_id == campaign_id)
-    )
-    return dict(rows.all())
-
-
-def copies(sink: SmtpSink) -> Counter[str]:
-    return Counter(r.lower() for m in sink.messages for r in m.recipients)
 
 
 # --- the ledger and the happy path ----------------------------------------------------------
@@ -458,16 +375,43 @@ def test_a_login_or_tls_failure_stops_before_anything_is_marked(
     assert not sink.messages
 
 
+class Ticks:
+    """A monotonic clock that moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_pace_spaces_slots_over_all_callers_by_one_over_the_rate() -> None:
+    ticks, stopped = Ticks(), threading.Event()
+    stopped.set()  # the waits are computed, not slept
+    pace = SendPace(20, ticks)
+    # Sixteen callers at the same instant (four connections' worth) get slots 1/20 s apart.
+    assert [pace.wait(stopped) for _ in range(16)] == pytest.approx([n / 20 for n in range(16)])
+    assert pace.next_slot == pytest.approx(16 / 20)
+    ticks.now = 10.0  # a caller long after the last slot goes at once
+    assert pace.wait(stopped) == 0.0
+    assert pace.wait(stopped) == pytest.approx(1 / 20)
+    assert SendPace(None, ticks).wait(stopped) == 0.0  # no cap: nobody waits
+
+
 def test_the_rate_is_honoured_across_all_connections(
     app: Flask, session: Session, clock: FrozenClock, smtp_sink: SmtpSink
 ) -> None:
+    """Every connection takes its slot from the one pace on the injected clock: with time
+    standing still, sixteen messages at 20 a second use the slots 0 to 15/20 s."""
     add_readers(session, clock, 16)
     campaign_id = make_campaign(session, clock)
-    started = time.monotonic()
-    report = send(app, campaign_id, SendOptions(connections=4, rate=20, flush_interval=0.05))
-    elapsed = time.monotonic() - started
+    ticks = Ticks()
+    pace = SendPace(20, ticks)
+    options = SendOptions(connections=4, rate=20, flush_interval=0.05)
+    report = send(app, campaign_id, options, monotonic=ticks, pace=pace)
     assert report.sent == 16
-    assert 15 / 20 <= elapsed < 3.0
+    assert copies(smtp_sink) == Counter(f"reader{n}@example.com" for n in range(1, 17))
+    assert pace.next_slot == pytest.approx(16 / 20)
 
 
 def test_a_reader_who_unsubscribes_mid_send_is_skipped(
@@ -791,50 +735,6 @@ def test_a_second_lock_holder_is_told_who_holds_it(app: Flask) -> None:
         assert again.held  # released when the first holder let go
 
 
-def newsletter_process(
-    config: dict[str, Any], tmp_path: Path, *args: str, **env: str
-) -> subprocess.Popen[str]:
-    """`newsletter ARGS` in a separate process, on the test's database and SMTP sink."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    environment.update(
-        {
-            "NEWSLETTER_DATABASE_URL": config["DATABASE_URL"],
-            "NEWSLETTER_SECRET_KEY": config["SECRET_KEY"],
-            "NEWSLETTER_TESTING": "true",  # the suite's short key is accepted only in tests
-            "NEWSLETTER_PUBLIC_URL": config["PUBLIC_URL"],
-            "NEWSLETTER_SITE_URL": config["SITE_URL"],
-            "NEWSLETTER_MAIL_FROM": config["MAIL_FROM"],
-            "NEWSLETTER_SMTP_HOST": "127.0.0.1",
-            "NEWSLETTER_SMTP_PORT": str(config["SMTP_PORT"]),
-            "NEWSLETTER_POSTS_DIR": config["POSTS_DIR"],
-            "NEWSLETTER_INSTANCE_PATH": str(tmp_path / "instance"),
-            **env,
-        }
-    )
-    return subprocess.Popen(
-        [sys.executable, "-c", "from newsletter.cli import main; main()", *args],
-        cwd=tmp_path,
-        env=environment,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-
-def sent_in(output: str, campaign_id: int = 1) -> int:
-    """How many a `send-digest` summary says it sent for one campaign."""
-    match = re.search(rf'Campaign {campaign_id} ".*": sent ([\d,]+),', output)
-    assert match, output
-    return int(match.group(1).replace(",", ""))
-
-
-def digest_ready(runner: FlaskCliRunner, folder: Path, title: str = "Rest Is Not a Reward") -> None:
-    """A first sync (which records the older post as already published), then a new post."""
-    first = runner.invoke(args=["fetch-posts"])
-    assert first.exit_code == 0, first.output
-    write_post(folder, title.lower().replace(" ", "-"), title, "2020-06-01")
-
-
 @pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_and_mails_nobody_twice_but_in_flight_ones(
     config: dict[str, Any],
@@ -893,15 +793,24 @@ def test_two_runs_at_once_never_both_send(
     """SQLite: the second stops at once. PostgreSQL: it joins in, and nobody gets two."""
     readers = add_readers(session, clock, 150)
     digest_ready(runner, posts_folder)
-    smtp_sink.script.data_delay = 0.05  # about 40 messages a second over two connections
+    # A handshake instead of a race: the sink holds the first sender at the fourth reader (on
+    # every connection) until the second process has started.
+    hold = Hold()
+    for reader in readers[3:]:
+        smtp_sink.script.holds[reader] = hold
     first = newsletter_process(config, tmp_path, "send-digest", "--yes", "--connections", "2")
     try:
-        smtp_sink.wait_for(3, timeout=30)
+        assert hold.reached.wait(30), "the first sender never reached the held reader"
         second = newsletter_process(config, tmp_path, "send-digest", "--yes")
-        out, err = second.communicate(timeout=30)
-        assert len(smtp_sink.messages) < len(readers) or ON_POSTGRES  # the first still sent
+        assert second.stdout is not None
+        # Its first line: it is sending (PostgreSQL), or the end of its output (SQLite: refused).
+        started = second.stdout.readline()
+        assert len(smtp_sink.messages) < len(readers)  # the first is still at it
     finally:
+        hold.release.set()
         first_out, first_err = first.communicate(timeout=60)
+    out, err = second.communicate(timeout=60)
+    out = started + out
     assert first.returncode == 0, first_out + first_err
     if ON_POSTGRES:
         assert second.returncode == 0, out + err

@@ -9,6 +9,7 @@ from newsletter.bounces.verp import (
     VerpClaim,
     claim_from_address,
     envelope_sender_for,
+    envelope_senders,
     make_token,
     read_token,
     verp_address,
@@ -75,3 +76,12 @@ def test_envelope_sender_is_mail_from_without_a_bounce_address() -> None:
     # Transactional emails (confirmation, welcome) get a token with campaign 0.
     transactional = claim_from_address(CONFIG, envelope_sender_for(CONFIG, None, 7))
     assert transactional == VerpClaim(0, 7) and transactional.transactional
+
+
+def test_the_per_run_sender_gives_the_same_addresses_as_envelope_sender_for() -> None:
+    for campaign in (None, 0, 7, 10_000):
+        senders = envelope_senders(CONFIG, campaign)
+        for reader in (None, 1, 128, 1_000_000):
+            assert senders(reader) == envelope_sender_for(CONFIG, campaign, reader)
+    plain = {**CONFIG, "BOUNCE_ADDRESS": None}
+    assert envelope_senders(plain, 7)(42) == "hello@example.com"

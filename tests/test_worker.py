@@ -15,11 +15,11 @@ from flask import Flask
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from newsletter.appctx import get_services
 from newsletter.db import db
 from newsletter.jobs import JobError, enqueue_job
 from newsletter.models import ERASED, Campaign, Subscriber
 from newsletter.posts import sync_posts
-from newsletter.services import get_services
 from newsletter.worker import Worker
 from newsletter.worker_models import (
     APPROVAL_LAPSED,

@@ -65,6 +65,26 @@ class CampaignBounceFigures:
     def complaint_rate(self) -> float:
         return self.complaints / self.sent if self.sent else 0.0
 
+    def summary(self) -> str:
+        """One line: ``hard bounces 3 (1.50%), soft bounces 1, complaints 0 (0.00%)``."""
+        return (
+            f"hard bounces {self.hard_bounces:,} ({self.hard_bounce_rate:.2%}), "
+            f"soft bounces {self.soft_bounces:,}, "
+            f"complaints {self.complaints:,} ({self.complaint_rate:.2%})"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready counts, rates and warnings."""
+        return {
+            "sent": self.sent,
+            "hard_bounces": self.hard_bounces,
+            "soft_bounces": self.soft_bounces,
+            "complaints": self.complaints,
+            "hard_bounce_rate": self.hard_bounce_rate,
+            "complaint_rate": self.complaint_rate,
+            "warnings": list(self.warnings),
+        }
+
 
 def campaign_bounce_figures(
     session: Session, campaign_ids: Iterable[int], config: Mapping[str, Any] | None = None

@@ -1,10 +1,22 @@
-"""What every command module shares: the command list, exit codes, the app's services."""
+"""What every command module shares: the command list, exit codes, the app's services and
+database session.
+
+Command modules import the domain inside each command, not at the top: nearly every domain
+module pulls in SQLAlchemy (through the models), and premailer, lxml, cryptography or
+email-validator behind it, which `newsletter --help` and a mistyped command must not wait for
+(tests/test_cli.py checks). Flask, click and the standard library are imported at the top.
+"""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from ..services import Services
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -22,10 +34,18 @@ def register(command: CommandT) -> CommandT:
     return command
 
 
-def _services() -> Any:
-    from ..services import get_services
+def _services() -> Services:
+    """The current app's Services (lazily: appctx imports SQLAlchemy)."""
+    from ..appctx import get_services
 
     return get_services()
+
+
+def _session() -> Session:
+    """The current app's database session (lazily: db imports SQLAlchemy)."""
+    from ..db import db
+
+    return db.session()
 
 
 def _version() -> str:
@@ -50,6 +70,6 @@ def _one_line(err: Exception) -> str:
 
 
 def _display_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import make_url  # lazily: SQLAlchemy
 
     return make_url(url).render_as_string(hide_password=True)

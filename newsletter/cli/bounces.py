@@ -6,7 +6,8 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from .base import register
+# The domain is imported inside each command, lazily: it pulls in SQLAlchemy (see base.py).
+from .base import _services, _session, register
 
 _RESULT_LABELS = {
     "marked bounced": "readers marked bounced",
@@ -28,12 +29,10 @@ def process_bounces_command(delete: bool) -> None:
     """Read new bounces, complaints and auto-replies from NEWSLETTER_BOUNCE_MAILBOX, apply them
     to the readers, and move processed messages away; unrecognised ones stay."""
     from ..bounces.mailbox import MailboxError, process_configured_mailbox
-    from ..db import db
-    from ..services import get_services
 
     try:
         report = process_configured_mailbox(
-            db.session(), current_app.config, get_services().clock, delete=delete
+            _session(), current_app.config, _services().clock, delete=delete
         )
     except MailboxError as err:
         raise click.ClickException(str(err)) from None

@@ -23,7 +23,7 @@ def campaigns_group(ctx: click.Context) -> None:
     from ..sending import list_campaigns
 
     live = _fold_interrupted_sends()
-    campaigns = list_campaigns(db.session)
+    campaigns = list_campaigns(db.session())
     if not campaigns:
         click.echo(
             "No campaigns yet: `newsletter send-digest` or `newsletter send-campaign "
@@ -51,12 +51,25 @@ def _fold_interrupted_sends() -> str | None:
     from ..db import db
     from ..sending import fold_interrupted
 
-    if fold_interrupted(db.session, _send_lock(), _services().clock()):
+    if fold_interrupted(db.session(), _send_lock(), _services().clock()):
         return None
     return (
         "A send is running now: these counts are live and keep moving (the last few "
         "seconds' messages show once it writes them)."
     )
+
+
+def _echo_bounce_figures(campaign_id: int) -> None:
+    """The campaign's bounce and complaint counts and rates, and any warning they call for."""
+    from flask import current_app
+
+    from ..bounces.figures import campaign_bounce_figures
+    from ..db import db
+
+    figures = campaign_bounce_figures(db.session(), [campaign_id], current_app.config)[campaign_id]
+    click.echo(f"Bounces and complaints: {figures.summary()}.")
+    for warning in figures.warnings:
+        click.echo(f"Warning: {warning}")
 
 
 @campaigns_group.command("show")
@@ -70,7 +83,7 @@ def campaigns_show(campaign_id: int) -> None:
 
     live = _fold_interrupted_sends()
     try:
-        details = describe_campaign(db.session, campaign_id)
+        details = describe_campaign(db.session(), campaign_id)
     except CampaignNotFoundError as err:
         click.echo(str(err).capitalize(), err=True)
         sys.exit(EXIT_ERROR)
@@ -83,6 +96,7 @@ def campaigns_show(campaign_id: int) -> None:
         for status in ("sent", "failed", "deferred", "skipped", "queued")
     )
     click.echo(f"Deliveries: {counts} (of {c.total:,}).")
+    _echo_bounce_figures(c.id)
     if details.problems:
         click.echo("Not delivered:")
         for p in details.problems:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 from flask import Flask
 from flask.cli import FlaskGroup
 
+from .. import create_app
 from ..config import ConfigError
 from .base import COMMANDS, _display_url, _one_line, print_version
 
@@ -31,9 +30,9 @@ def _create_app() -> Flask:
     A missing setting or a database without this version's schema ends the command with one
     line saying what to do; the embedded SQLite default is migrated by `run`, `serve` and `demo`.
     """
+    # Lazily: SQLAlchemy (see base.py).
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .. import create_app
     from ..db import schema_problem, upgrade_schema
 
     try:
@@ -75,8 +74,8 @@ class NewsletterGroup(FlaskGroup):
     loading the app (so a missing setting cannot hide them), and the app is built only when a
     command needs it. Flask's --app and --debug options do not apply here and are left out."""
 
-    def __init__(self, **extra: Any) -> None:
-        super().__init__(create_app=_create_app, add_version_option=False, **extra)
+    def __init__(self, *, help: str, params: list[click.Parameter]) -> None:
+        super().__init__(create_app=_create_app, add_version_option=False, help=help, params=params)
         self.params = [p for p in self.params if p.name not in ("app", "debug")]
         for command in COMMANDS:
             self.add_command(command)

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
 from flask.cli import with_appcontext
 
 from .base import EXIT_ERROR, _services, register
+from .sending import preview_options, write_preview
+
+
+def backfill_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The --backfill N option, explained by ``help``."""
+    return click.option(
+        "--backfill", type=click.IntRange(min=0), default=None, metavar="N", help=help
+    )
 
 
 @register
 @click.command("fetch-posts")
-@click.option(
-    "--backfill",
-    type=click.IntRange(min=0),
-    default=None,
-    metavar="N",
-    help="Also mail the newest N posts already published that were never mailed: "
-    "the next digest carries them (default: none; works on any sync).",
+@backfill_option(
+    "Also mail the newest N posts already published that were never mailed: "
+    "the next digest carries them (default: none; works on any sync)."
 )
 @with_appcontext
 def fetch_posts_command(backfill: int | None) -> None:
@@ -28,7 +33,7 @@ def fetch_posts_command(backfill: int | None) -> None:
     from ..posts import PostSourceError, sync_posts
 
     try:
-        report = sync_posts(db.session, _services(), backfill=backfill)
+        report = sync_posts(db.session(), _services(), backfill=backfill)
     except PostSourceError as err:
         click.echo(f"Cannot read the posts: {err}", err=True)
         sys.exit(EXIT_ERROR)
@@ -110,7 +115,7 @@ def _sync_posts_for_digest(services: Any, backfill: int | None) -> Any:
     from ..db import db
 
     try:
-        return posts.sync_posts(db.session, services, backfill=backfill)
+        return posts.sync_posts(db.session(), services, backfill=backfill)
     except posts.PostSourceError as err:
         click.echo(f"Cannot read the posts: {err}", err=True)
         sys.exit(EXIT_ERROR)
@@ -118,28 +123,14 @@ def _sync_posts_for_digest(services: Any, backfill: int | None) -> Any:
 
 @register
 @click.command("preview-digest")
-@click.option(
-    "--output",
-    "output",
-    default="preview",
-    show_default=True,
-    type=click.Path(file_okay=False, writable=True),
-    help="Folder to write digest.html, digest.txt and digest.eml into.",
-)
-@click.option("--open", "open_browser", is_flag=True, help="Open digest.html in a web browser.")
-@click.option(
-    "--backfill",
-    type=click.IntRange(min=0),
-    default=None,
-    metavar="N",
-    help="Count the newest N posts already published that were never mailed as "
-    "new (as `fetch-posts --backfill N` does).",
+@preview_options("digest")
+@backfill_option(
+    "Count the newest N posts already published that were never mailed as "
+    "new (as `fetch-posts --backfill N` does)."
 )
 @with_appcontext
 def preview_digest_command(output: str, open_browser: bool, backfill: int | None) -> None:
     """Write the next digest as a sample reader would get it; marks nothing as sent."""
-    import webbrowser
-
     from ..db import db
     from ..digest import preview_digest
     from ..rendering import TemplateError
@@ -147,7 +138,7 @@ def preview_digest_command(output: str, open_browser: bool, backfill: int | None
     services = _services()
     synced = _sync_posts_for_digest(services, backfill)
     try:
-        preview = preview_digest(db.session, services)
+        preview = preview_digest(db.session(), services)
     except TemplateError as err:
         click.echo(f"Email template problem: {err}", err=True)
         sys.exit(EXIT_ERROR)
@@ -161,10 +152,6 @@ def preview_digest_command(output: str, open_browser: bool, backfill: int | None
                 "Posts added from now on go into the next digest.)"
             )
         return
-    paths = preview.write(output)
     count = len(preview.titles)
-    click.echo(f"Next digest ({count} post{'s' if count != 1 else ''}): {preview.subject}")
-    for path in paths:
-        click.echo(f"  {path}")
-    if open_browser:
-        webbrowser.open(paths[0].resolve().as_uri())
+    heading = f"Next digest ({count} post{'s' if count != 1 else ''}): {preview.subject}"
+    write_preview(preview, output, open_browser, heading)

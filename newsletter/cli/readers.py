@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 from flask.cli import with_appcontext
 
-from .base import EXIT_ERROR, _services, register
+# The domain is imported inside each command, lazily: it pulls in SQLAlchemy (see base.py).
+from .base import EXIT_ERROR, _services, _session, register
+
+if TYPE_CHECKING:
+    from ..readers import RowProblems
+    from ..services import Services
 
 
 @register
@@ -25,15 +30,14 @@ def subscribers_group() -> None:
 def subscribers_show(email: str) -> None:
     """Print a reader's status and complete consent history as JSON."""
     from ..addresses import InvalidAddressError
-    from ..db import db
     from ..subscriptions import describe, find_subscriber, is_suppressed
 
     try:
-        subscriber = find_subscriber(db.session, email)
+        subscriber = find_subscriber(_session(), email)
     except InvalidAddressError as err:
         raise click.BadParameter(str(err), param_hint="EMAIL") from None
     if subscriber is None:
-        if is_suppressed(db.session, _services(), email):
+        if is_suppressed(_session(), _services(), email):
             click.echo(
                 f"No reader with the address {email}: it was erased, and only a keyed "
                 "hash of it is kept (so imports refuse it).",
@@ -42,13 +46,13 @@ def subscribers_show(email: str) -> None:
         else:
             click.echo(f"No reader with the address {email}.", err=True)
         sys.exit(EXIT_ERROR)
-    click.echo(json.dumps(describe(db.session, subscriber), indent=2, ensure_ascii=False))
+    click.echo(json.dumps(describe(_session(), subscriber), indent=2, ensure_ascii=False))
 
 
-def _send_now(services: Any) -> None:
+def _send_now(services: Services) -> None:
     """Hand the emails just queued to SMTP; if it is down they stay queued for the service's
     background sender or `newsletter send-queued`."""
-    from ..db import db
+    from ..bounces.verp import envelope_senders
     from ..outbox import deliver_queued
 
     sent = 0
@@ -56,9 +60,9 @@ def _send_now(services: Any) -> None:
     try:
         while True:
             report = deliver_queued(
-                db.session,
+                _session(),
                 transport,
-                sender=services.config["MAIL_FROM"],
+                sender=envelope_senders(services.config, None),
                 now=services.clock(),
                 max_attempts=services.config["OUTBOX_MAX_ATTEMPTS"],
             )
@@ -100,15 +104,14 @@ _STATUS = click.Choice(["pending", "confirmed", "unsubscribed", "erased", "bounc
 @with_appcontext
 def subscribers_list(status: str | None, fmt: str) -> None:
     """List readers with their status and subscription dates."""
-    from ..db import db
     from ..readers import export_readers, iso, iter_readers
 
     if fmt == "csv":
-        export_readers(db.session, sys.stdout, status)
+        export_readers(_session(), sys.stdout, status)
         return
     if fmt == "json":
         click.echo("[", nl=False)
-        for number, reader in enumerate(iter_readers(db.session, status)):
+        for number, reader in enumerate(iter_readers(_session(), status)):
             item = {
                 "id": reader.id,
                 "email": reader.email,
@@ -126,7 +129,7 @@ def subscribers_list(status: str | None, fmt: str) -> None:
         return
     count = 0
     click.echo(f"{'id':>7}  {'email':<40}  {'status':<12}  {'subscribed':<10}  name")
-    for reader in iter_readers(db.session, status):
+    for reader in iter_readers(_session(), status):
         email = reader.email or "(erased)"
         click.echo(
             f"{reader.id:>7}  {email:<40}  {reader.status:<12}  "
@@ -140,16 +143,15 @@ def subscribers_list(status: str | None, fmt: str) -> None:
 @with_appcontext
 def subscribers_count() -> None:
     """How many readers have each status."""
-    from ..db import db
     from ..readers import count_by_status
 
-    counts = count_by_status(db.session)
+    counts = count_by_status(_session())
     for status, number in counts.items():
         click.echo(f"{status:<14}{number:>8}")
     click.echo(f"{'total':<14}{sum(counts.values()):>8}")
 
 
-def _print_problems(title: str, problems: Any) -> None:
+def _print_problems(title: str, problems: RowProblems) -> None:
     if not problems.count:
         return
     click.echo(f"{title}: {problems.count}", err=True)
@@ -180,13 +182,12 @@ def subscribers_import(
     file: Path, consent_note: str, require_confirmation: bool, skip_invalid: bool
 ) -> None:
     """Import readers from a CSV file: email, and optionally name, subscribed_at, source."""
-    from ..db import db
     from ..readers import ImportInterruptedError, ReadersError, import_readers
 
     services = _services()
     try:
         report = import_readers(
-            db.session,
+            _session(),
             services,
             file,
             consent_note=consent_note,
@@ -197,7 +198,7 @@ def subscribers_import(
         click.echo(f"Import stopped: {err}", err=True)
         sys.exit(EXIT_ERROR)
     except ReadersError as err:
-        db.session.rollback()
+        _session().rollback()
         click.echo(f"Nothing imported: {err}", err=True)
         sys.exit(EXIT_ERROR)
     _print_problems("Invalid rows", report.invalid)
@@ -252,14 +253,13 @@ def subscribers_import(
 @with_appcontext
 def subscribers_export(status: str | None, output: Path | None) -> None:
     """Write readers as CSV with their consent dates (the file imports again as it is)."""
-    from ..db import db
     from ..readers import export_readers
 
     if output is None:
-        export_readers(db.session, sys.stdout, status)
+        export_readers(_session(), sys.stdout, status)
         return
     with output.open("w", newline="", encoding="utf-8") as handle:
-        count = export_readers(db.session, handle, status)
+        count = export_readers(_session(), handle, status)
     click.echo(f"Wrote {count} reader{'s' if count != 1 else ''} to {output}.")
 
 
@@ -270,18 +270,17 @@ def subscribers_export(status: str | None, output: Path | None) -> None:
 def subscribers_add(email: str, name: str | None) -> None:
     """Sign a reader up on their behalf: they get the double-opt-in email to confirm."""
     from ..addresses import InvalidAddressError
-    from ..db import db
     from ..readers import AddressSuppressedError, add_reader
 
     services = _services()
     try:
-        outcome = add_reader(db.session, services, email, name=name)
+        outcome = add_reader(_session(), services, email, name=name)
     except InvalidAddressError as err:
-        db.session.rollback()
+        _session().rollback()
         _address_or_fail(err)
         return
     except AddressSuppressedError as err:
-        db.session.rollback()
+        _session().rollback()
         click.echo(str(err), err=True)
         sys.exit(EXIT_ERROR)
     if outcome.status == "confirmed":
@@ -305,12 +304,11 @@ def subscribers_add(email: str, name: str | None) -> None:
 def subscribers_unsubscribe(email: str) -> None:
     """Unsubscribe a reader (for example one who asked by email); recorded as method cli."""
     from ..addresses import InvalidAddressError
-    from ..db import db
     from ..readers import unsubscribe_reader
     from ..subscriptions import ReaderNotFoundError
 
     try:
-        subscriber, changed = unsubscribe_reader(db.session, _services(), email)
+        subscriber, changed = unsubscribe_reader(_session(), _services(), email)
     except InvalidAddressError as err:
         _address_or_fail(err)
         return
@@ -349,13 +347,12 @@ def subscribers_erase(email: str, yes: bool) -> None:
     """Erase everything personal held about a reader (GDPR); keeps only a keyed hash of the
     address so imports refuse it. Safe to repeat."""
     from ..addresses import InvalidAddressError
-    from ..db import db
     from ..privacy import erase_reader
 
     if not yes:
         click.confirm(f"Erase {email} for good? This cannot be undone", abort=True)
     try:
-        report = erase_reader(db.session, _services(), email)
+        report = erase_reader(_session(), _services(), email)
     except InvalidAddressError as err:
         _address_or_fail(err)
         return
@@ -388,11 +385,10 @@ def subscribers_erase(email: str, yes: bool) -> None:
 def purge_command(dry_run: bool) -> None:
     """Remove sign-ups never confirmed within NEWSLETTER_PENDING_RETENTION_DAYS (default 30),
     with their events and emails; nothing about them is kept."""
-    from ..db import db
     from ..privacy import purge_pending
 
     services = _services()
-    report = purge_pending(db.session, services, dry_run=dry_run)
+    report = purge_pending(_session(), services, dry_run=dry_run)
     days = services.config["PENDING_RETENTION_DAYS"]
     verb = "Would remove" if dry_run else "Removed"
     click.echo(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from .base import EXIT_ERROR, EXIT_INCOMPLETE, _services, register
 @with_appcontext
 def send_queued_command() -> None:
     """Send the queued confirmation and welcome emails now, retrying ones that failed."""
+    from ..bounces.verp import envelope_senders
     from ..db import db
     from ..outbox import deliver_queued
 
@@ -25,9 +28,9 @@ def send_queued_command() -> None:
     transport = services.open_transport()
     try:
         report = deliver_queued(
-            db.session,
+            db.session(),
             transport,
-            sender=current_app.config["MAIL_FROM"],
+            sender=envelope_senders(current_app.config, None),
             now=services.clock(),
             max_attempts=current_app.config["OUTBOX_MAX_ATTEMPTS"],
             due_only=False,
@@ -122,7 +125,7 @@ def _send_lock() -> Any:
     )
 
 
-def _summary(report: Any, quiet: bool, resume: str = "newsletter send-digest") -> None:
+def _summary(report: Any, quiet: bool, resume: str) -> None:
     """One campaign's outcome; problems always go to stderr, even with --quiet. ``resume`` is
     the command that resumes it."""
     if not quiet or not report.complete:
@@ -146,13 +149,107 @@ def _summary(report: Any, quiet: bool, resume: str = "newsletter send-digest") -
         )
 
 
-def _ask_before_sending(subject: str, titles: Any, readers: int) -> bool:
-    if readers <= 1:
-        return True
-    click.echo(f'Next digest: "{subject}"')
-    for title in titles:
-        click.echo(f"  - {title}")
-    return click.confirm(f"Send it to {readers:,} readers now?", default=False)
+def _confirmation(label: str) -> Any:
+    """The question asked at a terminal before mailing the readers (a ``Confirm``)."""
+
+    def ask(draft: Any, readers: int) -> bool:
+        if readers <= 1:
+            return True
+        click.echo(f'{label}: "{draft.subject}"')
+        for title in draft.titles:
+            click.echo(f"  - {title}")
+        return click.confirm(f"Send it to {readers:,} readers now?", default=False)
+
+    return ask
+
+
+@contextmanager
+def _stops_cleanly(command: str, resume: str, problems: tuple[type[BaseException], ...]) -> Any:
+    """Turn a send's errors into one line on stderr and exit status 1 (a bad --to address
+    into a usage error), and Ctrl-C into how to resume."""
+    from ..addresses import InvalidAddressError
+
+    try:
+        yield
+    except InvalidAddressError as err:
+        raise click.BadParameter(str(err), param_hint="--to") from None
+    except problems as err:
+        click.echo(f"{command}: {err}", err=True)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\nInterrupted. Every message sent so far is recorded; run `{resume}` "
+            "again to send the rest.",
+            err=True,
+        )
+        sys.exit(EXIT_ERROR)
+
+
+def _send_new(
+    composer: Any,
+    options: Any,
+    *,
+    quiet: bool,
+    confirm: Any,
+    retry_kind: str | None = None,
+    senders: Any = None,
+) -> Any:
+    """send-digest's and send-campaign's run: take the send lock, requeue the failed
+    deliveries first if asked, and send a new campaign composed by ``composer``."""
+    from ..db import db
+    from ..sending import send_new_campaign
+
+    lock = _send_lock()
+    if senders is not None and not lock.shared:
+        raise click.UsageError(
+            "--workers needs PostgreSQL: SQLite takes one writer at a time, so run one "
+            "sender process and raise --connections instead"
+        )
+    lock.acquire()
+    try:
+        if retry_kind is not None:
+            _retry_failed(_services(), retry_kind)
+        return send_new_campaign(
+            db.session(),
+            _services(),
+            composer,
+            lock=lock,
+            options=options,
+            progress=_SendProgress(quiet, sys.stdout.isatty()),
+            confirm=confirm,
+            senders=senders,
+        )
+    finally:
+        lock.release()
+
+
+def _exit_status(reports: Any, *, error: bool = False) -> None:
+    """Exit 1 when an error stopped the run, 3 when some deliveries failed or wait (else
+    return: 0)."""
+    if error or any(r.error for r in reports):
+        sys.exit(EXIT_ERROR)
+    if any(not r.complete for r in reports):
+        sys.exit(EXIT_INCOMPLETE)
+
+
+def send_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The --yes, --rate and --connections options of send-digest and send-campaign."""
+    command = click.option(
+        "--connections",
+        type=click.IntRange(1, 50),
+        metavar="N",
+        help="Parallel SMTP connections (default: NEWSLETTER_SEND_CONNECTIONS, 4).",
+    )(command)
+    command = click.option(
+        "--rate",
+        type=click.FloatRange(min=0.01),
+        metavar="N",
+        help="At most N messages per second over all connections "
+        "(default: NEWSLETTER_SEND_RATE, else no cap).",
+    )(command)
+    return click.option("--yes", is_flag=True, help="Do not ask before mailing the readers.")(
+        command
+    )
 
 
 @register
@@ -169,20 +266,7 @@ def _ask_before_sending(subject: str, titles: Any, readers: int) -> bool:
     metavar="ADDRESS",
     help="Send the next digest to this one address as a test; marks nothing.",
 )
-@click.option("--yes", is_flag=True, help="Do not ask before mailing the readers.")
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=0.01),
-    metavar="N",
-    help="At most N messages per second over all connections "
-    "(default: NEWSLETTER_SEND_RATE, else no cap).",
-)
-@click.option(
-    "--connections",
-    type=click.IntRange(1, 50),
-    metavar="N",
-    help="Parallel SMTP connections (default: NEWSLETTER_SEND_CONNECTIONS, 4).",
-)
+@send_options
 @click.option(
     "--workers",
     type=click.IntRange(1, 32),
@@ -227,97 +311,59 @@ def send_digest_command(
     Exit status: 0 all sent (or skipped: the reader left), 3 some failed or were deferred,
     1 an error stopped the run.
     """
-    from ..addresses import InvalidAddressError
     from ..db import db
+    from ..digest import DigestComposer, plan_digest, send_test_digest
     from ..dkim import DkimError
     from ..posts import PostSourceError
     from ..rendering import TemplateError
-    from ..sending import (
-        DIGEST,
-        SenderProcesses,
-        SendError,
-        SendOptions,
-        plan_digest,
-        send_digest,
-        send_test_digest,
-    )
+    from ..sending import DIGEST, NotComposed, SenderProcesses, SendError, SendOptions
     from ..smtp import SmtpError
 
     services = _services()
+    resume = "newsletter send-digest"
     problems = (SmtpError, DkimError, TemplateError, SendError, PostSourceError)
     if dry_run and to_address:
         raise click.UsageError("use either --dry-run or --to, not both")
     if retry and (dry_run or to_address):
         raise click.UsageError("--retry-failed sends to readers; use it without --dry-run and --to")
-    try:
+    options = SendOptions.from_config(services.config, rate=rate, connections=connections)
+    with _stops_cleanly("send-digest", resume, problems):
         if as_worker:
-            _send_as_worker(
-                services,
-                SendOptions.from_config(services.config, rate=rate, connections=connections),
-            )
+            _send_as_worker(services, options)
             return
         if dry_run:
-            _show_plan(plan_digest(db.session, services))
+            _show_plan(plan_digest(db.session(), services))
             return
         if to_address:
-            subject = send_test_digest(db.session, services, to_address)
+            subject = send_test_digest(db.session(), services, to_address)
             click.echo(
                 f'Sent "{subject}" to {to_address} as a test; nothing was marked.'
                 if subject
                 else "No new posts since the last digest: nothing to send."
             )
             return
-        options = SendOptions.from_config(services.config, rate=rate, connections=connections)
-        lock = _send_lock()
-        senders = None
-        if workers > 1:
-            if not lock.shared:
-                raise click.UsageError(
-                    "--workers needs PostgreSQL: SQLite takes one writer at a time, so run one "
-                    "sender process and raise --connections instead"
-                )
-            senders = SenderProcesses(_worker_argv(options, workers), workers)
-        lock.acquire()
-        try:
-            if retry:
-                _retry_failed(services, DIGEST)
-            run = send_digest(
-                db.session,
-                services,
-                lock=lock,
-                options=options,
-                progress=_SendProgress(quiet, sys.stdout.isatty()),
-                confirm=None if yes or not _interactive() else _ask_before_sending,
-                senders=senders,
-            )
-        finally:
-            lock.release()
-    except InvalidAddressError as err:
-        raise click.BadParameter(str(err), param_hint="--to") from None
-    except problems as err:
-        click.echo(f"send-digest: {err}", err=True)
-        sys.exit(EXIT_ERROR)
-    except KeyboardInterrupt:
-        click.echo(
-            "\nInterrupted. Every message sent so far is recorded; run "
-            "`newsletter send-digest` again to send the rest.",
-            err=True,
+        outcome = _send_new(
+            DigestComposer(),
+            options,
+            quiet=quiet,
+            confirm=None if yes or not _interactive() else _confirmation("Next digest"),
+            retry_kind=DIGEST if retry else None,
+            senders=SenderProcesses(_worker_argv(options, workers), workers)
+            if workers > 1
+            else None,
         )
-        sys.exit(EXIT_ERROR)
-    for report in run.reports:
-        _summary(report, quiet)
-    if run.sync_error:
-        click.echo(f"Cannot read the posts: {run.sync_error}", err=True)
-    elif run.declined:
+    for report in outcome.reports:
+        _summary(report, quiet, resume)
+    why = outcome.not_composed
+    if why is NotComposed.SOURCE_ERROR:
+        click.echo(f"Cannot read the posts: {outcome.problem}", err=True)
+    elif why is NotComposed.DECLINED:
         click.echo("Not sent.")
-    elif run.no_readers:
+    elif why is NotComposed.NO_READERS:
         click.echo("No confirmed readers yet: nothing sent; the new posts wait for the next run.")
-    elif run.nothing_new and not quiet:
+    elif why is NotComposed.NOTHING_NEW and not quiet:
         click.echo("No new posts since the last digest: nothing new to send.")
-    if run.sync_error or any(r.error for r in run.reports):
-        sys.exit(EXIT_ERROR)
-    if any(not r.complete for r in run.reports):
-        sys.exit(EXIT_INCOMPLETE)
+    _exit_status(outcome.reports, error=why is NotComposed.SOURCE_ERROR)
 
 
 def _retry_failed(services: Any, kind: str) -> None:
@@ -325,7 +371,7 @@ def _retry_failed(services: Any, kind: str) -> None:
     from ..db import db
     from ..sending import retry_failed
 
-    moved = retry_failed(db.session, kind, services.clock())
+    moved = retry_failed(db.session(), kind, services.clock())
     if moved is None:
         click.echo(f"No {kind} has been sent yet: no failed deliveries to retry.")
         return
@@ -364,7 +410,7 @@ def _send_as_worker(services: Any, options: Any) -> None:
     lock.acquire()
     try:
         send_unfinished(
-            db.session, services, lock=lock, options=options, progress=WorkerProgress(sys.stdout)
+            db.session(), services, lock=lock, options=options, progress=WorkerProgress(sys.stdout)
         )
     finally:
         lock.release()
@@ -388,13 +434,6 @@ def _show_plan(plan: Any) -> None:
     )
 
 
-def _ask_before_sending_campaign(subject: str, readers: int) -> bool:
-    if readers <= 1:
-        return True
-    click.echo(f'Announcement: "{subject}"')
-    return click.confirm(f"Send it to {readers:,} readers now?", default=False)
-
-
 @register
 @click.command("send-campaign")
 @click.argument("file", metavar="FILE.md", type=click.Path(path_type=Path), required=False)
@@ -415,20 +454,7 @@ def _ask_before_sending_campaign(subject: str, readers: int) -> bool:
     help="Send it although the same subject and body were sent before. (A copy that "
     "was interrupted is resumed instead, never sent twice.)",
 )
-@click.option("--yes", is_flag=True, help="Do not ask before mailing the readers.")
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=0.01),
-    metavar="N",
-    help="At most N messages per second over all connections "
-    "(default: NEWSLETTER_SEND_RATE, else no cap).",
-)
-@click.option(
-    "--connections",
-    type=click.IntRange(1, 50),
-    metavar="N",
-    help="Parallel SMTP connections (default: NEWSLETTER_SEND_CONNECTIONS, 4).",
-)
+@send_options
 @click.option(
     "--retry-failed",
     "retry",
@@ -458,18 +484,17 @@ def send_campaign_command(
     an earlier interrupted announcement was finished first: run again), 1 an error stopped the
     run (including a file, template or SMTP problem, and content already sent without --again).
     """
-    from ..addresses import InvalidAddressError
-    from ..campaigns import (
+    from ..announcements import (
+        AnnouncementComposer,
         CampaignError,
         plan_campaign,
         read_announcement,
-        send_announcement,
         send_test_campaign,
     )
     from ..db import db
     from ..dkim import DkimError
     from ..rendering import TemplateError
-    from ..sending import SendError, SendOptions
+    from ..sending import NotComposed, SendError, SendOptions
     from ..smtp import SmtpError
 
     services = _services()
@@ -487,67 +512,43 @@ def send_campaign_command(
     if file is None:
         raise click.UsageError("missing FILE.md: the announcement to send (or --retry-failed)")
     resume = f"newsletter send-campaign {file}"
-    try:
+    with _stops_cleanly("send-campaign", resume, problems):
         announcement = read_announcement(file)
         if dry_run:
-            _show_campaign_plan(plan_campaign(db.session, services, announcement), again)
+            _show_campaign_plan(plan_campaign(db.session(), services, announcement), again)
             return
         if to_address:
-            subject = send_test_campaign(db.session, services, announcement, to_address)
+            subject = send_test_campaign(db.session(), services, announcement, to_address)
             click.echo(f'Sent "{subject}" to {to_address} as a test; nothing was marked.')
             return
-        options = SendOptions.from_config(services.config, rate=rate, connections=connections)
-        lock = _send_lock()
-        lock.acquire()
-        try:
-            run = send_announcement(
-                db.session,
-                services,
-                announcement,
-                lock=lock,
-                options=options,
-                progress=_SendProgress(quiet, sys.stdout.isatty()),
-                again=again,
-                confirm=None if yes or not _interactive() else _ask_before_sending_campaign,
-            )
-        finally:
-            lock.release()
-    except InvalidAddressError as err:
-        raise click.BadParameter(str(err), param_hint="--to") from None
-    except problems as err:
-        click.echo(f"send-campaign: {err}", err=True)
-        sys.exit(EXIT_ERROR)
-    except KeyboardInterrupt:
-        click.echo(
-            f"\nInterrupted. Every message sent so far is recorded; run `{resume}` "
-            "again to send the rest.",
-            err=True,
+        outcome = _send_new(
+            AnnouncementComposer(announcement, again=again),
+            SendOptions.from_config(services.config, rate=rate, connections=connections),
+            quiet=quiet,
+            confirm=None if yes or not _interactive() else _confirmation("Announcement"),
         )
-        sys.exit(EXIT_ERROR)
-    for report in run.reports:
+    for report in outcome.reports:
         _summary(report, quiet, resume)
-    if run.resumed_this:
+    why = outcome.not_composed
+    if why is NotComposed.RESUMED:
         if not quiet:
             click.echo(
                 "This announcement had been interrupted: it was resumed, and nobody "
                 "gets it twice."
                 + (" (--again sends a fresh copy once this one is finished.)" if again else "")
             )
-    elif run.waiting:
+    elif why is NotComposed.WAITING:
         click.echo(
             f"An earlier announcement had been interrupted and was finished first; run "
-            f'`{resume}` again to send "{run.subject}".',
+            f'`{resume}` again to send "{announcement.subject}".',
             err=True,
         )
         sys.exit(EXIT_INCOMPLETE)
-    elif run.declined:
+    elif why is NotComposed.DECLINED:
         click.echo("Not sent.")
-    elif run.no_readers:
+    elif why is NotComposed.NO_READERS:
         click.echo("No confirmed readers yet: nothing sent.")
-    if any(r.error for r in run.reports):
-        sys.exit(EXIT_ERROR)
-    if any(not r.complete for r in run.reports):
-        sys.exit(EXIT_INCOMPLETE)
+    _exit_status(outcome.reports)
 
 
 def _retry_failed_announcement(
@@ -555,7 +556,7 @@ def _retry_failed_announcement(
 ) -> None:
     """``send-campaign --retry-failed``: requeue the latest announcement's failed deliveries
     and send what is left of every unfinished announcement."""
-    from ..campaigns import ANNOUNCEMENT
+    from ..announcements import ANNOUNCEMENT
     from ..db import db
     from ..sending import SendError, SendOptions, check_smtp, send_unfinished
     from ..smtp import SmtpError
@@ -563,13 +564,13 @@ def _retry_failed_announcement(
     resume = "newsletter send-campaign --retry-failed"
     options = SendOptions.from_config(services.config, rate=rate, connections=connections)
     lock = _send_lock()
-    try:
+    with _stops_cleanly("send-campaign", resume, (SmtpError, SendError)):
         lock.acquire()
         try:
             check_smtp(services)
             _retry_failed(services, ANNOUNCEMENT)
             reports = send_unfinished(
-                db.session,
+                db.session(),
                 services,
                 lock=lock,
                 kind=ANNOUNCEMENT,
@@ -578,22 +579,9 @@ def _retry_failed_announcement(
             )
         finally:
             lock.release()
-    except (SmtpError, SendError) as err:
-        click.echo(f"send-campaign: {err}", err=True)
-        sys.exit(EXIT_ERROR)
-    except KeyboardInterrupt:
-        click.echo(
-            f"\nInterrupted. Every message sent so far is recorded; run `{resume}` "
-            "again to send the rest.",
-            err=True,
-        )
-        sys.exit(EXIT_ERROR)
     for report in reports:
         _summary(report, quiet, resume)
-    if any(r.error for r in reports):
-        sys.exit(EXIT_ERROR)
-    if any(not r.complete for r in reports):
-        sys.exit(EXIT_INCOMPLETE)
+    _exit_status(reports)
 
 
 def _show_campaign_plan(plan: Any, again: bool) -> None:
@@ -626,24 +614,45 @@ def _show_campaign_plan(plan: Any, again: bool) -> None:
     click.echo("(Dry run: nothing was planned or sent.)")
 
 
+def preview_options(stem: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The --output and --open options of preview-digest and preview-campaign."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = click.option(
+            "--open", "open_browser", is_flag=True, help=f"Open {stem}.html in a web browser."
+        )(command)
+        return click.option(
+            "--output",
+            "output",
+            default="preview",
+            show_default=True,
+            type=click.Path(file_okay=False, writable=True),
+            help=f"Folder to write {stem}.html, {stem}.txt and {stem}.eml into.",
+        )(command)
+
+    return decorate
+
+
+def write_preview(preview: Any, output: str, open_browser: bool, heading: str) -> None:
+    """Write a preview's files, list them under ``heading`` and open the HTML if asked."""
+    import webbrowser
+
+    paths = preview.write(output)
+    click.echo(heading)
+    for path in paths:
+        click.echo(f"  {path}")
+    if open_browser:
+        webbrowser.open(paths[0].resolve().as_uri())
+
+
 @register
 @click.command("preview-campaign")
 @click.argument("file", metavar="FILE.md", type=click.Path(path_type=Path))
-@click.option(
-    "--output",
-    "output",
-    default="preview",
-    show_default=True,
-    type=click.Path(file_okay=False, writable=True),
-    help="Folder to write campaign.html, campaign.txt and campaign.eml into.",
-)
-@click.option("--open", "open_browser", is_flag=True, help="Open campaign.html in a web browser.")
+@preview_options("campaign")
 @with_appcontext
 def preview_campaign_command(file: Path, output: str, open_browser: bool) -> None:
     """Write an announcement (FILE.md) as a sample reader would get it; sends nothing."""
-    import webbrowser
-
-    from ..campaigns import CampaignError, preview_campaign, read_announcement
+    from ..announcements import CampaignError, preview_campaign, read_announcement
     from ..rendering import TemplateError
 
     try:
@@ -654,9 +663,4 @@ def preview_campaign_command(file: Path, output: str, open_browser: bool) -> Non
     except CampaignError as err:
         click.echo(f"preview-campaign: {err}", err=True)
         sys.exit(EXIT_ERROR)
-    paths = preview.write(output)
-    click.echo(f"Announcement: {preview.subject}")
-    for path in paths:
-        click.echo(f"  {path}")
-    if open_browser:
-        webbrowser.open(paths[0].resolve().as_uri())
+    write_preview(preview, output, open_browser, f"Announcement: {preview.subject}")

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
+from urllib.parse import urlsplit
 
 import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
+from werkzeug.serving import run_simple
 
 from ..config import DEFAULTS
-from .base import _display_url, _one_line, _services, register
+from ..embed import render_snippet
+
+# The domain is imported inside each command, lazily: it pulls in SQLAlchemy (see base.py).
+from .base import _display_url, _one_line, _services, _session, register
 from .readers import _count
 
 
@@ -26,7 +31,7 @@ def init_db_command() -> None:
     url = current_app.config["SQLALCHEMY_DATABASE_URI"]
     where = _display_url(url)
     try:
-        before, after = upgrade_schema(current_app)  # type: ignore[arg-type]
+        before, after = upgrade_schema(current_app)
     except (SQLAlchemyError, OSError) as err:
         raise click.ClickException(
             f"cannot create the schema in {where}: {_one_line(err)}. "
@@ -53,13 +58,12 @@ def init_db_command() -> None:
 @with_appcontext
 def doctor_command(send_test: str | None, as_json: bool) -> None:
     """Check the set-up (settings, SMTP, DNS, the service, the list); exit 1 on a PROBLEM."""
-    from ..db import db
     from ..doctor import DoctorInputs, exit_code, run_doctor, summary
 
     services = _services()
     checks = run_doctor(
         DoctorInputs(
-            current_app.config, db.session(), services.clock, services.tokens.unsubscribe_token
+            current_app.config, _session(), services.clock, services.tokens.unsubscribe_token
         ),
         send_test=send_test,
     )
@@ -93,10 +97,8 @@ def doctor_command(send_test: str | None, as_json: bool) -> None:
 @with_appcontext
 def demo_command(host: str, port: int, smtp_port: int) -> None:
     """Run the service with a local mail catcher and sample posts: nothing to set up."""
-    from werkzeug.serving import run_simple
-
-    from ..db import db, upgrade_schema
-    from ..demo import mailbox_dir, prepare_sample_digest, write_sample_posts
+    from ..db import upgrade_schema
+    from ..demo import DemoWorker, mailbox_dir, prepare_sample_digest, write_sample_posts
     from ..mailcatcher import MailCatcher
     from ..posts import PostSourceError
 
@@ -125,7 +127,7 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
         # Only the sample folder's posts are kept unmailed; a feed of the author's own stays as
         # its first sync leaves it.
         waiting = prepare_sample_digest(
-            db.session, _services(), keep_unmailed=app.config["POSTS_DIR"] == str(posts)
+            _session(), _services(), keep_unmailed=app.config["POSTS_DIR"] == str(posts)
         )
         digest = (
             f"{base}/demo/digest   (a preview of {_count(waiting, 'sample post')})"
@@ -133,7 +135,7 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
             else "none waiting: add a post to the sample folder"
         )
     except PostSourceError as err:
-        db.session.rollback()
+        _session().rollback()
         digest = f"none: cannot read the posts ({err})"
     click.echo(f"""
   newsletter demo is running.
@@ -148,9 +150,11 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
 
   Press Ctrl+C to stop.
 """)
+    worker = DemoWorker(app).start()  # sends the emails and polls the posts, as under `serve`
     try:
         run_simple(host, port, app, threaded=True, use_reloader=False)
     finally:
+        worker.stop()
         catcher.stop()
 
 
@@ -165,10 +169,6 @@ def demo_command(host: str, port: int, smtp_port: int) -> None:
 @with_appcontext
 def embed_snippet_command(page_url: str | None, no_script: bool) -> None:
     """Print the subscribe form to paste into an embed block on the blog."""
-    from urllib.parse import urlsplit
-
-    from ..embed import render_snippet
-
     config = current_app.config
     if page_url:
         parts = urlsplit(page_url)

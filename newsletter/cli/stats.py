@@ -7,7 +7,8 @@ import json
 import click
 from flask.cli import with_appcontext
 
-from .base import _services, register
+# The domain is imported inside each command, lazily: it pulls in SQLAlchemy (see base.py).
+from .base import _services, _session, register
 from .campaigns import _fold_interrupted_sends
 
 
@@ -32,11 +33,11 @@ from .campaigns import _fold_interrupted_sends
 def stats_command(fmt: str, weeks: int) -> None:
     """Readers by status, weekly sign-ups, confirmations and withdrawals, the confirmation rate
     and the last campaigns' deliveries. No tracking pixels, no click tracking."""
-    from ..db import db
     from ..stats import format_stats, list_stats
 
     live = _fold_interrupted_sends()
-    stats = list_stats(db.session, _services().clock(), weeks=weeks)
+    services = _services()
+    stats = list_stats(_session(), services.clock(), weeks=weeks, config=services.config)
     if fmt == "json":
         click.echo(json.dumps(stats.as_dict(), indent=2, ensure_ascii=False))
     else:

@@ -10,7 +10,10 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
-from .base import register
+from ..serve import ServeError, serve
+
+# The domain is imported inside each command, lazily: it pulls in SQLAlchemy (see base.py).
+from .base import _services, _session, register
 
 
 @register
@@ -26,15 +29,11 @@ from .base import register
 def worker_command(status: bool, as_json: bool) -> None:
     """Run the worker: the scheduled digest (NEWSLETTER_DIGEST_SCHEDULE), post polling, the
     outbox, daily purge and queued jobs. Stops cleanly on SIGTERM or Ctrl-C."""
-    from ..db import db
-    from ..services import get_services
     from ..worker import Worker, worker_status
 
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     if status:
-        report = worker_status(
-            db.session, get_services().clock(), app.config["WORKER_POLL_SECONDS"]
-        )
+        report = worker_status(_session(), _services().clock(), app.config["WORKER_POLL_SECONDS"])
         if as_json:
             click.echo(json.dumps(report, indent=2))
         else:
@@ -71,8 +70,6 @@ def worker_command(status: bool, as_json: bool) -> None:
 def serve_command(bind: str, workers: int, no_worker: bool) -> None:
     """Run the whole service: a production web server plus one worker, stopped together by
     SIGTERM or Ctrl-C. Run `newsletter init-db` first."""
-    from ..serve import ServeError, serve
-
     try:
         code = serve(bind, workers, with_worker=not no_worker)
     except ServeError as err:

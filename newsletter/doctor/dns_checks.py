@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +103,13 @@ def check_dns(config: Mapping[str, Any]) -> list[Check]:
         return [problem(AREA, "server", str(err), "fix NEWSLETTER_DNS_SERVER or unset it")]
     bounce = envelope_domain(config)
     checks: list[Check] = []
-    for name, check in (
+    lookups: list[tuple[str, Callable[[], Check]]] = [
         ("spf", lambda: check_spf(resolver, bounce)),
         ("dkim", lambda: check_dkim(resolver, config)),
         ("dmarc", lambda: check_dmarc(resolver, from_domain)),
         ("mx", lambda: check_mx(resolver, bounce)),
-    ):
+    ]
+    for name, check in lookups:
         try:
             checks.append(check())
         except DnsUnavailableError as err:

@@ -122,12 +122,41 @@ def check_schema(inputs: DoctorInputs) -> Check:
 
 
 def check_worker(inputs: DoctorInputs) -> Check:
-    """The worker has ticked recently, when a schedule is set.
+    """With NEWSLETTER_DIGEST_SCHEDULE set, a worker must be running to send at the ticks:
+    PROBLEM when no worker's heartbeat is newer than a few poll intervals, else OK with the
+    next tick."""
+    from ..schedule import next_tick, parse_schedule, zone_named
+    from ..worker import worker_status
 
-    This version has no scheduled worker (digests go out by `newsletter send-digest`, from cron
-    or by hand). When one lands it records its ticks, and this check compares the last tick
-    with the schedule: WARN when late, PROBLEM when far behind."""
-    return ok(AREA, "worker", "no schedule set: nothing runs on its own, so nothing to check")
+    config = inputs.config
+    text = str(config.get("DIGEST_SCHEDULE") or "").strip()
+    if not text:
+        return ok(AREA, "worker", "no schedule set: nothing runs on its own, so nothing to check")
+    now = inputs.clock()
+    try:
+        status = worker_status(inputs.session, now, float(config.get("WORKER_POLL_SECONDS") or 5))
+    except SQLAlchemyError as err:
+        inputs.session.rollback()
+        return problem(
+            AREA,
+            "worker",
+            f"cannot read the workers' heartbeats: {str(err).splitlines()[0]}",
+            "run `newsletter init-db` to bring the schema up to date",
+        )
+    zone = zone_named(str(config.get("TIMEZONE") or "UTC"))
+    upcoming = next_tick(parse_schedule(text), zone, now)
+    when = f"{upcoming.astimezone(zone):%Y-%m-%d %H:%M} {zone.key}"
+    if not status["running"]:
+        seen = f"last seen {status['last_seen']}" if status.get("last_seen") else "never seen"
+        return problem(
+            AREA,
+            "worker",
+            f"NEWSLETTER_DIGEST_SCHEDULE={text!r} is set but no worker is running ({seen}): "
+            f"the digest due {when} will not go out",
+            "start `newsletter worker` (or `newsletter serve`, which runs one) under a "
+            "supervisor such as systemd, and check its log",
+        )
+    return ok(AREA, "worker", f"{status['status']}; next tick {when} ({text!r})")
 
 
 def check_list(inputs: DoctorInputs) -> list[Check]:

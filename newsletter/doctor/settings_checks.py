@@ -190,11 +190,10 @@ def _domain(address: str) -> str:
 
 
 def envelope_domain(config: Mapping[str, Any]) -> str:
-    """The domain of the envelope sender (Return-Path), where bounces go and SPF is checked.
-
-    Today that is MAIL_FROM's domain; bounce processing with its own return path (VERP on a
-    bounce domain) plugs in here, and the SPF, MX and alignment checks follow it."""
-    return _domain(str(config["MAIL_FROM"]))
+    """The domain of the envelope sender (Return-Path), where bounces go and SPF is checked:
+    NEWSLETTER_BOUNCE_ADDRESS's domain when it is set (every message then goes out from
+    bounces+TOKEN@ there), else MAIL_FROM's. The SPF, MX and alignment checks follow it."""
+    return _domain(str(config.get("BOUNCE_ADDRESS") or config["MAIL_FROM"]))
 
 
 def aligned(domain: str, other: str) -> bool:
@@ -230,7 +229,12 @@ def check_alignment(config: Mapping[str, Any]) -> Check:
             f"From domain {from_domain} aligns with neither the DKIM domain "
             f"({dkim_domain or 'none'}) nor the envelope domain ({bounce}): DMARC "
             "fails",
-            f"set NEWSLETTER_DKIM_DOMAIN={from_domain} (with its selector and key)",
+            f"set NEWSLETTER_DKIM_DOMAIN={from_domain} (with its selector and key)"
+            + (
+                f", or NEWSLETTER_BOUNCE_ADDRESS to an address on {from_domain}"
+                if config.get("BOUNCE_ADDRESS")
+                else ""
+            ),
         )
     if not dkim_domain:
         return warn(

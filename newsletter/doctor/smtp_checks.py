@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from ..mail import mail_domain
 from ..smtp import SmtpSettings
 from . import Check, Status, ok, problem, warn
 
@@ -287,7 +288,7 @@ def _send_test(smtp: smtplib.SMTP, config: Mapping[str, Any], recipient: str) ->
     message["To"] = recipient
     message["Subject"] = f"newsletter doctor: test message from {config['SITE_NAME']}"
     message["Date"] = format_datetime(datetime.now(UTC))
-    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2])
+    message["Message-ID"] = make_msgid(domain=mail_domain(sender))
     message.set_content(
         "This test message was sent by `newsletter doctor --send-test`.\n"
         "Look at its headers for spf=pass, dkim=pass and dmarc=pass.\n"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine
 
 from newsletter import models, worker_models  # noqa: F401  (registers the tables)
 from newsletter.db import db
@@ -23,7 +23,7 @@ def run_migrations() -> None:
         _migrate(fresh)
 
 
-def _migrate(connection: object) -> None:
+def _migrate(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

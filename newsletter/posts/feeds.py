@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 
 import feedparser
 
+from ..content.sanitise import absolute_url
+from ..content.text import html_to_words, text_to_html
 from .fetch import _one_line
-from .sanitise import _absolute_url, _plain, _text_to_html
 from .source import PostSourceError, SourcePost, _key, _make_post
 
 
@@ -77,14 +78,14 @@ def parse_feed(
 def _from_feed_entry(
     entry: dict[str, Any], *, base: str | None, feed_author: str | None = None
 ) -> SourcePost:
-    url = _absolute_url(entry.get("link"), base)
+    url = absolute_url(entry.get("link"), base)
     contents = entry.get("content") or []
     content = _best_content(contents)
     summary = _detail_html(entry.get("summary"), entry.get("summary_detail"))
     if content is None:
         # RSS without content:encoded: the description is the post itself.
         content, summary = summary, None
-    elif summary is not None and _plain(summary) == _plain(content):
+    elif summary is not None and html_to_words(summary) == html_to_words(content):
         summary = None
     # dict.get: feedparser's own get() maps a missing "updated" to "published", with a warning.
     published = dict.get(entry, "published_parsed")
@@ -112,7 +113,7 @@ def _detail_html(value: str | None, detail: Mapping[str, Any] | None) -> str | N
     if not value or not value.strip():
         return None
     kind = (detail or {}).get("type", "text/html")
-    return value if "html" in kind else _text_to_html(value)
+    return value if "html" in kind else text_to_html(value)
 
 
 def _best_content(contents: Iterable[Mapping[str, Any]]) -> str | None:
@@ -160,15 +161,15 @@ def _parse_json_feed(
         raise PostSourceError(
             f'{where} is JSON but not a JSON Feed (no "items" list); check NEWSLETTER_FEED_URL'
         )
-    base = url or _absolute_url(_text(document.get("home_page_url")), None) or site_url
+    base = url or absolute_url(_text(document.get("home_page_url")), None) or site_url
     return [_from_json_item(item, base=base) for item in items if isinstance(item, dict)]
 
 
 def _from_json_item(item: Mapping[str, Any], *, base: str | None) -> SourcePost:
-    url = _absolute_url(_text(item.get("url")) or _text(item.get("external_url")), base)
+    url = absolute_url(_text(item.get("url")) or _text(item.get("external_url")), base)
     content = _text(item.get("content_html"))
     if not content and _text(item.get("content_text")):
-        content = _text_to_html(_text(item.get("content_text")))
+        content = text_to_html(_text(item.get("content_text")))
     authors = item.get("authors") or ([item["author"]] if item.get("author") else [])
     names = [_text(a.get("name")) for a in authors if isinstance(a, dict)]
     return _make_post(

@@ -119,11 +119,8 @@ class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
         self._connection = _watched_connection(http.client.HTTPSConnection, deadline)
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(
-            self._connection,
-            req,  # type: ignore[arg-type]
-            context=self._context,
-        )  # type: ignore[attr-defined]
+        # HTTPSHandler keeps its SSL context in _context, which typeshed does not declare.
+        return self.do_open(self._connection, req, context=self._context)  # type: ignore[attr-defined]
 
 
 def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:

@@ -9,15 +9,11 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import markdown
-import yaml
 
+from ..content.frontmatter import FrontMatterError, split_front_matter
 from .feeds import _as_utc, _text
-from .fetch import _one_line
 from .source import _MARKDOWN_SUFFIXES, PostSourceError, SourcePost, _key, _make_post
 
-_FRONT_MATTER = re.compile(
-    r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*\r?$\n?", re.DOTALL | re.MULTILINE
-)
 _DATED_NAME = re.compile(r"\A(\d{4}-\d{2}-\d{2})-")
 _TRUE_WORDS = {"true", "yes", "on", "1"}
 
@@ -88,25 +84,12 @@ def _split_front_matter(text: str, path: Path) -> tuple[dict[str, Any], str]:
         raise PostSourceError(
             f"{path}: TOML front matter (+++) is not supported; write it as YAML between --- lines"
         )
-    if not re.match(r"---[ \t]*\r?\n", text):
-        return {}, text
-    match = _FRONT_MATTER.match(text)
-    if match is None:
-        raise PostSourceError(f"{path}: the front matter has no closing --- line; add one")
     try:
-        meta = yaml.safe_load(match.group(1))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f"line {mark.line + 2}: " if mark is not None else ""
-        problem = getattr(err, "problem", None) or err
-        raise PostSourceError(
-            f"{path}: the front matter is not valid YAML ({line}{_one_line(problem)}); fix it"
-        ) from None
-    if meta is None:
-        meta = {}
-    if not isinstance(meta, dict):
-        raise PostSourceError(f"{path}: the front matter must be key: value lines")
-    return meta, text[match.end() :]
+        split = split_front_matter(text)
+    except FrontMatterError as err:
+        hint = {"unclosed": "; add one", "yaml": "; fix it", "shape": ""}[err.kind]
+        raise PostSourceError(f"{path}: {err}{hint}") from None
+    return split.meta, split.body
 
 
 def _truthy(value: object) -> bool:

@@ -12,8 +12,9 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
+from ..content.sanitise import absolute_url, first_image, sanitise_html
+from ..content.text import html_to_words, summarise
 from ..errors import NewsletterError
-from .sanitise import _absolute_url, _first_image, _plain, sanitise_html, summarise
 
 # Column sizes (models.Post): PostgreSQL refuses longer strings, so values are fitted first.
 _KEY_CHARS = 1024
@@ -150,15 +151,15 @@ def _make_post(
     content = sanitise_html(content_html, url) if content_html else None
     text_summary = summarise(summary) if summary else ""
     text_summary = text_summary or (summarise(content) if content else "")
-    title_text = _plain(title or "") or summarise(content or "", words=10) or "Untitled post"
-    image = _absolute_url(image_url, url) if image_url else None
-    image = image or _first_image(content)
+    title_text = html_to_words(title or "") or summarise(content or "", words=10) or "Untitled post"
+    image = absolute_url(image_url, url) if image_url else None
+    image = image or first_image(content)
     return SourcePost(
         key=key,
         title=_fit(title_text, _TITLE_CHARS) or "Untitled post",
         url=_fit_url(url),
-        subtitle=_fit(_plain(subtitle or ""), _TITLE_CHARS),
-        author=_fit(_plain(author or ""), _AUTHOR_CHARS),
+        subtitle=_fit(html_to_words(subtitle or ""), _TITLE_CHARS),
+        author=_fit(html_to_words(author or ""), _AUTHOR_CHARS),
         summary=text_summary or None,
         content_html=content or None,
         image_url=_fit_url(image),

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..models import Post, SourceState
-from ..services import Services
 from .feeds import parse_feed
 from .fetch import FetchedFeed, fetch_feed, read_feed_file
 from .folder import read_posts_dir
 from .source import PostSource, PostSourceError, SourcePost, _fit, post_source
+
+
+class SyncContext(Protocol):
+    """What a sync needs of the app: its configuration and its clock (``Services`` has both).
+    Sources never see the mail transport, the renderer or the tokens."""
+
+    @property
+    def config(self) -> Mapping[str, Any]: ...
+
+    @property
+    def clock(self) -> Callable[[], datetime]: ...
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,9 @@ def read_source(
     return posts, fetched
 
 
-def sync_posts(session: Session, services: Services, *, backfill: int | None = None) -> SyncReport:
+def sync_posts(
+    session: Session, services: SyncContext, *, backfill: int | None = None
+) -> SyncReport:
     """Sync the configured post source into ``posts``, in one transaction.
 
     The first sync of a source records the posts already published there as archived (never

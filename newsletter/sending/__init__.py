@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from .campaigns import retry_failed as retry_failed
 from .campaigns import send_campaign as send_campaign
+from .campaigns import send_each as send_each
 from .campaigns import send_unfinished as send_unfinished
 from .campaigns import unfinished_campaigns as unfinished_campaigns
 from .history import describe_campaign as describe_campaign
@@ -56,9 +57,16 @@ from .options import SendError as SendError
 from .options import SendInProgressError as SendInProgressError
 from .options import SendOptions as SendOptions
 from .options import SendReport as SendReport
-from .orchestrate import plan_digest as plan_digest
-from .orchestrate import send_digest as send_digest
+from .orchestrate import Backlog as Backlog
+from .orchestrate import Composer as Composer
+from .orchestrate import Confirm as Confirm
+from .orchestrate import Draft as Draft
+from .orchestrate import NotComposed as NotComposed
+from .orchestrate import SendOutcome as SendOutcome
+from .orchestrate import send_new_campaign as send_new_campaign
 from .orchestrate import send_test_copy as send_test_copy
-from .orchestrate import send_test_digest as send_test_digest
+from .pace import SendPace as SendPace
+from .preview import EmailPreview as EmailPreview
+from .preview import preview_campaign_email as preview_campaign_email
 from .processes import SenderProcesses as SenderProcesses
 from .processes import WorkerProgress as WorkerProgress

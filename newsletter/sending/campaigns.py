@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -9,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from ..models import FAILED, QUEUED, SENDING, SENT
 from ..services import Services
-from .engine import _CampaignRun
+from .engine import CampaignSender
 from .lock import SendLock, recover
 from .options import (
     DIGEST,
@@ -23,6 +25,10 @@ from .options import (
     _NoProgress,
     log,
 )
+from .pace import SendPace
+
+# A delivery put back in the queue as if never tried: no retry time, no claim.
+_AS_NEW = dict.fromkeys(("next_attempt_at", "deferred_since", "claimed_until", "claimed_by"))
 
 
 def send_campaign(
@@ -33,9 +39,12 @@ def send_campaign(
     lock: SendLock,
     options: SendOptions | None = None,
     progress: Progress | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+    pace: SendPace | None = None,
 ) -> SendReport:
     """Send what is left of a campaign: queued rows and deferred rows now due, and (with the
-    shared lock, PostgreSQL) rows other senders held when they died.
+    shared lock, PostgreSQL) rows other senders held when they died. ``monotonic`` times
+    leases, the rate and status checks; ``pace`` (default: ``options.rate``) spaces messages.
 
     Needs the send lock; folds in what an interrupted run left first. Never raises for SMTP
     trouble: a run stopped by it has ``report.error`` set and leaves the rest queued.
@@ -58,15 +67,17 @@ def send_campaign(
         )
     if campaign.status == SENT:
         return SendReport(campaign_id=campaign_id, subject=campaign.subject, finished=True)
-    run = _CampaignRun(
+    sender = CampaignSender(
         session,
         services,
         campaign,
         lock,
         options or SendOptions.from_config(services.config),
         progress or _NoProgress(),
+        monotonic,
+        pace,
     )
-    return run.execute()
+    return sender.execute()
 
 
 def retry_failed(session: Session, kind: str, now: datetime) -> tuple[int, int] | None:
@@ -82,14 +93,7 @@ def retry_failed(session: Session, kind: str, now: datetime) -> tuple[int, int] 
     result = session.execute(
         update(d)
         .where(d.c.campaign_id == latest, d.c.status == FAILED)
-        .values(
-            status=QUEUED,
-            next_attempt_at=None,
-            deferred_since=None,
-            claimed_until=None,
-            claimed_by=None,
-            updated_at=now,
-        )
+        .values(status=QUEUED, updated_at=now, **_AS_NEW)
     )
     moved = int(result.rowcount or 0)  # type: ignore[attr-defined]
     if moved:
@@ -120,12 +124,33 @@ def send_unfinished(
     after one that SMTP trouble stopped. Other senders may be at it too (PostgreSQL)."""
     if not lock.recovered:
         recover(session, lock, services.clock())
+    return send_each(
+        session,
+        services,
+        unfinished_campaigns(session, kind),
+        lock=lock,
+        options=options,
+        progress=progress,
+    )
+
+
+def send_each(
+    session: Session,
+    services: Services,
+    campaign_ids: Sequence[int],
+    *,
+    lock: SendLock,
+    options: SendOptions | None = None,
+    progress: Progress | None = None,
+) -> list[SendReport]:
+    """Send what is left of each campaign in turn, stopping after one that SMTP trouble
+    stopped (the later ones wait for the next run)."""
     reports = []
-    for campaign_id in unfinished_campaigns(session, kind):
+    for campaign_id in campaign_ids:
         report = send_campaign(
             session, services, campaign_id, lock=lock, options=options, progress=progress
         )
         reports.append(report)
         if report.error:
-            break  # SMTP trouble: the later ones wait for the next run
+            break
     return reports

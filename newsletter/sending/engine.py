@@ -7,13 +7,14 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from typing import Any
 
 from sqlalchemy import bindparam, func, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
+from ..bounces.verp import envelope_senders
 from ..models import CONFIRMED, DEFERRED, FAILED, QUEUED, SENT, SKIPPED
 from ..rendering import RenderedEmail
 from ..services import Services
@@ -41,13 +42,15 @@ from .options import (
     _subscribers,
     log,
 )
-from .pace import RateLimiter
+from .pace import SendPace
 
 
-class _CampaignRun:
+class CampaignSender:
     """One run of one campaign: a feeding thread (the caller's, the only one touching the
     database except for the 250 marks on PostgreSQL) and ``connections`` sender threads, each
-    with its own SMTP connection."""
+    with its own SMTP connection. Leases, the rate and the age of status checks are timed by
+    ``monotonic`` (injected, so tests drive time instead of sleeping); ``pace`` is shared by its
+    connections (by default one at ``options.rate``)."""
 
     def __init__(
         self,
@@ -57,8 +60,11 @@ class _CampaignRun:
         lock: SendLock,
         options: SendOptions,
         progress: Progress,
+        monotonic: Callable[[], float] = time.monotonic,
+        pace: SendPace | None = None,
     ) -> None:
         self.session = session
+        self.monotonic = monotonic
         self.services = services
         self.clock = services.clock
         self.campaign_id: int = campaign.id
@@ -66,12 +72,13 @@ class _CampaignRun:
         self.progress = progress
         self.lock = lock
         self.shared = lock.shared  # other senders may be working on this campaign too
-        self.sender_address = str(services.config["MAIL_FROM"])
+        # The envelope sender per reader: VERP when NEWSLETTER_BOUNCE_ADDRESS is set.
+        self.envelope_sender = envelope_senders(services.config, campaign.id)
         rendered = RenderedEmail(subject=campaign.subject, html=campaign.html, text=campaign.text)
         self.template = campaign_template(services, rendered, campaign.created_at)
         self.reader = ReaderFactory(services, campaign.id, campaign.content_hash)
         self.report = SendReport(campaign_id=campaign.id, subject=campaign.subject)
-        self.limiter = RateLimiter(options.rate)
+        self.limiter = pace or SendPace(options.rate, monotonic)
         self.stop = threading.Event()
         self.work: queue.Queue[_Work | None] = queue.Queue(maxsize=8 * options.connections)
         self.outcomes: deque[_Outcome] = deque()  # appended by senders, drained by the feeder
@@ -81,7 +88,7 @@ class _CampaignRun:
         self._retries: dict[int, int] = {}  # in-run retries so far per id
         self._deferred: set[int] = set()
         self._done = 0
-        self._last_flush = time.monotonic()
+        self._last_flush = self.monotonic()
         self._thread_error: BaseException | None = None
         self.journal: Journal | None = None
         self.sender_id = ""
@@ -107,7 +114,7 @@ class _CampaignRun:
     # the feeding side (the caller's thread)
 
     def execute(self) -> SendReport:
-        started = time.monotonic()
+        started = self.monotonic()
         report = self.report
         report.total = self._count_due()
         self.progress.start(report)
@@ -116,7 +123,7 @@ class _CampaignRun:
         if self.shared:
             assert self.lock.engine is not None
             self.marks = _DatabaseMarks(self.lock.engine, self.clock)
-            self._lease_renewed(time.monotonic())  # every claim from now on ends later
+            self._lease_renewed(self.monotonic())  # every claim from now on ends later
         threads = [
             threading.Thread(target=self._sender, name=f"smtp-{n + 1}", daemon=True)
             for n in range(self.options.connections)
@@ -144,7 +151,7 @@ class _CampaignRun:
                 # Remove the journal only once everything in it is committed; otherwise the
                 # next run folds it in (and releases this sender's claims).
                 self.journal.close(remove=committed)
-                report.elapsed = time.monotonic() - started
+                report.elapsed = self.monotonic() - started
                 self.progress.finish(report)
         if self._thread_error is not None:
             raise SendError(
@@ -181,11 +188,11 @@ class _CampaignRun:
         """Retry this run's 4xx deliveries once their backoff has passed."""
         while self._retry_due and not self.stop.is_set():
             due = min(self._retry_due.values())
-            while not self.stop.is_set() and time.monotonic() < due:
-                self.stop.wait(min(due - time.monotonic(), self.options.flush_interval))
+            while not self.stop.is_set() and self.monotonic() < due:
+                self.stop.wait(min(due - self.monotonic(), self.options.flush_interval))
                 self._flush()
                 self._renew_if_due()
-            now = time.monotonic()
+            now = self.monotonic()
             ids = sorted(i for i, when in self._retry_due.items() if when <= now)
             for delivery_id in ids:
                 del self._retry_due[delivery_id]
@@ -200,7 +207,7 @@ class _CampaignRun:
         died (its lease ran out, or its journal on this machine is unlocked). True once some
         were taken and sent (they may need retries), False when none is held elsewhere."""
         poll = min(1.0, self._lease_seconds / 4)
-        seen, since = -1, time.monotonic()
+        seen, since = -1, self.monotonic()
         while not self.stop.is_set():
             fold_journals(self.session, self.lock.directory, self.clock())
             if self._pass(QUEUED):
@@ -209,7 +216,7 @@ class _CampaignRun:
             held = self._held_elsewhere()
             if not held:
                 return False
-            now = time.monotonic()
+            now = self.monotonic()
             if held != seen:
                 seen, since = held, now
             elif now - since > 2 * self._lease_seconds:
@@ -222,8 +229,8 @@ class _CampaignRun:
                 )
                 return False
             deadline = now + poll
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                self.stop.wait(min(self.options.flush_interval, deadline - time.monotonic()))
+            while not self.stop.is_set() and self.monotonic() < deadline:
+                self.stop.wait(min(self.options.flush_interval, deadline - self.monotonic()))
                 self._tick()
         return False
 
@@ -266,7 +273,7 @@ class _CampaignRun:
         d, s = _deliveries, _subscribers
         now, until = self._lease_clock()
         self.session.commit()  # read the readers' status afresh, not from an older snapshot
-        self._claimed_at = time.monotonic()
+        self._claimed_at = self.monotonic()
         query = (
             select(
                 d.c.id,
@@ -306,9 +313,9 @@ class _CampaignRun:
 
     def _renew_if_due(self) -> None:
         """Extend the lease on every row this sender still holds (PostgreSQL)."""
-        if time.monotonic() < self._next_renewal:
+        if self.monotonic() < self._next_renewal:
             return
-        started = time.monotonic()
+        started = self.monotonic()
         _, until = self._lease_clock()
         d = _deliveries
         self.session.execute(
@@ -380,7 +387,7 @@ class _CampaignRun:
     def _check_readers_if_due(self) -> None:
         """One indexed query for every waiting message's reader: those who left since their
         row was claimed are marked withdrawn, and the sender skips them."""
-        started = time.monotonic()
+        started = self.monotonic()
         if not (
             self._check_wanted.is_set()
             or started - self._last_check >= self.options.status_check_age / 2
@@ -413,13 +420,13 @@ class _CampaignRun:
     def _flush_if_due(self) -> None:
         if (
             len(self.outcomes) >= self.options.batch_size
-            or time.monotonic() - self._last_flush >= self.options.flush_interval
+            or self.monotonic() - self._last_flush >= self.options.flush_interval
         ):
             self._flush()
 
     def _flush(self) -> None:
         """Write the outcomes gathered so far: one bulk UPDATE per status, one commit."""
-        self._last_flush = time.monotonic()
+        self._last_flush = self.monotonic()
         if not self.outcomes:
             return
         batch: list[_Outcome] = []
@@ -559,7 +566,7 @@ class _CampaignRun:
                 if tries < IN_RUN_RETRIES and not outcome.unknown:
                     self._retries[delivery_id] = tries + 1
                     self._retry_due[delivery_id] = (
-                        time.monotonic() + self.options.retry_delay * 2**tries
+                        self.monotonic() + self.options.retry_delay * 2**tries
                     )
             if not retry:
                 self._done += 1
@@ -643,11 +650,7 @@ class _CampaignRun:
                 eight_bit = connect_transport(transport)
                 connected = True
                 reader = self.reader(item.subscriber_id, item.email, item.name)
-                send_prepared = getattr(transport, "send_prepared", None)
-                if send_prepared is not None:
-                    data = self.template.personalise_for_smtp(reader, eight_bit=eight_bit)
-                else:
-                    data = self.template.personalise(reader, eight_bit=eight_bit)
+                data = self.template.personalise_for_smtp(reader, eight_bit=eight_bit)
                 self._wait_for_lease()
                 self.limiter.wait(self.stop)
                 if not self._status_checked(item):
@@ -655,7 +658,7 @@ class _CampaignRun:
                 if item.withdrawn:
                     self.outcomes.append(_Outcome(SKIPPED, item.delivery_id))
                     return
-                (send_prepared or transport.send)(self.sender_address, item.email, data)
+                transport.send_prepared(self.envelope_sender(item.subscriber_id), item.email, data)
             except SmtpOutcomeUnknownError as err:
                 # The server may have it (RFC 5321 4.1.1.4): sending it again at once could
                 # mail a copy per try. Deferred: the next run tries once more, after backoff.
@@ -699,7 +702,7 @@ class _CampaignRun:
     def _status_checked(self, item: _Work) -> bool:
         """Wait until the reader's status was read at most ``status_check_age`` seconds ago
         (the feeder does it); False if the run stops meanwhile."""
-        ready = time.monotonic()
+        ready = self.monotonic()
         with self._checked:
             while item.checked_at < ready - self.options.status_check_age:
                 if self.stop.is_set():
@@ -711,7 +714,7 @@ class _CampaignRun:
     def _wait_for_lease(self) -> None:
         """Start no message while this sender's lease may be running out (its renewals have
         stopped): another sender could take the row over and send it too."""
-        while time.monotonic() > self._fence and not self.stop.is_set():
+        while self.monotonic() > self._fence and not self.stop.is_set():
             self.stop.wait(0.05)
 
     def _record_sent(self, delivery_id: int) -> None:

@@ -7,11 +7,11 @@ from datetime import datetime
 
 from .. import placeholders
 from ..dkim import DkimSigner
-from ..mail import MessageTemplate, ReaderParts, reader_greeting
+from ..mail import MessageTemplate, ReaderParts, mail_domain, reader_greeting
 from ..rendering import RenderedEmail
 from ..services import Services
 from ..smtp import Transport
-from ..subscriptions import list_headers
+from ..transactional import list_headers
 
 
 def campaign_template(
@@ -42,7 +42,7 @@ class ReaderFactory:
     def __init__(self, services: Services, campaign_id: int, content_hash: str) -> None:
         self._tokens = services.tokens  # one token maker for the whole run
         self._unsubscribe = services.public_url("unsubscribe/")
-        domain = str(services.config["MAIL_FROM"]).rpartition("@")[2] or "localhost"
+        domain = mail_domain(str(services.config["MAIL_FROM"]))
         self._id_suffix = f"{(content_hash or 'x')[:12]}@{domain}"
         self._campaign_id = campaign_id
 
@@ -58,10 +58,8 @@ class ReaderFactory:
 
 def connect_transport(transport: Transport) -> bool:
     """Open the connection now and say whether the server takes 8-bit bodies."""
-    connect = getattr(transport, "connect", None)
-    if connect is not None:
-        connect()
-    return bool(getattr(transport, "supports_8bit", False))
+    transport.connect()
+    return transport.supports_8bit
 
 
 def check_smtp(services: Services) -> None:

@@ -1,24 +1,33 @@
-"""From composing to sent: the steps every campaign kind shares."""
+"""From composing to sent: the steps every campaign kind shares.
+
+:func:`send_new_campaign` is the one way a new campaign goes out, whoever asks (the CLI, the
+worker, the dashboard): fold in what a killed run left, check SMTP, finish what must be
+finished first, compose and plan the campaign under the composing lock, then send. Each kind
+(a digest, an announcement) supplies only how it composes, as a :class:`Composer`; the
+caller supplies the confirmation and the progress display as callbacks, so nothing here knows
+about a terminal.
+"""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import make_msgid
+from typing import Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..mail import ReaderParts, reader_greeting
-from ..models import DEFERRED, QUEUED
+from ..mail import ReaderParts, mail_domain, reader_greeting
+from ..models import DEFERRED, QUEUED, SENDING, Campaign
 from ..rendering import RenderedEmail
 from ..services import Services
-from .campaigns import send_unfinished, unfinished_campaigns
+from .campaigns import send_each, send_unfinished, unfinished_campaigns
 from .ledger import confirmed_readers, plan_deliveries
 from .lock import SendLock, recover
 from .messages import campaign_template, check_smtp, connect_transport
 from .options import (
-    DIGEST,
     Progress,
     SendOptions,
     SendReport,
@@ -30,126 +39,230 @@ from .options import (
 from .processes import SenderProcesses
 
 
-@dataclass
-class DigestRun:
-    """What ``send-digest`` did: campaigns resumed, the new digest, or why nothing was sent."""
+class NotComposed(enum.Enum):
+    """Why a run composed no new campaign (it may still have resumed earlier ones)."""
 
+    SOURCE_ERROR = "the posts could not be read"  # the detail is in ``SendOutcome.problem``
+    NOTHING_NEW = "nothing new to send"
+    NO_READERS = "no confirmed readers yet"
+    DECLINED = "the confirmation was declined"
+    RESUMED = "an interrupted copy of this very campaign was resumed instead"
+    WAITING = "an earlier unfinished campaign was finished first; run again"
+
+
+@dataclass
+class SendOutcome:
+    """What one run of :func:`send_new_campaign` did: campaigns resumed, the new campaign's
+    report, or why nothing new was composed."""
+
+    kind: str
+    subject: str | None = None  # of the new campaign, once known
     resumed: list[SendReport] = field(default_factory=list)  # campaigns it did not compose
-    report: SendReport | None = None
-    new_posts: list[str] = field(default_factory=list)  # titles the sync found
-    sync_error: str | None = None
-    nothing_new: bool = False
-    no_readers: bool = False
-    declined: bool = False
+    report: SendReport | None = None  # the campaign this run composed (or joined)
+    not_composed: NotComposed | None = None
+    problem: str | None = None  # why the content could not be read (SOURCE_ERROR)
+    notes: list[str] = field(default_factory=list)  # what the composer found (new posts)
 
     @property
     def reports(self) -> list[SendReport]:
         """Every campaign report of the run, resumed ones first."""
         return [*self.resumed, *([self.report] if self.report else [])]
 
+    @property
+    def stopped(self) -> bool:
+        """Whether SMTP (or the brake) stopped a campaign of this run."""
+        return any(report.error for report in self.reports)
 
-# Asked before mailing: (subject, post titles, readers) -> go ahead?
-Confirm = Callable[[str, Sequence[str], int], bool]
+    @property
+    def complete(self) -> bool:
+        """Every delivery of the run was sent or skipped."""
+        return all(report.complete for report in self.reports)
 
 
-def send_digest(
+@dataclass(frozen=True)
+class Draft:
+    """What a composer would compose now: shown in the confirmation before anything is made."""
+
+    subject: str
+    titles: Sequence[str] = ()  # the posts in it (a digest), for the confirmation
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Campaigns to finish before composing. ``final``: the run ends with them (they are an
+    interrupted copy of the very campaign asked for); otherwise, if they had anything to send,
+    the run ends too and the new campaign waits for the next run."""
+
+    campaign_ids: Sequence[int] = ()
+    final: bool = False
+
+
+# Asked before mailing: (the draft, confirmed readers) -> go ahead?
+Confirm = Callable[[Draft, int], bool]
+
+
+class Composer(Protocol):
+    """How one kind of campaign is composed; :func:`send_new_campaign` does the rest."""
+
+    kind: str  # the campaigns.kind of what it composes
+    # True: after composing, every unfinished campaign of ``kind`` is sent, oldest first (the
+    # digest's resume). False: only the one composed (earlier ones came from :meth:`backlog`).
+    sends_unfinished: bool
+
+    def prepare(self, services: Services) -> None:
+        """Check what can be checked before SMTP is (a file, a template); raise to stop."""
+
+    def backlog(self, session: Session) -> Backlog:
+        """What to finish before composing (may raise to refuse the run)."""
+
+    def draft(
+        self, session: Session, services: Services, outcome: SendOutcome
+    ) -> Draft | int | None:
+        """Under the composing lock: what to compose, the id of an unfinished campaign with
+        the same content to join instead, or None (with ``outcome.not_composed`` set)."""
+
+    def compose(self, session: Session, services: Services, draft: Draft) -> int:
+        """Add the campaign (flushed, not committed) and return its id."""
+
+
+def send_new_campaign(
     session: Session,
     services: Services,
+    composer: Composer,
     *,
     lock: SendLock,
+    confirm: Confirm | None = None,
     options: SendOptions | None = None,
     progress: Progress | None = None,
-    confirm: Confirm | None = None,
     senders: SenderProcesses | None = None,
-) -> DigestRun:
-    """Sync posts, compose the digest of new posts and plan one delivery per confirmed reader
-    (only one process at a time does this), then send every unfinished digest, oldest first:
-    one an earlier run left, the new one, and one another sender composed meanwhile (several
-    senders share the work on PostgreSQL). With ``senders``, those processes send instead.
+) -> SendOutcome:
+    """Compose a new campaign with ``composer`` and send it to every confirmed reader.
 
-    Raises SmtpConfigError / SmtpUnavailableError when the server cannot be used at all (before
-    anything is planned), TemplateError for a broken template.
+    In order: ``composer.prepare`` (a bad file or template stops here), fold in what a killed
+    run left, check SMTP (SmtpConfigError / SmtpUnavailableError before anything is planned),
+    finish the composer's backlog, then, holding the lock's composing part (only one process
+    at a time composes, so none composes twice), draft, ``confirm``, create the campaign and
+    plan one delivery per confirmed reader in one transaction; then send. With ``senders``,
+    those processes send instead. Needs the send lock held.
     """
-    run = DigestRun()
+    options = options or SendOptions.from_config(services.config)
+    outcome = SendOutcome(kind=composer.kind)
+    composer.prepare(services)
     if not lock.recovered:
-        recover(session, lock, services.clock())
+        recover(session, lock, services.clock())  # so the ledger is exact before we look
     check_smtp(services)
-    with lock.composing():
-        try:
-            new_id = _compose_digest(session, services, run, confirm)
-        except BaseException:
-            session.rollback()  # nothing half-made survives the composing lock
-            raise
+    backlog = composer.backlog(session)
+    session.rollback()
+    if backlog.campaign_ids:
+        outcome.resumed = send_each(
+            session, services, backlog.campaign_ids, lock=lock, options=options, progress=progress
+        )
+        if backlog.final:
+            outcome.not_composed = NotComposed.RESUMED
+            return outcome
+        if outcome.stopped:
+            return outcome  # SMTP trouble: the rest waits for the next run
+        if any(report.total for report in outcome.resumed):
+            outcome.not_composed = NotComposed.WAITING
+            return outcome
+    new_id = _compose(session, services, composer, lock, outcome, confirm)
     session.expunge_all()  # nothing from the ORM is kept while sending
-    if senders is None:
-        reports = send_unfinished(session, services, lock=lock, options=options, progress=progress)
-    elif unfinished_campaigns(session, DIGEST):
+    if not composer.sends_unfinished:
+        ids = [new_id] if new_id is not None else []
+        reports = send_each(session, services, ids, lock=lock, options=options, progress=progress)
+    elif senders is None:
+        reports = send_unfinished(
+            session, services, lock=lock, kind=composer.kind, options=options, progress=progress
+        )
+    elif unfinished_campaigns(session, composer.kind):
         reports = senders.run(session, services, progress or _NoProgress())
     else:
         reports = []
     session.commit()
     for report in reports:
         if report.campaign_id == new_id:
-            run.report = report
+            outcome.report = report
         else:
-            run.resumed.append(report)
-    return run
+            outcome.resumed.append(report)
+    return outcome
 
 
-def _compose_digest(
-    session: Session, services: Services, run: DigestRun, confirm: Confirm | None
+def _compose(
+    session: Session,
+    services: Services,
+    composer: Composer,
+    lock: SendLock,
+    outcome: SendOutcome,
+    confirm: Confirm | None,
 ) -> int | None:
-    """Sync the posts and, if any are new, create the digest campaign and plan its deliveries
-    in one transaction; returns its id. Why nothing was composed goes into ``run``."""
-    from .. import digest, posts
-
-    session.commit()  # look afresh: another process may have composed while we waited
-    try:
-        synced = posts.sync_posts(session, services)
-    except posts.PostSourceError as err:
-        run.sync_error = str(err)
-        return None
-    run.new_posts = [getattr(p, "title", str(p)) for p in synced.new]
-    chosen = digest.select_digest_posts(session, services)
-    if not chosen:
-        run.nothing_new = True
-        return None
-    readers = confirmed_readers(session)
-    if not readers:
-        run.no_readers = True  # the posts wait for the first reader
-        return None
-    if confirm is not None:
-        subject = digest.subject_of(chosen, services.config)
-        if not confirm(subject, [p.title for p in chosen], readers):
-            run.declined = True
-            session.rollback()
-            return None
-    campaign = digest.create_digest_campaign(session, services, chosen)
-    plan_deliveries(session, campaign.id, services.clock())
-    session.commit()
-    return campaign.id
+    """Draft, confirm, create and plan in one transaction under the composing lock; the new
+    campaign's id (or the one joined), or None with the reason in ``outcome``."""
+    with lock.composing():
+        try:
+            session.commit()  # look afresh: another process may have composed while we waited
+            draft = composer.draft(session, services, outcome)
+            if draft is None or isinstance(draft, int):
+                session.rollback()
+                return draft
+            outcome.subject = draft.subject
+            readers = confirmed_readers(session)
+            if not readers:
+                outcome.not_composed = NotComposed.NO_READERS  # the content waits
+                session.rollback()
+                return None
+            if confirm is not None and not confirm(draft, readers):
+                outcome.not_composed = NotComposed.DECLINED
+                session.rollback()
+                return None
+            campaign_id = composer.compose(session, services, draft)
+            plan_deliveries(session, campaign_id, services.clock())
+            session.commit()
+        except BaseException:
+            session.rollback()  # nothing half-made survives the composing lock
+            raise
+    return campaign_id
 
 
-@dataclass(frozen=True)
-class DigestPlan:
-    """What ``send-digest --dry-run`` shows: unfinished campaigns and the next digest."""
+class Rendered(Protocol):
+    """A campaign's email rendered once, with its preheader (a digest's or an announcement's)."""
 
-    unfinished: list[tuple[int, str, int]]  # (id, subject, deliveries left)
-    subject: str | None
-    titles: list[str]
-    readers: int
+    @property
+    def email(self) -> RenderedEmail: ...
+
+    @property
+    def preheader(self) -> str: ...
 
 
-def plan_digest(session: Session, services: Services) -> DigestPlan:
-    """What a run would send now, from the posts already synced; changes nothing."""
-    from .. import digest
+def add_campaign(
+    session: Session, services: Services, kind: str, rendered: Rendered, content_hash: str
+) -> Campaign:
+    """Add a ``sending`` campaign of ``kind`` for the email rendered once; flushes (so it has
+    its id), does not commit: the caller plans its deliveries in the same transaction."""
+    campaign = Campaign(
+        kind=kind,
+        subject=rendered.email.subject,
+        preheader=rendered.preheader,
+        html=rendered.email.html,
+        text=rendered.email.text,
+        content_hash=content_hash,
+        status=SENDING,
+        created_at=services.clock(),
+    )
+    session.add(campaign)
+    session.flush()
+    return campaign
 
-    d = _deliveries
-    unfinished = []
-    for campaign_id in unfinished_campaigns(session, DIGEST):
-        subject = (
-            session.scalar(select(_campaigns.c.subject).where(_campaigns.c.id == campaign_id)) or ""
-        )
+
+def unfinished_summary(
+    session: Session, kind: str, *, leave_out: Sequence[int] = ()
+) -> list[tuple[int, str, int]]:
+    """(id, subject, deliveries left) of each unfinished campaign of ``kind``, for a dry run."""
+    c, d = _campaigns, _deliveries
+    summary = []
+    for campaign_id in unfinished_campaigns(session, kind):
+        if campaign_id in leave_out:
+            continue
+        subject = session.scalar(select(c.c.subject).where(c.c.id == campaign_id)) or ""
         left = (
             session.scalar(
                 select(func.count())
@@ -158,34 +271,11 @@ def plan_digest(session: Session, services: Services) -> DigestPlan:
             )
             or 0
         )
-        unfinished.append((campaign_id, subject, left))
-    chosen = digest.select_digest_posts(session, services)
-    subject = digest.subject_of(chosen, services.config) if chosen else None
-    plan = DigestPlan(unfinished, subject, [p.title for p in chosen], confirmed_readers(session))
-    session.rollback()
-    return plan
+        summary.append((campaign_id, subject, left))
+    return summary
 
 
 TEST_UNSUBSCRIBE_PATH = "unsubscribe/test-send"
-
-
-def send_test_digest(session: Session, services: Services, address: str) -> str | None:
-    """Sync posts and send the next digest to ``address`` only; returns its subject, or None
-    when nothing is new. Creates no campaign and marks nothing.
-
-    Raises InvalidAddressError, PostSourceError, TemplateError or an SmtpError.
-    """
-    from .. import digest, posts
-    from ..addresses import normalise_address
-
-    address = normalise_address(address)
-    posts.sync_posts(session, services)
-    chosen = digest.select_digest_posts(session, services)
-    if not chosen:
-        return None
-    rendered = digest.render_digest(chosen, services)
-    send_test_copy(session, services, rendered, address)
-    return rendered.subject
 
 
 def send_test_copy(
@@ -205,11 +295,10 @@ def send_test_copy(
     else:
         unsubscribe = services.public_url(TEST_UNSUBSCRIBE_PATH)
     name = reader.name if reader is not None else None
-    domain = str(services.config["MAIL_FROM"]).rpartition("@")[2] or "localhost"
     parts = ReaderParts(
         recipient=address,
         unsubscribe_url=unsubscribe,
-        message_id=make_msgid("test", domain=domain),
+        message_id=make_msgid("test", domain=mail_domain(str(services.config["MAIL_FROM"]))),
         greeting=reader_greeting(name),
         name=name,
     )

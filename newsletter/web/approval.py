@@ -7,9 +7,9 @@ from typing import Any
 
 from flask import Blueprint, Flask, render_template
 
+from ..appctx import get_services
 from ..approval import APPROVE_PATH, ApprovalError, approve, view_approval
 from ..db import db
-from ..services import get_services
 
 bp = Blueprint("approval", __name__)
 
@@ -29,7 +29,7 @@ def _page(template: str, status: int = 200, **values: Any) -> Any:
 def approve_page(token: str) -> Any:
     """The preview and one button."""
     try:
-        view = view_approval(db.session, get_services(), token)
+        view = view_approval(db.session(), get_services(), token)
     except ApprovalError as err:
         return _page("message.html", 400, title="Digest approval", message=str(err))
     return _page("approve_digest.html", view=view, token=token)
@@ -39,7 +39,7 @@ def approve_page(token: str) -> Any:
 def approve_digest(token: str) -> Any:
     """Approve: the worker sends the digest within moments."""
     try:
-        approve(db.session, get_services(), token)
+        approve(db.session(), get_services(), token)
     except ApprovalError as err:
         return _page("message.html", 400, title="Digest approval", message=str(err))
     return _page(

@@ -25,9 +25,9 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .. import subscriptions
 from ..addresses import InvalidAddressError
+from ..appctx import get_services
 from ..db import db
 from ..embed import consent_html
-from ..services import get_services
 from ..subscriptions import RequestInfo
 from ..tokens import PROBE_SUBSCRIBER_ID, ExpiredTokenError, InvalidTokenError
 
@@ -159,7 +159,7 @@ def _safe_next(next_url: str) -> str | None:
             "line, like https://blog.example.com/thanks.",
         )
     origin = _origin_of(next_url)
-    allowed = [
+    allowed: list[str] = [
         o for o in [*current_app.config["ALLOWED_ORIGINS"], _own_origin()] if o and o == origin
     ]
     if not allowed:
@@ -206,7 +206,7 @@ def _subscribe_fields() -> dict[str, Any]:
 
 def _answer(
     ok: bool, message: str, status: int, *, page: str = "subscribe.html", **context: Any
-) -> Response | tuple[str, int]:
+) -> tuple[Response | str, int]:
     if _wants_json():
         return jsonify(ok=ok, message=message), status
     return render_template(page, message=message, ok=ok, **context), status
@@ -253,7 +253,7 @@ def subscribe() -> Any:
     source = str(fields.get("source") or "") or request.referrer
     try:
         subscriptions.subscribe(
-            db.session,
+            db.session(),
             services,
             str(fields.get("email") or ""),
             name=str(fields.get("name") or "") or None,
@@ -315,7 +315,7 @@ def _cors(response: Response) -> Response:
 def confirm_page(token: str) -> Any:
     """One button, so link scanners that only GET confirm nothing."""
     try:
-        subscriptions.check_confirm_link(db.session, get_services(), token)
+        subscriptions.check_confirm_link(db.session(), get_services(), token)
     except ExpiredTokenError:
         return render_template("expired.html", token=token), 410
     except InvalidTokenError:
@@ -329,7 +329,7 @@ def confirm_page(token: str) -> Any:
 def confirm(token: str) -> Any:
     """Confirm the subscription."""
     try:
-        subscriptions.confirm(db.session, get_services(), token, _request_info("form"))
+        subscriptions.confirm(db.session(), get_services(), token, _request_info("form"))
     except ExpiredTokenError:
         db.session.rollback()
         return render_template("expired.html", token=token), 410
@@ -351,7 +351,7 @@ def resend(token: str) -> Any:
     try:
         services.tokens.read_confirm_token(token)
     except ExpiredTokenError as expired:
-        subscriptions.resend_confirmation(db.session, services, expired, _request_info("form"))
+        subscriptions.resend_confirmation(db.session(), services, expired, _request_info("form"))
         _wake_outbox()
         # The same answer whatever happened, like the subscribe form.
         return render_template(
@@ -389,7 +389,10 @@ def unsubscribe(token: str) -> Any:
                 mimetype="text/plain",
             )
         subscriptions.unsubscribe(
-            db.session, services, subscriber_id, _request_info("one-click" if one_click else "form")
+            db.session(),
+            services,
+            subscriber_id,
+            _request_info("one-click" if one_click else "form"),
         )
     except (InvalidTokenError, subscriptions.ReaderNotFoundError):
         db.session.rollback()
@@ -427,7 +430,7 @@ def healthz() -> Any:
     if problem:
         return jsonify(ok=False, database="schema", message=problem), 503
     worker = worker_status(
-        db.session, get_services().clock(), current_app.config["WORKER_POLL_SECONDS"]
+        db.session(), get_services().clock(), current_app.config["WORKER_POLL_SECONDS"]
     )
     return jsonify(ok=True, database="ok", worker=worker), 200
 

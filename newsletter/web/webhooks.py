@@ -10,9 +10,9 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, abort, current_app, request
 
+from ..appctx import get_services
 from ..bounces import webhooks as hooks
 from ..db import db
-from ..services import get_services
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 FETCHER_KEY = "newsletter.sns_fetch"

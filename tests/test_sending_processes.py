@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,21 +23,21 @@ from sqlalchemy.orm import Session
 from newsletter.db import db
 from newsletter.models import Campaign, Delivery
 from newsletter.sending import SendInProgressError, SendLock, SendOptions, _DatabaseMarks
-from tests.conftest import ON_POSTGRES, FrozenClock, needs_postgres
-from tests.smtp_sink import SmtpSink
-from tests.test_sending import (
-    FAST,
+from tests.conftest import (
+    ON_POSTGRES,
+    FrozenClock,
     add_readers,
     copies,
     digest_ready,
     make_campaign,
+    needs_postgres,
     newsletter_process,
-    posts_folder,
-    send,
     sent_in,
     state_dir,
     statuses,
 )
+from tests.smtp_sink import SmtpSink
+from tests.test_sending import FAST, posts_folder, send
 
 __all__ = ["posts_folder"]  # a fixture shared with test_sending
 
@@ -103,7 +103,7 @@ def test_a_live_senders_claims_are_never_taken(
     readers = add_readers(session, clock, 30)
     campaign_id = make_campaign(session, clock)
     held = list(session.scalars(select(Delivery.id).order_by(Delivery.id).limit(10)))
-    stop = threading.Event()
+    stop, claimed = threading.Event(), threading.Event()
 
     def other_sender_renewing() -> None:
         """Another machine's sender holding ten rows and renewing them as a live one does."""
@@ -118,13 +118,14 @@ def test_a_live_senders_claims_are_never_taken(
                     )
                 )
                 db.session.commit()
+                claimed.set()
                 stop.wait(0.2)
             db.session.remove()
 
     renewer = threading.Thread(target=other_sender_renewing)
     renewer.start()
     try:
-        time.sleep(0.3)
+        assert claimed.wait(30), "the other sender never claimed its rows"
         # It waits for them while they are renewed, and leaves them to their sender once they
         # have not moved for twice the lease.
         report = send(
@@ -182,9 +183,9 @@ def test_a_dead_sender_on_this_machine_is_released_at_once(
     folder = state_dir(app)
     folder.mkdir(parents=True)
     (folder / "journal-999-0123456789ab.log").write_bytes(b"")
-    started = time.monotonic()
-    report = send(app, campaign_id, FAST)
-    assert time.monotonic() - started < 10
+    # A one-second lease of its own: were the dead sender's rows left to their hour-long lease,
+    # this run would give them up after two seconds of waiting, with four of them left.
+    report = send(app, campaign_id, replace(FAST, lease=timedelta(seconds=1)))
     assert report.sent == 8 and report.finished
     assert copies(smtp_sink) == Counter(readers)
     assert not list(folder.glob("journal-*"))

@@ -6,11 +6,8 @@ headers, resume after an interruption (an SMTP failure, and SIGKILL), the duplic
 from __future__ import annotations
 
 import email
-import os
 import re
 import signal
-import subprocess
-import sys
 from collections import Counter
 from email import policy
 from email.message import EmailMessage
@@ -26,20 +23,29 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from newsletter import placeholders
-from newsletter.campaigns import (
+from newsletter.announcements import (
     ANNOUNCEMENT,
     Announcement,
+    AnnouncementComposer,
     CampaignFileError,
     RenderedCampaign,
     read_announcement,
     render_campaign,
-    send_announcement,
 )
+from newsletter.appctx import get_services
 from newsletter.db import db
 from newsletter.models import CONFIRMED, Campaign, Delivery, Subscriber
-from newsletter.sending import SendLock, SendOptions, sending_state_dir
-from newsletter.services import Services, get_services
-from tests.conftest import BLOG_ORIGIN, PUBLIC_URL, FrozenClock
+from newsletter.sending import SendLock, SendOptions, send_new_campaign
+from newsletter.services import Services
+from tests.conftest import (
+    BLOG_ORIGIN,
+    PUBLIC_URL,
+    FrozenClock,
+    add_readers,
+    copies,
+    newsletter_process,
+    state_dir,
+)
 from tests.smtp_sink import SmtpSink
 from tests.test_mail import rsa_key
 
@@ -119,33 +125,6 @@ def write_file(
     return path
 
 
-def add_readers(
-    session: Session, clock: FrozenClock, count: int, *, status: str = CONFIRMED, start: int = 1
-) -> list[str]:
-    """Insert readers directly (fast); returns their addresses in id order."""
-    emails = [f"reader{n}@example.com" for n in range(start, start + count)]
-    session.execute(
-        insert(Subscriber),
-        [
-            {
-                "email": address,
-                "name": f"Reader {n}",
-                "status": status,
-                "token_generation": 0,
-                "created_at": clock(),
-                "updated_at": clock(),
-            }
-            for n, address in enumerate(emails, start)
-        ],
-    )
-    session.commit()
-    return emails
-
-
-def copies(sink: SmtpSink) -> Counter[str]:
-    return Counter(r.lower() for m in sink.messages for r in m.recipients)
-
-
 def campaign_rows(session: Session) -> list[tuple[int, str, str]]:
     session.commit()
     return [
@@ -154,10 +133,6 @@ def campaign_rows(session: Session) -> list[tuple[int, str, str]]:
             select(Campaign.id, Campaign.kind, Campaign.status).order_by(Campaign.id)
         )
     ]
-
-
-def state_dir(app: Flask) -> Path:
-    return sending_state_dir(app.config["SQLALCHEMY_DATABASE_URI"], app.instance_path)
 
 
 # --- the file ---------------------------------------------------------------------------------
@@ -657,10 +632,10 @@ def interrupt(app: Flask, path: Path, smtp_sink: SmtpSink, stuck: str) -> None:
     with app.app_context():
         lock = SendLock(state_dir(app), db.engine)
         with lock:
-            run = send_announcement(
+            run = send_new_campaign(
                 db.session(),
                 get_services(app),
-                read_announcement(path),
+                AnnouncementComposer(read_announcement(path)),
                 lock=lock,
                 options=SendOptions(
                     connections=1,
@@ -754,32 +729,6 @@ def test_another_interrupted_announcement_is_finished_first(
     assert campaign_rows(session)[1] == (2, ANNOUNCEMENT, "sent")
 
 
-def campaign_process(config: dict[str, Any], tmp_path: Path, *args: str) -> subprocess.Popen[str]:
-    """`newsletter ARGS` in a separate process, on the test's database and SMTP sink."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    environment.update(
-        {
-            "NEWSLETTER_DATABASE_URL": config["DATABASE_URL"],
-            "NEWSLETTER_SECRET_KEY": config["SECRET_KEY"],
-            "NEWSLETTER_TESTING": "true",  # the suite's short key is accepted only in tests
-            "NEWSLETTER_PUBLIC_URL": config["PUBLIC_URL"],
-            "NEWSLETTER_SITE_URL": config["SITE_URL"],
-            "NEWSLETTER_MAIL_FROM": config["MAIL_FROM"],
-            "NEWSLETTER_SMTP_HOST": "127.0.0.1",
-            "NEWSLETTER_SMTP_PORT": str(config["SMTP_PORT"]),
-            "NEWSLETTER_INSTANCE_PATH": str(tmp_path / "instance"),
-        }
-    )
-    return subprocess.Popen(
-        [sys.executable, "-c", "from newsletter.cli import main; main()", *args],
-        cwd=tmp_path,
-        env=environment,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-
 @pytest.mark.slow
 def test_a_send_killed_with_sigkill_resumes_and_mails_nobody_twice_but_in_flight_ones(
     config: dict[str, Any],
@@ -793,7 +742,7 @@ def test_a_send_killed_with_sigkill_resumes_and_mails_nobody_twice_but_in_flight
     smtp_sink.script.data_delay = 0.02
     connections = "3"
     args = ("send-campaign", str(EXAMPLE), "--yes", "--connections", connections)
-    first = campaign_process(config, tmp_path, *args)
+    first = newsletter_process(config, tmp_path, *args)
     try:
         smtp_sink.wait_for(40, timeout=30)
     finally:
@@ -803,7 +752,7 @@ def test_a_send_killed_with_sigkill_resumes_and_mails_nobody_twice_but_in_flight
     assert len(smtp_sink.messages) < len(readers)
 
     smtp_sink.script.data_delay = 0.0
-    second = campaign_process(config, tmp_path, *args)
+    second = newsletter_process(config, tmp_path, *args)
     out, err = second.communicate(timeout=60)
     assert second.returncode == 0, out + err
     assert "Campaign 1" in out and "it was resumed" in out

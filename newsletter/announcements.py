@@ -1,4 +1,4 @@
-"""One-off campaigns: an announcement written in Markdown, rendered once and sent to every
+"""Announcements: a one-off campaign written in Markdown, rendered once and sent to every
 confirmed reader through the same delivery ledger as a digest.
 
 The file is YAML front matter (``subject``, optional ``preheader``) and a Markdown body. The
@@ -24,21 +24,16 @@ import re
 import textwrap
 import uuid
 import xml.etree.ElementTree as etree
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from email import policy as email_policy
-from email.message import EmailMessage
-from email.parser import BytesParser
-from email.utils import make_msgid
 from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import markdown
-import yaml
 from markdown.treeprocessors import Treeprocessor
 from markdown.util import AMP_SUBSTITUTE, HTML_PLACEHOLDER_RE
 from markupsafe import Markup
@@ -46,28 +41,26 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from . import placeholders
-from .digest import SAMPLE_NAME, SAMPLE_RECIPIENT, SAMPLE_UNSUBSCRIBE_PATH, html_to_text
+from .addresses import normalise_address
+from .content.frontmatter import FrontMatterError, split_front_matter
+from .content.sanitise import REMOVED_WITH_CONTENT
+from .content.text import html_to_text
 from .errors import NewsletterError
-from .mail import ReaderParts, reader_greeting
 from .models import DEFERRED, QUEUED, SENDING, Campaign, Delivery, Subscriber
 from .posts import sanitise_html
-from .rendering import RenderedEmail, TemplateError, write_preview
+from .rendering import RenderedEmail
 from .sending import (
-    Progress,
-    SendLock,
-    SendOptions,
-    SendReport,
-    campaign_template,
-    check_smtp,
+    Backlog,
+    Draft,
+    SendOutcome,
     confirmed_readers,
-    plan_deliveries,
-    recover,
-    send_campaign,
     send_test_copy,
     unfinished_campaigns,
 )
+from .sending.orchestrate import add_campaign, unfinished_summary
+from .sending.preview import EmailPreview, preview_campaign_email
 from .services import Services
-from .subscriptions import email_context
+from .transactional import email_context
 
 ANNOUNCEMENT = "announcement"  # the campaign kind
 TEMPLATE = "campaign"  # emails/campaign.html + emails/campaign.txt
@@ -106,11 +99,6 @@ class AlreadySentError(CampaignError):
 
 
 # --- the file ---------------------------------------------------------------------------------
-
-_FRONT_MATTER_START = re.compile(r"---[ \t]*\r?\n")
-_FRONT_MATTER = re.compile(
-    r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*\r?$\n?", re.DOTALL | re.MULTILINE
-)
 
 
 @dataclass(frozen=True)
@@ -179,33 +167,21 @@ def read_announcement(path: str | Path) -> Announcement:
 
 
 def _front_matter(content: str, path: Path) -> tuple[dict[Any, Any], str]:
-    if not _FRONT_MATTER_START.match(content):
+    try:
+        split = split_front_matter(content)
+    except FrontMatterError as err:
+        hint = {
+            "unclosed": "; add one after the subject",
+            "yaml": "; put a value that holds a colon in quotes",
+            "shape": " (subject, preheader)",
+        }[err.kind]
+        raise CampaignFileError(f"{path}: {err}{hint}") from None
+    if not split.present:
         raise CampaignFileError(
             f"{path}: no front matter; start the file with a --- line, "
             "then `subject: ...`, then another --- line"
         )
-    match = _FRONT_MATTER.match(content)
-    if match is None:
-        raise CampaignFileError(
-            f"{path}: the front matter has no closing --- line; add one after the subject"
-        )
-    try:
-        meta = yaml.safe_load(match.group(1))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f"line {mark.line + 2}: " if mark is not None else ""
-        problem = " ".join(str(getattr(err, "problem", None) or err).split())
-        raise CampaignFileError(
-            f"{path}: the front matter is not valid YAML ({line}{problem});"
-            " put a value that holds a colon in quotes"
-        ) from None
-    if meta is None:
-        meta = {}
-    if not isinstance(meta, dict):
-        raise CampaignFileError(
-            f"{path}: the front matter must be `key: value` lines (subject, preheader)"
-        )
-    return meta, content[match.end() :]
+    return split.meta, split.body
 
 
 def _one_line(value: object, key: str, path: Path) -> str:
@@ -349,7 +325,11 @@ def render_markdown(source: str, site_url: str) -> CampaignBody:
             "nothing is left of the body once unsafe HTML is removed; "
             "write the announcement in Markdown"
         )
-    writer = _TextWriter(md.htmlStash.rawHtmlBlocks, base, token, buttons)
+    stash = [
+        block if isinstance(block, str) else etree.tostring(block, encoding="unicode")
+        for block in md.htmlStash.rawHtmlBlocks
+    ]
+    writer = _TextWriter(stash, base, token, buttons)
     text = writer.document(keeper.tree)
     return CampaignBody(
         content=tuple(content), text=text, first_paragraph=writer.first_paragraph(keeper.tree)
@@ -365,12 +345,7 @@ def _has_substance(html: str) -> bool:
 # convention (*strong*, _emphasis_); links read "text (url)", as in the digest's text part.
 _BLOCK_TAGS = {
     "p",
-    "h1",
-    "h2",
-    "h3",
-    "h4",
-    "h5",
-    "h6",
+    *(f"h{level}" for level in range(1, 7)),
     "ul",
     "ol",
     "blockquote",
@@ -381,25 +356,8 @@ _BLOCK_TAGS = {
     "dl",
     "li",
 }
-# Raw inline HTML whose content is never shown (the sanitiser removes it with its content).
-_HIDDEN_TAGS = {
-    "script",
-    "style",
-    "iframe",
-    "object",
-    "embed",
-    "form",
-    "template",
-    "noscript",
-    "svg",
-    "math",
-    "audio",
-    "video",
-    "canvas",
-    "select",
-    "textarea",
-    "button",
-}
+# Raw inline HTML whose content is never shown: what the sanitiser removes with its content.
+_HIDDEN_TAGS = REMOVED_WITH_CONTENT
 _TRAILING_ARROWS = " \t:→⟶➔➜➝➞»›>"
 # A line break the author asked for (<br>, or two spaces at a line's end); other newlines in
 # a paragraph are Markdown's soft breaks and are re-wrapped.
@@ -650,7 +608,7 @@ class _TextWriter:
 
 def _plain(words: str) -> str:
     """Tree text with Python-Markdown's encoded characters (in autolinks) decoded."""
-    return _OBFUSCATED.sub(lambda match: unescape("&" + match.group(1)), words)
+    return str(_OBFUSCATED.sub(lambda match: unescape("&" + match.group(1)), words))
 
 
 def _indent_code(code: str) -> str:
@@ -728,139 +686,54 @@ def earlier_copies(session: Session, content_hash: str) -> list[EarlierCopy]:
     return [EarlierCopy(*row) for row in rows]
 
 
-def create_campaign(
-    session: Session,
-    services: Services,
-    announcement: Announcement,
-    rendered: RenderedCampaign,
-    *,
-    lock: SendLock,
-    again: bool = False,
-) -> int:
-    """Add the announcement's campaign and plan one delivery per confirmed reader in one
-    transaction, and commit; returns its id.
-
-    Holds the lock's composing part throughout, so two senders never create two copies: when
-    another sender has just created this announcement, returns that campaign's id instead (this
-    run then joins in sending it). Raises AlreadySentError for content sent before, unless
-    ``again``.
-    """
-    with lock.composing():
-        try:
-            copies = earlier_copies(session, announcement.content_hash)
-            unfinished = [copy.id for copy in copies if copy.status == SENDING]
-            if unfinished:
-                session.rollback()
-                return unfinished[0]
-            if copies and not again:
-                raise AlreadySentError(copies[-1].id, copies[-1].created_at)
-            campaign = Campaign(
-                kind=ANNOUNCEMENT,
-                subject=announcement.subject,
-                preheader=rendered.preheader,
-                html=rendered.email.html,
-                text=rendered.email.text,
-                content_hash=announcement.content_hash,
-                status=SENDING,
-                created_at=services.clock(),
-            )
-            session.add(campaign)
-            session.flush()
-            plan_deliveries(session, campaign.id, services.clock())
-            campaign_id = campaign.id
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-    return campaign_id
-
-
-# Asked before mailing: (subject, readers) -> go ahead?
-Confirm = Callable[[str, int], bool]
-
-
 @dataclass
-class CampaignRun:
-    """What ``send-campaign`` did: copies resumed, the new campaign, or why nothing was sent."""
+class AnnouncementComposer:
+    """How an announcement is composed, for :func:`~newsletter.sending.send_new_campaign`.
 
-    subject: str
-    resumed: list[SendReport] = field(default_factory=list)
-    report: SendReport | None = None
-    resumed_this: bool = False  # an interrupted copy of this very announcement was resumed
-    waiting: bool = False  # another interrupted announcement was finished first; run again
-    no_readers: bool = False
-    declined: bool = False
-
-    @property
-    def reports(self) -> list[SendReport]:
-        """Every campaign report of the run, resumed ones first."""
-        return [*self.resumed, *([self.report] if self.report else [])]
-
-
-def send_announcement(
-    session: Session,
-    services: Services,
-    announcement: Announcement,
-    *,
-    lock: SendLock,
-    options: SendOptions | None = None,
-    progress: Progress | None = None,
-    confirm: Confirm | None = None,
-    again: bool = False,
-) -> CampaignRun:
-    """Send an announcement to every confirmed reader, or resume it if it was interrupted.
-
-    In order: render (a bad file or template stops here), check SMTP, resume an interrupted
-    copy of this content and stop there (even with ``again``: one run never mails anyone a
-    second copy), refuse content already sent (AlreadySentError, unless ``again``), finish any
-    other interrupted announcement first (and stop there if it had anything to send), then
-    plan one delivery per confirmed reader in the transaction that creates the campaign,
-    and send. Raises CampaignError, TemplateError or an SmtpError before anything is sent.
+    Its rules: the file and template are checked before SMTP; an interrupted copy of this
+    content is resumed and the run ends there (even with ``again``: one run never mails anyone
+    a second copy); content sent before is refused (AlreadySentError) unless ``again``; any
+    other interrupted announcement is finished first, and if it had anything to send the run
+    ends there (run again). When another sender has just created this very announcement, the
+    run joins in sending it instead of composing a second copy.
     """
-    rendered = render_campaign(announcement, services)
-    run = CampaignRun(subject=announcement.subject)
-    if not lock.recovered:
-        recover(session, lock, services.clock())  # so the ledger is exact before we look
-    check_smtp(services)
-    copies = earlier_copies(session, announcement.content_hash)
-    session.rollback()
-    unfinished = [copy.id for copy in copies if copy.status == SENDING]
-    if unfinished:
-        run.resumed_this = True
-        for campaign_id in unfinished:
-            report = send_campaign(
-                session, services, campaign_id, lock=lock, options=options, progress=progress
-            )
-            run.resumed.append(report)
-            if report.error:
-                break
-        return run
-    if copies and not again:
-        raise AlreadySentError(copies[-1].id, copies[-1].created_at)
-    for campaign_id in unfinished_campaigns(session, ANNOUNCEMENT):
-        report = send_campaign(
-            session, services, campaign_id, lock=lock, options=options, progress=progress
-        )
-        run.resumed.append(report)
-        if report.error:
-            return run
-        run.waiting = run.waiting or report.total > 0
-    if run.waiting:
-        return run
-    readers = confirmed_readers(session)
-    session.rollback()
-    if not readers:
-        run.no_readers = True
-        return run
-    if confirm is not None and not confirm(announcement.subject, readers):
-        run.declined = True
-        return run
-    campaign_id = create_campaign(session, services, announcement, rendered, lock=lock, again=again)
-    session.expunge_all()  # nothing from the ORM is kept while sending
-    run.report = send_campaign(
-        session, services, campaign_id, lock=lock, options=options, progress=progress
-    )
-    return run
+
+    announcement: Announcement
+    again: bool = False
+    kind: str = ANNOUNCEMENT
+    sends_unfinished: bool = False
+    rendered: RenderedCampaign | None = None
+
+    def prepare(self, services: Services) -> None:
+        """Render the file: a bad file or template stops the run before anything else."""
+        self.rendered = render_campaign(self.announcement, services)
+
+    def backlog(self, session: Session) -> Backlog:
+        """An interrupted copy of this content (final), else the other unfinished ones."""
+        copies = earlier_copies(session, self.announcement.content_hash)
+        unfinished = [copy.id for copy in copies if copy.status == SENDING]
+        if unfinished:
+            return Backlog(unfinished, final=True)
+        if copies and not self.again:
+            raise AlreadySentError(copies[-1].id, copies[-1].created_at)
+        return Backlog(unfinished_campaigns(session, ANNOUNCEMENT))
+
+    def draft(self, session: Session, services: Services, outcome: SendOutcome) -> Draft | int:
+        """The announcement, or the unfinished copy another sender created meanwhile."""
+        copies = earlier_copies(session, self.announcement.content_hash)
+        unfinished = [copy.id for copy in copies if copy.status == SENDING]
+        if unfinished:
+            return unfinished[0]
+        if copies and not self.again:
+            raise AlreadySentError(copies[-1].id, copies[-1].created_at)
+        return Draft(self.announcement.subject)
+
+    def compose(self, session: Session, services: Services, draft: Draft) -> int:
+        """Add the announcement's campaign."""
+        rendered = self.rendered or render_campaign(self.announcement, services)
+        content_hash = self.announcement.content_hash
+        campaign = add_campaign(session, services, ANNOUNCEMENT, rendered, content_hash)
+        return campaign.id
 
 
 @dataclass(frozen=True)
@@ -883,21 +756,7 @@ def plan_campaign(session: Session, services: Services, announcement: Announceme
     """What a run would do now; renders (so a bad file shows up) and changes nothing."""
     rendered = render_campaign(announcement, services)
     copies = earlier_copies(session, announcement.content_hash)
-    others = []
-    c, d = _campaigns, _deliveries
-    for campaign_id in unfinished_campaigns(session, ANNOUNCEMENT):
-        if any(copy.id == campaign_id for copy in copies):
-            continue
-        subject = session.scalar(select(c.c.subject).where(c.c.id == campaign_id)) or ""
-        left = (
-            session.scalar(
-                select(func.count())
-                .select_from(d)
-                .where(d.c.campaign_id == campaign_id, d.c.status.in_((QUEUED, DEFERRED)))
-            )
-            or 0
-        )
-        others.append((campaign_id, subject, left))
+    others = unfinished_summary(session, ANNOUNCEMENT, leave_out=[copy.id for copy in copies])
     plan = CampaignPlan(
         subject=announcement.subject,
         preheader=rendered.preheader,
@@ -915,60 +774,18 @@ def send_test_campaign(
     """Send the announcement to ``address`` only; returns its subject. Creates no campaign
     and marks nothing. Raises InvalidAddressError, CampaignError, TemplateError or an
     SmtpError."""
-    from .addresses import normalise_address
-
     address = normalise_address(address)
     rendered = render_campaign(announcement, services)
     send_test_copy(session, services, rendered.email, address)
     return announcement.subject
 
 
-def _mail_domain(services: Services) -> str:
-    return str(services.config["MAIL_FROM"]).rpartition("@")[2] or "localhost"
-
-
 # --- preview ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CampaignPreview:
-    """An announcement as a sample reader would get it."""
-
-    subject: str
-    html: str
-    text: str
-    message: bytes  # the whole .eml, headers and both parts
-
-    def write(self, folder: str | Path) -> list[Path]:
-        """Write ``campaign.html``, ``campaign.txt`` and ``campaign.eml`` into ``folder``."""
-        return write_preview(folder, "campaign", self.html, self.text, self.message)
-
-
-def preview_campaign(services: Services, announcement: Announcement) -> CampaignPreview:
+def preview_campaign(services: Services, announcement: Announcement) -> EmailPreview:
     """Render the announcement and fill in a sample reader's parts, built exactly as the
     sender builds each reader's copy. Touches no database. Raises CampaignError or
     TemplateError."""
     rendered = render_campaign(announcement, services).email
-    reader = ReaderParts(
-        recipient=SAMPLE_RECIPIENT,
-        unsubscribe_url=services.public_url(SAMPLE_UNSUBSCRIBE_PATH),
-        message_id=make_msgid(domain=_mail_domain(services)),
-        greeting=reader_greeting(SAMPLE_NAME),
-        name=SAMPLE_NAME,
-    )
-    data = campaign_template(services, rendered, services.clock()).personalise(reader)
-    message = cast(EmailMessage, BytesParser(policy=email_policy.default).parsebytes(data))
-    return CampaignPreview(
-        subject=rendered.subject,
-        html=_part(message, "html"),
-        text=_part(message, "plain"),
-        message=data,
-    )
-
-
-def _part(message: EmailMessage, subtype: str) -> str:
-    """One body part's text, with the platform's newlines rather than the wire's CRLF."""
-    part = message.get_body(preferencelist=(subtype,))
-    if part is None:
-        raise TemplateError(f"the rendered campaign has no text/{subtype} part")
-    return str(part.get_content()).replace("\r\n", "\n")
+    return preview_campaign_email(services, rendered, name="campaign")
