@@ -107,8 +107,8 @@ def main() -> None:
 
     from newsletter import create_app
     from newsletter.admin_auth import create_user
-    from newsletter.db import db, upgrade_schema
     from newsletter.appctx import get_services
+    from newsletter.db import db, upgrade_schema
 
     with tempfile.TemporaryDirectory() as folder:
         database = Path(folder) / "bench.sqlite"

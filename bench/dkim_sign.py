@@ -215,7 +215,7 @@ def main() -> None:
 
 def send(workdir: Path, keys: dict[str, str], readers: int, connections: int, runs: int) -> None:
     """send-digest to ``readers`` readers through smtp-sink, unsigned and signed in turn."""
-    sink, port = bench.start_smtp_sink()
+    sink, port, _ = bench.start_smtp_sink()
     try:
         rates: dict[str, list[float]] = {
             "unsigned": [],
@@ -233,7 +233,7 @@ def send(workdir: Path, keys: dict[str, str], readers: int, connections: int, ru
                     workdir / f"send-{run}-{len(rates[name])}-{hash(name)}", port, readers
                 )
                 result = bench.run_send_digest({**env, **extra[name]}, connections)
-                rates[name].append(result.sent / result.send_seconds)
+                rates[name].append(result.rate)
         print(
             f"\nsend-digest to {readers:,} readers, {connections} connections, smtp-sink, "
             f"{runs} runs each, interleaved:\n\n| send-digest | messages/s, median "

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+if TYPE_CHECKING:  # Flask is imported by create_app: `newsletter --version` does without it
+    from flask import Flask
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app: configuration, database, services, routes and commands."""
+    from flask import Flask
+
     from . import appctx, cli, config, db, demo, web, worker_models  # noqa: F401
     from .outbox import OutboxSender
 

@@ -122,6 +122,27 @@ def test_version_prints_the_project_name_and_version(tmp_path: Path) -> None:
     assert result.stdout.strip() == f"newsletter {version('newsletter')}"
 
 
+def test_version_answers_without_loading_flask_or_the_commands(tmp_path: Path) -> None:
+    # Start-up time: `--version` is answered before Flask and the command modules load.
+    probe = (
+        "import sys; sys.argv = ['newsletter', '--version']\n"
+        "from newsletter.cli import main\n"
+        "main()\n"
+        "print(sorted(m for m in ('flask', 'sqlalchemy', 'newsletter.cli.sending') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env=clean_environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"newsletter {version('newsletter')}", "[]"]
+
+
 def test_a_command_without_a_secret_key_says_which_setting_is_missing(tmp_path: Path) -> None:
     result = run(tmp_path, "stats")
     assert result.returncode == 1

@@ -1,14 +1,45 @@
 """The `newsletter` command: thin click commands, one module per family, calling the domain.
 
-Each family module registers its commands with :func:`base.register` when imported; the
-imports below gather them, in the order `newsletter --help` lists them.
+Each family module registers its commands with :func:`base.register` when imported;
+:func:`_load` gathers them, in the order `newsletter --help` lists them. They are loaded on
+first use (``COMMANDS``, ``init_app``, or any command but ``--version``), so `newsletter
+--version` starts without Flask.
 """
 
 from __future__ import annotations
 
-from . import admin, bounces, campaigns, posts, readers, sending, setup, stats, worker  # noqa: F401
-from .base import COMMANDS as COMMANDS
-from .main import init_app as init_app
-from .main import main as main
+import importlib
+import sys
+from typing import Any
 
 __all__ = ["COMMANDS", "init_app", "main"]
+
+
+def _load() -> Any:
+    from . import admin, bounces, campaigns, posts, readers, sending, setup, stats, worker  # noqa: F401
+
+    entry = importlib.import_module(f"{__name__}.main")
+    # Importing the submodule bound its name in this package; ``main`` stays the entry point.
+    globals()["main"] = _main
+    return entry
+
+
+def __getattr__(name: str) -> Any:
+    if name == "COMMANDS":
+        return _load().COMMANDS
+    if name == "init_app":
+        return _load().init_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _main() -> None:
+    """Entry point of the ``newsletter`` console script."""
+    if sys.argv[1:] == ["--version"]:
+        from .base import print_version
+
+        print_version()
+        return
+    _load().main()
+
+
+main = _main

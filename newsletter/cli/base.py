@@ -48,6 +48,20 @@ def _session() -> Session:
     return db.session()
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("newsletter")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def print_version() -> None:
+    """Print ``newsletter VERSION`` (what ``--version`` answers)."""
+    click.echo(f"newsletter {_version()}")
+
+
 def _one_line(err: Exception) -> str:
     """The first line of a database error's own message, without SQLAlchemy's decoration."""
     cause = getattr(err, "orig", None) or err

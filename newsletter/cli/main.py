@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 import click
 from flask import Flask
 from flask.cli import FlaskGroup
 
 from .. import create_app
 from ..config import ConfigError
-from .base import COMMANDS, _display_url, _one_line
+from .base import COMMANDS, _display_url, _one_line, print_version
 
 
 def init_app(app: Flask) -> None:
@@ -93,13 +91,6 @@ class NewsletterGroup(FlaskGroup):
         return sorted(click.Group.list_commands(self, ctx))
 
 
-def _version() -> str:
-    try:
-        return version("newsletter")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
-
-
 def main() -> None:
     """Entry point of the ``newsletter`` console script."""
     group = NewsletterGroup(
@@ -122,7 +113,7 @@ def main() -> None:
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    click.echo(f"newsletter {_version()}")
+    print_version()
     ctx.exit()
 
 

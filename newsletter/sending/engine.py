@@ -619,7 +619,7 @@ class CampaignSender:
         transport = self.services.open_transport()
         try:
             while True:
-                item = self.work.get()
+                item = _take(self.work)
                 if item is None:
                     return
                 try:
@@ -773,6 +773,18 @@ class CampaignSender:
         if self.report.error is None:
             self.report.error = reason
         self.stop.set()
+
+
+def _take(work: queue.Queue[_Work | None]) -> _Work | None:
+    """``work.get()``, but waking the feeder (waiting on a full queue) only once half of the
+    queue is free, not at every message: one thread hand-off per many messages."""
+    with work.not_empty:
+        while not work._qsize():
+            work.not_empty.wait()
+        item: _Work | None = work._get()
+        if work._qsize() <= work.maxsize // 2:
+            work.not_full.notify()
+        return item
 
 
 def _domain(address: str) -> str:
