@@ -180,17 +180,27 @@ def hold_post(session: Session, post_id: int, held: bool) -> None:
 def preview_digest(session: Session, services: Services) -> Preview | None:
     """The next digest as a sample reader gets it; None when nothing waits."""
     from ...digest import preview_digest as preview
+    from ...settings import next_digest_note
 
-    result = preview(session, services)
+    result = preview(session, services, note=next_digest_note(session))
     session.rollback()
     return None if result is None else Preview(result.subject, result.html, result.text)
 
 
 def send_test_digest(session: Session, services: Services, address: str) -> str | None:
-    """Send the next digest to ``address`` only; returns its subject (None: nothing new)."""
+    """Send the next digest (with the saved note) to ``address`` only; returns its subject
+    (None: nothing new)."""
     from ...digest import send_test_digest as send_test
+    from ...settings import next_digest_note
 
-    return send_test(session, services, address)
+    return send_test(session, services, address, note=next_digest_note(session))
+
+
+def save_note(session: Session, services: Services, note: str) -> str | None:
+    """Store the note for the next digest (blank removes it); raises NoteError."""
+    from ...settings import save_next_digest_note
+
+    return save_next_digest_note(session, note, now=services.clock())
 
 
 def confirmed_readers(session: Session) -> int:

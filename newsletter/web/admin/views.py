@@ -343,11 +343,21 @@ def import_upload() -> Any:
 
 
 @bp.get("/digest")
-def digest() -> str:
-    """The posts waiting, the preview, test and send."""
+def digest() -> Any:
+    """The posts waiting, the personal note, the preview, test and send."""
+    return _digest_page()
+
+
+def _digest_page(note: str | None = None, problem: str | None = None, status: int = 200) -> Any:
+    from ...settings import next_digest_note
+
     services = get_services()
-    return render_template(
+    saved = next_digest_note(db.session())
+    page = render_template(
         "admin/digest.html",
+        note=saved or "" if note is None else note,
+        note_saved=saved is not None,
+        note_problem=problem,
         posts=actions.waiting_posts(db.session(), services),
         held=actions.held_posts(db.session()),
         readers=actions.confirmed_readers(db.session()),
@@ -355,6 +365,19 @@ def digest() -> str:
         approval=bool(current_app.config.get("DIGEST_APPROVAL")),
         author=g.admin.email,
     )
+    return page, status
+
+
+@bp.post("/digest/note")
+def digest_note() -> Any:
+    """Save (or, blank, remove) the personal note above the posts of the next digest."""
+    note = request.form.get("note", "")
+    try:
+        saved = actions.save_note(db.session(), get_services(), note)
+    except NewsletterError as err:
+        return _digest_page(note, str(err), 400)
+    _ok("Note saved for the next digest." if saved else "The next digest goes out without a note.")
+    return redirect(url_for("admin.digest"), 303)
 
 
 def _preview_response(html: str) -> Response:
