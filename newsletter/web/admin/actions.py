@@ -332,6 +332,45 @@ def _send_announcement(context: JobContext) -> dict[str, Any]:
     }
 
 
+# --- health ----------------------------------------------------------------------------------
+
+
+def run_health_checks(session: Session, services: Services, config: Any) -> dict[str, Any]:
+    """Run ``newsletter doctor``'s checks and store the run (time and findings) as the last
+    one; commits. Returns the stored run: ``{"at": ISO time, "checks": [...]}``."""
+    from ...doctor import DoctorInputs, run_doctor
+    from ...settings import LAST_HEALTH_RUN, store_value
+
+    checks = run_doctor(
+        DoctorInputs(config, session, services.clock, services.tokens.unsubscribe_token)
+    )
+    session.rollback()  # the checks only read; start the write afresh
+    now = services.clock()
+    run = {"at": now.isoformat(), "checks": [check.as_dict() for check in checks]}
+    store_value(session, LAST_HEALTH_RUN, json.dumps(run), now=now)
+    session.commit()
+    return run
+
+
+def last_health_run(session: Session) -> dict[str, Any] | None:
+    """The last stored run of the checks, or None before the first."""
+    from ...settings import LAST_HEALTH_RUN, stored_value
+
+    raw = stored_value(session, LAST_HEALTH_RUN)
+    if raw is None:
+        return None
+    try:
+        run = json.loads(raw)
+    except ValueError:
+        return None
+    return run if isinstance(run, dict) and isinstance(run.get("checks"), list) else None
+
+
+def health_problems(run: dict[str, Any] | None) -> int:
+    """How many PROBLEMs the run found."""
+    return sum(1 for c in (run or {}).get("checks", []) if c.get("status") == "PROBLEM")
+
+
 # --- jobs -------------------------------------------------------------------------------------
 
 

@@ -87,6 +87,12 @@ def weekly_chart(weeks: list[Any]) -> Markup:
 
 def _problems(stats: Any, worker: dict[str, Any]) -> list[str]:
     found: list[str] = []
+    health = actions.last_health_run(db.session())
+    if actions.health_problems(health):
+        found.append(
+            f"{actions.health_problems(health)} problems need you: the health checks of "
+            f"{str(health['at'])[:16].replace('T', ' ')} found them (see Health)."  # type: ignore[index]
+        )
     if not worker.get("running"):
         found.append("The worker is not running: start it with `newsletter worker`.")
     if worker.get("last_error"):
@@ -554,6 +560,35 @@ def settings() -> Any:
         "admin/settings.html", fields=FIELDS, values=values, defaults=defaults, problems=problems
     )
     return page, status
+
+
+# --- health ----------------------------------------------------------------------------------
+
+
+@bp.get("/health")
+def health() -> str:
+    """The last run of ``newsletter doctor``'s checks; they run only when asked (network I/O)."""
+    run = actions.last_health_run(db.session())
+    areas: dict[str, list[dict[str, str]]] = {}
+    for check in (run or {}).get("checks", []):
+        areas.setdefault(str(check.get("area", "")), []).append(check)
+    counts = {
+        status: sum(1 for c in (run or {}).get("checks", []) if c.get("status") == status)
+        for status in ("PROBLEM", "WARN", "OK")
+    }
+    return render_template("admin/health.html", run=run, areas=areas, counts=counts)
+
+
+@bp.post("/health")
+def health_run() -> Any:
+    """Run the checks now and store the result as the last run."""
+    run = actions.run_health_checks(db.session(), get_services(), current_app.config)
+    problems = actions.health_problems(run)
+    if problems:
+        _problem(f"The checks found {problems} problem(s); what to do is under each.")
+    else:
+        _ok("The checks ran: no problem found.")
+    return redirect(url_for("admin.health"), 303)
 
 
 # --- jobs -------------------------------------------------------------------------------------
