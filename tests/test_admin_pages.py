@@ -547,3 +547,46 @@ def test_the_scheduled_digest_carries_the_saved_note(
         assert db.session.scalars(select(Campaign.note)).one() == "A quiet week."
         assert next_digest_note(db.session()) is None
         db.session.remove()
+
+
+# --- bounce and complaint figures (issue 16) -------------------------------------------------
+
+
+def test_bounce_and_complaint_rates_show_with_a_warning_past_the_thresholds(
+    app: Flask, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
+    from newsletter.bounces.classify import COMPLAINT, HARD
+    from newsletter.models import BounceRecord
+
+    client, token = signed_in(app)
+    readers(app, 4)
+    job_of(compose(client, token, "/admin/campaigns/send", confirm_readers="4"))
+    run_jobs(app, clock)
+    with app.app_context():
+        campaign_id = db.session.scalar(select(Campaign.id))
+        assert campaign_id is not None
+        page = client.get(f"/admin/campaigns/{campaign_id}").text
+        assert "hard bounces</dt><dd>0 (0.00%)" in page and "Warning" not in page
+        assert "problems-title" not in client.get("/admin/").text
+        ids = db.session.scalars(select(Subscriber.id).order_by(Subscriber.id)).all()
+        for subscriber_id, kind in ((ids[0], HARD), (ids[1], COMPLAINT)):
+            db.session.add(
+                BounceRecord(
+                    subscriber_id=subscriber_id,
+                    campaign_id=campaign_id,
+                    kind=kind,
+                    source="mailbox",
+                    occurred_at=clock(),
+                )
+            )
+        db.session.commit()
+        db.session.remove()
+    history = client.get("/admin/campaigns").text
+    assert '<th scope="col">Complaints</th>' in history
+    assert "<td>1 (25.00%)</td><td>0</td><td>1 (25.00%) <strong" in history
+    page = client.get(f"/admin/campaigns/{campaign_id}").text
+    assert "hard bounces</dt><dd>1 (25.00%)" in page and "complaints</dt><dd>1 (25.00%)" in page
+    assert "Complaint rate 25.00% is over 0.10%" in page
+    assert "Hard-bounce rate 25.00% is over 2.00%" in page
+    overview = client.get("/admin/").text
+    assert "problems-title" in overview and "Complaint rate 25.00% is over 0.10%" in overview

@@ -54,6 +54,13 @@ def _problem(message: str) -> None:
 # --- overview ---------------------------------------------------------------------------------
 
 
+def _bounce_figures(campaign_ids: list[int]) -> dict[int, Any]:
+    """Each campaign's bounce and complaint figures, with the warnings past the thresholds."""
+    from ...bounces.figures import campaign_bounce_figures
+
+    return campaign_bounce_figures(db.session(), campaign_ids, current_app.config)
+
+
 def weekly_chart(weeks: list[Any]) -> Markup:
     """New confirmed readers and withdrawals per week as a small SVG bar chart (no script)."""
     width, height, pad = 640, 160, 20
@@ -97,7 +104,10 @@ def _problems(stats: Any, worker: dict[str, Any]) -> list[str]:
         found.append("The worker is not running: start it with `newsletter worker`.")
     if worker.get("last_error"):
         found.append(f"The worker's last error: {worker['last_error']}")
+    figures = _bounce_figures([campaign.id for campaign in stats.campaigns])
     for campaign in stats.campaigns:
+        for warning in figures[campaign.id].warnings:
+            found.append(f"“{campaign.subject}”: {warning}")
         if campaign.deliveries.get("failed"):
             found.append(
                 f"{campaign.deliveries['failed']} deliveries of “{campaign.subject}” failed."
@@ -447,9 +457,11 @@ def campaigns() -> str:
     """Compose an announcement; the history of every campaign."""
     from ...sending import list_campaigns
 
+    history = list_campaigns(db.session(), limit=200)
     return render_template(
         "admin/campaigns.html",
-        campaigns=list_campaigns(db.session(), limit=200),
+        campaigns=history,
+        figures=_bounce_figures([c.id for c in history]),
         subject="",
         preheader="",
         body="",
@@ -474,9 +486,11 @@ def campaign_preview() -> Any:
 def _compose_again(subject: str, preheader: str, body: str, status: int = 200) -> Any:
     from ...sending import list_campaigns
 
+    history = list_campaigns(db.session(), limit=200)
     page = render_template(
         "admin/campaigns.html",
-        campaigns=list_campaigns(db.session(), limit=200),
+        campaigns=history,
+        figures=_bounce_figures([c.id for c in history]),
         subject=subject,
         preheader=preheader,
         body=body,
@@ -532,7 +546,8 @@ def campaign(campaign_id: int) -> str:
         details = describe_campaign(db.session(), campaign_id, limit=500)
     except CampaignNotFoundError:
         abort(404)
-    return render_template("admin/campaign.html", details=details)
+    figures = _bounce_figures([campaign_id])[campaign_id]
+    return render_template("admin/campaign.html", details=details, figures=figures)
 
 
 # --- settings ---------------------------------------------------------------------------------
