@@ -95,11 +95,10 @@ def weekly_chart(weeks: list[Any]) -> Markup:
 def _problems(stats: Any, worker: dict[str, Any]) -> list[str]:
     found: list[str] = []
     health = actions.last_health_run(db.session())
-    if actions.health_problems(health):
-        found.append(
-            f"{actions.health_problems(health)} problems need you: the health checks of "
-            f"{str(health['at'])[:16].replace('T', ' ')} found them (see Health)."  # type: ignore[index]
-        )
+    failing = actions.health_problems(health)
+    if health is not None and failing:
+        when = str(health.get("at", ""))[:16].replace("T", " ")
+        found.append(f"{failing} problems need you: the health checks of {when} UTC found them.")
     if not worker.get("running"):
         found.append("The worker is not running: start it with `newsletter worker`.")
     if worker.get("last_error"):
