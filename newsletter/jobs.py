@@ -184,10 +184,26 @@ def _plain(value: Any) -> Any:
 # --- the handlers: each calls the domain function the CLI calls -------------------------------
 
 
+def digest_composer(session: Session) -> Any:
+    """A DigestComposer carrying the note saved in the dashboard for the next digest; the note
+    is removed in the transaction that creates the campaign, so it goes out once."""
+    from .digest import DigestComposer
+    from .settings import NEXT_DIGEST_NOTE, next_digest_note, store_value
+
+    class _NotedComposer(DigestComposer):
+        def compose(self, session: Session, services: Any, draft: Any) -> int:
+            campaign_id = super().compose(session, services, draft)
+            if self.note is not None and next_digest_note(session) == self.note:
+                store_value(session, NEXT_DIGEST_NOTE, None, now=services.clock())
+            return campaign_id
+
+    return _NotedComposer(note=next_digest_note(session))
+
+
 @job_handler("send_digest_now")
 def _send_digest_now(context: JobContext) -> dict[str, Any]:
-    """The dashboard's "send now": the same run as ``newsletter send-digest --yes``."""
-    from .digest import DigestComposer
+    """The dashboard's "send now": the same run as ``newsletter send-digest --yes``, with the
+    note the author saved for the next digest."""
     from .sending import NotComposed, send_new_campaign
 
     if context.lock is None:
@@ -205,7 +221,11 @@ def _send_digest_now(context: JobContext) -> dict[str, Any]:
             context.progress(report.sent + report.failed + report.skipped, report.total)
 
     outcome = send_new_campaign(
-        context.session, context.services, DigestComposer(), lock=context.lock, progress=_Progress()
+        context.session,
+        context.services,
+        digest_composer(context.session),
+        lock=context.lock,
+        progress=_Progress(),
     )
     return {
         "new_posts": outcome.notes,

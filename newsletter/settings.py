@@ -246,3 +246,47 @@ def environment_default(config: Mapping[str, Any], key: str) -> Any:
     """What the environment says for ``key`` (before stored settings)."""
     defaults = config.get(DEFAULTS_KEY) or {}
     return defaults.get(key, config.get(key))
+
+
+# --- rows the dashboard keeps that are not configuration ------------------------------------
+
+# The author's note for the next digest (Markdown); cleared once a digest carrying it is composed.
+NEXT_DIGEST_NOTE = "next_digest_note"
+# The last run of the doctor's checks from the dashboard's Health page (JSON).
+LAST_HEALTH_RUN = "last_health_run"
+
+
+def stored_value(session: Session, key: str) -> str | None:
+    """One stored row's value (``NEXT_DIGEST_NOTE``, ``LAST_HEALTH_RUN``, ...); None if unset."""
+    row = session.get(StoredSetting, key)
+    return row.value if row is not None else None
+
+
+def store_value(session: Session, key: str, value: str | None, *, now: datetime) -> None:
+    """Store (or, with None or blank, remove) one row; does not commit."""
+    row = session.get(StoredSetting, key)
+    if value is None or not value.strip():
+        if row is not None:
+            session.execute(delete(StoredSetting).where(StoredSetting.key == key))
+    elif row is None:
+        session.add(StoredSetting(key=key, value=value, updated_at=now))
+    else:
+        row.value, row.updated_at = value, now
+
+
+def next_digest_note(session: Session) -> str | None:
+    """The note saved for the next digest, or None."""
+    return stored_value(session, NEXT_DIGEST_NOTE)
+
+
+def save_next_digest_note(session: Session, note: str, *, now: datetime) -> str | None:
+    """Check and store the note for the next digest (blank removes it); commits. Raises
+    NoteError (too long, or nothing left once unsafe HTML is removed) and stores nothing."""
+    from .content.voice import check_note
+
+    note = note.replace("\r\n", "\n").strip()
+    if note:
+        check_note(note)
+    store_value(session, NEXT_DIGEST_NOTE, note or None, now=now)
+    session.commit()
+    return note or None

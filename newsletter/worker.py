@@ -354,12 +354,12 @@ class Worker:
             lock.release()
 
     def _send_digest(self, session: Session, lock: Any) -> str:
-        from .digest import DigestComposer
+        from .jobs import digest_composer
         from .sending import NotComposed, send_new_campaign
 
         with self._interrupt_while_sending() as progress:
             outcome = send_new_campaign(
-                session, self.services, DigestComposer(), lock=lock, progress=progress
+                session, self.services, digest_composer(session), lock=lock, progress=progress
             )
         if outcome.not_composed is NotComposed.SOURCE_ERROR:
             raise RuntimeError(f"cannot read the posts: {outcome.problem}")

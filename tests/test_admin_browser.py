@@ -1,6 +1,7 @@
 """A real headless Chromium drives the dashboard as the author would: sign in, find a reader,
 preview the next digest at phone width, leave a post out, send a test, send now and watch it
-finish, compose and send an announcement, and change the brand colour.
+finish, compose and send an announcement, change the brand colour and run the health checks
+(against a local DNS server publishing nothing).
 
 The service runs on a real 127.0.0.1 port and a real worker loop runs in a thread, against the
 test's SMTP server. Chromium as in tests/test_browser.py: skipped without it locally, a failure
@@ -26,6 +27,7 @@ from newsletter.mailcatcher import free_port
 from newsletter.posts import sync_posts
 from newsletter.worker import Worker
 from tests.admin_helpers import AUTHOR, PASSWORD, make_author
+from tests.dns_server import DnsServer
 from tests.smtp_sink import SmtpSink
 from tests.test_browser import SCREENSHOT_DIR, browser  # noqa: F401 (the fixture)
 from tests.test_sending import add_readers, write_post
@@ -39,10 +41,20 @@ def port() -> int:
 
 
 @pytest.fixture
-def config(config: dict[str, Any], port: int, tmp_path: Path) -> dict[str, Any]:
+def dns_server() -> Iterator[DnsServer]:
+    server = DnsServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def config(
+    config: dict[str, Any], port: int, tmp_path: Path, dns_server: DnsServer
+) -> dict[str, Any]:
     folder = tmp_path / "posts"
     folder.mkdir()
     config.update(
+        DNS_SERVER=dns_server.address,
         PUBLIC_URL=f"http://127.0.0.1:{port}",
         POSTS_DIR=str(folder),
         SEND_CONNECTIONS=1,
@@ -129,6 +141,15 @@ def test_the_author_does_her_day_to_day_work_in_the_dashboard(
     preview.get_by_text("Rain on the Roof").first.wait_for()
     assert preview.get_by_text("First Snow").count() == 0
 
+    # A personal note above the posts: typed, saved, seen in the preview.
+    page.get_by_label("Personal note").fill("Back from the **hills**, with stories.")
+    page.get_by_role("button", name="Save the note").click()
+    assert page.get_by_text("Note saved for the next digest").is_visible()
+    preview.locator("strong", has_text="hills").wait_for()
+    page.get_by_role("button", name="Phone").click()
+    preview.locator("strong", has_text="hills").wait_for()
+    shot(page, "digest-note", tmp_path)
+
     # A test to herself.
     page.get_by_role("button", name="Send a test to me").click()
     assert page.get_by_text(f"Test sent to {AUTHOR}").is_visible()
@@ -142,6 +163,7 @@ def test_the_author_does_her_day_to_day_work_in_the_dashboard(
     page.locator('[data-field="status"]', has_text="done").wait_for()
     assert page.locator('[data-field="sent"]').inner_text() == "3"
     shot(page, "send-now", tmp_path)
+    assert "hills" in smtp_sink.to("reader1@example.com")[0].body("plain")
 
     # An announcement: compose with the live preview, then send.
     page.get_by_role("link", name="Campaigns").click()
@@ -167,6 +189,15 @@ def test_the_author_does_her_day_to_day_work_in_the_dashboard(
     preview = page.frame_locator("#digest-frame")
     preview.get_by_text("First Snow").first.wait_for()
     assert "#aa3300" in preview.locator("body").inner_html().lower()
+
+    # Health: the doctor's checks, run when she asks; the Overview then flags the problems.
+    page.get_by_role("link", name="Health").click()
+    page.get_by_role("button", name="Run the checks").click()
+    page.get_by_role("heading", name="DNS records").wait_for()
+    assert page.locator(".check.problem .status").first.inner_text() == "PROBLEM"
+    shot(page, "health", tmp_path)
+    page.get_by_role("link", name="Overview").click()
+    assert page.get_by_text("problems need you").is_visible()
 
     # On a phone.
     phone = browser.new_context(

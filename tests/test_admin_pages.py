@@ -461,3 +461,132 @@ def test_uploads_never_imported_are_deleted_after_a_day(tmp_path: Path) -> None:
         os.utime(path, (stamp, stamp))
     assert remove_stale_uploads(tmp_path, now) == 1
     assert not old.exists() and fresh.exists()
+
+
+# --- the personal note of the next digest ---------------------------------------------------
+
+
+def test_the_note_is_saved_previewed_sent_with_the_digest_then_cleared(
+    posts: Path, make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
+    from newsletter.settings import next_digest_note
+
+    app = make_app()
+    sync(app)
+    readers(app, 2)
+    write_post(posts, "rain", "Rain on the Roof", "2026-11-01")
+    sync(app)
+    client, token = signed_in(app)
+    saved = client.post(
+        "/admin/digest/note",
+        data={"csrf_token": token, "note": "Back from the **hills**, with stories."},
+        follow_redirects=True,
+    )
+    assert "Note saved for the next digest" in saved.text
+    assert "Back from the **hills**, with stories." in saved.text  # in the textarea again
+    assert "goes out with the next digest, scheduled or sent now" in saved.text
+    html = client.get("/admin/digest/preview").text
+    assert "<strong>hills</strong>" in html
+    assert "Back from the hills" in client.get("/admin/digest/preview?part=text").text
+    client.post("/admin/digest/test", data={"csrf_token": token})
+    assert "hills" in smtp_sink.messages[-1].body("plain")
+    job_id = job_of(
+        client.post("/admin/digest/send", data={"csrf_token": token, "confirm_readers": "2"})
+    )
+    run_jobs(app, clock)
+    assert job_row(app, job_id)["status"] == JOB_DONE
+    with app.app_context():
+        campaign = db.session.scalars(select(Campaign)).one()
+        assert campaign.note == "Back from the **hills**, with stories."
+        assert next_digest_note(db.session()) is None  # composed: cleared
+        db.session.remove()
+    to_readers = smtp_sink.messages[1:]
+    assert len(to_readers) == 2 and all("hills" in m.body("plain") for m in to_readers)
+    assert "No note saved." in client.get("/admin/digest").text
+
+
+def test_a_note_that_cannot_go_out_is_refused_next_to_the_field(posts: Path, make_app: Any) -> None:
+    from newsletter.content.voice import NOTE_MAX_CHARS
+    from newsletter.settings import next_digest_note
+
+    app = make_app()
+    client, token = signed_in(app)
+    too_long = "w" * (NOTE_MAX_CHARS + 1)
+    page = client.post("/admin/digest/note", data={"csrf_token": token, "note": too_long})
+    assert page.status_code == 400
+    assert 'id="note-error"' in page.text and "shorten it" in page.text
+    unsafe = client.post(
+        "/admin/digest/note", data={"csrf_token": token, "note": "<script>x()</script>"}
+    )
+    assert unsafe.status_code == 400 and "write it in Markdown" in unsafe.text
+    assert client.post("/admin/digest/note", data={"note": "hi"}).status_code == 400  # no CSRF
+    with app.app_context():
+        assert next_digest_note(db.session()) is None
+        db.session.remove()
+
+
+def test_the_scheduled_digest_carries_the_saved_note(
+    posts: Path, make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
+    from newsletter.settings import next_digest_note
+
+    app = make_app()
+    sync(app)
+    emails = readers(app, 1)
+    write_post(posts, "rain", "Rain on the Roof", "2026-11-01")
+    client, token = signed_in(app)
+    client.post("/admin/digest/note", data={"csrf_token": token, "note": "A quiet week."})
+    client.post("/admin/settings", data={"csrf_token": token, "DIGEST_SCHEDULE": "* * * * *"})
+    worker = worker_for(app, clock)
+    worker.run_once()
+    clock.advance(minutes=1)
+    worker.run_once()
+    [message] = smtp_sink.to(emails[0])
+    assert "A quiet week." in message.body("plain")
+    with app.app_context():
+        assert db.session.scalars(select(Campaign.note)).one() == "A quiet week."
+        assert next_digest_note(db.session()) is None
+        db.session.remove()
+
+
+# --- bounce and complaint figures (issue 16) -------------------------------------------------
+
+
+def test_bounce_and_complaint_rates_show_with_a_warning_past_the_thresholds(
+    app: Flask, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
+    from newsletter.bounces.classify import COMPLAINT, HARD
+    from newsletter.models import BounceRecord
+
+    client, token = signed_in(app)
+    readers(app, 4)
+    job_of(compose(client, token, "/admin/campaigns/send", confirm_readers="4"))
+    run_jobs(app, clock)
+    with app.app_context():
+        campaign_id = db.session.scalar(select(Campaign.id))
+        assert campaign_id is not None
+        page = client.get(f"/admin/campaigns/{campaign_id}").text
+        assert "hard bounces</dt><dd>0 (0.00%)" in page and "Warning" not in page
+        assert "problems-title" not in client.get("/admin/").text
+        ids = db.session.scalars(select(Subscriber.id).order_by(Subscriber.id)).all()
+        for subscriber_id, kind in ((ids[0], HARD), (ids[1], COMPLAINT)):
+            db.session.add(
+                BounceRecord(
+                    subscriber_id=subscriber_id,
+                    campaign_id=campaign_id,
+                    kind=kind,
+                    source="mailbox",
+                    occurred_at=clock(),
+                )
+            )
+        db.session.commit()
+        db.session.remove()
+    history = client.get("/admin/campaigns").text
+    assert '<th scope="col">Complaints</th>' in history
+    assert "<td>1 (25.00%)</td><td>0</td><td>1 (25.00%) <strong" in history
+    page = client.get(f"/admin/campaigns/{campaign_id}").text
+    assert "hard bounces</dt><dd>1 (25.00%)" in page and "complaints</dt><dd>1 (25.00%)" in page
+    assert "Complaint rate 25.00% is over 0.10%" in page
+    assert "Hard-bounce rate 25.00% is over 2.00%" in page
+    overview = client.get("/admin/").text
+    assert "problems-title" in overview and "Complaint rate 25.00% is over 0.10%" in overview

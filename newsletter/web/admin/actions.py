@@ -180,17 +180,27 @@ def hold_post(session: Session, post_id: int, held: bool) -> None:
 def preview_digest(session: Session, services: Services) -> Preview | None:
     """The next digest as a sample reader gets it; None when nothing waits."""
     from ...digest import preview_digest as preview
+    from ...settings import next_digest_note
 
-    result = preview(session, services)
+    result = preview(session, services, note=next_digest_note(session))
     session.rollback()
     return None if result is None else Preview(result.subject, result.html, result.text)
 
 
 def send_test_digest(session: Session, services: Services, address: str) -> str | None:
-    """Send the next digest to ``address`` only; returns its subject (None: nothing new)."""
+    """Send the next digest (with the saved note) to ``address`` only; returns its subject
+    (None: nothing new)."""
     from ...digest import send_test_digest as send_test
+    from ...settings import next_digest_note
 
-    return send_test(session, services, address)
+    return send_test(session, services, address, note=next_digest_note(session))
+
+
+def save_note(session: Session, services: Services, note: str) -> str | None:
+    """Store the note for the next digest (blank removes it); raises NoteError."""
+    from ...settings import save_next_digest_note
+
+    return save_next_digest_note(session, note, now=services.clock())
 
 
 def confirmed_readers(session: Session) -> int:
@@ -320,6 +330,45 @@ def _send_announcement(context: JobContext) -> dict[str, Any]:
         "waiting": why is not None and why.name == "WAITING",
         "reports": [report.as_dict() for report in outcome.reports],
     }
+
+
+# --- health ----------------------------------------------------------------------------------
+
+
+def run_health_checks(session: Session, services: Services, config: Any) -> dict[str, Any]:
+    """Run ``newsletter doctor``'s checks and store the run (time and findings) as the last
+    one; commits. Returns the stored run: ``{"at": ISO time, "checks": [...]}``."""
+    from ...doctor import DoctorInputs, run_doctor
+    from ...settings import LAST_HEALTH_RUN, store_value
+
+    checks = run_doctor(
+        DoctorInputs(config, session, services.clock, services.tokens.unsubscribe_token)
+    )
+    session.rollback()  # the checks only read; start the write afresh
+    now = services.clock()
+    run = {"at": now.isoformat(), "checks": [check.as_dict() for check in checks]}
+    store_value(session, LAST_HEALTH_RUN, json.dumps(run), now=now)
+    session.commit()
+    return run
+
+
+def last_health_run(session: Session) -> dict[str, Any] | None:
+    """The last stored run of the checks, or None before the first."""
+    from ...settings import LAST_HEALTH_RUN, stored_value
+
+    raw = stored_value(session, LAST_HEALTH_RUN)
+    if raw is None:
+        return None
+    try:
+        run = json.loads(raw)
+    except ValueError:
+        return None
+    return run if isinstance(run, dict) and isinstance(run.get("checks"), list) else None
+
+
+def health_problems(run: dict[str, Any] | None) -> int:
+    """How many PROBLEMs the run found."""
+    return sum(1 for c in (run or {}).get("checks", []) if c.get("status") == "PROBLEM")
 
 
 # --- jobs -------------------------------------------------------------------------------------

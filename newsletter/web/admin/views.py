@@ -54,6 +54,13 @@ def _problem(message: str) -> None:
 # --- overview ---------------------------------------------------------------------------------
 
 
+def _bounce_figures(campaign_ids: list[int]) -> dict[int, Any]:
+    """Each campaign's bounce and complaint figures, with the warnings past the thresholds."""
+    from ...bounces.figures import campaign_bounce_figures
+
+    return campaign_bounce_figures(db.session(), campaign_ids, current_app.config)
+
+
 def weekly_chart(weeks: list[Any]) -> Markup:
     """New confirmed readers and withdrawals per week as a small SVG bar chart (no script)."""
     width, height, pad = 640, 160, 20
@@ -87,11 +94,19 @@ def weekly_chart(weeks: list[Any]) -> Markup:
 
 def _problems(stats: Any, worker: dict[str, Any]) -> list[str]:
     found: list[str] = []
+    health = actions.last_health_run(db.session())
+    failing = actions.health_problems(health)
+    if health is not None and failing:
+        when = str(health.get("at", ""))[:16].replace("T", " ")
+        found.append(f"{failing} problems need you: the health checks of {when} UTC found them.")
     if not worker.get("running"):
         found.append("The worker is not running: start it with `newsletter worker`.")
     if worker.get("last_error"):
         found.append(f"The worker's last error: {worker['last_error']}")
+    figures = _bounce_figures([campaign.id for campaign in stats.campaigns])
     for campaign in stats.campaigns:
+        for warning in figures[campaign.id].warnings:
+            found.append(f"“{campaign.subject}”: {warning}")
         if campaign.deliveries.get("failed"):
             found.append(
                 f"{campaign.deliveries['failed']} deliveries of “{campaign.subject}” failed."
@@ -343,11 +358,21 @@ def import_upload() -> Any:
 
 
 @bp.get("/digest")
-def digest() -> str:
-    """The posts waiting, the preview, test and send."""
+def digest() -> Any:
+    """The posts waiting, the personal note, the preview, test and send."""
+    return _digest_page()
+
+
+def _digest_page(note: str | None = None, problem: str | None = None, status: int = 200) -> Any:
+    from ...settings import next_digest_note
+
     services = get_services()
-    return render_template(
+    saved = next_digest_note(db.session())
+    page = render_template(
         "admin/digest.html",
+        note=saved or "" if note is None else note,
+        note_saved=saved is not None,
+        note_problem=problem,
         posts=actions.waiting_posts(db.session(), services),
         held=actions.held_posts(db.session()),
         readers=actions.confirmed_readers(db.session()),
@@ -355,6 +380,19 @@ def digest() -> str:
         approval=bool(current_app.config.get("DIGEST_APPROVAL")),
         author=g.admin.email,
     )
+    return page, status
+
+
+@bp.post("/digest/note")
+def digest_note() -> Any:
+    """Save (or, blank, remove) the personal note above the posts of the next digest."""
+    note = request.form.get("note", "")
+    try:
+        saved = actions.save_note(db.session(), get_services(), note)
+    except NewsletterError as err:
+        return _digest_page(note, str(err), 400)
+    _ok("Note saved for the next digest." if saved else "The next digest goes out without a note.")
+    return redirect(url_for("admin.digest"), 303)
 
 
 def _preview_response(html: str) -> Response:
@@ -418,9 +456,11 @@ def campaigns() -> str:
     """Compose an announcement; the history of every campaign."""
     from ...sending import list_campaigns
 
+    history = list_campaigns(db.session(), limit=200)
     return render_template(
         "admin/campaigns.html",
-        campaigns=list_campaigns(db.session(), limit=200),
+        campaigns=history,
+        figures=_bounce_figures([c.id for c in history]),
         subject="",
         preheader="",
         body="",
@@ -445,9 +485,11 @@ def campaign_preview() -> Any:
 def _compose_again(subject: str, preheader: str, body: str, status: int = 200) -> Any:
     from ...sending import list_campaigns
 
+    history = list_campaigns(db.session(), limit=200)
     page = render_template(
         "admin/campaigns.html",
-        campaigns=list_campaigns(db.session(), limit=200),
+        campaigns=history,
+        figures=_bounce_figures([c.id for c in history]),
         subject=subject,
         preheader=preheader,
         body=body,
@@ -503,7 +545,8 @@ def campaign(campaign_id: int) -> str:
         details = describe_campaign(db.session(), campaign_id, limit=500)
     except CampaignNotFoundError:
         abort(404)
-    return render_template("admin/campaign.html", details=details)
+    figures = _bounce_figures([campaign_id])[campaign_id]
+    return render_template("admin/campaign.html", details=details, figures=figures)
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -531,6 +574,35 @@ def settings() -> Any:
         "admin/settings.html", fields=FIELDS, values=values, defaults=defaults, problems=problems
     )
     return page, status
+
+
+# --- health ----------------------------------------------------------------------------------
+
+
+@bp.get("/health")
+def health() -> str:
+    """The last run of ``newsletter doctor``'s checks; they run only when asked (network I/O)."""
+    run = actions.last_health_run(db.session())
+    areas: dict[str, list[dict[str, str]]] = {}
+    for check in (run or {}).get("checks", []):
+        areas.setdefault(str(check.get("area", "")), []).append(check)
+    counts = {
+        status: sum(1 for c in (run or {}).get("checks", []) if c.get("status") == status)
+        for status in ("PROBLEM", "WARN", "OK")
+    }
+    return render_template("admin/health.html", run=run, areas=areas, counts=counts)
+
+
+@bp.post("/health")
+def health_run() -> Any:
+    """Run the checks now and store the result as the last run."""
+    run = actions.run_health_checks(db.session(), get_services(), current_app.config)
+    problems = actions.health_problems(run)
+    if problems:
+        _problem(f"The checks found {problems} problem(s); what to do is under each.")
+    else:
+        _ok("The checks ran: no problem found.")
+    return redirect(url_for("admin.health"), 303)
 
 
 # --- jobs -------------------------------------------------------------------------------------
