@@ -81,8 +81,10 @@ def prepare_approval(
     """Render the next digest's preview, store it as a pending approval and queue the email
     to the author, in one transaction; None (nothing written) when no post is new."""
     from .digest import preview_digest, select_digest_posts
+    from .settings import next_digest_note
 
-    preview = preview_digest(session, services)
+    # The author approves what she sees: her saved note too (it goes out with this digest).
+    preview = preview_digest(session, services, note=next_digest_note(session))
     if preview is None:
         session.rollback()
         return None
@@ -243,6 +245,7 @@ def compose_approved(
     """
     from .digest import create_digest_campaign
     from .sending import plan_deliveries
+    from .settings import NEXT_DIGEST_NOTE, next_digest_note, store_value
 
     with lock.composing():  # type: ignore[attr-defined]
         session.commit()  # look afresh: another worker may have composed it meanwhile
@@ -263,7 +266,11 @@ def compose_approved(
             session.commit()
             return None
         try:
-            campaign = create_digest_campaign(session, services, posts)
+            # The note saved for the next digest goes out with it, then is cleared.
+            note = next_digest_note(session)
+            campaign = create_digest_campaign(session, services, posts, note=note)
+            if note is not None:
+                store_value(session, NEXT_DIGEST_NOTE, None, now=services.clock())
             plan_deliveries(session, campaign.id, services.clock())
             approval.status = APPROVAL_SENT
             approval.campaign_id = campaign.id

@@ -257,6 +257,36 @@ def test_an_approved_digest_is_sent_once_after_the_authors_post(
         db.session.remove()
 
 
+def test_an_approved_digest_carries_the_note_the_author_saved_and_clears_it(
+    approving: Path, make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink
+) -> None:
+    from newsletter.settings import next_digest_note, save_next_digest_note
+
+    clock.now = clock.now.replace(hour=7, minute=59)
+    app = make_app()
+    emails = ready(app)
+    write_post(approving, "rain", "Rain on the Roof", "2026-11-01")
+    with app.app_context():
+        save_next_digest_note(db.session(), "A **quiet** week here.", now=clock())
+        db.session.remove()
+    worker = worker_for(app, clock)
+    clock.advance(minutes=1)
+    worker.run_once()  # 8:00: the preview (with the note) goes to the author
+    clock.advance(seconds=5)
+    worker.run_once()
+    assert "A <strong>quiet</strong> week here." in smtp_sink.to(AUTHOR)[0].body("html")
+
+    assert app.test_client().post(approval_link(smtp_sink)).status_code == 200
+    clock.advance(seconds=5)
+    worker.run_once()
+    assert digests_to(smtp_sink, emails) == {email: 1 for email in emails}
+    assert "A quiet week here." in smtp_sink.to(emails[0])[0].body("plain")
+    with app.app_context():
+        assert db.session.scalar(select(Campaign.note)) == "A **quiet** week here."
+        assert next_digest_note(db.session()) is None  # it went out once
+        db.session.remove()
+
+
 def test_an_unapproved_digest_lapses_and_its_posts_wait_for_the_next(
     approving: Path, make_app: Any, clock: FrozenClock, smtp_sink: SmtpSink
 ) -> None:
