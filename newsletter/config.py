@@ -479,12 +479,7 @@ def _validate_sending(config: dict[str, Any]) -> None:
             "together, or none of them",
         )
     key_path = dkim["DKIM_PRIVATE_KEY"]
-    if key_path and not os.access(key_path, os.R_OK):
-        raise ConfigError(
-            "DKIM_PRIVATE_KEY",
-            f"cannot read the key file {key_path!r}: give the "
-            "path of a PEM file holding the RSA private key",
-        )
+    _require_readable("DKIM_PRIVATE_KEY", key_path, "of a PEM file holding the RSA private key")
     ed25519 = {
         key: (str(config[key]).strip() or None) if config.get(key) is not None else None
         for key in ("DKIM_ED25519_SELECTOR", "DKIM_ED25519_PRIVATE_KEY")
@@ -506,13 +501,17 @@ def _validate_sending(config: dict[str, Any]) -> None:
             "NEWSLETTER_DKIM_DOMAIN, NEWSLETTER_DKIM_SELECTOR and "
             "NEWSLETTER_DKIM_PRIVATE_KEY (RSA) as well",
         )
-    ed_path = ed25519["DKIM_ED25519_PRIVATE_KEY"]
-    if ed_path and not os.access(ed_path, os.R_OK):
-        raise ConfigError(
-            "DKIM_ED25519_PRIVATE_KEY",
-            f"cannot read the key file {ed_path!r}: give the path of the Ed25519 "
-            "private key (PEM, or the base64 seed dknewkey writes)",
-        )
+    _require_readable(
+        "DKIM_ED25519_PRIVATE_KEY",
+        ed25519["DKIM_ED25519_PRIVATE_KEY"],
+        "of the Ed25519 private key (PEM, or the base64 seed dknewkey writes)",
+    )
+
+
+def _require_readable(key: str, path: str | None, what: str) -> None:
+    """Refuse a key file that is set but cannot be read; ``what`` says which file to give."""
+    if path and not os.access(path, os.R_OK):
+        raise ConfigError(key, f"cannot read the key file {path!r}: give the path {what}")
 
 
 BOUNCE_MAILBOX_SCHEMES = ("imaps", "imap", "pop3s", "maildir")

@@ -23,21 +23,13 @@ from .progress import SendProgress, confirmation, exit_status, summary
 @with_appcontext
 def send_queued_command() -> None:
     """Send the queued confirmation and welcome emails now, retrying ones that failed."""
-    from ..bounces.verp import envelope_senders
     from ..db import db
-    from ..outbox import deliver_queued
+    from ..outbox import deliver_queued_now
 
     services = _services()
     transport = services.open_transport()
     try:
-        report = deliver_queued(
-            db.session(),
-            transport,
-            sender=envelope_senders(current_app.config, None),
-            now=services.clock(),
-            max_attempts=current_app.config["OUTBOX_MAX_ATTEMPTS"],
-            due_only=False,
-        )
+        report = deliver_queued_now(db.session(), services, transport, due_only=False)
     finally:
         transport.close()
     click.echo(f"Sent {report.sent}, will retry {report.retrying}, gave up on {report.failed}.")
