@@ -366,9 +366,6 @@ DIGEST_STYLES = ("summary", "full")
 
 def _validate_digest(config: dict[str, Any]) -> None:
     """The digest settings: a post count, a style, and subject/preheader templates that parse."""
-    from jinja2 import TemplateSyntaxError
-    from jinja2.sandbox import SandboxedEnvironment
-
     _as_number(config, "DIGEST_MAX_POSTS", int, 1, 100)
     style = str(config["DIGEST_STYLE"]).strip().lower()
     if style not in DIGEST_STYLES:
@@ -378,14 +375,7 @@ def _validate_digest(config: dict[str, Any]) -> None:
         template = str(config[key] or "").strip()
         if key == "DIGEST_SUBJECT" and not template:
             raise ConfigError(key, "must not be empty: it is the digest's subject line")
-        try:
-            SandboxedEnvironment().parse(template)
-        except TemplateSyntaxError as err:
-            raise ConfigError(
-                key,
-                f"is not a valid Jinja template ({err.message}, line {err.lineno}): {template!r}",
-            ) from None
-        config[key] = template or None
+        config[key] = _jinja_template(key, template)
 
 
 FONT_STACKS = {
@@ -413,24 +403,13 @@ def contrast_ratio(first: str, second: str) -> float:
 
 def _validate_voice(config: dict[str, Any]) -> None:
     """The author's name and words, and a brand colour white text can be read on (WCAG AA)."""
-    from jinja2 import TemplateSyntaxError
-    from jinja2.sandbox import SandboxedEnvironment
-
     for key in ("FETCH_POST_META", "PUBLIC_ARCHIVE"):
         _as_bool(config, key)
     for key in ("AUTHOR_NAME", "DIGEST_TAGLINE", "DIGEST_SIGN_OFF"):
         value = config.get(key)
         config[key] = " ".join(str(value).split()) or None if value is not None else None
     for key in ("DIGEST_INTRO", "WELCOME_TEXT"):
-        template = str(config.get(key) or "").strip()
-        try:
-            SandboxedEnvironment().parse(template)
-        except TemplateSyntaxError as err:
-            raise ConfigError(
-                key,
-                f"is not a valid Jinja template ({err.message}, line {err.lineno}): {template!r}",
-            ) from None
-        config[key] = template or None
+        config[key] = _jinja_template(key, str(config.get(key) or "").strip())
     _as_url(config, "LOGO_URL", required=False)
     font = str(config.get("FONT") or "serif").strip().lower()
     if font not in FONT_STACKS:
@@ -506,6 +485,20 @@ def _validate_sending(config: dict[str, Any]) -> None:
         ed25519["DKIM_ED25519_PRIVATE_KEY"],
         "of the Ed25519 private key (PEM, or the base64 seed dknewkey writes)",
     )
+
+
+def _jinja_template(key: str, template: str) -> str | None:
+    """A Jinja template setting checked for syntax (None when empty); ConfigError says where."""
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import SandboxedEnvironment
+
+    try:
+        SandboxedEnvironment().parse(template)
+    except TemplateSyntaxError as err:
+        raise ConfigError(
+            key, f"is not a valid Jinja template ({err.message}, line {err.lineno}): {template!r}"
+        ) from None
+    return template or None
 
 
 def _require_readable(key: str, path: str | None, what: str) -> None:
