@@ -15,6 +15,7 @@ from flask.cli import with_appcontext
 
 from .base import EXIT_ERROR, EXIT_INCOMPLETE, _services, register
 from .notes import NOTE_FILE, NOTE_HELP
+from .previews import preview_options, write_preview
 from .progress import SendProgress, confirmation, exit_status, summary
 
 
@@ -501,37 +502,6 @@ def _show_campaign_plan(plan: Any, again: bool) -> None:
         click.echo(f'Would send "{plan.subject}" to {readers}{again_note}.')
         click.echo(f"Preheader: {plan.preheader}")
     click.echo("(Dry run: nothing was planned or sent.)")
-
-
-def preview_options(stem: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The --output and --open options of preview-digest and preview-campaign."""
-
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        command = click.option(
-            "--open", "open_browser", is_flag=True, help=f"Open {stem}.html in a web browser."
-        )(command)
-        return click.option(
-            "--output",
-            "output",
-            default="preview",
-            show_default=True,
-            type=click.Path(file_okay=False, writable=True),
-            help=f"Folder to write {stem}.html, {stem}.txt and {stem}.eml into.",
-        )(command)
-
-    return decorate
-
-
-def write_preview(preview: Any, output: str, open_browser: bool, heading: str) -> None:
-    """Write a preview's files, list them under ``heading`` and open the HTML if asked."""
-    import webbrowser
-
-    paths = preview.write(output)
-    click.echo(heading)
-    for path in paths:
-        click.echo(f"  {path}")
-    if open_browser:
-        webbrowser.open(paths[0].resolve().as_uri())
 
 
 @register
