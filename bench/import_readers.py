@@ -66,7 +66,7 @@ def run_one(rows: int) -> None:
         from newsletter import create_app
         from newsletter.appctx import get_services
         from newsletter.db import db, upgrade_schema
-        from newsletter.readers import import_readers
+        from newsletter.reader_import import import_readers
 
         app = create_app(
             {

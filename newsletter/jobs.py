@@ -240,7 +240,7 @@ def _send_digest_now(context: JobContext) -> dict[str, Any]:
 def _import_readers(context: JobContext) -> Any:
     """Import a CSV file of readers (payload: path, consent_note, require_confirmation,
     skip_invalid), as ``newsletter import-readers``."""
-    from .readers import import_readers
+    from .reader_import import import_readers
 
     payload = context.payload
     if not payload.get("path") or not payload.get("consent_note"):

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 from sqlalchemy import bindparam, case, func, insert, or_, select, text, update
@@ -22,6 +22,9 @@ from sqlalchemy.orm import Session
 from .bounces.verp import envelope_senders
 from .models import CONFIRMATION_SENT, FAILED, QUEUED, SENDING, SENT, ConsentEvent, OutboxEmail
 from .smtp import SmtpConfigError, SmtpRejectedError, SmtpUnavailableError, Transport
+
+if TYPE_CHECKING:
+    from .services import Services
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +246,22 @@ def deliver_queued(
     return report
 
 
+def deliver_queued_now(
+    session: Session, services: Services, transport: Transport, *, due_only: bool = True
+) -> OutboxReport:
+    """``deliver_queued`` with the app's settings: its envelope sender (VERP when
+    NEWSLETTER_BOUNCE_ADDRESS is set), its clock and NEWSLETTER_OUTBOX_MAX_ATTEMPTS; what the
+    background sender and ``newsletter send-queued`` both run."""
+    return deliver_queued(
+        session,
+        transport,
+        sender=envelope_senders(services.config, None),
+        now=services.clock(),
+        max_attempts=services.config["OUTBOX_MAX_ATTEMPTS"],
+        due_only=due_only,
+    )
+
+
 def _attempt_failed(
     session: Session,
     row: Any,
@@ -320,13 +339,7 @@ class OutboxSender:
                 # Keep the connection while requests keep coming; close it once idle.
                 transport = transport or services.open_transport()
                 try:
-                    report = deliver_queued(
-                        db.session(),
-                        transport,
-                        sender=envelope_senders(services.config, None),
-                        now=services.clock(),
-                        max_attempts=services.config["OUTBOX_MAX_ATTEMPTS"],
-                    )
+                    report = deliver_queued_now(db.session(), services, transport)
                     if not woken:
                         ratelimit.sweep(db.session(), services.clock())
                 except Exception:  # keep the thread alive; the rows stay queued

@@ -82,6 +82,15 @@ class SmtpSettings:
         """host:port (security), for messages to the author."""
         return f"{self.host}:{self.port} ({self.security})"
 
+    def open(self) -> smtplib.SMTP:
+        """A new connection (for ``ssl`` the TLS handshake done); EHLO, STARTTLS and login
+        are the caller's. Raises what ``smtplib`` and the socket raise."""
+        if self.security == "ssl":
+            return smtplib.SMTP_SSL(
+                self.host, self.port, timeout=self.timeout, context=ssl.create_default_context()
+            )
+        return smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+
 
 class Transport(Protocol):
     """What the senders need: hand one serialised message to the next hop."""
@@ -126,12 +135,7 @@ class SmtpTransport:
         s = self.settings
         smtp: smtplib.SMTP | None = None
         try:
-            if s.security == "ssl":
-                smtp = smtplib.SMTP_SSL(
-                    s.host, s.port, timeout=s.timeout, context=ssl.create_default_context()
-                )
-            else:
-                smtp = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+            smtp = s.open()
             smtp.ehlo_or_helo_if_needed()
             if s.security == "starttls":
                 if not smtp.has_extn("starttls"):

@@ -27,7 +27,7 @@ from newsletter.models import (
     ConsentEvent,
     Subscriber,
 )
-from newsletter.readers import import_readers
+from newsletter.reader_import import import_readers
 from newsletter.services import Services
 from newsletter.subscriptions import RequestInfo, subscribe
 from tests.bounce_helpers import add_campaign, add_delivery, add_reader

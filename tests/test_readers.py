@@ -193,7 +193,7 @@ def test_existing_readers_are_merged_and_unsubscribed_ones_never_reactivated(
 
 
 def test_duplicates_across_batches_are_merged(app: Flask, tmp_path: Path) -> None:
-    from newsletter.readers import import_readers
+    from newsletter.reader_import import import_readers
 
     rows = [[f"reader{i}@example.com"] for i in range(7)] + [["reader1@example.com"]]
     path = write_csv(tmp_path / "dupes.csv", ["email"], rows)

@@ -835,9 +835,9 @@ def test_send_digest_mails_the_new_posts_and_prints_a_summary(
     posts_folder: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import newsletter.cli.sending
+    import newsletter.cli.progress
 
-    monkeypatch.setattr(newsletter.cli.sending, "PROGRESS_LOG_INTERVAL", 0.0)
+    monkeypatch.setattr(newsletter.cli.progress, "PROGRESS_LOG_INTERVAL", 0.0)
     readers = add_readers(session, clock, 3)
     digest_ready(runner, posts_folder)
 
@@ -1007,10 +1007,10 @@ def test_send_digest_stops_with_a_clear_message_while_another_run_sends(
 def test_progress_off_a_terminal_is_a_plain_line_every_few_seconds(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import newsletter.cli.sending
+    import newsletter.cli.progress
 
-    monkeypatch.setattr(newsletter.cli.sending, "PROGRESS_LOG_INTERVAL", 0.0)
-    progress = newsletter.cli.sending._SendProgress(quiet=False, terminal=False)
+    monkeypatch.setattr(newsletter.cli.progress, "PROGRESS_LOG_INTERVAL", 0.0)
+    progress = newsletter.cli.progress.SendProgress(quiet=False, terminal=False)
     report = SendReport(campaign_id=4, subject="Slow mornings", total=2000)
     progress.start(report)
     progress.update(500)
@@ -1021,7 +1021,7 @@ def test_progress_off_a_terminal_is_a_plain_line_every_few_seconds(
     assert lines[1].startswith("  500 of 2,000 done, ") and "messages/s, about" in lines[1]
     assert len(lines) == 2  # nothing once all are done
 
-    quiet = newsletter.cli.sending._SendProgress(quiet=True, terminal=False)
+    quiet = newsletter.cli.progress.SendProgress(quiet=True, terminal=False)
     quiet.start(report)
     quiet.update(500)
     assert capsys.readouterr().out == ""

@@ -15,7 +15,7 @@ from newsletter.appctx import get_services
 from newsletter.db import db
 from newsletter.models import Campaign, Delivery, Subscriber
 from newsletter.privacy import erase_reader
-from newsletter.readers import import_readers
+from newsletter.reader_import import import_readers
 from newsletter.stats import list_stats, week_starts
 from newsletter.subscriptions import RequestInfo, confirm, subscribe, unsubscribe
 from tests.conftest import FrozenClock

@@ -11,7 +11,7 @@ from flask.cli import with_appcontext
 
 from .base import EXIT_ERROR, _services, register
 from .notes import NOTE_FILE, NOTE_HELP
-from .sending import preview_options, write_preview
+from .previews import preview_options, write_preview
 
 
 def backfill_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -14,7 +14,7 @@ from flask.cli import with_appcontext
 from .base import EXIT_ERROR, _services, _session, register
 
 if TYPE_CHECKING:
-    from ..readers import RowProblems
+    from ..reader_import import RowProblems
     from ..services import Services
 
 
@@ -182,7 +182,8 @@ def subscribers_import(
     file: Path, consent_note: str, require_confirmation: bool, skip_invalid: bool
 ) -> None:
     """Import readers from a CSV file: email, and optionally name, subscribed_at, source."""
-    from ..readers import ImportInterruptedError, ReadersError, import_readers
+    from ..reader_import import ImportInterruptedError, import_readers
+    from ..readers import ReadersError
 
     services = _services()
     try:

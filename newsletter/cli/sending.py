@@ -1,4 +1,5 @@
-"""Sending: send-digest, send-campaign, preview-campaign and send-queued, one progress display."""
+"""Sending: send-digest, send-campaign, preview-campaign and send-queued (what a person sees
+of a send is in cli/progress.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from flask.cli import with_appcontext
 
 from .base import EXIT_ERROR, EXIT_INCOMPLETE, _services, register
 from .notes import NOTE_FILE, NOTE_HELP
+from .previews import preview_options, write_preview
+from .progress import SendProgress, confirmation, exit_status, summary
 
 
 @register
@@ -21,21 +24,13 @@ from .notes import NOTE_FILE, NOTE_HELP
 @with_appcontext
 def send_queued_command() -> None:
     """Send the queued confirmation and welcome emails now, retrying ones that failed."""
-    from ..bounces.verp import envelope_senders
     from ..db import db
-    from ..outbox import deliver_queued
+    from ..outbox import deliver_queued_now
 
     services = _services()
     transport = services.open_transport()
     try:
-        report = deliver_queued(
-            db.session(),
-            transport,
-            sender=envelope_senders(current_app.config, None),
-            now=services.clock(),
-            max_attempts=current_app.config["OUTBOX_MAX_ATTEMPTS"],
-            due_only=False,
-        )
+        report = deliver_queued_now(db.session(), services, transport, due_only=False)
     finally:
         transport.close()
     click.echo(f"Sent {report.sent}, will retry {report.retrying}, gave up on {report.failed}.")
@@ -50,70 +45,9 @@ def send_queued_command() -> None:
         sys.exit(3)
 
 
-PROGRESS_LOG_INTERVAL = 5.0  # seconds between progress lines when output is not a terminal
-
-
 def _interactive() -> bool:
     """Whether a person is at a terminal who can answer a question."""
     return sys.stdin.isatty() and sys.stdout.isatty()
-
-
-class _SendProgress:
-    """A progress bar (count, rate, time left) on a terminal, a plain line every few seconds
-    otherwise (cron mail, logs), nothing with --quiet."""
-
-    def __init__(self, quiet: bool, terminal: bool) -> None:
-        self.quiet = quiet
-        self.terminal = terminal
-        self._bar: Any = None
-        self._shown = 0
-        self._total = 0
-        self._started = 0.0
-        self._logged = 0.0
-
-    def start(self, report: Any) -> None:
-        import time
-
-        self._total, self._shown = report.total, 0
-        self._started = self._logged = time.monotonic()
-        if self.quiet:
-            return
-        click.echo(
-            f'Sending campaign {report.campaign_id} "{report.subject}": '
-            f"{report.total:,} deliver{'y' if report.total == 1 else 'ies'} to make."
-        )
-        if self.terminal and report.total:
-            self._bar = click.progressbar(
-                length=report.total,
-                label="Sending",
-                show_pos=True,
-                show_eta=True,
-                item_show_func=lambda rate: rate,
-            )
-            self._bar.__enter__()
-
-    def update(self, done: int) -> None:
-        import time
-
-        if self.quiet:
-            return
-        now = time.monotonic()
-        rate = done / (now - self._started) if now > self._started else 0.0
-        if self._bar is not None:
-            self._bar.update(done - self._shown, f"{rate:,.0f}/s")
-        elif now - self._logged >= PROGRESS_LOG_INTERVAL and done < self._total:
-            left = (self._total - done) / rate if rate else 0
-            click.echo(
-                f"  {done:,} of {self._total:,} done, {rate:,.0f} messages/s, "
-                f"about {left:,.0f}s left"
-            )
-            self._logged = now
-        self._shown = done
-
-    def finish(self, report: Any) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
 
 
 def _send_lock() -> Any:
@@ -124,44 +58,6 @@ def _send_lock() -> Any:
     return SendLock(
         sending_state_dir(app.config["SQLALCHEMY_DATABASE_URI"], app.instance_path), db.engine
     )
-
-
-def _summary(report: Any, quiet: bool, resume: str) -> None:
-    """One campaign's outcome; problems always go to stderr, even with --quiet. ``resume`` is
-    the command that resumes it."""
-    if not quiet or not report.complete:
-        left = f", still queued {report.left:,}" if report.left else ""
-        click.echo(
-            f'Campaign {report.campaign_id} "{report.subject}": sent {report.sent:,}, '
-            f"failed {report.failed:,}, deferred {report.deferred:,}, "
-            f"skipped {report.skipped:,}{left} in {report.elapsed:.1f}s "
-            f"({report.rate:,.0f} messages per second)."
-        )
-    if report.error:
-        click.echo(f"Stopped: {report.error}", err=True)
-        click.echo(
-            f"Run `{resume}` again to resume: it sends what is left and nothing twice.", err=True
-        )
-    elif report.failed or report.deferred:
-        click.echo(
-            f"See who and why: newsletter campaigns show {report.campaign_id}"
-            + (" (deferred ones are retried by the next run)" if report.deferred else ""),
-            err=True,
-        )
-
-
-def _confirmation(label: str) -> Any:
-    """The question asked at a terminal before mailing the readers (a ``Confirm``)."""
-
-    def ask(draft: Any, readers: int) -> bool:
-        if readers <= 1:
-            return True
-        click.echo(f'{label}: "{draft.subject}"')
-        for title in draft.titles:
-            click.echo(f"  - {title}")
-        return click.confirm(f"Send it to {readers:,} readers now?", default=False)
-
-    return ask
 
 
 @contextmanager
@@ -216,21 +112,12 @@ def _send_new(
             composer,
             lock=lock,
             options=options,
-            progress=_SendProgress(quiet, sys.stdout.isatty()),
+            progress=SendProgress(quiet, sys.stdout.isatty()),
             confirm=confirm,
             senders=senders,
         )
     finally:
         lock.release()
-
-
-def _exit_status(reports: Any, *, error: bool = False) -> None:
-    """Exit 1 when an error stopped the run, 3 when some deliveries failed or wait (else
-    return: 0)."""
-    if error or any(r.error for r in reports):
-        sys.exit(EXIT_ERROR)
-    if any(not r.complete for r in reports):
-        sys.exit(EXIT_INCOMPLETE)
 
 
 def send_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -349,14 +236,14 @@ def send_digest_command(
             DigestComposer(note=note),
             options,
             quiet=quiet,
-            confirm=None if yes or not _interactive() else _confirmation("Next digest"),
+            confirm=None if yes or not _interactive() else confirmation("Next digest"),
             retry_kind=DIGEST if retry else None,
             senders=SenderProcesses(_worker_argv(options, workers), workers)
             if workers > 1
             else None,
         )
     for report in outcome.reports:
-        _summary(report, quiet, resume)
+        summary(report, quiet, resume)
     why = outcome.not_composed
     if why is NotComposed.SOURCE_ERROR:
         click.echo(f"Cannot read the posts: {outcome.problem}", err=True)
@@ -366,7 +253,7 @@ def send_digest_command(
         click.echo("No confirmed readers yet: nothing sent; the new posts wait for the next run.")
     elif why is NotComposed.NOTHING_NEW and not quiet:
         click.echo("No new posts since the last digest: nothing new to send.")
-    _exit_status(outcome.reports, error=why is NotComposed.SOURCE_ERROR)
+    exit_status(outcome.reports, error=why is NotComposed.SOURCE_ERROR)
 
 
 def _retry_failed(services: Any, kind: str) -> None:
@@ -528,10 +415,10 @@ def send_campaign_command(
             AnnouncementComposer(announcement, again=again),
             SendOptions.from_config(services.config, rate=rate, connections=connections),
             quiet=quiet,
-            confirm=None if yes or not _interactive() else _confirmation("Announcement"),
+            confirm=None if yes or not _interactive() else confirmation("Announcement"),
         )
     for report in outcome.reports:
-        _summary(report, quiet, resume)
+        summary(report, quiet, resume)
     why = outcome.not_composed
     if why is NotComposed.RESUMED:
         if not quiet:
@@ -551,7 +438,7 @@ def send_campaign_command(
         click.echo("Not sent.")
     elif why is NotComposed.NO_READERS:
         click.echo("No confirmed readers yet: nothing sent.")
-    _exit_status(outcome.reports)
+    exit_status(outcome.reports)
 
 
 def _retry_failed_announcement(
@@ -578,13 +465,13 @@ def _retry_failed_announcement(
                 lock=lock,
                 kind=ANNOUNCEMENT,
                 options=options,
-                progress=_SendProgress(quiet, sys.stdout.isatty()),
+                progress=SendProgress(quiet, sys.stdout.isatty()),
             )
         finally:
             lock.release()
     for report in reports:
-        _summary(report, quiet, resume)
-    _exit_status(reports)
+        summary(report, quiet, resume)
+    exit_status(reports)
 
 
 def _show_campaign_plan(plan: Any, again: bool) -> None:
@@ -615,37 +502,6 @@ def _show_campaign_plan(plan: Any, again: bool) -> None:
         click.echo(f'Would send "{plan.subject}" to {readers}{again_note}.')
         click.echo(f"Preheader: {plan.preheader}")
     click.echo("(Dry run: nothing was planned or sent.)")
-
-
-def preview_options(stem: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The --output and --open options of preview-digest and preview-campaign."""
-
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        command = click.option(
-            "--open", "open_browser", is_flag=True, help=f"Open {stem}.html in a web browser."
-        )(command)
-        return click.option(
-            "--output",
-            "output",
-            default="preview",
-            show_default=True,
-            type=click.Path(file_okay=False, writable=True),
-            help=f"Folder to write {stem}.html, {stem}.txt and {stem}.eml into.",
-        )(command)
-
-    return decorate
-
-
-def write_preview(preview: Any, output: str, open_browser: bool, heading: str) -> None:
-    """Write a preview's files, list them under ``heading`` and open the HTML if asked."""
-    import webbrowser
-
-    paths = preview.write(output)
-    click.echo(heading)
-    for path in paths:
-        click.echo(f"  {path}")
-    if open_browser:
-        webbrowser.open(paths[0].resolve().as_uri())
 
 
 @register

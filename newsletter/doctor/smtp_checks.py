@@ -66,12 +66,7 @@ def _connect(s: SmtpSettings, checks: list[Check]) -> smtplib.SMTP | None:
     """Connect and greet (EHLO); for ``ssl`` the TLS handshake happens here too."""
     smtp: smtplib.SMTP
     try:
-        if s.security == "ssl":
-            smtp = smtplib.SMTP_SSL(
-                s.host, s.port, timeout=s.timeout, context=ssl.create_default_context()
-            )
-        else:
-            smtp = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+        smtp = s.open()
     except ConnectionRefusedError:
         checks.append(
             problem(

@@ -1,4 +1,14 @@
-"""The engine: drains a campaign's deliveries over reused SMTP connections."""
+"""The engine: drains a campaign's deliveries over reused SMTP connections.
+
+One class on purpose, at about 800 lines: ``CampaignSender`` is one run's state (the lease,
+the queue to the sender threads, the outcomes waiting to be flushed, the counts the brake reads)
+and its methods are the steps of that run sharing it. The pieces with a life of their own are
+already apart: the ledger's SQL (ledger), the lock and journals (lock), pacing (pace), the
+marks (marks), options and reports (options). The brake (``_brake``) keeps a streak of its
+own, but what it decides reaches into the run: it takes back counts (``_uncount``), requeues
+outcomes the flush writes and stops the run (``_halt``); moving it out would only pass that
+state back and forth.
+"""
 
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ def dry_run_import(session: Session, services: Services, path: Path) -> ImportSu
     import csv
 
     from ...addresses import InvalidAddressError, normalise_address
-    from ...readers import ImportFileError
+    from ...reader_import import ImportFileError
     from ...subscriptions import find_subscriber
 
     summary = ImportSummary()
