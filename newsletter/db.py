@@ -111,7 +111,9 @@ def upgrade_schema(app: Flask) -> tuple[str | None, str]:
 NO_TABLES = "the database has no tables: run `newsletter init-db`"
 
 
-_REVISION_LINE = re.compile(r"""^(down_revision|revision)\s*=\s*(?:"([^"]*)"|'([^']*)'|None)""", re.M)
+_REVISION_LINE = re.compile(
+    r"""^(down_revision|revision)\s*=\s*(?:"([^"]*)"|'([^']*)'|None)""", re.M
+)
 
 
 @lru_cache(maxsize=1)

@@ -16,10 +16,19 @@ from sqlalchemy.orm import Session
 from newsletter.db import head_revision
 from tests.conftest import FrozenClock, add_readers, digest_ready, sent_in, write_post
 
-# Libraries that sending a digest (without DKIM) never needs: Alembic (and Mako and Pygments
-# behind it) only for init-db, requests only if premailer fetched a stylesheet, argon2 only for
-# the dashboard's passwords, dnspython only for doctor, flufl only for bounces.
-NOT_FOR_SENDING = ("alembic", "mako", "pygments", "requests", "argon2", "dns", "flufl")
+# Libraries that sending a digest (without DKIM) never needs: Alembic (and Mako behind it) only
+# for init-db, cryptography only for DKIM, urllib3 and charset_normalizer (requests' own imports)
+# only if premailer fetched a stylesheet (it never does: see rendering.py), dnspython only for
+# doctor, flufl only for bounces.
+NOT_FOR_SENDING = (
+    "alembic",
+    "mako",
+    "cryptography",
+    "urllib3",
+    "charset_normalizer",
+    "dns",
+    "flufl",
+)
 
 PROBE = (
     "import sys\n"
