@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -9,8 +10,8 @@ from typing import Any, ClassVar
 
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import DateTime, Table, event
-from sqlalchemy.engine import Engine
+from sqlalchemy import DateTime, Table, event, inspect, text
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
@@ -110,12 +111,41 @@ def upgrade_schema(app: Flask) -> tuple[str | None, str]:
 NO_TABLES = "the database has no tables: run `newsletter init-db`"
 
 
+_REVISION_LINE = re.compile(
+    r"""^(down_revision|revision)\s*=\s*(?:"([^"]*)"|'([^']*)'|None)""", re.M
+)
+
+
 @lru_cache(maxsize=1)
 def head_revision() -> str:
-    """The newest migration shipped with this version."""
-    from alembic.script import ScriptDirectory
+    """The newest migration shipped with this version.
 
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head() or ""
+    Read from the migration files' ``revision =`` and ``down_revision =`` lines rather than
+    through Alembic, whose import (with Mako and Pygments behind it) every command would pay
+    for at start-up; tests/test_db.py checks that this agrees with Alembic's own head.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+        for name, double, single in _REVISION_LINE.findall(path.read_text(encoding="utf-8")):
+            value = double or single
+            if value:
+                (revisions if name == "revision" else parents).add(value)
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise RuntimeError(f"the migrations have {len(heads)} heads, not one: {sorted(heads)}")
+    return heads.pop()
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The revision the database's schema is at (None: no ``alembic_version`` table or row).
+
+    Reads the table Alembic keeps, without importing Alembic.
+    """
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    rows = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return ", ".join(sorted(rows)) or None
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -136,14 +166,12 @@ def schema_problem(app: Flask) -> str | None:
     Reads only: a SQLite file that does not exist is reported, not created (connecting would
     leave an empty file behind). A database that cannot be reached raises SQLAlchemyError.
     """
-    from alembic.runtime.migration import MigrationContext
-
     url = app.config["SQLALCHEMY_DATABASE_URI"]
     path = _sqlite_file(url)
     if path is not None and not path.exists():
         return NO_TABLES
     with app.app_context(), db.engine.connect() as connection:
-        current = MigrationContext.configure(connection).get_current_revision()
+        current = current_revision(connection)
     head = head_revision()
     if current is None:
         return NO_TABLES

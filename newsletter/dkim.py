@@ -20,16 +20,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from typing import TYPE_CHECKING, Any
 
 from .errors import NewsletterError
+
+if TYPE_CHECKING:  # cryptography (8 MB) is imported only when a key is loaded or used
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 # RFC 6376 recommends these; List-Unsubscribe-Post must be signed too (RFC 8058 section 4),
 # and dkimpy's default list leaves it out.
@@ -197,8 +194,18 @@ class _Key:
         return re.search(rb" a=([^;]+);", self.prefix).group(1).decode()  # type: ignore[union-attr]
 
 
+def load_pem_private_key(data: bytes, password: bytes | None) -> Any:
+    """cryptography's ``load_pem_private_key``, imported on first use."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key as load
+
+    return load(data, password=password)
+
+
 def load_rsa_key(data: bytes, setting: str) -> RSAPrivateKey:
     """An RSA private key from PEM (PKCS#1 or PKCS#8); DkimError names ``setting``."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
     try:
         key = load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as err:
@@ -219,6 +226,9 @@ def load_rsa_key(data: bytes, setting: str) -> RSAPrivateKey:
 def load_ed25519_key(data: bytes, setting: str) -> Ed25519PrivateKey:
     """An Ed25519 private key from PEM (``openssl genpkey -algorithm ed25519``) or the base64
     32-octet seed that dkimpy's ``dknewkey --ktype ed25519`` writes."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         if b"-----BEGIN" in data:
             key = load_pem_private_key(data, password=None)
@@ -264,6 +274,9 @@ class DkimSigner:
     _keys: tuple[_Key, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
         for value, setting in (
             (self.domain, "NEWSLETTER_DKIM_DOMAIN"),
             (self.selector, "NEWSLETTER_DKIM_SELECTOR"),

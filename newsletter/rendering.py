@@ -6,13 +6,15 @@ reader's parts in afterwards (see ``mail``); transactional emails are rendered p
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from premailer import Premailer
 
 from . import placeholders
 from .errors import NewsletterError
@@ -127,12 +129,38 @@ _premailer_log.addHandler(logging.NullHandler())
 _premailer_log.propagate = False
 
 
+def _premailer() -> Any:
+    """premailer's Premailer class, imported on first use, without importing ``requests``.
+
+    premailer imports requests (and urllib3, charset_normalizer, idna: 6 MB) at the top only to
+    fetch external stylesheets, which :func:`inline_css` turns off. While premailer is imported,
+    ``requests`` is a stand-in module that imports the real one on first attribute use (never,
+    here); it is removed from sys.modules again, so any other ``import requests`` gets the real
+    library.
+    """
+    if "premailer.premailer" not in sys.modules and "requests" not in sys.modules:
+        stand_in = types.ModuleType("requests", "imports the real requests on first use")
+
+        def real(name: str) -> Any:
+            return getattr(importlib.import_module("requests"), name)
+
+        stand_in.__getattr__ = real  # type: ignore[method-assign]
+        sys.modules["requests"] = stand_in
+        try:
+            import premailer.premailer  # noqa: F401
+        finally:
+            del sys.modules["requests"]
+    from premailer import Premailer
+
+    return Premailer
+
+
 def inline_css(html: str) -> str:
     """Inline the ``<style>`` rules into ``style`` attributes; media queries stay in a block.
 
     Network access is off: a template can never make rendering fetch a URL.
     """
-    inliner = Premailer(
+    inliner = _premailer()(
         html,
         allow_network=False,
         allow_loading_external_files=False,

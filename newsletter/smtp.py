@@ -219,9 +219,11 @@ class SmtpTransport:
         handed_over = False  # the final dot went out: from here on the outcome may be unknown
         try:
             if self.pipelining:
-                # RFC 2920: MAIL, RCPT and DATA in one write, then their three replies.
-                smtp.send(commands + "DATA\r\n")
-                replies = [smtp.getreply(), smtp.getreply(), smtp.getreply()]
+                # RFC 2920: MAIL, RCPT and DATA in one write, then their three replies, read
+                # straight from the socket (smtplib's send/getreply add a debug check and a
+                # per-line decode that cost a tenth of a copy's time at full speed).
+                _write(smtp, (commands + "DATA\r\n").encode("ascii"))
+                replies = [_reply(smtp), _reply(smtp), _reply(smtp)]
             else:
                 smtp.send(commands[: commands.index("\r\n") + 2])
                 replies = [smtp.getreply()]
@@ -241,9 +243,9 @@ class SmtpTransport:
                 ("message", replies[-1]),
             )
             if stage == "message" and code == 354:
-                smtp.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
+                _write(smtp, data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
                 handed_over = True
-                code, reply = smtp.getreply()
+                code, reply = _reply(smtp)
             elif len(replies) == 3 and replies[2][0] == 354:
                 # A server that says 354 after refusing the envelope: end the empty message.
                 smtp.send(b".\r\n")
@@ -290,6 +292,41 @@ class SmtpTransport:
             smtp.quit()
         except (OSError, smtplib.SMTPException):
             smtp.close()
+
+
+_MAXLINE = 8192  # smtplib's limit on a reply line
+
+
+def _write(smtp: smtplib.SMTP, data: bytes) -> None:
+    """``smtp.send`` for bytes, without its debug check."""
+    if smtp.sock is None:
+        raise smtplib.SMTPServerDisconnected("please run connect() first")
+    smtp.sock.sendall(data)
+
+
+def _reply(smtp: smtplib.SMTP) -> tuple[int, bytes]:
+    """One (possibly multi-line) reply, as ``smtp.getreply`` reads it: (code, text lines joined
+    by newlines); -1 for a code that is not a number."""
+    file = smtp.file
+    if file is None:
+        if smtp.sock is None:
+            raise smtplib.SMTPServerDisconnected("please run connect() first")
+        file = smtp.file = smtp.sock.makefile("rb")
+    lines = []
+    while True:
+        line = file.readline(_MAXLINE + 1)
+        if not line:
+            raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+        if len(line) > _MAXLINE:
+            raise smtplib.SMTPResponseException(500, "Line too long.")
+        lines.append(line[4:].strip(b" \t\r\n"))
+        if line[3:4] != b"-":
+            break
+    try:
+        code = int(line[:3])
+    except ValueError:
+        code = -1
+    return code, b"\n".join(lines)
 
 
 def _close_quietly(smtp: smtplib.SMTP | None) -> None:

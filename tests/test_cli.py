@@ -304,3 +304,48 @@ def test_format_options_offer_the_same_choices() -> None:
     assert set(formats) == {"stats", "subscribers list"}
     assert list(formats["stats"]) == ["text", "json"]
     assert list(formats["subscribers list"]) == ["text", "csv", "json"]
+
+
+def test_the_help_kept_in_overview_is_what_the_command_group_prints() -> None:
+    """`newsletter --help` prints newsletter/cli/overview.py's text; it must stay the real one
+    (update it from ``COLUMNS=80 newsletter -e /dev/null --help`` when commands change)."""
+    from click.testing import CliRunner
+
+    from newsletter.cli.main import make_group
+    from newsletter.cli.overview import HELP, MIN_COLUMNS
+
+    # click wraps help to min(columns, 80) - 2; a terminal of MIN_COLUMNS or more gives this.
+    result = CliRunner().invoke(
+        make_group(), ["--help"], prog_name="newsletter", terminal_width=MIN_COLUMNS - 2
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output == HELP
+
+
+def test_help_loads_neither_flask_nor_the_commands(tmp_path: Path) -> None:
+    probe = (
+        "import sys\n"
+        "from newsletter.cli import main\n"
+        "sys.argv = ['newsletter', '--help']\n"
+        "main()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('flask', 'werkzeug',"
+        " 'sqlalchemy', 'jinja2') or m.startswith('newsletter.cli.')), file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env=clean_environment(COLUMNS="100"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "send-digest" in result.stdout
+    assert result.stderr.strip().splitlines()[-1] == "['newsletter.cli.overview']"
+
+
+def test_help_in_a_narrow_terminal_is_wrapped_by_the_real_group(tmp_path: Path) -> None:
+    result = run(tmp_path, "--help", COLUMNS="60")
+    assert result.returncode == 0, result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()) <= 60
+    assert "  send-digest " in result.stdout

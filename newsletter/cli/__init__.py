@@ -2,8 +2,8 @@
 
 Each family module registers its commands with :func:`base.register` when imported;
 :func:`_load` gathers them, in the order `newsletter --help` lists them. They are loaded on
-first use (``COMMANDS``, ``init_app``, or any command but ``--version``), so `newsletter
---version` starts without Flask.
+first use (``COMMANDS``, ``init_app``, or any command but ``--version`` and ``--help``), so
+`newsletter --version` and `newsletter --help` (see :mod:`.overview`) start without Flask.
 """
 
 from __future__ import annotations
@@ -39,6 +39,15 @@ def _main() -> None:
 
         print_version()
         return
+    if sys.argv[1:] == ["--help"]:
+        import shutil
+
+        from .overview import HELP, MIN_COLUMNS
+
+        if shutil.get_terminal_size().columns >= MIN_COLUMNS:
+            # The group's help as a text kept in sync by tests/test_cli.py: no Flask to import.
+            sys.stdout.write(HELP)
+            return
     _load().main()
 
 

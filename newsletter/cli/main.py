@@ -91,9 +91,9 @@ class NewsletterGroup(FlaskGroup):
         return sorted(click.Group.list_commands(self, ctx))
 
 
-def main() -> None:
-    """Entry point of the ``newsletter`` console script."""
-    group = NewsletterGroup(
+def make_group() -> NewsletterGroup:
+    """The ``newsletter`` command group (its help text is also kept in :mod:`.overview`)."""
+    return NewsletterGroup(
         help="A self-hosted newsletter: subscriptions with double opt-in, digests of new posts, "
         "one-click unsubscribe. Settings come from NEWSLETTER_* variables and a .env file.",
         params=[
@@ -107,7 +107,11 @@ def main() -> None:
             )
         ],
     )
-    group.main(prog_name="newsletter")
+
+
+def main() -> None:
+    """Entry point of the ``newsletter`` console script."""
+    make_group().main(prog_name="newsletter")
 
 
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
