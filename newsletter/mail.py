@@ -262,23 +262,25 @@ class MessageTemplate:
             variants.append(_Serialised(pieces, guarded))
         return cls(variants[0], variants[1], dkim)
 
-    def personalise(self, reader: ReaderParts, *, eight_bit: bool = True) -> bytes:
-        """One reader's copy; ``eight_bit=False`` for a server without 8BITMIME."""
+    def _variant(self, reader: ReaderParts, eight_bit: bool) -> tuple[_Serialised, list[bytes]]:
+        """The serialisation this reader's copy uses, and its slot values: 8-bit when allowed
+        and the reader's values keep every guarded line within the limit, else 7-bit."""
         serialised = self._eight_bit if eight_bit else self._seven_bit
         values = _slot_values(serialised.slots, reader)
         if eight_bit and serialised.guarded and not _fits(serialised, values):
             serialised = self._seven_bit
             values = _slot_values(serialised.slots, reader)
+        return serialised, values
+
+    def personalise(self, reader: ReaderParts, *, eight_bit: bool = True) -> bytes:
+        """One reader's copy; ``eight_bit=False`` for a server without 8BITMIME."""
+        serialised, values = self._variant(reader, eight_bit)
         data = serialised.format % tuple(values)
         return self._signature(serialised, values) + data if self.dkim is not None else data
 
     def personalise_for_smtp(self, reader: ReaderParts, *, eight_bit: bool = True) -> bytes:
         """One reader's copy ready for SMTP's DATA (dot-stuffed; see ``SmtpTransport.send``)."""
-        serialised = self._eight_bit if eight_bit else self._seven_bit
-        values = _slot_values(serialised.slots, reader)
-        if eight_bit and serialised.guarded and not _fits(serialised, values):
-            serialised = self._seven_bit
-            values = _slot_values(serialised.slots, reader)
+        serialised, values = self._variant(reader, eight_bit)
         # The signature covers the message as read, so it is made before the dots are doubled
         # (no line of a DKIM-Signature field starts with a dot).
         signature = self._signature(serialised, values) if self.dkim is not None else b""
