@@ -185,6 +185,25 @@ def _get(url: str) -> int:
         return int(response.status)
 
 
+def wait_until_healthy(base: str, process: subprocess.Popen[str]) -> None:
+    """Wait until ``base/healthz`` answers 200 (a 503, a refused connection: not yet): a
+    readiness handshake, bounded only by the guard; fails at once if the process died."""
+    deadline = threading.Event()
+    timer = threading.Timer(GUARD, deadline.set)
+    timer.start()
+    try:
+        while True:
+            try:
+                assert _get(f"{base}/healthz") == 200
+                return
+            except (urllib.error.URLError, ConnectionError):
+                assert not deadline.is_set(), "serve never answered"
+                assert process.poll() is None, process.stderr.read()  # type: ignore[union-attr]
+                deadline.wait(0.1)
+    finally:
+        timer.cancel()
+
+
 @pytest.mark.slow
 def test_serve_answers_http_and_its_worker_sends_the_confirmation_email(
     config: dict[str, Any], make_app: Any, smtp_sink: SmtpSink, tmp_path: Path
@@ -208,21 +227,7 @@ def test_serve_answers_http_and_its_worker_sends_the_confirmation_email(
         text=True,
     )
     try:
-        # Ready when it answers: a readiness handshake, bounded only by the guard.
-        deadline = threading.Event()
-        timer = threading.Timer(GUARD, deadline.set)
-        timer.start()
-        try:
-            while True:
-                try:
-                    assert _get(f"{base}/healthz") == 200
-                    break
-                except (urllib.error.URLError, ConnectionError):
-                    assert not deadline.is_set(), "serve never answered"
-                    assert process.poll() is None, process.stderr.read()  # type: ignore[union-attr]
-                    deadline.wait(0.1)
-        finally:
-            timer.cancel()
+        wait_until_healthy(base, process)
         form = urllib.parse.urlencode({"email": "ada@example.com"}).encode()
         request = urllib.request.Request(
             f"{base}/subscribe", data=form, headers={"Accept": "text/html"}
@@ -343,21 +348,8 @@ def test_serve_migrates_the_embedded_default_database_itself(
         text=True,
     )
     try:
-        deadline = threading.Event()
-        timer = threading.Timer(GUARD, deadline.set)
-        timer.start()
-        try:
-            while True:
-                try:
-                    # /healthz answers 503 on a database without this version's schema.
-                    assert _get(f"{base}/healthz") == 200
-                    break
-                except (urllib.error.URLError, ConnectionError):
-                    assert not deadline.is_set(), "serve never answered"
-                    assert process.poll() is None, process.stderr.read()  # type: ignore[union-attr]
-                    deadline.wait(0.1)
-        finally:
-            timer.cancel()
+        # /healthz answers 503 on a database without this version's schema.
+        wait_until_healthy(base, process)
         assert (tmp_path / "instance" / "newsletter.sqlite").exists()
         process.send_signal(signal.SIGTERM)
         assert process.wait(GUARD) == 0
